@@ -1,0 +1,341 @@
+//! kelsond configuration: embedded defaults, an optional TOML file, and command-line overrides.
+//! Never touches the filesystem beyond reading the one config file it is given.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default config file; a missing default file means "all defaults", a missing explicit one is an error.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/kelson/config.toml";
+
+/// The effective configuration. Every key is optional in the file (`#[serde(default)]`), unknown keys
+/// are refused (`deny_unknown_fields`) so a typo never silently falls back to a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent data: content store, snapshots, database.
+    pub root: PathBuf,
+    /// Runtime state: socket, shim sockets, pinned namespaces. Lost on reboot by design.
+    pub state: PathBuf,
+    pub grpc: GrpcConfig,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub cgroup_driver: CgroupDriver,
+    pub image: ImageConfig,
+    pub registry: RegistryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    /// Unix socket path kubelet connects to.
+    pub address: PathBuf,
+    /// Group owning the socket (mode 0660); none means root only.
+    pub gid: Option<u32>,
+    /// Largest gRPC message accepted or sent.
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Images never removed by garbage collection and reported `pinned` to kubelet.
+    pub pinned: Vec<String>,
+    /// Layers fetched (and unpacked, as they stream in) at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// A pull that receives no byte for this long fails; a slow but moving pull never does.
+    #[serde(with = "humantime_serde_compat")]
+    pub pull_progress_timeout: Duration,
+    /// Refuse a layer whose uncompressed content exceeds this (decompression bombs).
+    pub max_layer_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Directory of per-host `hosts.toml` files, in containerd's format.
+    pub config_path: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/kelson"),
+            state: PathBuf::from("/run/kelson"),
+            grpc: GrpcConfig::default(),
+            log_level: "info".to_owned(),
+            log_format: LogFormat::Text,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            image: ImageConfig::default(),
+            registry: RegistryConfig::default(),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            address: PathBuf::from("/run/kelson/kelson.sock"),
+            gid: None,
+            // kubelet's own default client limit is 16 MiB.
+            max_message_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            pinned: Vec::new(),
+            max_concurrent_downloads: 3,
+            // containerd's image_pull_progress_timeout default.
+            pull_progress_timeout: Duration::from_secs(5 * 60),
+            max_layer_bytes: 64 << 30,
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            config_path: PathBuf::from("/etc/kelson/certs.d"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Overrides given on the command line, as containerd names them.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub address: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+impl Config {
+    /// Parse a TOML document; unknown keys and bad values name the key.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Load `path`; when `explicit` is false a missing file means the embedded defaults.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Config::default()),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    pub fn apply(&mut self, o: Overrides) -> Result<(), ConfigError> {
+        if let Some(root) = o.root {
+            self.root = root;
+        }
+        if let Some(state) = o.state {
+            // The socket follows the state dir unless it was placed explicitly.
+            if self.grpc.address == GrpcConfig::default().address {
+                self.grpc.address = state.join("kelson.sock");
+            }
+            self.state = state;
+        }
+        if let Some(address) = o.address {
+            self.grpc.address = address;
+        }
+        if let Some(level) = o.log_level {
+            self.log_level = level;
+        }
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, p) in [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("grpc.address", &self.grpc.address),
+            ("registry.config_path", &self.registry.config_path),
+        ] {
+            if !p.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!("{} is not an absolute path", p.display()),
+                });
+            }
+        }
+        if self.root == self.state {
+            return Err(ConfigError::Invalid {
+                key: "state",
+                message: "must differ from root".into(),
+            });
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
+            || self.log_level.is_empty()
+        {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                message: format!("{:?} is not a log level or filter", self.log_level),
+            });
+        }
+        if !(1..=64).contains(&self.image.max_concurrent_downloads) {
+            return Err(ConfigError::Invalid {
+                key: "image.max_concurrent_downloads",
+                message: "must be between 1 and 64".into(),
+            });
+        }
+        if self.image.pull_progress_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "image.pull_progress_timeout",
+                message: "must be at least 1s".into(),
+            });
+        }
+        if self.grpc.max_message_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "grpc.max_message_bytes",
+                message: "must be at least 4096".into(),
+            });
+        }
+        for p in &self.image.pinned {
+            if crate::image::reference::ImageRef::parse(p).is_err() {
+                return Err(ConfigError::Invalid {
+                    key: "image.pinned",
+                    message: format!("{p:?} is not an image reference"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// Durations as humantime strings ("5m", "30s") in the file.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(s, Path::new("/t.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = parse(
+            "root = \"/x\"\n[image]\npull_progress_timeout = \"30s\"\npinned = [\"busybox\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/x"));
+        assert_eq!(c.image.pull_progress_timeout, Duration::from_secs(30));
+        assert_eq!(c.image.max_concurrent_downloads, 3);
+        assert_eq!(c.image.pinned, vec!["busybox".to_string()]);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = parse("[image]\npinnned = []\n").unwrap_err().to_string();
+        assert!(e.contains("pinnned"), "{e}");
+        let e = parse("rooot = \"/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("rooot"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = parse("root = \"rel\"\n").unwrap_err().to_string();
+        assert!(e.contains("root"), "{e}");
+        let e = parse("[image]\nmax_concurrent_downloads = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image.max_concurrent_downloads"), "{e}");
+        let e = parse("[image]\npull_progress_timeout = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pull_progress_timeout"), "{e}");
+        let e = parse("cgroup_driver = \"nope\"\n").unwrap_err().to_string();
+        assert!(e.contains("cgroup_driver"), "{e}");
+        let e = parse("[image]\npinned = [\"x/UPPER\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image.pinned"), "{e}");
+    }
+
+    #[test]
+    fn state_override_moves_default_socket() {
+        let mut c = Config::default();
+        c.apply(Overrides {
+            state: Some("/tmp/s".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.grpc.address, PathBuf::from("/tmp/s/kelson.sock"));
+    }
+
+    #[test]
+    fn printed_config_parses_back() {
+        let c = Config::default();
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+    }
+}

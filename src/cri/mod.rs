@@ -1,0 +1,27 @@
+//! The gRPC edge: CRI v1 RuntimeService and ImageService on tonic. Validates requests, calls the
+//! domain services, converts results; the only place errors become `tonic::Status`.
+
+pub mod image;
+pub mod runtime;
+pub mod status;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::image::ImageService;
+
+/// Name and versions reported by `Version`.
+pub const RUNTIME_NAME: &str = "kelson";
+pub const RUNTIME_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// CRI API version (the `k8s-cri` bindings follow Kubernetes 1.31's API file).
+pub const CRI_API_VERSION: &str = "v1";
+/// kubelet sends "0.1.0" as the version it speaks.
+pub const KUBE_API_VERSION: &str = "0.1.0";
+
+/// Everything a CRI handler needs.
+pub struct Runtime {
+    pub config: Config,
+    pub images: Arc<ImageService>,
+}
+
+pub type Shared = Arc<Runtime>;

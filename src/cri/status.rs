@@ -1,0 +1,45 @@
+//! The one mapping from domain errors to gRPC status codes kubelet understands.
+
+use tonic::{Code, Status};
+
+use crate::image::ImageError;
+use crate::image::manifest::ManifestError;
+use crate::image::registry::RegistryError;
+
+pub fn invalid(msg: impl Into<String>) -> Status {
+    Status::invalid_argument(msg.into())
+}
+
+pub fn unimplemented(method: &str) -> Status {
+    Status::unimplemented(format!(
+        "{method} is not implemented by kelson {} yet",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+impl From<ImageError> for Status {
+    fn from(e: ImageError) -> Status {
+        let code = match &e {
+            ImageError::Reference(_) | ImageError::Auth(_) => Code::InvalidArgument,
+            ImageError::Hosts(_) => Code::FailedPrecondition,
+            ImageError::Registry { source, .. } => match source {
+                RegistryError::NotFound { .. } => Code::NotFound,
+                RegistryError::Unauthorized { .. } => Code::Unauthenticated,
+                RegistryError::Unavailable { .. } | RegistryError::NoEndpoint(..) => Code::Unavailable,
+                RegistryError::Stalled { .. } => Code::DeadlineExceeded,
+                RegistryError::DigestMismatch { .. } => Code::DataLoss,
+                RegistryError::TooLarge { .. } | RegistryError::Protocol { .. } => Code::FailedPrecondition,
+            },
+            ImageError::Manifest { source, .. } => match source {
+                ManifestError::UnsupportedMediaType(_) | ManifestError::Schema1 => Code::InvalidArgument,
+                ManifestError::NoMatchingPlatform(_) => Code::NotFound,
+                _ => Code::FailedPrecondition,
+            },
+            ImageError::Unpack { .. } | ImageError::LayerTooLarge { .. } => Code::FailedPrecondition,
+            ImageError::DigestMismatch { .. } => Code::DataLoss,
+            ImageError::Content(_) | ImageError::Snapshot(_) | ImageError::Store(_) => Code::Internal,
+            ImageError::Task(_) => Code::Internal,
+        };
+        Status::new(code, e.to_string())
+    }
+}

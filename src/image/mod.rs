@@ -1,0 +1,284 @@
+//! The image service: pull (registry → content store → snapshots), list, status, remove, usage and
+//! collection of unreferenced content. Speaks in domain types; gRPC lives in `cri/`.
+
+pub mod content;
+pub mod digest;
+pub mod hosts;
+pub mod manifest;
+mod pull;
+pub mod reference;
+pub mod registry;
+pub mod snapshot;
+pub mod unpack;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::dirs::Dirs;
+use crate::store::{ImageRecord, Store, StoreError};
+
+use content::{ContentError, ContentStore};
+use digest::Digest;
+use reference::{ImageRef, ReferenceError};
+use snapshot::{SnapshotError, Snapshots};
+
+pub use pull::Credentials;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Hosts(#[from] hosts::HostsError),
+    #[error("pulling {image}: {source}")]
+    Registry {
+        image: String,
+        source: registry::RegistryError,
+    },
+    #[error("pulling {image}: {source}")]
+    Manifest {
+        image: String,
+        source: manifest::ManifestError,
+    },
+    #[error("pulling {image}: unpacking layer {layer}: {source}")]
+    Unpack {
+        image: String,
+        layer: String,
+        source: unpack::UnpackError,
+    },
+    #[error("pulling {image}: layer {layer}: uncompressed content exceeds {max} bytes")]
+    LayerTooLarge { image: String, layer: String, max: u64 },
+    #[error("pulling {image}: {what}: content hashes to {actual}, expected {expected}")]
+    DigestMismatch {
+        image: String,
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("auth config: {0}")]
+    Auth(String),
+    #[error(transparent)]
+    Content(#[from] ContentError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("unpack task failed: {0}")]
+    Task(String),
+}
+
+/// An image as the CRI edge reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    pub record: ImageRecord,
+    pub pinned: bool,
+}
+
+/// Digests that in-flight pulls hold: collection never removes them.
+#[derive(Default)]
+struct Leases {
+    held: HashMap<Digest, usize>,
+}
+
+pub struct ImageService {
+    dirs: Dirs,
+    store: Arc<Store>,
+    content: ContentStore,
+    snapshots: Snapshots,
+    config: Config,
+    pinned: HashSet<String>,
+    leases: Arc<Mutex<Leases>>,
+    layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Releases its digests when dropped.
+pub struct LeaseGuard {
+    leases: Arc<Mutex<Leases>>,
+    digests: Vec<Digest>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let mut l = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &self.digests {
+            if let Some(n) = l.held.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    l.held.remove(d);
+                }
+            }
+        }
+    }
+}
+
+impl ImageService {
+    pub fn new(dirs: Dirs, store: Arc<Store>, config: Config) -> ImageService {
+        let pinned = config
+            .image
+            .pinned
+            .iter()
+            .filter_map(|p| ImageRef::parse(p).ok())
+            .map(|r| r.to_string())
+            .collect();
+        ImageService {
+            content: ContentStore::new(dirs.clone()),
+            snapshots: Snapshots::new(dirs.clone()),
+            dirs,
+            store,
+            config,
+            pinned,
+            leases: Arc::default(),
+            layer_locks: Mutex::default(),
+        }
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.snapshots
+    }
+
+    fn lease(&self, digests: Vec<Digest>) -> LeaseGuard {
+        let mut l = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &digests {
+            *l.held.entry(d.clone()).or_default() += 1;
+        }
+        LeaseGuard {
+            leases: self.leases.clone(),
+            digests,
+        }
+    }
+
+    fn info(&self, record: ImageRecord) -> ImageInfo {
+        let pinned = record
+            .repo_tags
+            .iter()
+            .chain(&record.repo_digests)
+            .any(|n| self.pinned.contains(n));
+        ImageInfo { record, pinned }
+    }
+
+    /// Find an image by id (with or without `sha256:`), repo tag or repo digest, in any of the
+    /// forms kubelet and crictl send (`busybox`, `docker.io/library/busybox:latest`, …).
+    /// Returns the image and the name it was found by (None when found by id).
+    pub fn resolve(&self, spec: &str) -> Result<Option<(ImageRecord, Option<String>)>, ImageError> {
+        let as_id = if spec.len() == 64 { format!("sha256:{spec}") } else { spec.to_owned() };
+        if let Ok(d) = Digest::parse(&as_id) {
+            if let Some(r) = self.store.image(d.as_str())? {
+                return Ok(Some((r, None)));
+            }
+        }
+        let r = ImageRef::parse(spec)?;
+        let name = r.to_string();
+        let Some(id) = self.store.image_id_by_name(&name)? else {
+            return Ok(None);
+        };
+        Ok(self.store.image(&id)?.map(|rec| (rec, Some(name))))
+    }
+
+    pub fn list(&self, filter: Option<&str>) -> Result<Vec<ImageInfo>, ImageError> {
+        match filter {
+            Some(f) if !f.is_empty() => Ok(self
+                .resolve(f)
+                .or_else(|e| match e {
+                    ImageError::Reference(_) => Ok(None),
+                    e => Err(e),
+                })?
+                .map(|(r, _)| vec![self.info(r)])
+                .unwrap_or_default()),
+            _ => Ok(self.store.images()?.into_iter().map(|r| self.info(r)).collect()),
+        }
+    }
+
+    /// None when the image does not exist (kubelet expects an empty answer, not an error).
+    pub fn status(&self, spec: &str) -> Result<Option<ImageInfo>, ImageError> {
+        Ok(self.resolve(spec)?.map(|(r, _)| self.info(r)))
+    }
+
+    /// The stored image config JSON, for verbose status.
+    pub fn config_json(&self, rec: &ImageRecord) -> Option<serde_json::Value> {
+        let d = Digest::parse(&rec.id).ok()?;
+        serde_json::from_slice(&self.content.get(&d).ok()?).ok()
+    }
+
+    /// Remove by id (the whole image) or by one of its names (only that name while others
+    /// remain). Removing what does not exist succeeds. Frees content no image references.
+    pub fn remove(&self, spec: &str) -> Result<(), ImageError> {
+        let Some((rec, name)) = self.resolve(spec)? else {
+            return Ok(());
+        };
+        self.store.remove_image(&rec.id, name.as_deref())?;
+        self.collect_garbage()?;
+        Ok(())
+    }
+
+    /// Delete blobs and snapshots that no image and no in-flight pull references.
+    pub fn collect_garbage(&self) -> Result<(usize, usize), ImageError> {
+        let victims_dir = self.dirs.snapshots_tmp();
+        let mut doomed = Vec::new();
+        let mut blobs_removed = 0;
+        {
+            // Held across the decision so a pull cannot lease a digest we are about to remove.
+            let leases = self.leases.lock().unwrap_or_else(|p| p.into_inner());
+            let mut used: HashSet<String> = HashSet::new();
+            for r in self.store.images()? {
+                used.insert(r.id.clone());
+                used.extend(r.blobs.iter().cloned());
+                used.extend(r.layers.iter().map(|l| l.diff_id.clone()));
+            }
+            let keep = |d: &Digest| used.contains(d.as_str()) || leases.held.contains_key(d);
+            for d in self.snapshots.list() {
+                if !keep(&d) {
+                    // Rename out of sight under the lock; delete the tree after.
+                    let to = victims_dir.join(format!("gc-{}", d.hex()));
+                    if std::fs::rename(self.dirs.snapshot(&d), &to).is_ok() {
+                        doomed.push(to);
+                    }
+                }
+            }
+            for d in self.content.list() {
+                if !keep(&d) {
+                    self.content.remove(&d)?;
+                    blobs_removed += 1;
+                }
+            }
+        }
+        let n = doomed.len();
+        for p in doomed {
+            if let Err(e) = std::fs::remove_dir_all(&p) {
+                tracing::warn!(path = %p.display(), error = %e, "removing collected snapshot");
+            }
+        }
+        if n + blobs_removed > 0 {
+            tracing::info!(snapshots = n, blobs = blobs_removed, "collected unreferenced image content");
+        }
+        Ok((n, blobs_removed))
+    }
+
+    /// Bytes and inodes the image filesystem uses (snapshots + blobs), from the figures measured
+    /// at unpack time, so kubelet's frequent polls cost no tree walk.
+    pub fn usage(&self) -> (u64, u64) {
+        let (mut bytes, mut inodes) = self.content.usage();
+        for d in self.snapshots.list() {
+            let (b, i) = snapshot::read_usage(&self.dirs.snapshot(&d));
+            bytes += b;
+            inodes += i;
+        }
+        (bytes, inodes)
+    }
+
+    pub fn image_fs_mountpoint(&self) -> std::path::PathBuf {
+        self.dirs.snapshots()
+    }
+
+    /// Start-up: drop half-done unpacks and anything unreferenced.
+    pub fn recover(&self) -> Result<(), ImageError> {
+        self.snapshots.clean_tmp();
+        if let Ok(rd) = std::fs::read_dir(self.dirs.content_tmp()) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        self.collect_garbage()?;
+        Ok(())
+    }
+}

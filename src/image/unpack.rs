@@ -1,0 +1,512 @@
+//! The only tar code: unpacks one layer into an empty snapshot directory in overlayfs form.
+//!
+//! Every file operation is relative to a directory fd that was resolved with
+//! `openat2(RESOLVE_IN_ROOT)` from the snapshot root, and every final component is created with
+//! `O_NOFOLLOW`/`O_EXCL` or `*at(AT_SYMLINK_NOFOLLOW)`: a hostile archive (`..`, absolute paths,
+//! symlinks or hard links aimed outside, a directory replaced by a symlink and then written
+//! through, a hard link to a symlink followed by a chmod) can neither write nor read, chmod or
+//! chown anything outside the snapshot. This is the containerd archive breakout set, enforced by
+//! the kernel rather than by path-string checks.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
+use nix::sys::stat::{Mode, SFlag, fchmod, fchmodat, FchmodatFlags, fstatat, mkdirat, mknodat, utimensat, futimens, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
+
+/// Overlayfs' whiteout prefix and opaque-directory marker, as written by docker and buildkit.
+const WHITEOUT_PREFIX: &str = ".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Entries beyond this many in one layer are refused (inode exhaustion).
+pub const MAX_ENTRIES: u64 = 4_000_000;
+/// Deepest path accepted.
+pub const MAX_DEPTH: usize = 256;
+/// Largest xattr value kept (the kernel's own limit is 64 KiB).
+const MAX_XATTR_VALUE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("reading layer archive: {0}")]
+    Archive(io::Error),
+    #[error("layer entry {path:?} escapes the layer root")]
+    Escape { path: String },
+    #[error("layer entry {path:?}: {reason}")]
+    BadEntry { path: String, reason: String },
+    #[error("layer entry {path:?}: {op}: {errno}")]
+    Fs {
+        path: String,
+        op: &'static str,
+        errno: Errno,
+    },
+    #[error("layer has more than {MAX_ENTRIES} entries")]
+    TooManyEntries,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackStats {
+    pub entries: u64,
+    pub file_bytes: u64,
+}
+
+/// Split an archive path into safe components: leading `/` and `.` dropped (containerd treats
+/// absolute names as relative to the root), `..` refused outright.
+fn components(raw: &[u8]) -> Result<Vec<OsString>, UnpackError> {
+    let mut out = Vec::new();
+    for c in raw.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                return Err(UnpackError::Escape {
+                    path: String::from_utf8_lossy(raw).into_owned(),
+                });
+            }
+            c if c.contains(&0) => {
+                return Err(UnpackError::BadEntry {
+                    path: String::from_utf8_lossy(raw).into_owned(),
+                    reason: "NUL in name".into(),
+                });
+            }
+            c => out.push(OsString::from_vec(c.to_vec())),
+        }
+    }
+    if out.len() > MAX_DEPTH {
+        return Err(UnpackError::BadEntry {
+            path: String::from_utf8_lossy(raw).into_owned(),
+            reason: format!("deeper than {MAX_DEPTH}"),
+        });
+    }
+    Ok(out)
+}
+
+fn join(comps: &[OsString]) -> PathBuf {
+    if comps.is_empty() {
+        return PathBuf::from(".");
+    }
+    let mut v = Vec::new();
+    for (i, c) in comps.iter().enumerate() {
+        if i > 0 {
+            v.push(b'/');
+        }
+        v.extend_from_slice(c.as_bytes());
+    }
+    PathBuf::from(OsString::from_vec(v))
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    stats: UnpackStats,
+}
+
+fn in_root_how(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV)
+}
+
+impl Unpacker {
+    fn fs_err(path: &[OsString], op: &'static str) -> impl FnOnce(Errno) -> UnpackError {
+        let path = join(path).display().to_string();
+        move |errno| UnpackError::Fs { path, op, errno }
+    }
+
+    /// Open (creating as needed) the directory `comps`, resolved inside the root.
+    fn dir(&self, comps: &[OsString]) -> Result<OwnedFd, UnpackError> {
+        let how = || in_root_how(OFlag::O_DIRECTORY | OFlag::O_RDONLY);
+        match openat2(self.root.as_fd(), &join(comps), how()) {
+            Ok(fd) => Ok(fd),
+            Err(Errno::ENOENT) if !comps.is_empty() => {
+                let (last, parent) = comps.split_last().ok_or(UnpackError::Escape {
+                    path: String::new(),
+                })?;
+                let pfd = self.dir(parent)?;
+                match mkdirat(pfd.as_fd(), last.as_os_str(), Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(Self::fs_err(comps, "mkdir")(e)),
+                }
+                openat2(pfd.as_fd(), last.as_os_str(), how()).map_err(Self::fs_err(comps, "open dir"))
+            }
+            Err(e) => Err(Self::fs_err(comps, "open dir")(e)),
+        }
+    }
+
+    /// Remove whatever is at `name` in `parent` (never following it), unless it is a directory
+    /// and `keep_dir` is set. Returns whether a directory was kept.
+    fn clear(&self, parent: &OwnedFd, name: &OsStr, keep_dir: bool, comps: &[OsString]) -> Result<bool, UnpackError> {
+        let st = match fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::ENOENT) => return Ok(false),
+            Err(e) => return Err(Self::fs_err(comps, "stat")(e)),
+        };
+        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        if is_dir && keep_dir {
+            return Ok(true);
+        }
+        if is_dir {
+            // std's remove_dir_all opens each level with O_NOFOLLOW and unlinks relative to it
+            // (the CVE-2022-21658 fix); the path goes through our fd, so it stays in the root.
+            let p = Path::new("/proc/self/fd")
+                .join(std::os::fd::AsRawFd::as_raw_fd(parent).to_string())
+                .join(name);
+            std::fs::remove_dir_all(&p).map_err(|e| UnpackError::Fs {
+                path: join(comps).display().to_string(),
+                op: "remove dir",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
+            })?;
+        } else {
+            unlinkat(parent.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(Self::fs_err(comps, "unlink"))?;
+        }
+        Ok(false)
+    }
+
+    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+        let raw_path = entry.path_bytes().into_owned();
+        let comps = components(&raw_path)?;
+        let Some((name, parent_comps)) = comps.split_last() else {
+            return Ok(()); // the root itself: its metadata is the snapshot's, not the image's
+        };
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let shown = || String::from_utf8_lossy(&raw_path).into_owned();
+
+        let mut uid = header.uid().map_err(UnpackError::Archive)?;
+        let mut gid = header.gid().map_err(UnpackError::Archive)?;
+        let mut xattrs: Vec<(OsString, Vec<u8>)> = Vec::new();
+        if let Some(pax) = entry.pax_extensions().map_err(UnpackError::Archive)? {
+            for ext in pax {
+                let ext = ext.map_err(UnpackError::Archive)?;
+                let key = ext.key_bytes();
+                if key == b"uid" {
+                    uid = parse_id(ext.value_bytes(), &shown)?;
+                } else if key == b"gid" {
+                    gid = parse_id(ext.value_bytes(), &shown)?;
+                } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                    // trusted.* is overlayfs' own namespace (redirect, metacopy, opaque): image
+                    // content must not steer the overlay, so only user.* and security.* are kept.
+                    if (x.starts_with(b"user.") || x.starts_with(b"security."))
+                        && ext.value_bytes().len() <= MAX_XATTR_VALUE
+                    {
+                        xattrs.push((OsString::from_vec(x.to_vec()), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        if uid > u64::from(u32::MAX - 1) || gid > u64::from(u32::MAX - 1) {
+            return Err(UnpackError::BadEntry { path: shown(), reason: format!("owner {uid}:{gid} out of range") });
+        }
+        let owner = (Some(Uid::from_raw(uid as u32)), Some(Gid::from_raw(gid as u32)));
+        let mode = Mode::from_bits_truncate(header.mode().map_err(UnpackError::Archive)? & 0o7777);
+        let mtime = TimeSpec::new(header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64, 0);
+        let name_bytes = name.as_bytes();
+
+        // Whiteouts become overlayfs whiteouts: a 0:0 char device, or an opaque xattr.
+        if name_bytes == OPAQUE_MARKER.as_bytes() {
+            let dfd = self.dir(parent_comps)?;
+            let f = File::from(dfd);
+            xattr::FileExt::set_xattr(&f, OVERLAY_OPAQUE_XATTR, b"y").map_err(|e| UnpackError::Fs {
+                path: shown(),
+                op: "set opaque xattr",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
+            })?;
+            return Ok(());
+        }
+        if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+                return Ok(()); // other aufs metadata (.wh..wh.plnk etc.) has no overlay meaning
+            }
+            if target.is_empty() || target == b"." || target == b".." {
+                return Err(UnpackError::Escape { path: shown() });
+            }
+            let pfd = self.dir(parent_comps)?;
+            let target = OsStr::from_bytes(target);
+            self.clear(&pfd, target, false, &comps)?;
+            mknodat(pfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(Self::fs_err(&comps, "mknod whiteout"))?;
+            self.stats.entries += 1;
+            return Ok(());
+        }
+
+        let pfd = self.dir(parent_comps)?;
+        use tar::EntryType as T;
+        match kind {
+            T::Directory => {
+                self.clear(&pfd, name, true, &comps)?;
+                match mkdirat(pfd.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(Self::fs_err(&comps, "mkdir")(e)),
+                }
+                let fd = nix::fcntl::openat(pfd.as_fd(), name.as_os_str(), OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+                    .map_err(Self::fs_err(&comps, "open dir"))?;
+                self.finish_fd(fd, owner, mode, &xattrs, None, &comps)?;
+            }
+            T::Regular | T::Continuous | T::GNUSparse => {
+                self.clear(&pfd, name, false, &comps)?;
+                let fd = nix::fcntl::openat(pfd.as_fd(), name.as_os_str(), OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600))
+                    .map_err(Self::fs_err(&comps, "create"))?;
+                let mut f = File::from(fd);
+                let n = io::copy(&mut entry, &mut f).map_err(UnpackError::Archive)?;
+                self.stats.file_bytes += n;
+                self.finish_fd(f.into(), owner, mode, &xattrs, Some(mtime), &comps)?;
+            }
+            T::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| UnpackError::BadEntry { path: shown(), reason: "symlink without target".into() })?
+                    .into_owned();
+                self.clear(&pfd, name, false, &comps)?;
+                // The target is stored, never followed here: it is resolved later inside the
+                // container's own root.
+                symlinkat(OsStr::from_bytes(&target), pfd.as_fd(), name.as_os_str()).map_err(Self::fs_err(&comps, "symlink"))?;
+                fchownat(pfd.as_fd(), name.as_os_str(), owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(Self::fs_err(&comps, "chown"))?;
+                let _ = utimensat(pfd.as_fd(), name.as_os_str(), &mtime, &mtime, UtimensatFlags::NoFollowSymlink);
+            }
+            T::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| UnpackError::BadEntry { path: shown(), reason: "hard link without target".into() })?
+                    .into_owned();
+                let tcomps = components(&target)?;
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(UnpackError::BadEntry { path: shown(), reason: "hard link to the root".into() });
+                };
+                let tfd = openat2(self.root.as_fd(), &join(tparent), in_root_how(OFlag::O_DIRECTORY | OFlag::O_PATH))
+                    .map_err(Self::fs_err(&tcomps, "open link target dir"))?;
+                self.clear(&pfd, name, false, &comps)?;
+                // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself. The entry's
+                // own mode/owner are not applied, so nothing is chmod'ed through the link.
+                linkat(tfd.as_fd(), tname.as_os_str(), pfd.as_fd(), name.as_os_str(), AtFlags::empty())
+                    .map_err(Self::fs_err(&comps, "hard link"))?;
+            }
+            T::Char | T::Block | T::Fifo => {
+                let sflag = match kind {
+                    T::Char => SFlag::S_IFCHR,
+                    T::Block => SFlag::S_IFBLK,
+                    _ => SFlag::S_IFIFO,
+                };
+                let major = header.device_major().map_err(UnpackError::Archive)?.unwrap_or(0);
+                let minor = header.device_minor().map_err(UnpackError::Archive)?.unwrap_or(0);
+                self.clear(&pfd, name, false, &comps)?;
+                mknodat(pfd.as_fd(), name.as_os_str(), sflag, Mode::from_bits_truncate(0o600), nix::sys::stat::makedev(u64::from(major), u64::from(minor)))
+                    .map_err(Self::fs_err(&comps, "mknod"))?;
+                fchownat(pfd.as_fd(), name.as_os_str(), owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(Self::fs_err(&comps, "chown"))?;
+                // The node was created by us a moment ago in a directory nothing else writes to,
+                // and mknod never makes a symlink, so following is moot.
+                fchmodat(pfd.as_fd(), name.as_os_str(), mode, FchmodatFlags::FollowSymlink).map_err(Self::fs_err(&comps, "chmod"))?;
+            }
+            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(()),
+            other => {
+                return Err(UnpackError::BadEntry { path: shown(), reason: format!("unsupported tar entry type {:?}", other) });
+            }
+        }
+        self.stats.entries += 1;
+        if self.stats.entries > MAX_ENTRIES {
+            return Err(UnpackError::TooManyEntries);
+        }
+        Ok(())
+    }
+
+    /// Ownership, then mode (chown clears set-id bits), xattrs and times, all on our own fd.
+    fn finish_fd(
+        &self,
+        fd: OwnedFd,
+        owner: (Option<Uid>, Option<Gid>),
+        mode: Mode,
+        xattrs: &[(OsString, Vec<u8>)],
+        mtime: Option<TimeSpec>,
+        comps: &[OsString],
+    ) -> Result<(), UnpackError> {
+        fchown(fd.as_fd(), owner.0, owner.1).map_err(Self::fs_err(comps, "chown"))?;
+        fchmod(fd.as_fd(), mode).map_err(Self::fs_err(comps, "chmod"))?;
+        let f = File::from(fd);
+        for (k, v) in xattrs {
+            xattr::FileExt::set_xattr(&f, k, v).map_err(|e| UnpackError::Fs {
+                path: join(comps).display().to_string(),
+                op: "set xattr",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
+            })?;
+        }
+        if let Some(t) = mtime {
+            let _ = futimens(f.as_fd(), &t, &t);
+        }
+        Ok(())
+    }
+}
+
+fn libc_eio() -> i32 {
+    Errno::EIO as i32
+}
+
+fn parse_id(v: &[u8], shown: &dyn Fn() -> String) -> Result<u64, UnpackError> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| UnpackError::BadEntry { path: shown(), reason: "bad pax uid/gid".into() })
+}
+
+/// Unpack the uncompressed tar stream `tar` into the (empty, private) directory `dest`.
+pub fn unpack<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
+    let root = nix::fcntl::open(dest, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
+        .map_err(|errno| UnpackError::Fs { path: dest.display().to_string(), op: "open snapshot root", errno })?;
+    let mut u = Unpacker { root, stats: UnpackStats::default() };
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().map_err(UnpackError::Archive)? {
+        let entry = entry.map_err(UnpackError::Archive)?;
+        u.entry(entry)?;
+    }
+    Ok(u.stats)
+}
+
+/// Sniffed layer compression; registries mislabel media types, so the bytes decide.
+pub fn decompressor<'a, R: io::BufRead + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a>> {
+    let head = r.fill_buf()?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(r)))
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(r)?))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn components_refuse_dotdot() {
+        assert_eq!(components(b"/a/./b//c").unwrap(), vec![OsString::from("a"), "b".into(), "c".into()]);
+        assert!(matches!(components(b"a/../../b"), Err(UnpackError::Escape { .. })));
+        assert!(components(b"./").unwrap().is_empty());
+    }
+
+    fn header(path: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        // set_path refuses `..`; write the raw name so tests can be hostile.
+        let bytes = path.as_bytes();
+        h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h
+    }
+
+    fn build(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data, link) in entries {
+            let mut h = header(path, *kind, data.len() as u64);
+            if let Some(l) = link {
+                h.set_link_name(l).unwrap_or_else(|_| {
+                    let lb = l.as_bytes();
+                    h.as_old_mut().linkname[..lb.len()].copy_from_slice(lb);
+                });
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn unpacks_files_links_whiteouts() {
+        let d = tempfile::tempdir().unwrap();
+        let t = build(&[
+            ("etc/", tar::EntryType::Directory, b"", None),
+            ("etc/hosts", tar::EntryType::Regular, b"127.0.0.1 x\n", None),
+            ("etc/link", tar::EntryType::Symlink, b"", Some("/etc/hosts")),
+            ("etc/hard", tar::EntryType::Link, b"", Some("etc/hosts")),
+            ("gone/.wh..wh..opq", tar::EntryType::Regular, b"", None),
+            (".wh.old", tar::EntryType::Regular, b"", None),
+        ]);
+        let st = unpack(&t[..], d.path()).unwrap();
+        assert_eq!(std::fs::read(d.path().join("etc/hosts")).unwrap(), b"127.0.0.1 x\n");
+        assert_eq!(std::fs::read_link(d.path().join("etc/link")).unwrap(), Path::new("/etc/hosts"));
+        let a = std::fs::metadata(d.path().join("etc/hosts")).unwrap();
+        let b = std::fs::metadata(d.path().join("etc/hard")).unwrap();
+        assert_eq!(a.ino(), b.ino());
+        assert_eq!(a.permissions().mode() & 0o7777, 0o644);
+        let wo = std::fs::symlink_metadata(d.path().join("old")).unwrap();
+        assert_eq!(wo.mode() & 0o170000, 0o020000);
+        assert_eq!(wo.rdev(), 0);
+        assert_eq!(xattr::get(d.path().join("gone"), OVERLAY_OPAQUE_XATTR).unwrap(), Some(b"y".to_vec()));
+        assert_eq!(st.file_bytes, 12);
+    }
+
+    #[test]
+    fn hostile_archives_stay_inside() {
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        std::fs::write(&victim, b"original").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let v = victim.to_str().unwrap();
+        let od = outside.path().to_str().unwrap();
+        let cases: Vec<Vec<u8>> = vec![
+            // absolute path: lands inside the root
+            build(&[(v, tar::EntryType::Regular, b"pwned", None)]),
+            // symlink to outside, then write through it
+            build(&[("l", tar::EntryType::Symlink, b"", Some(v)), ("l", tar::EntryType::Regular, b"pwned", None)]),
+            // directory replaced by symlink to outside, then write through it
+            build(&[
+                ("d/", tar::EntryType::Directory, b"", None),
+                ("d", tar::EntryType::Symlink, b"", Some(od)),
+                ("d/victim", tar::EntryType::Regular, b"pwned", None),
+            ]),
+            // relative symlink climbing out, then write through it
+            build(&[("up", tar::EntryType::Symlink, b"", Some("../../../../../../../../")), (&format!("up{v}")[..], tar::EntryType::Regular, b"pwned", None)]),
+            // hard link to a symlink pointing outside, then chmod via a second entry
+            build(&[
+                ("s", tar::EntryType::Symlink, b"", Some(v)),
+                ("h", tar::EntryType::Link, b"", Some("s")),
+                ("h", tar::EntryType::Directory, b"", None),
+            ]),
+            // whiteout aimed through a symlink dir
+            build(&[("w", tar::EntryType::Symlink, b"", Some(od)), ("w/.wh.victim", tar::EntryType::Regular, b"", None)]),
+        ];
+        for (i, t) in cases.iter().enumerate() {
+            let d = tempfile::tempdir().unwrap();
+            let _ = unpack(&t[..], d.path());
+            assert_eq!(std::fs::read(&victim).unwrap(), b"original", "case {i}");
+            let m = std::fs::metadata(&victim).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600, "case {i}");
+        }
+        // `..` names and hard links pointing outside are refused outright.
+        let d = tempfile::tempdir().unwrap();
+        let t = build(&[("../escape", tar::EntryType::Regular, b"x", None)]);
+        assert!(matches!(unpack(&t[..], d.path()), Err(UnpackError::Escape { .. })));
+        let t = build(&[("h", tar::EntryType::Link, b"", Some("../../../etc/passwd"))]);
+        assert!(matches!(unpack(&t[..], d.path()), Err(UnpackError::Escape { .. })));
+        // a hard link to an absolute host path resolves inside the root, where it does not exist
+        let t = build(&[("h", tar::EntryType::Link, b"", Some(v))]);
+        assert!(unpack(&t[..], d.path()).is_err());
+        assert!(!outside.path().join("escape").exists());
+    }
+
+    #[test]
+    fn truncated_archive_fails() {
+        let t = build(&[("big", tar::EntryType::Regular, &[7u8; 4096], None)]);
+        let d = tempfile::tempdir().unwrap();
+        assert!(unpack(&t[..1024], d.path()).is_err());
+    }
+
+    #[test]
+    fn sniffs_compression() {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"hello").unwrap();
+        let gz = gz.finish().unwrap();
+        let zs = zstd::encode_all(&b"hello"[..], 1).unwrap();
+        for input in [gz, zs, b"hello".to_vec()] {
+            let mut out = String::new();
+            decompressor(&input[..]).unwrap().read_to_string(&mut out).unwrap();
+            assert_eq!(out, "hello");
+        }
+    }
+}

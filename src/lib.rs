@@ -1,0 +1,10 @@
+//! kelson: a native Kubernetes CRI runtime. This crate is `kelsond`: the CRI edge, the image
+//! service, the store. No `unsafe` here: raw syscalls live in their own crate.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod cri;
+pub mod dirs;
+pub mod image;
+pub mod server;
+pub mod store;

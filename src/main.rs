@@ -1,0 +1,150 @@
+//! `kelsond`: command line, logging, start-up and shutdown.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kelson::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, Overrides};
+use kelson::cri::Runtime;
+use kelson::dirs::Dirs;
+use kelson::image::ImageService;
+use kelson::store::Store;
+
+#[derive(Parser)]
+#[command(name = "kelsond", version, about = "kelson: a native Kubernetes CRI runtime")]
+struct Cli {
+    /// Config file (TOML); a missing default file means built-in defaults.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Persistent data directory.
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Runtime state directory.
+    #[arg(long, global = true)]
+    state: Option<PathBuf>,
+    /// CRI socket path.
+    #[arg(long, global = true)]
+    address: Option<PathBuf>,
+    /// Log level or tracing filter (e.g. "info", "kelson=debug").
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve CRI (the default).
+    Serve,
+    /// Print the effective configuration as TOML.
+    Config,
+    /// Check the database; with --rebuild, move a corrupt one aside and start empty (images are
+    /// re-pulled on demand; snapshots without records are collected).
+    RepairDb {
+        #[arg(long)]
+        rebuild: bool,
+    },
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let (path, explicit) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let mut cfg = Config::load(&path, explicit)?;
+    cfg.apply(Overrides {
+        root: cli.root.clone(),
+        state: cli.state.clone(),
+        address: cli.address.clone(),
+        log_level: cli.log_level.clone(),
+    })?;
+    Ok(cfg)
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kelsond: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Some(Command::Config) => {
+            print!("{}", cfg.to_toml());
+            Ok(())
+        }
+        Some(Command::RepairDb { rebuild }) => repair_db(&cfg, rebuild),
+        Some(Command::Serve) | None => run(cfg),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kelsond: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log_format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+fn repair_db(cfg: &Config, rebuild: bool) -> anyhow::Result<()> {
+    let dirs = Dirs::new(&cfg.root, &cfg.state);
+    let path = dirs.database();
+    match Store::open(&path) {
+        Ok(s) => {
+            let n = s.images().context("reading image records")?.len();
+            println!("database {} is consistent ({n} images)", path.display());
+            Ok(())
+        }
+        Err(e) if rebuild => {
+            let aside = path.with_extension(format!("corrupt-{}", std::process::id()));
+            std::fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+            Store::open(&path)?;
+            println!("{e}\nmoved the corrupt database to {} and created an empty one", aside.display());
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{e}; run `kelsond repair-db --rebuild` to move it aside and start empty"),
+    }
+}
+
+fn run(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    rt.block_on(async move {
+        let dirs = Dirs::new(&cfg.root, &cfg.state);
+        dirs.create().with_context(|| format!("creating {} and {}", cfg.root.display(), cfg.state.display()))?;
+        let store = Arc::new(Store::open(&dirs.database())?);
+        let images = Arc::new(ImageService::new(dirs.clone(), store, cfg.clone()));
+        {
+            let images = images.clone();
+            tokio::task::spawn_blocking(move || images.recover()).await??;
+        }
+        let listener = kelson::server::bind(&cfg.grpc.address, cfg.grpc.gid)?;
+        tracing::info!(address = %cfg.grpc.address.display(), root = %cfg.root.display(), state = %cfg.state.display(), version = env!("CARGO_PKG_VERSION"), "kelsond serving CRI");
+        let shared = Arc::new(Runtime { config: cfg.clone(), images });
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return std::future::pending().await;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::info!("signal received, shutting down");
+        };
+        kelson::server::serve(shared, listener, shutdown).await?;
+        let _ = std::fs::remove_file(&cfg.grpc.address);
+        tracing::info!("kelsond stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,65 @@
+//! Serving CRI on the unix socket: created atomically (bound under a temp name, chmod 0660,
+//! renamed over any stale socket), one tracing span per call, graceful stop on a signal.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::cri::image::ImageApi;
+use crate::cri::runtime::RuntimeApi;
+use crate::cri::Shared;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("socket {path}: {op}: {source}")]
+    Socket {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
+    #[error("grpc server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Bind `path` so that clients never see a half-made socket: bind a temp name beside it, set
+/// owner and mode, then rename over the final name (replacing a stale socket from a crash).
+pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ServerError> {
+    let err = |op, source| ServerError::Socket { path: path.to_owned(), op, source };
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    std::fs::create_dir_all(parent).map_err(|e| err("create parent dir", e))?;
+    let tmp = parent.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"), std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(|e| err("bind", e))?;
+    let setup = || -> std::io::Result<()> {
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = setup() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err("install", e));
+    }
+    Ok(listener)
+}
+
+pub async fn serve(shared: Shared, listener: UnixListener, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+    let max = shared.config.grpc.max_message_bytes;
+    let runtime = RuntimeServiceServer::new(RuntimeApi(shared.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+    let image = ImageServiceServer::new(ImageApi(shared.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+    tonic::transport::Server::builder()
+        .trace_fn(|req| {
+            let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
+            tracing::info_span!("cri", method = %method, image = tracing::field::Empty, pod = tracing::field::Empty, container = tracing::field::Empty)
+        })
+        .add_service(runtime)
+        .add_service(image)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

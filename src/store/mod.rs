@@ -1,0 +1,217 @@
+//! The embedded transactional store (redb): image records and the name → image index.
+//! Every change is one ACID transaction, durable before it returns, so a `kill -9` at any point
+//! leaves either the old or the new state. Knows nothing of registries, files or gRPC.
+
+mod records;
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+pub use records::{ImageRecord, LayerRecord};
+
+const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
+const NAMES: TableDefinition<&str, &str> = TableDefinition::new("image_names");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening database {path}: {message} (run `kelsond repair-db` to rebuild it)")]
+    Open { path: PathBuf, message: String },
+    #[error("database {op}: {message}")]
+    Db { op: &'static str, message: String },
+    #[error("database record {key}: {message}")]
+    Record { key: String, message: String },
+}
+
+fn db_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError::Db {
+        op,
+        message: e.to_string(),
+    }
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let tx = db.begin_write().map_err(db_err("begin"))?;
+        tx.open_table(IMAGES).map_err(db_err("open table"))?;
+        tx.open_table(NAMES).map_err(db_err("open table"))?;
+        tx.commit().map_err(db_err("commit"))?;
+        Ok(Store { db })
+    }
+
+    pub fn images(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin read"))?;
+        let t = tx.open_table(IMAGES).map_err(db_err("open table"))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err("iterate"))? {
+            let (k, v) = row.map_err(db_err("read"))?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn image(&self, id: &str) -> Result<Option<ImageRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin read"))?;
+        let t = tx.open_table(IMAGES).map_err(db_err("open table"))?;
+        match t.get(id).map_err(db_err("read"))? {
+            Some(v) => Ok(Some(decode(id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The image id a repo tag or repo digest names.
+    pub fn image_id_by_name(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin read"))?;
+        let t = tx.open_table(NAMES).map_err(db_err("open table"))?;
+        Ok(t.get(name).map_err(db_err("read"))?.map(|v| v.value().to_owned()))
+    }
+
+    /// Insert or merge `rec`; each of its names is moved from whatever image held it before
+    /// (a tag re-pointed by a newer pull), all in one transaction.
+    pub fn put_image(&self, rec: &ImageRecord) -> Result<ImageRecord, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        let merged;
+        {
+            let mut images = tx.open_table(IMAGES).map_err(db_err("open table"))?;
+            let mut names = tx.open_table(NAMES).map_err(db_err("open table"))?;
+            let mut new = match images.get(rec.id.as_str()).map_err(db_err("read"))? {
+                Some(v) => decode(&rec.id, v.value())?,
+                None => rec.clone(),
+            };
+            new.layers = rec.layers.clone();
+            new.pulled_at = rec.pulled_at;
+            for n in rec.repo_tags.iter().chain(&rec.repo_digests) {
+                let prev = names
+                    .insert(n.as_str(), rec.id.as_str())
+                    .map_err(db_err("write"))?
+                    .map(|g| g.value().to_owned());
+                if let Some(prev) = prev.filter(|p| *p != rec.id) {
+                    let old = images.get(prev.as_str()).map_err(db_err("read"))?.map(|v| v.value().to_vec());
+                    if let Some(old) = old {
+                        let mut old = decode(&prev, &old)?;
+                        old.repo_tags.retain(|t| t != n);
+                        old.repo_digests.retain(|t| t != n);
+                        images.insert(prev.as_str(), encode(&old)?.as_slice()).map_err(db_err("write"))?;
+                    }
+                }
+            }
+            for t in &rec.repo_tags {
+                if !new.repo_tags.contains(t) {
+                    new.repo_tags.push(t.clone());
+                }
+            }
+            for d in &rec.repo_digests {
+                if !new.repo_digests.contains(d) {
+                    new.repo_digests.push(d.clone());
+                }
+            }
+            images.insert(rec.id.as_str(), encode(&new)?.as_slice()).map_err(db_err("write"))?;
+            merged = new;
+        }
+        tx.commit().map_err(db_err("commit"))?;
+        Ok(merged)
+    }
+
+    /// Drop `name` from image `id`, or the whole image when `name` is None. Returns the record
+    /// as it was before, or None when there was no such image.
+    pub fn remove_image(&self, id: &str, name: Option<&str>) -> Result<Option<ImageRecord>, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        let before;
+        {
+            let mut images = tx.open_table(IMAGES).map_err(db_err("open table"))?;
+            let mut names = tx.open_table(NAMES).map_err(db_err("open table"))?;
+            let rec = images.get(id).map_err(db_err("read"))?.map(|v| v.value().to_vec());
+            let Some(rec) = rec else { return Ok(None) };
+            let rec = decode(id, &rec)?;
+            let mut kept = rec.clone();
+            match name {
+                Some(n) => {
+                    kept.repo_tags.retain(|t| t != n);
+                    kept.repo_digests.retain(|t| t != n);
+                    names.remove(n).map_err(db_err("write"))?;
+                }
+                None => {
+                    kept.repo_tags.clear();
+                    kept.repo_digests.clear();
+                    for n in rec.repo_tags.iter().chain(&rec.repo_digests) {
+                        names.remove(n.as_str()).map_err(db_err("write"))?;
+                    }
+                }
+            }
+            if kept.repo_tags.is_empty() && kept.repo_digests.is_empty() {
+                images.remove(id).map_err(db_err("write"))?;
+            } else {
+                images.insert(id, encode(&kept)?.as_slice()).map_err(db_err("write"))?;
+            }
+            before = rec;
+        }
+        tx.commit().map_err(db_err("commit"))?;
+        Ok(Some(before))
+    }
+}
+
+fn decode(key: &str, v: &[u8]) -> Result<ImageRecord, StoreError> {
+    serde_json::from_slice(v).map_err(|e| StoreError::Record {
+        key: key.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode(r: &ImageRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(r).map_err(|e| StoreError::Record {
+        key: r.id.clone(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str, tags: &[&str]) -> ImageRecord {
+        ImageRecord {
+            id: id.into(),
+            repo_tags: tags.iter().map(|s| s.to_string()).collect(),
+            repo_digests: vec![format!("r@{id}")],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tags_move_and_removal_drops_names() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(&d.path().join("db")).unwrap();
+        s.put_image(&rec("a", &["x:1"])).unwrap();
+        s.put_image(&rec("b", &["x:1"])).unwrap();
+        assert_eq!(s.image_id_by_name("x:1").unwrap().as_deref(), Some("b"));
+        assert!(s.image("a").unwrap().unwrap().repo_tags.is_empty());
+        // removing one name keeps the image while it has others
+        s.remove_image("b", Some("x:1")).unwrap();
+        assert!(s.image("b").unwrap().is_some());
+        s.remove_image("b", None).unwrap();
+        assert!(s.image("b").unwrap().is_none());
+        assert!(s.image_id_by_name("r@b").unwrap().is_none());
+        assert!(s.remove_image("b", None).unwrap().is_none());
+        drop(s);
+        // durable across reopen
+        let s = Store::open(&d.path().join("db")).unwrap();
+        assert_eq!(s.images().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn corrupt_file_is_refused_with_a_clear_message() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("db");
+        std::fs::write(&p, vec![0x5a; 8192]).unwrap();
+        let e = Store::open(&p).err().unwrap().to_string();
+        assert!(e.contains("repair-db"), "{e}");
+    }
+}
