@@ -1,1 +1,11 @@
+//! Test harness shared by kelson's integration tests and benchmarks: a real registry (Debian's
+//! `docker-registry`) on a free loopback port, with TLS and basic auth when asked; test images
+//! built here from the host's busybox; and a `kelsond` under test with its own dirs and socket.
 
+pub mod daemon;
+pub mod images;
+pub mod registry;
+
+pub use daemon::Daemon;
+pub use images::{Compression, Image, Layer, Pusher, TarBuilder, TestImages, sha256};
+pub use registry::{Registry, RegistryOptions};

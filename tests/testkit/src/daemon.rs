@@ -1,0 +1,137 @@
+//! A `kelsond` under test: its own root, state, socket, hosts dir and config file, so tests run
+//! in parallel without sharing anything. Stopped with SIGTERM (or killed) by PID.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+pub use kelson_conformance::Cri;
+
+pub struct Daemon {
+    child: Option<Child>,
+    bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub certs_d: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Daemon {
+    /// Start `bin` with the test dirs plus `extra` TOML appended to the config.
+    pub fn start(bin: &Path, extra: &str) -> anyhow::Result<Daemon> {
+        let dir = tempfile::Builder::new().prefix("kelson-test-").tempdir()?;
+        let root = dir.path().join("root");
+        let state = dir.path().join("state");
+        let socket = state.join("kelson.sock");
+        let certs_d = dir.path().join("certs.d");
+        std::fs::create_dir_all(&certs_d)?;
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "root = \"{}\"\nstate = \"{}\"\nlog_level = \"kelson=debug,info\"\n[registry]\nconfig_path = \"{}\"\n{extra}\n",
+                root.display(),
+                state.display(),
+                certs_d.display()
+            ),
+        )?;
+        let mut d = Daemon { child: None, bin: bin.to_owned(), dir, root, state, socket, certs_d, config };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("kelsond.log"))?;
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!("kelsond exited with {status}: {}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("kelsond socket {} did not appear: {}", self.socket.display(), self.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("kelsond.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let mut c = self.child.take().context("not running")?;
+        kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM)?;
+        Ok(c.wait()?)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn crash(&mut self) -> anyhow::Result<()> {
+        let mut c = self.child.take().context("not running")?;
+        c.kill()?;
+        c.wait()?;
+        Ok(())
+    }
+
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        self.spawn()
+    }
+
+    pub async fn cri(&self) -> anyhow::Result<Cri> {
+        kelson_conformance::connect(&self.socket).await
+    }
+
+    /// Write `certs.d/<registry>/hosts.toml`.
+    pub fn hosts(&self, registry: &str, toml: &str) -> anyhow::Result<()> {
+        let d = self.certs_d.join(registry);
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(d.join("hosts.toml"), toml)?;
+        Ok(())
+    }
+
+    pub fn snapshot_dir(&self, diff_id: &str) -> PathBuf {
+        self.root.join("snapshots").join(diff_id.trim_start_matches("sha256:")).join("fs")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
