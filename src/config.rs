@@ -156,8 +156,17 @@ impl Config {
             path: path.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
+        let mut cfg = cfg;
+        cfg.socket_follows_state();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The socket lives in the state dir unless placed explicitly.
+    fn socket_follows_state(&mut self) {
+        if self.grpc.address == GrpcConfig::default().address && self.state != Config::default().state {
+            self.grpc.address = self.state.join("kelson.sock");
+        }
     }
 
     /// Load `path`; when `explicit` is false a missing file means the embedded defaults.
@@ -177,11 +186,8 @@ impl Config {
             self.root = root;
         }
         if let Some(state) = o.state {
-            // The socket follows the state dir unless it was placed explicitly.
-            if self.grpc.address == GrpcConfig::default().address {
-                self.grpc.address = state.join("kelson.sock");
-            }
             self.state = state;
+            self.socket_follows_state();
         }
         if let Some(address) = o.address {
             self.grpc.address = address;
@@ -331,6 +337,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(c.grpc.address, PathBuf::from("/tmp/s/kelson.sock"));
+    }
+
+    #[test]
+    fn state_in_file_moves_default_socket() {
+        let c = parse("state = \"/tmp/k\"\n").unwrap();
+        assert_eq!(c.grpc.address, PathBuf::from("/tmp/k/kelson.sock"));
+        let c = parse("state = \"/tmp/k\"\n[grpc]\naddress = \"/x.sock\"\n").unwrap();
+        assert_eq!(c.grpc.address, PathBuf::from("/x.sock"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct Registry {
     /// `127.0.0.1:PORT`
     pub host: String,
     pub dir: tempfile::TempDir,
-    /// PEM of the self-signed certificate when TLS is on.
+    /// PEM of the CA that signed the registry's certificate, when TLS is on.
     pub ca_pem: Option<PathBuf>,
     pub options: RegistryOptions,
 }
@@ -33,22 +33,28 @@ pub fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+/// A throwaway CA and a leaf certificate for 127.0.0.1 signed by it (rustls refuses a CA
+/// certificate used as the server's own).
+fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+    let ca = dir.join("ca.pem");
+    let ca_key = dir.join("ca.key");
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
-        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .context("running openssl")?;
-    if !out.status.success() {
-        bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok((cert, key))
+    let csr = dir.join("cert.csr");
+    let ext = dir.join("ext.cnf");
+    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n")?;
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    };
+    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=kelson test CA", "-keyout", "ca.key", "-out", "ca.pem"])?;
+    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "cert.csr"])?;
+    run(&["x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "cert.pem"])?;
+    let _ = (ca_key, csr);
+    Ok((ca, cert, key))
 }
 
 impl Registry {
@@ -64,9 +70,9 @@ impl Registry {
         );
         let mut ca_pem = None;
         if options.tls {
-            let (cert, key) = self_signed(dir.path())?;
+            let (ca, cert, key) = self_signed(dir.path())?;
             cfg.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
-            ca_pem = Some(cert);
+            ca_pem = Some(ca);
         }
         if let Some((user, pass)) = &options.auth {
             let hash = bcrypt::hash(pass, 5)?;
