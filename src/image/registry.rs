@@ -86,7 +86,8 @@ impl Registry {
                         })
                         .collect(),
                     connect_timeout: Some(timeout.min(Duration::from_secs(30))),
-                    read_timeout: Some(timeout),
+                    // Our own per-chunk timeout (below) reports stalls; the client's is a backstop.
+                    read_timeout: Some(timeout + Duration::from_secs(5)),
                     user_agent: concat!("kelson/", env!("CARGO_PKG_VERSION")),
                     ..Default::default()
                 };

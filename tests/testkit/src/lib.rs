@@ -3,6 +3,7 @@
 //! built here from the host's busybox; and a `kelsond` under test with its own dirs and socket.
 
 pub mod daemon;
+pub mod fake_registry;
 pub mod images;
 pub mod registry;
 

@@ -1,0 +1,160 @@
+//! A minimal in-process registry (read-only distribution API over HTTP/1.1) whose blob delivery
+//! can be slowed or stalled, and which counts blob downloads: for the timing and sharing tests a
+//! real registry cannot be made to do on cue.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::images::{Image, sha256};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Delivery {
+    /// All at once.
+    Fast,
+    /// `chunk` bytes every `every`.
+    Drip { chunk: usize, every: Duration },
+    /// Send the first `after` bytes of each layer, then nothing, forever.
+    Stall { after: usize },
+}
+
+#[derive(Default)]
+struct State {
+    manifests: HashMap<String, (String, Vec<u8>)>,
+    blobs: HashMap<String, Vec<u8>>,
+    layer_digests: Vec<String>,
+}
+
+pub struct FakeRegistry {
+    pub host: String,
+    state: Arc<Mutex<State>>,
+    delivery: Arc<Mutex<Delivery>>,
+    pub blob_gets: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeRegistry {
+    pub async fn start() -> anyhow::Result<FakeRegistry> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let host = l.local_addr()?.to_string();
+        let state: Arc<Mutex<State>> = Arc::default();
+        let delivery = Arc::new(Mutex::new(Delivery::Fast));
+        let blob_gets = Arc::new(AtomicUsize::new(0));
+        let (s, d, g) = (state.clone(), delivery.clone(), blob_gets.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = l.accept().await {
+                let (s, d, g) = (s.clone(), d.clone(), g.clone());
+                tokio::spawn(async move {
+                    let _ = serve(conn, s, d, g).await;
+                });
+            }
+        });
+        Ok(FakeRegistry { host, state, delivery, blob_gets, task })
+    }
+
+    pub fn set_delivery(&self, d: Delivery) {
+        *self.delivery.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    pub fn add(&self, repo: &str, tag: &str, img: &Image) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for l in &img.layers {
+            s.blobs.insert(l.digest(), l.blob.clone());
+            s.layer_digests.push(l.digest());
+        }
+        s.blobs.insert(sha256(&img.config), img.config.clone());
+        let m = (img.manifest_media_type.clone(), img.manifest.clone());
+        s.manifests.insert(format!("{repo}:{tag}"), m.clone());
+        s.manifests.insert(format!("{repo}:{}", img.manifest_digest()), m);
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut conn: tokio::net::TcpStream,
+    state: Arc<Mutex<State>>,
+    delivery: Arc<Mutex<Delivery>>,
+    gets: Arc<AtomicUsize>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut tmp).await?;
+        if n == 0 || buf.len() > 64 * 1024 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut parts = head.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let head_only = method == "HEAD";
+    let reply = |status: &str, ctype: &str, len: usize, extra: &str| {
+        format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n")
+    };
+    if path == "/v2/" {
+        conn.write_all(reply("200 OK", "application/json", 2, "").as_bytes()).await?;
+        if !head_only {
+            conn.write_all(b"{}").await?;
+        }
+        return Ok(());
+    }
+    let rest = path.strip_prefix("/v2/").unwrap_or("");
+    let (found, body, ctype, is_layer) = if let Some((repo, r)) = rest.split_once("/manifests/") {
+        let s = state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.manifests.get(&format!("{repo}:{r}")) {
+            Some((mt, b)) => (true, b.clone(), mt.clone(), false),
+            None => (false, vec![], String::new(), false),
+        }
+    } else if let Some((_, d)) = rest.split_once("/blobs/") {
+        let s = state.lock().unwrap_or_else(|p| p.into_inner());
+        match s.blobs.get(d) {
+            Some(b) => (true, b.clone(), "application/octet-stream".to_owned(), s.layer_digests.iter().any(|l| l == d)),
+            None => (false, vec![], String::new(), false),
+        }
+    } else {
+        (false, vec![], String::new(), false)
+    };
+    if !found {
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}"#;
+        conn.write_all(reply("404 Not Found", "application/json", body.len(), "").as_bytes()).await?;
+        conn.write_all(body).await?;
+        return Ok(());
+    }
+    let digest = sha256(&body);
+    conn.write_all(reply("200 OK", &ctype, body.len(), &format!("Docker-Content-Digest: {digest}\r\n")).as_bytes()).await?;
+    if head_only {
+        return Ok(());
+    }
+    if !is_layer {
+        return conn.write_all(&body).await;
+    }
+    gets.fetch_add(1, Ordering::SeqCst);
+    let d = *delivery.lock().unwrap_or_else(|p| p.into_inner());
+    match d {
+        Delivery::Fast => conn.write_all(&body).await,
+        Delivery::Drip { chunk, every } => {
+            for c in body.chunks(chunk.max(1)) {
+                conn.write_all(c).await?;
+                conn.flush().await?;
+                tokio::time::sleep(every).await;
+            }
+            Ok(())
+        }
+        Delivery::Stall { after } => {
+            conn.write_all(&body[..after.min(body.len())]).await?;
+            conn.flush().await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok(())
+        }
+    }
+}
