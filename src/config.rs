@@ -218,9 +218,7 @@ impl Config {
                 message: "must differ from root".into(),
             });
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err()
-            || self.log_level.is_empty()
-        {
+        if !valid_log_filter(&self.log_level) {
             return Err(ConfigError::Invalid {
                 key: "log_level",
                 message: format!("{:?} is not a log level or filter", self.log_level),
@@ -258,6 +256,22 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// A level (`info`) or comma-separated `target=level` directives, as `RUST_LOG` takes them.
+/// Stricter than `EnvFilter`, which reads any word as a target and so accepts typos.
+fn valid_log_filter(s: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = |l: &str| LEVELS.contains(&l.to_ascii_lowercase().as_str());
+    !s.is_empty()
+        && s.split(',').all(|d| match d.split_once('=') {
+            Some((target, l)) => {
+                !target.is_empty()
+                    && target.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+                    && level(l)
+            }
+            None => level(d),
+        })
 }
 
 /// Durations as humantime strings ("5m", "30s") in the file.
@@ -326,6 +340,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("image.pinned"), "{e}");
+    }
+
+    #[test]
+    fn log_filters() {
+        for ok in ["info", "DEBUG", "kelson=debug,info", "kelson::image=trace"] {
+            assert!(valid_log_filter(ok), "{ok}");
+        }
+        for bad in ["", "loud", "kelson=loud", "=info", "a b=info"] {
+            assert!(!valid_log_filter(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -64,6 +64,7 @@ impl Daemon {
             }
             if let Some(c) = self.child.as_mut() {
                 if let Some(status) = c.try_wait()? {
+                    self.child = None;
                     bail!("kelsond exited with {status}: {}", self.log());
                 }
             }

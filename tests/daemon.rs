@@ -1,0 +1,111 @@
+//! kelsond as a process: configuration errors at start-up, the effective config, the socket,
+//! the runtime answers, and Unimplemented verbs that say so.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+use std::path::Path;
+use std::process::Command;
+
+use k8s_cri::v1 as cri;
+use kelson_testkit::Daemon;
+use tonic::Code;
+
+fn kelsond(args: &[&str]) -> std::process::Output {
+    Command::new(common::KELSOND).args(args).output().expect("running kelsond")
+}
+
+#[test]
+fn bad_config_is_refused_naming_the_key() {
+    let d = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[image]\nmax_concurrent_downlods = 3\n", "max_concurrent_downlods"),
+        ("log_level = \"loud!!\"\n", "log_level"),
+        ("root = \"relative\"\n", "root"),
+        ("[image]\npull_progress_timeout = \"fast\"\n", "pull_progress_timeout"),
+    ];
+    for (text, key) in cases {
+        let p = d.path().join("c.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = kelsond(&["--config", p.to_str().unwrap(), "config"]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{text}: {err}");
+    }
+    let out = kelsond(&["--config", "/nonexistent/kelson.toml", "config"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kelson.toml"));
+}
+
+#[test]
+fn config_prints_effective_values_with_flag_overrides() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("c.toml");
+    std::fs::write(&p, "root = \"/srv/kelson\"\n[image]\nmax_concurrent_downloads = 5\n").unwrap();
+    let out = kelsond(&["--config", p.to_str().unwrap(), "--state", "/run/k2", "--log-level", "debug", "config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(v["root"].as_str(), Some("/srv/kelson"));
+    assert_eq!(v["state"].as_str(), Some("/run/k2"));
+    assert_eq!(v["log_level"].as_str(), Some("debug"));
+    assert_eq!(v["grpc"]["address"].as_str(), Some("/run/k2/kelson.sock"));
+    assert_eq!(v["image"]["max_concurrent_downloads"].as_integer(), Some(5));
+    // No file at the default path: embedded defaults.
+    let out = kelsond(&["config"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/var/lib/kelson"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> {
+    let d = Daemon::start(Path::new(common::KELSOND), "")?;
+    let m = std::fs::metadata(&d.socket)?;
+    assert!(m.file_type().is_socket());
+    assert_eq!(m.permissions().mode() & 0o777, 0o660);
+    let mut c = d.cri().await?;
+    let v = c.runtime.version(cri::VersionRequest { version: "0.1.0".into() }).await?.into_inner();
+    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("kelson", "v1"));
+    let s = c.runtime.status(cri::StatusRequest { verbose: true }).await?.into_inner();
+    let conds = s.status.unwrap().conditions;
+    assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    // No CNI yet: the network is honestly not ready, with a reason.
+    assert!(conds.iter().any(|c| c.r#type == "NetworkReady" && !c.status && c.reason == "NetworkPluginNotReady"));
+    assert!(s.info["config"].contains(&d.root.display().to_string()));
+    let rc = c.runtime.runtime_config(cri::RuntimeConfigRequest {}).await?.into_inner();
+    assert_eq!(rc.linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
+    let err = c.runtime.run_pod_sandbox(cri::RunPodSandboxRequest::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    // The runtime reports not-ready, with the reason, when its root cannot be written: the
+    // readiness probe file is made a directory, so the write fails even for root.
+    let probe = d.root.join(".ready-probe");
+    std::fs::create_dir(&probe)?;
+    let s = c.runtime.status(cri::StatusRequest { verbose: false }).await?.into_inner();
+    let rt = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "RuntimeReady").unwrap();
+    assert!(!rt.status && rt.message.contains("not writable"), "{rt:?}");
+    std::fs::remove_dir(&probe)?;
+    let s = c.runtime.status(cri::StatusRequest { verbose: false }).await?.into_inner();
+    assert!(s.status.unwrap().conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupt_database_refuses_to_start_and_repair_rebuilds() -> anyhow::Result<()> {
+    let mut d = Daemon::start(Path::new(common::KELSOND), "")?;
+    d.stop()?;
+    let db = d.root.join("kelson.redb");
+    std::fs::write(&db, vec![0x42u8; 16384])?;
+    let err = d.restart().unwrap_err().to_string();
+    assert!(err.contains("repair-db"), "{err}");
+    let cfg = d.config.to_str().unwrap().to_owned();
+    let out = kelsond(&["--config", &cfg, "repair-db"]);
+    assert!(!out.status.success());
+    let out = kelsond(&["--config", &cfg, "repair-db", "--rebuild"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    d.restart()?;
+    let mut c = d.cri().await?;
+    assert!(c.image.list_images(cri::ListImagesRequest { filter: None }).await?.into_inner().images.is_empty());
+    Ok(())
+}
