@@ -164,7 +164,9 @@ impl Config {
 
     /// The socket lives in the state dir unless placed explicitly.
     fn socket_follows_state(&mut self) {
-        if self.grpc.address == GrpcConfig::default().address && self.state != Config::default().state {
+        if self.grpc.address == GrpcConfig::default().address
+            && self.state != Config::default().state
+        {
             self.grpc.address = self.state.join("kelson.sock");
         }
     }
@@ -173,7 +175,9 @@ impl Config {
     pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Config::from_toml(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => Ok(Config::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Config::default())
+            }
             Err(source) => Err(ConfigError::Read {
                 path: path.to_owned(),
                 source,
@@ -267,7 +271,9 @@ fn valid_log_filter(s: &str) -> bool {
         && s.split(',').all(|d| match d.split_once('=') {
             Some((target, l)) => {
                 !target.is_empty()
-                    && target.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
+                    && target
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
                     && level(l)
             }
             None => level(d),

@@ -60,7 +60,10 @@ impl Dirs {
             &self.snapshots(),
             &self.snapshots_tmp(),
         ] {
-            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(d)?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)?;
         }
         std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711))?;
         Ok(())

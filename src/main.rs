@@ -13,7 +13,11 @@ use kelson::image::ImageService;
 use kelson::store::Store;
 
 #[derive(Parser)]
-#[command(name = "kelsond", version, about = "kelson: a native Kubernetes CRI runtime")]
+#[command(
+    name = "kelsond",
+    version,
+    about = "kelson: a native Kubernetes CRI runtime"
+)]
 struct Cli {
     /// Config file (TOML); a missing default file means built-in defaults.
     #[arg(long, global = true)]
@@ -92,7 +96,9 @@ fn main() -> std::process::ExitCode {
 
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match cfg.log_format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
@@ -110,18 +116,27 @@ fn repair_db(cfg: &Config, rebuild: bool) -> anyhow::Result<()> {
         }
         Err(e) if rebuild => {
             let aside = path.with_extension(format!("corrupt-{}", std::process::id()));
-            std::fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+            std::fs::rename(&path, &aside)
+                .with_context(|| format!("moving {} aside", path.display()))?;
             Store::open(&path)?;
-            println!("{e}\nmoved the corrupt database to {} and created an empty one", aside.display());
+            println!(
+                "{e}\nmoved the corrupt database to {} and created an empty one",
+                aside.display()
+            );
             Ok(())
         }
-        Err(e) => anyhow::bail!("{e}; run `kelsond repair-db --rebuild` to move it aside and start empty"),
+        Err(e) => {
+            anyhow::bail!("{e}; run `kelsond repair-db --rebuild` to move it aside and start empty")
+        }
     }
 }
 
 fn run(cfg: Config) -> anyhow::Result<()> {
     init_logging(&cfg);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     rt.block_on(async move {
         let dirs = Dirs::new(&cfg.root, &cfg.state);
         dirs.create().with_context(|| format!("creating {} and {}", cfg.root.display(), cfg.state.display()))?;

@@ -9,9 +9,9 @@ use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::cri::Shared;
 use crate::cri::image::ImageApi;
 use crate::cri::runtime::RuntimeApi;
-use crate::cri::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -28,10 +28,18 @@ pub enum ServerError {
 /// Bind `path` so that clients never see a half-made socket: bind a temp name beside it, set
 /// owner and mode, then rename over the final name (replacing a stale socket from a crash).
 pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ServerError> {
-    let err = |op, source| ServerError::Socket { path: path.to_owned(), op, source };
+    let err = |op, source| ServerError::Socket {
+        path: path.to_owned(),
+        op,
+        source,
+    };
     let parent = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(parent).map_err(|e| err("create parent dir", e))?;
-    let tmp = parent.join(format!(".{}.{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"),
+        std::process::id()
+    ));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(|e| err("bind", e))?;
     let setup = || -> std::io::Result<()> {
@@ -48,10 +56,18 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ServerError> 
     Ok(listener)
 }
 
-pub async fn serve(shared: Shared, listener: UnixListener, shutdown: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn serve(
+    shared: Shared,
+    listener: UnixListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServerError> {
     let max = shared.config.grpc.max_message_bytes;
-    let runtime = RuntimeServiceServer::new(RuntimeApi(shared.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
-    let image = ImageServiceServer::new(ImageApi(shared.clone())).max_decoding_message_size(max).max_encoding_message_size(max);
+    let runtime = RuntimeServiceServer::new(RuntimeApi(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let image = ImageServiceServer::new(ImageApi(shared.clone()))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
     tonic::transport::Server::builder()
         .trace_fn(|req| {
             let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();

@@ -20,17 +20,36 @@ pub async fn env_with(opts: RegistryOptions, extra_config: &str) -> anyhow::Resu
 pub async fn env() -> anyhow::Result<Env> {
     let e = env_with(RegistryOptions::default(), "").await?;
     let p = Pusher::new(&e.registry)?;
-    p.image("test/standard", "v1", &TestImages::standard("amd64", false)?).await?;
+    p.image(
+        "test/standard",
+        "v1",
+        &TestImages::standard("amd64", false)?,
+    )
+    .await?;
     Ok(e)
 }
 
 pub fn spec(image: &str) -> Option<k8s_cri::v1::ImageSpec> {
-    Some(k8s_cri::v1::ImageSpec { image: image.into(), ..Default::default() })
+    Some(k8s_cri::v1::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
 }
 
 pub async fn pull(d: &Daemon, image: &str) -> Result<String, tonic::Status> {
-    let mut c = d.cri().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    Ok(c.image.pull_image(k8s_cri::v1::PullImageRequest { image: spec(image), auth: None, sandbox_config: None }).await?.into_inner().image_ref)
+    let mut c = d
+        .cri()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Ok(c.image
+        .pull_image(k8s_cri::v1::PullImageRequest {
+            image: spec(image),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .image_ref)
 }
 
 /// Directory entries under `dir` (0 when missing).

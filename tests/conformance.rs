@@ -12,7 +12,15 @@ async fn conformance_suite_passes_against_kelsond() -> anyhow::Result<()> {
     };
     let report = kelson_conformance::suite::run(&cri, &opts, None).await;
     println!("{}", report.summary());
-    assert!(report.failed.is_empty(), "failed: {:#?}\n{}", report.failed, e.daemon.log());
-    assert_eq!(report.passed.len(), kelson_conformance::suite::cases().len());
+    assert!(
+        report.failed.is_empty(),
+        "failed: {:#?}\n{}",
+        report.failed,
+        e.daemon.log()
+    );
+    assert_eq!(
+        report.passed.len(),
+        kelson_conformance::suite::cases().len()
+    );
     Ok(())
 }

@@ -13,17 +13,26 @@ use kelson_testkit::Daemon;
 use tonic::Code;
 
 fn kelsond(args: &[&str]) -> std::process::Output {
-    Command::new(common::KELSOND).args(args).output().expect("running kelsond")
+    Command::new(common::KELSOND)
+        .args(args)
+        .output()
+        .expect("running kelsond")
 }
 
 #[test]
 fn bad_config_is_refused_naming_the_key() {
     let d = tempfile::tempdir().unwrap();
     let cases = [
-        ("[image]\nmax_concurrent_downlods = 3\n", "max_concurrent_downlods"),
+        (
+            "[image]\nmax_concurrent_downlods = 3\n",
+            "max_concurrent_downlods",
+        ),
         ("log_level = \"loud!!\"\n", "log_level"),
         ("root = \"relative\"\n", "root"),
-        ("[image]\npull_progress_timeout = \"fast\"\n", "pull_progress_timeout"),
+        (
+            "[image]\npull_progress_timeout = \"fast\"\n",
+            "pull_progress_timeout",
+        ),
     ];
     for (text, key) in cases {
         let p = d.path().join("c.toml");
@@ -42,9 +51,25 @@ fn bad_config_is_refused_naming_the_key() {
 fn config_prints_effective_values_with_flag_overrides() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path().join("c.toml");
-    std::fs::write(&p, "root = \"/srv/kelson\"\n[image]\nmax_concurrent_downloads = 5\n").unwrap();
-    let out = kelsond(&["--config", p.to_str().unwrap(), "--state", "/run/k2", "--log-level", "debug", "config"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &p,
+        "root = \"/srv/kelson\"\n[image]\nmax_concurrent_downloads = 5\n",
+    )
+    .unwrap();
+    let out = kelsond(&[
+        "--config",
+        p.to_str().unwrap(),
+        "--state",
+        "/run/k2",
+        "--log-level",
+        "debug",
+        "config",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8(out.stdout).unwrap();
     let v: toml::Table = toml::from_str(&text).unwrap();
     assert_eq!(v["root"].as_str(), Some("/srv/kelson"));
@@ -65,29 +90,77 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
     assert!(m.file_type().is_socket());
     assert_eq!(m.permissions().mode() & 0o777, 0o660);
     let mut c = d.cri().await?;
-    let v = c.runtime.version(cri::VersionRequest { version: "0.1.0".into() }).await?.into_inner();
-    assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("kelson", "v1"));
-    let s = c.runtime.status(cri::StatusRequest { verbose: true }).await?.into_inner();
+    let v = c
+        .runtime
+        .version(cri::VersionRequest {
+            version: "0.1.0".into(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
+        ("kelson", "v1")
+    );
+    let s = c
+        .runtime
+        .status(cri::StatusRequest { verbose: true })
+        .await?
+        .into_inner();
     let conds = s.status.unwrap().conditions;
     assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
     // No CNI yet: the network is honestly not ready, with a reason.
-    assert!(conds.iter().any(|c| c.r#type == "NetworkReady" && !c.status && c.reason == "NetworkPluginNotReady"));
+    assert!(
+        conds.iter().any(|c| c.r#type == "NetworkReady"
+            && !c.status
+            && c.reason == "NetworkPluginNotReady")
+    );
     assert!(s.info["config"].contains(&d.root.display().to_string()));
-    let rc = c.runtime.runtime_config(cri::RuntimeConfigRequest {}).await?.into_inner();
-    assert_eq!(rc.linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
-    let err = c.runtime.run_pod_sandbox(cri::RunPodSandboxRequest::default()).await.unwrap_err();
+    let rc = c
+        .runtime
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        rc.linux.unwrap().cgroup_driver,
+        cri::CgroupDriver::Cgroupfs as i32
+    );
+    let err = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
     // The runtime reports not-ready, with the reason, when its root cannot be written: the
     // readiness probe file is made a directory, so the write fails even for root.
     let probe = d.root.join(".ready-probe");
     std::fs::create_dir(&probe)?;
-    let s = c.runtime.status(cri::StatusRequest { verbose: false }).await?.into_inner();
-    let rt = s.status.unwrap().conditions.into_iter().find(|c| c.r#type == "RuntimeReady").unwrap();
+    let s = c
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    let rt = s
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .unwrap();
     assert!(!rt.status && rt.message.contains("not writable"), "{rt:?}");
     std::fs::remove_dir(&probe)?;
-    let s = c.runtime.status(cri::StatusRequest { verbose: false }).await?.into_inner();
-    assert!(s.status.unwrap().conditions.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    let s = c
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    assert!(
+        s.status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "RuntimeReady" && c.status)
+    );
     Ok(())
 }
 
@@ -103,9 +176,20 @@ async fn corrupt_database_refuses_to_start_and_repair_rebuilds() -> anyhow::Resu
     let out = kelsond(&["--config", &cfg, "repair-db"]);
     assert!(!out.status.success());
     let out = kelsond(&["--config", &cfg, "repair-db", "--rebuild"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     d.restart()?;
     let mut c = d.cri().await?;
-    assert!(c.image.list_images(cri::ListImagesRequest { filter: None }).await?.into_inner().images.is_empty());
+    assert!(
+        c.image
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await?
+            .into_inner()
+            .images
+            .is_empty()
+    );
     Ok(())
 }

@@ -21,12 +21,20 @@ fn assert_snapshot_matches(dir: &Path, layer: &Layer) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let parent = dir.join(path.parent().unwrap());
         if name == ".wh..wh..opq" {
-            assert_eq!(xattr::get(&parent, "trusted.overlay.opaque").unwrap(), Some(b"y".to_vec()), "{path:?}");
+            assert_eq!(
+                xattr::get(&parent, "trusted.overlay.opaque").unwrap(),
+                Some(b"y".to_vec()),
+                "{path:?}"
+            );
             continue;
         }
         if let Some(target) = name.strip_prefix(".wh.") {
             let m = std::fs::symlink_metadata(parent.join(target)).unwrap();
-            assert_eq!((m.mode() & 0o170000, m.rdev()), (0o020000, 0), "whiteout {path:?}");
+            assert_eq!(
+                (m.mode() & 0o170000, m.rdev()),
+                (0o020000, 0),
+                "whiteout {path:?}"
+            );
             continue;
         }
         let p = dir.join(&path);
@@ -37,23 +45,46 @@ fn assert_snapshot_matches(dir: &Path, layer: &Layer) {
                 let mut want = Vec::new();
                 std::io::Read::read_to_end(&mut e, &mut want).unwrap();
                 assert_eq!(std::fs::read(&p).unwrap(), want, "content of {path:?}");
-                assert_eq!(m.mode() & 0o7777, h.mode().unwrap() & 0o7777, "mode of {path:?}");
-                assert_eq!((m.uid() as u64, m.gid() as u64), (h.uid().unwrap(), h.gid().unwrap()), "owner of {path:?}");
+                assert_eq!(
+                    m.mode() & 0o7777,
+                    h.mode().unwrap() & 0o7777,
+                    "mode of {path:?}"
+                );
+                assert_eq!(
+                    (m.uid() as u64, m.gid() as u64),
+                    (h.uid().unwrap(), h.gid().unwrap()),
+                    "owner of {path:?}"
+                );
             }
             tar::EntryType::Directory => {
                 assert!(m.is_dir(), "{path:?}");
-                assert_eq!(m.mode() & 0o7777, h.mode().unwrap() & 0o7777, "mode of {path:?}");
+                assert_eq!(
+                    m.mode() & 0o7777,
+                    h.mode().unwrap() & 0o7777,
+                    "mode of {path:?}"
+                );
             }
             tar::EntryType::Symlink => {
-                assert_eq!(std::fs::read_link(&p).unwrap(), e.link_name().unwrap().unwrap().into_owned(), "{path:?}");
+                assert_eq!(
+                    std::fs::read_link(&p).unwrap(),
+                    e.link_name().unwrap().unwrap().into_owned(),
+                    "{path:?}"
+                );
             }
             tar::EntryType::Link => {
                 let target = dir.join(e.link_name().unwrap().unwrap());
-                assert_eq!(m.ino(), std::fs::symlink_metadata(target).unwrap().ino(), "hard link {path:?}");
+                assert_eq!(
+                    m.ino(),
+                    std::fs::symlink_metadata(target).unwrap().ino(),
+                    "hard link {path:?}"
+                );
             }
             tar::EntryType::Char => {
                 assert_eq!(m.mode() & 0o170000, 0o020000, "{path:?}");
-                let want = nix::sys::stat::makedev(h.device_major().unwrap().unwrap().into(), h.device_minor().unwrap().unwrap().into());
+                let want = nix::sys::stat::makedev(
+                    h.device_major().unwrap().unwrap().into(),
+                    h.device_minor().unwrap().unwrap().into(),
+                );
                 assert_eq!(m.rdev(), want, "{path:?}");
             }
             tar::EntryType::Fifo => assert_eq!(m.mode() & 0o170000, 0o010000, "{path:?}"),
@@ -66,7 +97,9 @@ fn assert_snapshot_matches(dir: &Path, layer: &Layer) {
 async fn pulls_and_unpacks_byte_for_byte() -> anyhow::Result<()> {
     let e = common::env_with(RegistryOptions::default(), "").await?;
     let img = TestImages::standard("amd64", false)?;
-    Pusher::new(&e.registry)?.image("test/standard", "v1", &img).await?;
+    Pusher::new(&e.registry)?
+        .image("test/standard", "v1", &img)
+        .await?;
     let r = format!("{}/test/standard:v1", e.registry.host);
     let id = pull(&e.daemon, &r).await?;
     assert_eq!(id, img.id());
@@ -74,19 +107,45 @@ async fn pulls_and_unpacks_byte_for_byte() -> anyhow::Result<()> {
         assert_snapshot_matches(&e.daemon.snapshot_dir(&l.diff_id()), l);
     }
     let special = e.daemon.snapshot_dir(&img.layers[2].diff_id());
-    assert_eq!(xattr::get(special.join("opt/attr"), "user.kelson")?, Some(b"yes".to_vec()));
-    assert_eq!(std::fs::metadata(special.join("opt/owned"))?.permissions().mode() & 0o7777, 0o4755);
+    assert_eq!(
+        xattr::get(special.join("opt/attr"), "user.kelson")?,
+        Some(b"yes".to_vec())
+    );
+    assert_eq!(
+        std::fs::metadata(special.join("opt/owned"))?
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o4755
+    );
 
     let mut c = e.daemon.cri().await?;
-    let st = c.image.image_status(cri::ImageStatusRequest { image: spec(&r), verbose: true }).await?.into_inner();
+    let st = c
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&r),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
     let image = st.image.unwrap();
     assert_eq!(image.repo_tags, vec![r.clone()]);
-    assert_eq!(image.repo_digests, vec![format!("{}/test/standard@{}", e.registry.host, img.manifest_digest())]);
+    assert_eq!(
+        image.repo_digests,
+        vec![format!(
+            "{}/test/standard@{}",
+            e.registry.host,
+            img.manifest_digest()
+        )]
+    );
     assert_eq!(image.uid, Some(cri::Int64Value { value: 65534 }));
     let info: serde_json::Value = serde_json::from_str(&st.info["info"])?;
     assert_eq!(info["imageSpec"]["config"]["Cmd"][0], "/bin/sh");
     // The image's labels are data only: reported back, never acted on.
-    assert_eq!(info["imageSpec"]["config"]["Labels"]["kelson.io/init"], "true");
+    assert_eq!(
+        info["imageSpec"]["config"]["Labels"]["kelson.io/init"],
+        "true"
+    );
     // Nothing half-made is left around.
     assert_eq!(count(&e.daemon.root.join("snapshots/.tmp")), 0);
     assert_eq!(count(&e.daemon.root.join("content/tmp")), 0);
@@ -99,29 +158,71 @@ async fn docker_schema2_index_and_shared_layers() -> anyhow::Result<()> {
     let p = Pusher::new(&e.registry)?;
     let docker = TestImages::standard("amd64", true)?;
     p.image("test/docker", "v1", &docker).await?;
-    let amd = Image::new(vec![TestImages::etc_layer(), TestImages::data_layer(1000, 7)], "amd64", false, serde_json::json!({}));
-    let arm = Image::new(vec![TestImages::etc_layer(), TestImages::data_layer(1000, 8)], "arm64", false, serde_json::json!({}));
-    let idx = p.index("test/multi", "v1", &[(&arm, "arm64"), (&amd, "amd64")]).await?;
+    let amd = Image::new(
+        vec![TestImages::etc_layer(), TestImages::data_layer(1000, 7)],
+        "amd64",
+        false,
+        serde_json::json!({}),
+    );
+    let arm = Image::new(
+        vec![TestImages::etc_layer(), TestImages::data_layer(1000, 8)],
+        "arm64",
+        false,
+        serde_json::json!({}),
+    );
+    let idx = p
+        .index("test/multi", "v1", &[(&arm, "arm64"), (&amd, "amd64")])
+        .await?;
 
-    assert_eq!(pull(&e.daemon, &format!("{}/test/docker:v1", e.registry.host)).await?, docker.id());
+    assert_eq!(
+        pull(&e.daemon, &format!("{}/test/docker:v1", e.registry.host)).await?,
+        docker.id()
+    );
     let multi = format!("{}/test/multi:v1", e.registry.host);
-    assert_eq!(pull(&e.daemon, &multi).await?, amd.id(), "index resolved to linux/amd64");
-    assert!(!e.daemon.snapshot_dir(&arm.layers[1].diff_id()).exists(), "arm64 layer was fetched");
+    assert_eq!(
+        pull(&e.daemon, &multi).await?,
+        amd.id(),
+        "index resolved to linux/amd64"
+    );
+    assert!(
+        !e.daemon.snapshot_dir(&arm.layers[1].diff_id()).exists(),
+        "arm64 layer was fetched"
+    );
     // The etc layer is shared by both images: one snapshot.
     let snaps = count(&e.daemon.root.join("snapshots")) - 1; // minus .tmp
     assert_eq!(snaps, docker.layers.len() + 1, "shared layer unpacked once");
     // Repo digest of an index pull is the index digest; pulling by digest works too.
     let mut c = e.daemon.cri().await?;
-    let st = c.image.image_status(cri::ImageStatusRequest { image: spec(&multi), verbose: false }).await?.into_inner();
-    assert!(st.image.unwrap().repo_digests.contains(&format!("{}/test/multi@{idx}", e.registry.host)));
+    let st = c
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&multi),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        st.image
+            .unwrap()
+            .repo_digests
+            .contains(&format!("{}/test/multi@{idx}", e.registry.host))
+    );
     let by_digest = format!("{}/test/multi:ignored@{idx}", e.registry.host);
     assert_eq!(pull(&e.daemon, &by_digest).await?, amd.id());
 
     // Removing one image keeps the shared layer for the other; removing both frees everything.
-    c.image.remove_image(cri::RemoveImageRequest { image: spec(&docker.id()) }).await?;
+    c.image
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&docker.id()),
+        })
+        .await?;
     assert!(e.daemon.snapshot_dir(&amd.layers[0].diff_id()).exists());
     assert!(!e.daemon.snapshot_dir(&docker.layers[0].diff_id()).exists());
-    c.image.remove_image(cri::RemoveImageRequest { image: spec(&amd.id()) }).await?;
+    c.image
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&amd.id()),
+        })
+        .await?;
     assert_eq!(count(&e.daemon.root.join("snapshots")), 1, "only .tmp left");
     assert_eq!(count(&e.daemon.root.join("content/sha256")), 0);
     Ok(())
@@ -133,15 +234,40 @@ async fn remove_by_tag_drops_only_that_tag() -> anyhow::Result<()> {
     let p = Pusher::new(&e.registry)?;
     let img = TestImages::standard("amd64", false)?;
     p.image("test/standard", "v2", &img).await?;
-    let (a, b) = (format!("{}/test/standard:v1", e.registry.host), format!("{}/test/standard:v2", e.registry.host));
+    let (a, b) = (
+        format!("{}/test/standard:v1", e.registry.host),
+        format!("{}/test/standard:v2", e.registry.host),
+    );
     pull(&e.daemon, &a).await?;
     pull(&e.daemon, &b).await?;
     let mut c = e.daemon.cri().await?;
-    c.image.remove_image(cri::RemoveImageRequest { image: spec(&a) }).await?;
-    let st = c.image.image_status(cri::ImageStatusRequest { image: spec(&b), verbose: false }).await?.into_inner();
+    c.image
+        .remove_image(cri::RemoveImageRequest { image: spec(&a) })
+        .await?;
+    let st = c
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&b),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
     assert_eq!(st.image.unwrap().repo_tags, vec![b.clone()]);
-    assert!(c.image.image_status(cri::ImageStatusRequest { image: spec(&a), verbose: false }).await?.into_inner().image.is_none());
-    assert!(e.daemon.snapshot_dir(&img.layers[0].diff_id()).exists(), "layers still in use");
+    assert!(
+        c.image
+            .image_status(cri::ImageStatusRequest {
+                image: spec(&a),
+                verbose: false
+            })
+            .await?
+            .into_inner()
+            .image
+            .is_none()
+    );
+    assert!(
+        e.daemon.snapshot_dir(&img.layers[0].diff_id()).exists(),
+        "layers still in use"
+    );
     Ok(())
 }
 
@@ -149,7 +275,13 @@ async fn remove_by_tag_drops_only_that_tag() -> anyhow::Result<()> {
 async fn concurrent_pulls_share_work() -> anyhow::Result<()> {
     let e = common::env().await?;
     let r = format!("{}/test/standard:v1", e.registry.host);
-    let pulls: Vec<_> = (0..4).map(|_| { let d = &e.daemon; let r = r.clone(); async move { pull(d, &r).await } }).collect();
+    let pulls: Vec<_> = (0..4)
+        .map(|_| {
+            let d = &e.daemon;
+            let r = r.clone();
+            async move { pull(d, &r).await }
+        })
+        .collect();
     let ids = futures::future::join_all(pulls).await;
     let ids: Vec<String> = ids.into_iter().collect::<Result<_, _>>()?;
     assert!(ids.windows(2).all(|w| w[0] == w[1]));
@@ -160,25 +292,66 @@ async fn concurrent_pulls_share_work() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn basic_auth_and_tls_registry() -> anyhow::Result<()> {
-    let opts = RegistryOptions { tls: true, auth: Some(("kelson".into(), "s3cret-pass".into())) };
+    let opts = RegistryOptions {
+        tls: true,
+        auth: Some(("kelson".into(), "s3cret-pass".into())),
+    };
     let e = common::env_with(opts, "").await?;
-    Pusher::new(&e.registry)?.image("test/private", "v1", &TestImages::standard("amd64", false)?).await?;
+    Pusher::new(&e.registry)?
+        .image("test/private", "v1", &TestImages::standard("amd64", false)?)
+        .await?;
     let r = format!("{}/test/private:v1", e.registry.host);
     let err = pull(&e.daemon, &r).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     let mut c = e.daemon.cri().await?;
-    let wrong = cri::AuthConfig { username: "kelson".into(), password: "nope".into(), ..Default::default() };
-    let err = c.image.pull_image(cri::PullImageRequest { image: spec(&r), auth: Some(wrong), sandbox_config: None }).await.unwrap_err();
+    let wrong = cri::AuthConfig {
+        username: "kelson".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = c
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: spec(&r),
+            auth: Some(wrong),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     // docker-config style `auth` = base64(user:pass)
-    let auth = cri::AuthConfig { auth: "a2Vsc29uOnMzY3JldC1wYXNz".into(), ..Default::default() };
-    c.image.pull_image(cri::PullImageRequest { image: spec(&r), auth: Some(auth), sandbox_config: None }).await?;
+    let auth = cri::AuthConfig {
+        auth: "a2Vsc29uOnMzY3JldC1wYXNz".into(),
+        ..Default::default()
+    };
+    c.image
+        .pull_image(cri::PullImageRequest {
+            image: spec(&r),
+            auth: Some(auth),
+            sandbox_config: None,
+        })
+        .await?;
     // Credentials never reach the log.
     assert!(!e.daemon.log().contains("s3cret-pass"));
     // Without the CA in hosts.toml, TLS verification fails with a clear Unavailable.
-    e.daemon.hosts(&e.registry.host, &format!("server = \"https://{}\"\n", e.registry.host))?;
-    let good = cri::AuthConfig { username: "kelson".into(), password: "s3cret-pass".into(), ..Default::default() };
-    let err = c.image.pull_image(cri::PullImageRequest { image: spec(&r), auth: Some(good), sandbox_config: None }).await.unwrap_err();
+    e.daemon.hosts(
+        &e.registry.host,
+        &format!("server = \"https://{}\"\n", e.registry.host),
+    )?;
+    let good = cri::AuthConfig {
+        username: "kelson".into(),
+        password: "s3cret-pass".into(),
+        ..Default::default()
+    };
+    let err = c
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: spec(&r),
+            auth: Some(good),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     Ok(())
 }
@@ -202,49 +375,113 @@ async fn hostile_and_broken_images_fail_cleanly() -> anyhow::Result<()> {
     let victim = outside.path().join("victim");
     std::fs::write(&victim, "original")?;
     let escape = TarBuilder::new()
-        .link(tar::EntryType::Symlink, "evil", outside.path().to_str().unwrap())
+        .link(
+            tar::EntryType::Symlink,
+            "evil",
+            outside.path().to_str().unwrap(),
+        )
         .file("evil/victim", 0o644, b"pwned")
         .finish();
-    let hostile = Image::new(vec![TestImages::etc_layer(), Layer::new(escape, Compression::Gzip)], "amd64", false, serde_json::json!({}));
+    let hostile = Image::new(
+        vec![
+            TestImages::etc_layer(),
+            Layer::new(escape, Compression::Gzip),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({}),
+    );
     p.image("test/hostile", "v1", &hostile).await?;
-    let err = pull(&e.daemon, &format!("{}/test/hostile:v1", e.registry.host)).await.unwrap_err();
+    let err = pull(&e.daemon, &format!("{}/test/hostile:v1", e.registry.host))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("unpacking layer"), "{}", err.message());
+    assert!(
+        err.message().contains("unpacking layer"),
+        "{}",
+        err.message()
+    );
     assert_eq!(std::fs::read_to_string(&victim)?, "original");
-    let dotdot = TarBuilder::new().file("../../../escaped", 0o644, b"pwned").finish();
-    p.image("test/dotdot", "v1", &Image::new(vec![Layer::new(dotdot, Compression::Zstd)], "amd64", false, serde_json::json!({}))).await?;
-    let err = pull(&e.daemon, &format!("{}/test/dotdot:v1", e.registry.host)).await.unwrap_err();
+    let dotdot = TarBuilder::new()
+        .file("../../../escaped", 0o644, b"pwned")
+        .finish();
+    p.image(
+        "test/dotdot",
+        "v1",
+        &Image::new(
+            vec![Layer::new(dotdot, Compression::Zstd)],
+            "amd64",
+            false,
+            serde_json::json!({}),
+        ),
+    )
+    .await?;
+    let err = pull(&e.daemon, &format!("{}/test/dotdot:v1", e.registry.host))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("escapes"), "{}", err.message());
 
     // A config whose diff id does not match the layer: DataLoss, nothing visible.
     let good = TestImages::data_layer(5000, 3);
-    let cfg = serde_json::to_vec(&serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[format!("sha256:{}", "0".repeat(64))]}}))?;
-    p.image("test/liar", "v1", &Image::with_config(vec![good.clone()], cfg, false)).await?;
-    let err = pull(&e.daemon, &format!("{}/test/liar:v1", e.registry.host)).await.unwrap_err();
+    let cfg = serde_json::to_vec(
+        &serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[format!("sha256:{}", "0".repeat(64))]}}),
+    )?;
+    p.image(
+        "test/liar",
+        "v1",
+        &Image::with_config(vec![good.clone()], cfg, false),
+    )
+    .await?;
+    let err = pull(&e.daemon, &format!("{}/test/liar:v1", e.registry.host))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::DataLoss, "{err:?}");
 
     // An artifact that is not a runnable image: unsupported media type.
-    let helm = serde_json::to_vec(&serde_json::json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":kelson_testkit::sha256(b"{}"),"size":2},"layers":[]}))?;
+    let helm = serde_json::to_vec(
+        &serde_json::json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":kelson_testkit::sha256(b"{}"),"size":2},"layers":[]}),
+    )?;
     p.blob("test/helm", b"{}").await?;
-    p.manifest("test/helm", "v1", &helm, "application/vnd.oci.image.manifest.v1+json").await?;
-    let err = pull(&e.daemon, &format!("{}/test/helm:v1", e.registry.host)).await.unwrap_err();
+    p.manifest(
+        "test/helm",
+        "v1",
+        &helm,
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .await?;
+    let err = pull(&e.daemon, &format!("{}/test/helm:v1", e.registry.host))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("helm"), "{}", err.message());
 
     // Missing image and bad references.
-    let err = pull(&e.daemon, &format!("{}/test/none:v1", e.registry.host)).await.unwrap_err();
+    let err = pull(&e.daemon, &format!("{}/test/none:v1", e.registry.host))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     let err = pull(&e.daemon, "bad//ref").await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // Nothing listed, nothing half-made; leftovers of the failed pulls are collected on restart.
     let mut c = e.daemon.cri().await?;
-    assert!(c.image.list_images(cri::ListImagesRequest { filter: None }).await?.into_inner().images.is_empty());
+    assert!(
+        c.image
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await?
+            .into_inner()
+            .images
+            .is_empty()
+    );
     assert_eq!(count(&e.daemon.root.join("snapshots/.tmp")), 0);
     let mut d = e.daemon;
     d.restart()?;
-    assert_eq!(count(&d.root.join("snapshots")), 1, "orphan snapshots collected at start-up");
+    assert_eq!(
+        count(&d.root.join("snapshots")),
+        1,
+        "orphan snapshots collected at start-up"
+    );
     Ok(())
 }
 
@@ -256,7 +493,14 @@ async fn images_survive_restart_and_crash() -> anyhow::Result<()> {
     e.daemon.crash()?;
     e.daemon.restart()?;
     let mut c = e.daemon.cri().await?;
-    let st = c.image.image_status(cri::ImageStatusRequest { image: spec(&r), verbose: false }).await?.into_inner();
+    let st = c
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: spec(&r),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
     assert_eq!(st.image.map(|i| i.id), Some(id));
     // A stale socket from the crash was replaced; a clean stop removes the socket.
     let status = e.daemon.stop()?;
@@ -268,13 +512,27 @@ async fn images_survive_restart_and_crash() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn pinned_images_are_reported() -> anyhow::Result<()> {
     let registry = kelson_testkit::Registry::start(RegistryOptions::default())?;
-    Pusher::new(&registry)?.image("test/standard", "v1", &TestImages::standard("amd64", false)?).await?;
+    Pusher::new(&registry)?
+        .image(
+            "test/standard",
+            "v1",
+            &TestImages::standard("amd64", false)?,
+        )
+        .await?;
     let r = format!("{}/test/standard:v1", registry.host);
-    let d = kelson_testkit::Daemon::start(Path::new(common::KELSOND), &format!("[image]\npinned = [\"{r}\"]\n"))?;
+    let d = kelson_testkit::Daemon::start(
+        Path::new(common::KELSOND),
+        &format!("[image]\npinned = [\"{r}\"]\n"),
+    )?;
     d.hosts(&registry.host, &registry.hosts_toml())?;
     pull(&d, &r).await?;
     let mut c = d.cri().await?;
-    let imgs = c.image.list_images(cri::ListImagesRequest { filter: None }).await?.into_inner().images;
+    let imgs = c
+        .image
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await?
+        .into_inner()
+        .images;
     assert!(imgs[0].pinned);
     Ok(())
 }

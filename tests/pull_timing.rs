@@ -13,13 +13,24 @@ use kelson_testkit::{Daemon, Image, TestImages};
 use tonic::Code;
 
 fn image() -> Image {
-    Image::new(vec![TestImages::etc_layer(), TestImages::data_layer(64 * 1024, 11)], "amd64", false, serde_json::json!({}))
+    Image::new(
+        vec![
+            TestImages::etc_layer(),
+            TestImages::data_layer(64 * 1024, 11),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({}),
+    )
 }
 
 async fn setup(timeout: &str) -> anyhow::Result<(FakeRegistry, Daemon, String)> {
     let reg = FakeRegistry::start().await?;
     reg.add("t/img", "v1", &image());
-    let d = Daemon::start(Path::new(common::KELSOND), &format!("[image]\npull_progress_timeout = \"{timeout}\"\n"))?;
+    let d = Daemon::start(
+        Path::new(common::KELSOND),
+        &format!("[image]\npull_progress_timeout = \"{timeout}\"\n"),
+    )?;
     let r = format!("{}/t/img:v1", reg.host);
     Ok((reg, d, r))
 }
@@ -30,25 +41,46 @@ async fn stalled_pull_fails_but_slow_pull_completes() -> anyhow::Result<()> {
     reg.set_delivery(Delivery::Stall { after: 100 });
     let err = pull(&d, &r).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("no data received"), "{}", err.message());
-    assert_eq!(count(&d.root.join("snapshots/.tmp")), 0, "half-unpacked layer left behind");
+    assert!(
+        err.message().contains("no data received"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        count(&d.root.join("snapshots/.tmp")),
+        0,
+        "half-unpacked layer left behind"
+    );
     // A pull that keeps moving takes several times the timeout in total and still succeeds.
-    reg.set_delivery(Delivery::Drip { chunk: 16 * 1024, every: Duration::from_millis(400) });
+    reg.set_delivery(Delivery::Drip {
+        chunk: 16 * 1024,
+        every: Duration::from_millis(400),
+    });
     let started = std::time::Instant::now();
     assert_eq!(pull(&d, &r).await?, image().id());
-    assert!(started.elapsed() > Duration::from_secs(1), "the drip did not slow the pull");
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "the drip did not slow the pull"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_pulls_download_each_layer_once() -> anyhow::Result<()> {
     let (reg, d, r) = setup("30s").await?;
-    reg.set_delivery(Delivery::Drip { chunk: 32 * 1024, every: Duration::from_millis(50) });
+    reg.set_delivery(Delivery::Drip {
+        chunk: 32 * 1024,
+        every: Duration::from_millis(50),
+    });
     let a = pull(&d, &r);
     let b = pull(&d, &r);
     let (a, b) = tokio::join!(a, b);
     assert_eq!(a?, b?);
-    assert_eq!(reg.blob_gets.load(Ordering::SeqCst), 2, "two layers, each fetched once");
+    assert_eq!(
+        reg.blob_gets.load(Ordering::SeqCst),
+        2,
+        "two layers, each fetched once"
+    );
     Ok(())
 }
 
@@ -60,7 +92,13 @@ async fn crash_mid_pull_then_pull_again() -> anyhow::Result<()> {
     let cri = d.cri().await?;
     let inflight = tokio::spawn(async move {
         let mut c = cri;
-        c.image.pull_image(k8s_cri::v1::PullImageRequest { image: common::spec(&r2), auth: None, sandbox_config: None }).await
+        c.image
+            .pull_image(k8s_cri::v1::PullImageRequest {
+                image: common::spec(&r2),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
     });
     // Wait until the unpack has started, then kill -9.
     for _ in 0..200 {
@@ -69,12 +107,19 @@ async fn crash_mid_pull_then_pull_again() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(count(&d.root.join("snapshots/.tmp")) > 0, "pull never started unpacking");
+    assert!(
+        count(&d.root.join("snapshots/.tmp")) > 0,
+        "pull never started unpacking"
+    );
     d.crash()?;
     assert!(inflight.await?.is_err());
     reg.set_delivery(Delivery::Fast);
     d.restart()?;
-    assert_eq!(count(&d.root.join("snapshots/.tmp")), 0, "start-up removed the interrupted unpack");
+    assert_eq!(
+        count(&d.root.join("snapshots/.tmp")),
+        0,
+        "start-up removed the interrupted unpack"
+    );
     assert_eq!(pull(&d, &r).await?, image().id());
     Ok(())
 }

@@ -21,12 +21,18 @@ pub struct Cri {
 
 /// Connect to a CRI socket (`/run/kelson/kelson.sock` or `unix:///…`).
 pub async fn connect(path: &Path) -> anyhow::Result<Cri> {
-    let p: PathBuf = path.to_str().and_then(|s| s.strip_prefix("unix://")).map(PathBuf::from).unwrap_or_else(|| path.to_owned());
+    let p: PathBuf = path
+        .to_str()
+        .and_then(|s| s.strip_prefix("unix://"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| path.to_owned());
     // The URI is ignored by the connector; tonic needs a syntactically valid one.
     let channel = Endpoint::try_from("http://[::]:50051")?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let p = p.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?)) }
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(p).await?))
+            }
         }))
         .await
         .with_context(|| format!("connecting to CRI socket {}", path.display()))?;

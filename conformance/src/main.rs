@@ -6,17 +6,26 @@ use std::path::PathBuf;
 use kelson_conformance::suite::{Options, run};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(endpoint), Some(image)) = (arg(&args, "--endpoint"), arg(&args, "--image")) else {
-        eprintln!("usage: kelson-conformance --endpoint unix:///path.sock --image REF [--missing REF] [--filter NAME]");
+        eprintln!(
+            "usage: kelson-conformance --endpoint unix:///path.sock --image REF [--missing REF] [--filter NAME]"
+        );
         return std::process::ExitCode::from(2);
     };
-    let missing = arg(&args, "--missing").unwrap_or_else(|| format!("{}-kelson-missing", image.split(['@', ':']).next().unwrap_or(&image)));
+    let missing = arg(&args, "--missing").unwrap_or_else(|| {
+        format!(
+            "{}-kelson-missing",
+            image.split(['@', ':']).next().unwrap_or(&image)
+        )
+    });
     let cri = match kelson_conformance::connect(&PathBuf::from(endpoint)).await {
         Ok(c) => c,
         Err(e) => {
@@ -24,7 +33,19 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let report = run(&cri, &Options { image, missing_image: missing }, arg(&args, "--filter").as_deref()).await;
+    let report = run(
+        &cri,
+        &Options {
+            image,
+            missing_image: missing,
+        },
+        arg(&args, "--filter").as_deref(),
+    )
+    .await;
     println!("{}", report.summary());
-    if report.failed.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE }
+    if report.failed.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
 }

@@ -18,7 +18,10 @@ pub struct Options {
     pub missing_image: String,
 }
 
-type CaseFn = for<'a> fn(&'a Cri, &'a Options) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
+type CaseFn = for<'a> fn(
+    &'a Cri,
+    &'a Options,
+) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send + 'a>>;
 
 pub struct Case {
     pub name: &'static str,
@@ -27,7 +30,10 @@ pub struct Case {
 
 macro_rules! case {
     ($name:ident) => {
-        Case { name: stringify!($name), run: |c, o| Box::pin($name(c, o)) }
+        Case {
+            name: stringify!($name),
+            run: |c, o| Box::pin($name(c, o)),
+        }
     };
 }
 
@@ -80,73 +86,175 @@ pub async fn run(cri: &Cri, opts: &Options, filter: Option<&str>) -> Report {
 }
 
 fn spec(image: &str) -> Option<cri::ImageSpec> {
-    Some(cri::ImageSpec { image: image.into(), ..Default::default() })
+    Some(cri::ImageSpec {
+        image: image.into(),
+        ..Default::default()
+    })
 }
 
 async fn pull(c: &Cri, image: &str) -> Result<String, tonic::Status> {
     let mut c = c.clone();
-    Ok(c.image.pull_image(cri::PullImageRequest { image: spec(image), auth: None, sandbox_config: None }).await?.into_inner().image_ref)
+    Ok(c.image
+        .pull_image(cri::PullImageRequest {
+            image: spec(image),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .image_ref)
 }
 
 async fn status(c: &Cri, image: &str) -> anyhow::Result<Option<cri::Image>> {
     let mut c = c.clone();
-    Ok(c.image.image_status(cri::ImageStatusRequest { image: spec(image), verbose: false }).await?.into_inner().image)
+    Ok(c.image
+        .image_status(cri::ImageStatusRequest {
+            image: spec(image),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .image)
 }
 
 async fn remove(c: &Cri, image: &str) -> anyhow::Result<()> {
     let mut c = c.clone();
-    c.image.remove_image(cri::RemoveImageRequest { image: spec(image) }).await?;
+    c.image
+        .remove_image(cri::RemoveImageRequest { image: spec(image) })
+        .await?;
     Ok(())
 }
 
 async fn version_reports_runtime(c: &Cri, _: &Options) -> anyhow::Result<()> {
     let mut c = c.clone();
-    let v = c.runtime.version(cri::VersionRequest { version: "0.1.0".into() }).await?.into_inner();
+    let v = c
+        .runtime
+        .version(cri::VersionRequest {
+            version: "0.1.0".into(),
+        })
+        .await?
+        .into_inner();
     ensure!(!v.runtime_name.is_empty(), "empty runtime_name");
     ensure!(!v.runtime_version.is_empty(), "empty runtime_version");
-    ensure!(v.runtime_api_version == "v1", "runtime_api_version {:?}, want v1", v.runtime_api_version);
+    ensure!(
+        v.runtime_api_version == "v1",
+        "runtime_api_version {:?}, want v1",
+        v.runtime_api_version
+    );
     Ok(())
 }
 
 async fn status_reports_runtime_ready(c: &Cri, _: &Options) -> anyhow::Result<()> {
     let mut c = c.clone();
-    let s = c.runtime.status(cri::StatusRequest { verbose: false }).await?.into_inner();
+    let s = c
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await?
+        .into_inner();
     let conds = s.status.context("no status")?.conditions;
-    let rt = conds.iter().find(|c| c.r#type == "RuntimeReady").context("no RuntimeReady condition")?;
-    ensure!(rt.status, "RuntimeReady is false: {} {}", rt.reason, rt.message);
-    let net = conds.iter().find(|c| c.r#type == "NetworkReady").context("no NetworkReady condition")?;
-    ensure!(net.status || !net.reason.is_empty(), "NetworkReady false without a reason");
+    let rt = conds
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .context("no RuntimeReady condition")?;
+    ensure!(
+        rt.status,
+        "RuntimeReady is false: {} {}",
+        rt.reason,
+        rt.message
+    );
+    let net = conds
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .context("no NetworkReady condition")?;
+    ensure!(
+        net.status || !net.reason.is_empty(),
+        "NetworkReady false without a reason"
+    );
     Ok(())
 }
 
 async fn runtime_config_answers(c: &Cri, _: &Options) -> anyhow::Result<()> {
     let mut c = c.clone();
-    let r = c.runtime.runtime_config(cri::RuntimeConfigRequest {}).await?.into_inner();
+    let r = c
+        .runtime
+        .runtime_config(cri::RuntimeConfigRequest {})
+        .await?
+        .into_inner();
     let linux = r.linux.context("no linux runtime config")?;
-    ensure!(cri::CgroupDriver::try_from(linux.cgroup_driver).is_ok(), "bad cgroup driver {}", linux.cgroup_driver);
+    ensure!(
+        cri::CgroupDriver::try_from(linux.cgroup_driver).is_ok(),
+        "bad cgroup driver {}",
+        linux.cgroup_driver
+    );
     Ok(())
 }
 
 async fn pull_list_status_remove(c: &Cri, o: &Options) -> anyhow::Result<()> {
     let id = pull(c, &o.image).await?;
-    ensure!(id.starts_with("sha256:"), "image_ref {id:?} is not an image id");
-    let img = status(c, &o.image).await?.context("ImageStatus after pull found nothing")?;
+    ensure!(
+        id.starts_with("sha256:"),
+        "image_ref {id:?} is not an image id"
+    );
+    let img = status(c, &o.image)
+        .await?
+        .context("ImageStatus after pull found nothing")?;
     ensure!(img.id == id, "status id {} != pulled {id}", img.id);
-    ensure!(img.repo_tags.iter().any(|t| o.image.ends_with(t.as_str()) || t.ends_with(&o.image)), "repo_tags {:?} lack {}", img.repo_tags, o.image);
-    ensure!(img.repo_digests.iter().all(|d| d.contains("@sha256:")), "repo_digests {:?}", img.repo_digests);
+    ensure!(
+        img.repo_tags
+            .iter()
+            .any(|t| o.image.ends_with(t.as_str()) || t.ends_with(&o.image)),
+        "repo_tags {:?} lack {}",
+        img.repo_tags,
+        o.image
+    );
+    ensure!(
+        img.repo_digests.iter().all(|d| d.contains("@sha256:")),
+        "repo_digests {:?}",
+        img.repo_digests
+    );
     ensure!(img.size > 0, "size is 0");
     // by id and by repo digest too
-    ensure!(status(c, &id).await?.is_some(), "status by id found nothing");
+    ensure!(
+        status(c, &id).await?.is_some(),
+        "status by id found nothing"
+    );
     let rd = img.repo_digests.first().context("no repo digest")?.clone();
-    ensure!(status(c, &rd).await?.is_some(), "status by repo digest found nothing");
+    ensure!(
+        status(c, &rd).await?.is_some(),
+        "status by repo digest found nothing"
+    );
     let mut cc = c.clone();
-    let all = cc.image.list_images(cri::ListImagesRequest { filter: None }).await?.into_inner().images;
+    let all = cc
+        .image
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await?
+        .into_inner()
+        .images;
     ensure!(all.iter().any(|i| i.id == id), "ListImages lacks {id}");
-    let filtered = cc.image.list_images(cri::ListImagesRequest { filter: Some(cri::ImageFilter { image: spec(&o.image) }) }).await?.into_inner().images;
-    ensure!(filtered.len() == 1 && filtered[0].id == id, "filtered list {:?}", filtered.iter().map(|i| &i.id).collect::<Vec<_>>());
+    let filtered = cc
+        .image
+        .list_images(cri::ListImagesRequest {
+            filter: Some(cri::ImageFilter {
+                image: spec(&o.image),
+            }),
+        })
+        .await?
+        .into_inner()
+        .images;
+    ensure!(
+        filtered.len() == 1 && filtered[0].id == id,
+        "filtered list {:?}",
+        filtered.iter().map(|i| &i.id).collect::<Vec<_>>()
+    );
     remove(c, &id).await?;
-    ensure!(status(c, &o.image).await?.is_none(), "image still there after RemoveImage by id");
-    ensure!(status(c, &rd).await?.is_none(), "repo digest still resolves after RemoveImage");
+    ensure!(
+        status(c, &o.image).await?.is_none(),
+        "image still there after RemoveImage by id"
+    );
+    ensure!(
+        status(c, &rd).await?.is_none(),
+        "repo digest still resolves after RemoveImage"
+    );
     Ok(())
 }
 
@@ -158,7 +266,10 @@ async fn pull_is_idempotent(c: &Cri, o: &Options) -> anyhow::Result<()> {
 }
 
 async fn status_of_missing_image_is_empty(c: &Cri, o: &Options) -> anyhow::Result<()> {
-    ensure!(status(c, &o.missing_image).await?.is_none(), "status of a missing image returned one");
+    ensure!(
+        status(c, &o.missing_image).await?.is_none(),
+        "status of a missing image returned one"
+    );
     Ok(())
 }
 
@@ -171,7 +282,12 @@ async fn pull_missing_image_fails_not_found(c: &Cri, o: &Options) -> anyhow::Res
         Ok(id) => bail!("pulling a missing image returned {id}"),
         Err(s) => {
             // containerd reports registry 404s as NotFound or Unknown with "not found" in the text.
-            ensure!(s.code() == Code::NotFound || s.message().contains("not found"), "got {:?}: {}", s.code(), s.message());
+            ensure!(
+                s.code() == Code::NotFound || s.message().contains("not found"),
+                "got {:?}: {}",
+                s.code(),
+                s.message()
+            );
             Ok(())
         }
     }
@@ -181,7 +297,12 @@ async fn pull_invalid_reference_is_rejected(c: &Cri, _: &Options) -> anyhow::Res
     match pull(c, "Not A Valid//Reference").await {
         Ok(id) => bail!("invalid reference pulled as {id}"),
         Err(s) => {
-            ensure!(matches!(s.code(), Code::InvalidArgument | Code::Unknown), "got {:?}: {}", s.code(), s.message());
+            ensure!(
+                matches!(s.code(), Code::InvalidArgument | Code::Unknown),
+                "got {:?}: {}",
+                s.code(),
+                s.message()
+            );
             Ok(())
         }
     }
@@ -191,7 +312,12 @@ async fn empty_image_spec_is_invalid(c: &Cri, _: &Options) -> anyhow::Result<()>
     match pull(c, "").await {
         Ok(id) => bail!("empty image pulled as {id}"),
         Err(s) => {
-            ensure!(matches!(s.code(), Code::InvalidArgument | Code::Unknown), "got {:?}: {}", s.code(), s.message());
+            ensure!(
+                matches!(s.code(), Code::InvalidArgument | Code::Unknown),
+                "got {:?}: {}",
+                s.code(),
+                s.message()
+            );
             Ok(())
         }
     }
@@ -200,11 +326,24 @@ async fn empty_image_spec_is_invalid(c: &Cri, _: &Options) -> anyhow::Result<()>
 async fn image_fs_info_reports_usage(c: &Cri, o: &Options) -> anyhow::Result<()> {
     let id = pull(c, &o.image).await?;
     let mut cc = c.clone();
-    let r = cc.image.image_fs_info(cri::ImageFsInfoRequest {}).await?.into_inner();
+    let r = cc
+        .image
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await?
+        .into_inner();
     let fs = r.image_filesystems.first().context("no image filesystem")?;
-    ensure!(fs.fs_id.as_ref().is_some_and(|f| !f.mountpoint.is_empty()), "no mountpoint");
-    ensure!(fs.used_bytes.as_ref().is_some_and(|u| u.value > 0), "used_bytes 0 with an image present");
-    ensure!(fs.inodes_used.as_ref().is_some_and(|u| u.value > 0), "inodes_used 0 with an image present");
+    ensure!(
+        fs.fs_id.as_ref().is_some_and(|f| !f.mountpoint.is_empty()),
+        "no mountpoint"
+    );
+    ensure!(
+        fs.used_bytes.as_ref().is_some_and(|u| u.value > 0),
+        "used_bytes 0 with an image present"
+    );
+    ensure!(
+        fs.inodes_used.as_ref().is_some_and(|u| u.value > 0),
+        "inodes_used 0 with an image present"
+    );
     ensure!(fs.timestamp > 0, "no timestamp");
     remove(c, &id).await
 }

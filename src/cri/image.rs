@@ -15,7 +15,9 @@ pub struct ImageApi(pub Shared);
 fn spec_image(spec: Option<&cri::ImageSpec>, what: &str) -> Result<String, Status> {
     match spec.map(|s| s.image.trim()) {
         Some(s) if !s.is_empty() => Ok(s.to_owned()),
-        _ => Err(invalid(format!("{what}: image spec with a non-empty image is required"))),
+        _ => Err(invalid(format!(
+            "{what}: image spec with a non-empty image is required"
+        ))),
     }
 }
 
@@ -38,15 +40,25 @@ fn to_cri(info: ImageInfo) -> cri::Image {
 
 #[tonic::async_trait]
 impl cri::image_service_server::ImageService for ImageApi {
-    async fn list_images(&self, req: Request<cri::ListImagesRequest>) -> Result<Response<cri::ListImagesResponse>, Status> {
-        let filter = req.into_inner().filter.and_then(|f| f.image).map(|s| s.image);
+    async fn list_images(
+        &self,
+        req: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let filter = req
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image);
         let images = self.0.images.list(filter.as_deref())?;
         Ok(Response::new(cri::ListImagesResponse {
             images: images.into_iter().map(to_cri).collect(),
         }))
     }
 
-    async fn image_status(&self, req: Request<cri::ImageStatusRequest>) -> Result<Response<cri::ImageStatusResponse>, Status> {
+    async fn image_status(
+        &self,
+        req: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
         let req = req.into_inner();
         let image = spec_image(req.image.as_ref(), "ImageStatus")?;
         tracing::Span::current().record("image", image.as_str());
@@ -69,7 +81,10 @@ impl cri::image_service_server::ImageService for ImageApi {
         }))
     }
 
-    async fn pull_image(&self, req: Request<cri::PullImageRequest>) -> Result<Response<cri::PullImageResponse>, Status> {
+    async fn pull_image(
+        &self,
+        req: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
         let req = req.into_inner();
         let image = spec_image(req.image.as_ref(), "PullImage")?;
         tracing::Span::current().record("image", image.as_str());
@@ -87,7 +102,10 @@ impl cri::image_service_server::ImageService for ImageApi {
         Ok(Response::new(cri::PullImageResponse { image_ref }))
     }
 
-    async fn remove_image(&self, req: Request<cri::RemoveImageRequest>) -> Result<Response<cri::RemoveImageResponse>, Status> {
+    async fn remove_image(
+        &self,
+        req: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let image = spec_image(req.into_inner().image.as_ref(), "RemoveImage")?;
         tracing::Span::current().record("image", image.as_str());
         let images = self.0.images.clone();
@@ -97,12 +115,18 @@ impl cri::image_service_server::ImageService for ImageApi {
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
-    async fn image_fs_info(&self, _req: Request<cri::ImageFsInfoRequest>) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+    async fn image_fs_info(
+        &self,
+        _req: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
         let images = self.0.images.clone();
         let (bytes, inodes) = tokio::task::spawn_blocking(move || images.usage())
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
-        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+        let timestamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
         Ok(Response::new(cri::ImageFsInfoResponse {
             image_filesystems: vec![cri::FilesystemUsage {
                 timestamp,

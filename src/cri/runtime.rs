@@ -21,13 +21,36 @@ pub const NETWORK_READY: &str = "NetworkReady";
 impl RuntimeApi {
     /// Runtime readiness: the store answers and the root dir is writable.
     fn runtime_condition(&self) -> cri::RuntimeCondition {
-        let probe = self.0.images.list(None).map(|_| ()).map_err(|e| e.to_string()).and_then(|_| {
-            let p = self.0.config.root.join(".ready-probe");
-            std::fs::write(&p, b"").and_then(|_| std::fs::remove_file(&p)).map_err(|e| format!("root dir {} not writable: {e}", self.0.config.root.display()))
-        });
+        let probe = self
+            .0
+            .images
+            .list(None)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                let p = self.0.config.root.join(".ready-probe");
+                std::fs::write(&p, b"")
+                    .and_then(|_| std::fs::remove_file(&p))
+                    .map_err(|e| {
+                        format!(
+                            "root dir {} not writable: {e}",
+                            self.0.config.root.display()
+                        )
+                    })
+            });
         match probe {
-            Ok(()) => cri::RuntimeCondition { r#type: RUNTIME_READY.into(), status: true, reason: String::new(), message: String::new() },
-            Err(message) => cri::RuntimeCondition { r#type: RUNTIME_READY.into(), status: false, reason: "RuntimeStoreUnavailable".into(), message },
+            Ok(()) => cri::RuntimeCondition {
+                r#type: RUNTIME_READY.into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            Err(message) => cri::RuntimeCondition {
+                r#type: RUNTIME_READY.into(),
+                status: false,
+                reason: "RuntimeStoreUnavailable".into(),
+                message,
+            },
         }
     }
 
@@ -48,7 +71,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse,
 impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     type GetContainerEventsStream = EventStream;
 
-    async fn version(&self, _req: Request<cri::VersionRequest>) -> Result<Response<cri::VersionResponse>, Status> {
+    async fn version(
+        &self,
+        _req: Request<cri::VersionRequest>,
+    ) -> Result<Response<cri::VersionResponse>, Status> {
         Ok(Response::new(cri::VersionResponse {
             version: KUBE_API_VERSION.into(),
             runtime_name: RUNTIME_NAME.into(),
@@ -57,7 +83,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         }))
     }
 
-    async fn status(&self, req: Request<cri::StatusRequest>) -> Result<Response<cri::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        req: Request<cri::StatusRequest>,
+    ) -> Result<Response<cri::StatusResponse>, Status> {
         let verbose = req.into_inner().verbose;
         let mut info = HashMap::new();
         if verbose {
@@ -65,103 +94,193 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
             info.insert("config".to_owned(), cfg);
         }
         Ok(Response::new(cri::StatusResponse {
-            status: Some(cri::RuntimeStatus { conditions: vec![self.runtime_condition(), self.network_condition()] }),
+            status: Some(cri::RuntimeStatus {
+                conditions: vec![self.runtime_condition(), self.network_condition()],
+            }),
             info,
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures { recursive_read_only_mounts: false, user_namespaces: false }),
+                features: Some(cri::RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: false,
+                    user_namespaces: false,
+                }),
             }],
-            features: Some(cri::RuntimeFeatures { supplemental_groups_policy: false }),
+            features: Some(cri::RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
         }))
     }
 
-    async fn runtime_config(&self, _req: Request<cri::RuntimeConfigRequest>) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
+    async fn runtime_config(
+        &self,
+        _req: Request<cri::RuntimeConfigRequest>,
+    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
         let driver = match self.0.config.cgroup_driver {
             CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
             CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
         };
         Ok(Response::new(cri::RuntimeConfigResponse {
-            linux: Some(cri::LinuxRuntimeConfiguration { cgroup_driver: driver as i32 }),
+            linux: Some(cri::LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
         }))
     }
 
-    async fn get_container_events(&self, _req: Request<cri::GetEventsRequest>) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+    async fn get_container_events(
+        &self,
+        _req: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
         Err(unimplemented("GetContainerEvents"))
     }
 
-    async fn run_pod_sandbox(&self, _req: Request<cri::RunPodSandboxRequest>) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+    async fn run_pod_sandbox(
+        &self,
+        _req: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
         Err(unimplemented("RunPodSandbox"))
     }
-    async fn stop_pod_sandbox(&self, _req: Request<cri::StopPodSandboxRequest>) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+    async fn stop_pod_sandbox(
+        &self,
+        _req: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         Err(unimplemented("StopPodSandbox"))
     }
-    async fn remove_pod_sandbox(&self, _req: Request<cri::RemovePodSandboxRequest>) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+    async fn remove_pod_sandbox(
+        &self,
+        _req: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         Err(unimplemented("RemovePodSandbox"))
     }
-    async fn pod_sandbox_status(&self, _req: Request<cri::PodSandboxStatusRequest>) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+    async fn pod_sandbox_status(
+        &self,
+        _req: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
         Err(unimplemented("PodSandboxStatus"))
     }
-    async fn list_pod_sandbox(&self, _req: Request<cri::ListPodSandboxRequest>) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+    async fn list_pod_sandbox(
+        &self,
+        _req: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
         Err(unimplemented("ListPodSandbox"))
     }
-    async fn create_container(&self, _req: Request<cri::CreateContainerRequest>) -> Result<Response<cri::CreateContainerResponse>, Status> {
+    async fn create_container(
+        &self,
+        _req: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
         Err(unimplemented("CreateContainer"))
     }
-    async fn start_container(&self, _req: Request<cri::StartContainerRequest>) -> Result<Response<cri::StartContainerResponse>, Status> {
+    async fn start_container(
+        &self,
+        _req: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
         Err(unimplemented("StartContainer"))
     }
-    async fn stop_container(&self, _req: Request<cri::StopContainerRequest>) -> Result<Response<cri::StopContainerResponse>, Status> {
+    async fn stop_container(
+        &self,
+        _req: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
         Err(unimplemented("StopContainer"))
     }
-    async fn remove_container(&self, _req: Request<cri::RemoveContainerRequest>) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+    async fn remove_container(
+        &self,
+        _req: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         Err(unimplemented("RemoveContainer"))
     }
-    async fn list_containers(&self, _req: Request<cri::ListContainersRequest>) -> Result<Response<cri::ListContainersResponse>, Status> {
+    async fn list_containers(
+        &self,
+        _req: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
         Err(unimplemented("ListContainers"))
     }
-    async fn container_status(&self, _req: Request<cri::ContainerStatusRequest>) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+    async fn container_status(
+        &self,
+        _req: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         Err(unimplemented("ContainerStatus"))
     }
-    async fn update_container_resources(&self, _req: Request<cri::UpdateContainerResourcesRequest>) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+    async fn update_container_resources(
+        &self,
+        _req: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         Err(unimplemented("UpdateContainerResources"))
     }
-    async fn reopen_container_log(&self, _req: Request<cri::ReopenContainerLogRequest>) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+    async fn reopen_container_log(
+        &self,
+        _req: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         Err(unimplemented("ReopenContainerLog"))
     }
-    async fn exec_sync(&self, _req: Request<cri::ExecSyncRequest>) -> Result<Response<cri::ExecSyncResponse>, Status> {
+    async fn exec_sync(
+        &self,
+        _req: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         Err(unimplemented("ExecSync"))
     }
-    async fn exec(&self, _req: Request<cri::ExecRequest>) -> Result<Response<cri::ExecResponse>, Status> {
+    async fn exec(
+        &self,
+        _req: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
         Err(unimplemented("Exec"))
     }
-    async fn attach(&self, _req: Request<cri::AttachRequest>) -> Result<Response<cri::AttachResponse>, Status> {
+    async fn attach(
+        &self,
+        _req: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
         Err(unimplemented("Attach"))
     }
-    async fn port_forward(&self, _req: Request<cri::PortForwardRequest>) -> Result<Response<cri::PortForwardResponse>, Status> {
+    async fn port_forward(
+        &self,
+        _req: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
         Err(unimplemented("PortForward"))
     }
-    async fn container_stats(&self, _req: Request<cri::ContainerStatsRequest>) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+    async fn container_stats(
+        &self,
+        _req: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
         Err(unimplemented("ContainerStats"))
     }
-    async fn list_container_stats(&self, _req: Request<cri::ListContainerStatsRequest>) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+    async fn list_container_stats(
+        &self,
+        _req: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
         Err(unimplemented("ListContainerStats"))
     }
-    async fn pod_sandbox_stats(&self, _req: Request<cri::PodSandboxStatsRequest>) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+    async fn pod_sandbox_stats(
+        &self,
+        _req: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
         Err(unimplemented("PodSandboxStats"))
     }
-    async fn list_pod_sandbox_stats(&self, _req: Request<cri::ListPodSandboxStatsRequest>) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+    async fn list_pod_sandbox_stats(
+        &self,
+        _req: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         Err(unimplemented("ListPodSandboxStats"))
     }
-    async fn update_runtime_config(&self, _req: Request<cri::UpdateRuntimeConfigRequest>) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+    async fn update_runtime_config(
+        &self,
+        _req: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
         Err(unimplemented("UpdateRuntimeConfig"))
     }
-    async fn checkpoint_container(&self, _req: Request<cri::CheckpointContainerRequest>) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
+    async fn checkpoint_container(
+        &self,
+        _req: Request<cri::CheckpointContainerRequest>,
+    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
         Err(unimplemented("CheckpointContainer"))
     }
-    async fn list_metric_descriptors(&self, _req: Request<cri::ListMetricDescriptorsRequest>) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
+    async fn list_metric_descriptors(
+        &self,
+        _req: Request<cri::ListMetricDescriptorsRequest>,
+    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
         Err(unimplemented("ListMetricDescriptors"))
     }
-    async fn list_pod_sandbox_metrics(&self, _req: Request<cri::ListPodSandboxMetricsRequest>) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
+    async fn list_pod_sandbox_metrics(
+        &self,
+        _req: Request<cri::ListPodSandboxMetricsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
 }

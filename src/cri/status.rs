@@ -25,19 +25,29 @@ impl From<ImageError> for Status {
             ImageError::Registry { source, .. } => match source {
                 RegistryError::NotFound { .. } => Code::NotFound,
                 RegistryError::Unauthorized { .. } => Code::Unauthenticated,
-                RegistryError::Unavailable { .. } | RegistryError::NoEndpoint(..) => Code::Unavailable,
+                RegistryError::Unavailable { .. } | RegistryError::NoEndpoint(..) => {
+                    Code::Unavailable
+                }
                 RegistryError::Stalled { .. } => Code::DeadlineExceeded,
                 RegistryError::DigestMismatch { .. } => Code::DataLoss,
-                RegistryError::TooLarge { .. } | RegistryError::Protocol { .. } => Code::FailedPrecondition,
+                RegistryError::TooLarge { .. } | RegistryError::Protocol { .. } => {
+                    Code::FailedPrecondition
+                }
             },
             ImageError::Manifest { source, .. } => match source {
-                ManifestError::UnsupportedMediaType(_) | ManifestError::Schema1 => Code::InvalidArgument,
+                ManifestError::UnsupportedMediaType(_) | ManifestError::Schema1 => {
+                    Code::InvalidArgument
+                }
                 ManifestError::NoMatchingPlatform(_) => Code::NotFound,
                 _ => Code::FailedPrecondition,
             },
-            ImageError::Unpack { .. } | ImageError::LayerTooLarge { .. } => Code::FailedPrecondition,
+            ImageError::Unpack { .. } | ImageError::LayerTooLarge { .. } => {
+                Code::FailedPrecondition
+            }
             ImageError::DigestMismatch { .. } => Code::DataLoss,
-            ImageError::Content(_) | ImageError::Snapshot(_) | ImageError::Store(_) => Code::Internal,
+            ImageError::Content(_) | ImageError::Snapshot(_) | ImageError::Store(_) => {
+                Code::Internal
+            }
             ImageError::Task(_) => Code::Internal,
         };
         Status::new(code, e.to_string())

@@ -54,7 +54,8 @@ impl ContentStore {
             }
         };
         let tmp_dir = self.dirs.content_tmp();
-        let mut tmp = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io("create temp in", &tmp_dir))?;
+        let mut tmp =
+            tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io("create temp in", &tmp_dir))?;
         tmp.write_all(data).map_err(io("write", &path))?;
         tmp.as_file().sync_all().map_err(io("sync", &path))?;
         tmp.persist(&path).map_err(|e| ContentError::Io {
@@ -99,7 +100,9 @@ impl ContentStore {
             return vec![];
         };
         rd.flatten()
-            .filter_map(|e| Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok())
+            .filter_map(|e| {
+                Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
+            })
             .collect()
     }
 

@@ -33,7 +33,9 @@ impl Digest {
             };
         };
         if hex.len() != SHA256_HEX_LEN
-            || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
             return Err(DigestError::Malformed(s.chars().take(80).collect()));
         }

@@ -78,14 +78,20 @@ fn default_server(registry: &str) -> (Scheme, String) {
     }
     // Docker and containerd's defaults treat loopback registries as plain HTTP.
     let host = registry.rsplit_once(':').map_or(registry, |(h, p)| {
-        if p.bytes().all(|b| b.is_ascii_digit()) { h } else { registry }
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            registry
+        }
     });
-    let loopback = host == "localhost"
-        || host.starts_with("127.")
-        || host == "[::1]"
-        || host == "::1";
+    let loopback =
+        host == "localhost" || host.starts_with("127.") || host == "[::1]" || host == "::1";
     (
-        if loopback { Scheme::Http } else { Scheme::Https },
+        if loopback {
+            Scheme::Http
+        } else {
+            Scheme::Https
+        },
         registry.to_owned(),
     )
 }
@@ -100,7 +106,9 @@ fn parse_url(url: &str, path: &Path) -> Result<(Scheme, String), HostsError> {
     } else if let Some(r) = url.strip_prefix("http://") {
         (Scheme::Http, r)
     } else {
-        return Err(bad(format!("host {url:?} must start with http:// or https://")));
+        return Err(bad(format!(
+            "host {url:?} must start with http:// or https://"
+        )));
     };
     let rest = rest.trim_end_matches('/');
     let host = rest.strip_suffix("/v2").unwrap_or(rest);
@@ -213,10 +221,13 @@ pub fn parse_hosts_file(
         .collect();
     hosts.sort_by_key(|(pos, _, _)| *pos);
     for (_, url, value) in hosts {
-        let opts: RawHostOpts = value.try_into().map_err(|e: toml::de::Error| HostsError::Parse {
-            path: file.to_owned(),
-            message: format!("host {url:?}: {}", e.to_string().trim().replace('\n', " ")),
-        })?;
+        let opts: RawHostOpts =
+            value
+                .try_into()
+                .map_err(|e: toml::de::Error| HostsError::Parse {
+                    path: file.to_owned(),
+                    message: format!("host {url:?}: {}", e.to_string().trim().replace('\n', " ")),
+                })?;
         let (scheme, host) = parse_url(&url, file)?;
         out.push(endpoint(scheme, host, opts, dir, file, false)?);
     }
@@ -293,7 +304,12 @@ mod tests {
     use super::*;
 
     fn parse(text: &str, registry: &str) -> Result<Vec<Endpoint>, HostsError> {
-        parse_hosts_file(text, registry, Path::new("/nonexistent"), Path::new("/x/hosts.toml"))
+        parse_hosts_file(
+            text,
+            registry,
+            Path::new("/nonexistent"),
+            Path::new("/x/hosts.toml"),
+        )
     }
 
     #[test]
@@ -323,7 +339,14 @@ server = "https://registry-1.docker.io"
 "#;
         let eps = parse(text, "docker.io").unwrap();
         let hosts: Vec<_> = eps.iter().map(|e| e.host.as_str()).collect();
-        assert_eq!(hosts, ["zmirror.example:5000", "amirror.example", "registry-1.docker.io"]);
+        assert_eq!(
+            hosts,
+            [
+                "zmirror.example:5000",
+                "amirror.example",
+                "registry-1.docker.io"
+            ]
+        );
         assert!(eps[0].skip_verify && eps[0].resolve && !eps[0].upstream);
         assert_eq!(eps[1].scheme, Scheme::Http);
         assert!(!eps[1].resolve && eps[1].pull);
@@ -334,7 +357,9 @@ server = "https://registry-1.docker.io"
     fn errors_name_the_problem() {
         let e = parse("serverr = \"x\"\n", "r").unwrap_err().to_string();
         assert!(e.contains("serverr"), "{e}");
-        let e = parse("server = \"ftp://x\"\n", "r").unwrap_err().to_string();
+        let e = parse("server = \"ftp://x\"\n", "r")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http:// or https://"), "{e}");
         let e = parse("[host.\"https://m\"]\ncapabilities = [\"fly\"]\n", "r")
             .unwrap_err()

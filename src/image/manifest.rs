@@ -155,7 +155,8 @@ struct RawPlatform {
 }
 
 fn descriptor(raw: RawDescriptor, what: &'static str) -> Result<Descriptor, ManifestError> {
-    let digest = Digest::parse(&raw.digest).map_err(|source| ManifestError::Digest { what, source })?;
+    let digest =
+        Digest::parse(&raw.digest).map_err(|source| ManifestError::Digest { what, source })?;
     let size = u64::try_from(raw.size).map_err(|_| ManifestError::Malformed {
         what,
         reason: format!("negative size {}", raw.size),
@@ -267,14 +268,21 @@ pub fn layer_compression(media_type: &str) -> Result<Compression, ManifestError>
 /// Pick the index entry for `want`: same os and architecture, the variant equal or unset.
 pub fn select_platform(entries: &[IndexEntry], want: &Platform) -> Result<Digest, ManifestError> {
     let candidates = entries.iter().filter(|e| {
-        matches!(e.descriptor.media_type.as_str(), MT_OCI_MANIFEST | MT_DOCKER_MANIFEST | "")
-            && e.platform.as_ref().is_some_and(|p| {
-                p.os == want.os && p.architecture == want.architecture
-            })
+        matches!(
+            e.descriptor.media_type.as_str(),
+            MT_OCI_MANIFEST | MT_DOCKER_MANIFEST | ""
+        ) && e
+            .platform
+            .as_ref()
+            .is_some_and(|p| p.os == want.os && p.architecture == want.architecture)
     });
     let mut fallback = None;
     for e in candidates {
-        let variant = e.platform.as_ref().map(|p| p.variant.as_str()).unwrap_or("");
+        let variant = e
+            .platform
+            .as_ref()
+            .map(|p| p.variant.as_str())
+            .unwrap_or("");
         if variant == want.variant {
             return Ok(e.descriptor.digest.clone());
         }
@@ -330,7 +338,12 @@ pub fn parse_config(bytes: &[u8], layers: usize) -> Result<ImageConfigSummary, M
         .rootfs
         .diff_ids
         .iter()
-        .map(|d| Digest::parse(d).map_err(|source| ManifestError::Digest { what: "diff id", source }))
+        .map(|d| {
+            Digest::parse(d).map_err(|source| ManifestError::Digest {
+                what: "diff id",
+                source,
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if diff_ids.len() != layers {
         return Err(ManifestError::LayerCountMismatch {
@@ -379,8 +392,9 @@ mod tests {
 
     #[test]
     fn parses_oci_and_docker_manifests() {
-        let m = parse_document(manifest_json("application/vnd.oci.image.layer.v1.tar+zstd").as_bytes())
-            .unwrap();
+        let m =
+            parse_document(manifest_json("application/vnd.oci.image.layer.v1.tar+zstd").as_bytes())
+                .unwrap();
         let Document::Manifest(m) = m else { panic!() };
         assert_eq!(m.layers.len(), 1);
         assert_eq!(m.config.size, 10);
@@ -389,7 +403,10 @@ mod tests {
             d('a'),
             d('c')
         );
-        assert!(matches!(parse_document(docker.as_bytes()).unwrap(), Document::Manifest(_)));
+        assert!(matches!(
+            parse_document(docker.as_bytes()).unwrap(),
+            Document::Manifest(_)
+        ));
     }
 
     #[test]
@@ -402,15 +419,26 @@ mod tests {
             parse_document(br#"{"schemaVersion":1,"fsLayers":[]}"#),
             Err(ManifestError::Schema1)
         );
-        let bad_digest = manifest_json("application/vnd.oci.image.layer.v1.tar").replace(&d('b'), "sha256:../../x");
-        assert!(matches!(parse_document(bad_digest.as_bytes()), Err(ManifestError::Digest { .. })));
-        let neg = manifest_json("application/vnd.oci.image.layer.v1.tar").replace("\"size\":20", "\"size\":-1");
-        assert!(matches!(parse_document(neg.as_bytes()), Err(ManifestError::Malformed { .. })));
+        let bad_digest = manifest_json("application/vnd.oci.image.layer.v1.tar")
+            .replace(&d('b'), "sha256:../../x");
+        assert!(matches!(
+            parse_document(bad_digest.as_bytes()),
+            Err(ManifestError::Digest { .. })
+        ));
+        let neg = manifest_json("application/vnd.oci.image.layer.v1.tar")
+            .replace("\"size\":20", "\"size\":-1");
+        assert!(matches!(
+            parse_document(neg.as_bytes()),
+            Err(ManifestError::Malformed { .. })
+        ));
         assert!(matches!(
             parse_document(&vec![b' '; MAX_MANIFEST_BYTES + 1]),
             Err(ManifestError::TooLarge { .. })
         ));
-        assert!(matches!(parse_document(b"null"), Err(ManifestError::Malformed { .. })));
+        assert!(matches!(
+            parse_document(b"null"),
+            Err(ManifestError::Malformed { .. })
+        ));
         let helm = manifest_json("application/vnd.oci.image.layer.v1.tar")
             .replace(MT_OCI_CONFIG, "application/vnd.cncf.helm.config.v1+json");
         assert!(matches!(
@@ -433,11 +461,31 @@ mod tests {
                 variant: variant.into(),
             }),
         };
-        let entries = vec![entry('a', "arm", "v6"), entry('b', "arm", "v7"), entry('c', "amd64", ""), entry('e', "arm64", "")];
-        let p = |a: &str, v: &str| Platform { os: "linux".into(), architecture: a.into(), variant: v.into() };
-        assert_eq!(select_platform(&entries, &p("amd64", "")).unwrap().as_str(), d('c'));
-        assert_eq!(select_platform(&entries, &p("arm", "v7")).unwrap().as_str(), d('b'));
-        assert_eq!(select_platform(&entries, &p("arm64", "v8")).unwrap().as_str(), d('e'));
+        let entries = vec![
+            entry('a', "arm", "v6"),
+            entry('b', "arm", "v7"),
+            entry('c', "amd64", ""),
+            entry('e', "arm64", ""),
+        ];
+        let p = |a: &str, v: &str| Platform {
+            os: "linux".into(),
+            architecture: a.into(),
+            variant: v.into(),
+        };
+        assert_eq!(
+            select_platform(&entries, &p("amd64", "")).unwrap().as_str(),
+            d('c')
+        );
+        assert_eq!(
+            select_platform(&entries, &p("arm", "v7")).unwrap().as_str(),
+            d('b')
+        );
+        assert_eq!(
+            select_platform(&entries, &p("arm64", "v8"))
+                .unwrap()
+                .as_str(),
+            d('e')
+        );
         assert!(matches!(
             select_platform(&entries, &p("s390x", "")),
             Err(ManifestError::NoMatchingPlatform(_))
@@ -450,7 +498,9 @@ mod tests {
             r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{MT_OCI_MANIFEST}","digest":"{}","size":5,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
             d('a')
         );
-        let Document::Index(e) = parse_document(idx.as_bytes()).unwrap() else { panic!() };
+        let Document::Index(e) = parse_document(idx.as_bytes()).unwrap() else {
+            panic!()
+        };
         assert_eq!(e[0].platform.as_ref().unwrap().architecture, "amd64");
     }
 
@@ -463,7 +513,10 @@ mod tests {
         let c = parse_config(cfg.as_bytes(), 1).unwrap();
         assert_eq!(c.user, "1000:1000");
         assert_eq!(c.labels["a"], "b");
-        assert!(matches!(parse_config(cfg.as_bytes(), 2), Err(ManifestError::LayerCountMismatch { .. })));
+        assert!(matches!(
+            parse_config(cfg.as_bytes(), 2),
+            Err(ManifestError::LayerCountMismatch { .. })
+        ));
         assert_eq!(split_user("1000:1000"), (Some(1000), String::new()));
         assert_eq!(split_user("nobody"), (None, "nobody".into()));
         assert_eq!(split_user(""), (None, String::new()));

@@ -48,7 +48,11 @@ pub enum ImageError {
         source: unpack::UnpackError,
     },
     #[error("pulling {image}: layer {layer}: uncompressed content exceeds {max} bytes")]
-    LayerTooLarge { image: String, layer: String, max: u64 },
+    LayerTooLarge {
+        image: String,
+        layer: String,
+        max: u64,
+    },
     #[error("pulling {image}: {what}: content hashes to {actual}, expected {expected}")]
     DigestMismatch {
         image: String,
@@ -161,7 +165,11 @@ impl ImageService {
     /// forms kubelet and crictl send (`busybox`, `docker.io/library/busybox:latest`, …).
     /// Returns the image and the name it was found by (None when found by id).
     pub fn resolve(&self, spec: &str) -> Result<Option<(ImageRecord, Option<String>)>, ImageError> {
-        let as_id = if spec.len() == 64 { format!("sha256:{spec}") } else { spec.to_owned() };
+        let as_id = if spec.len() == 64 {
+            format!("sha256:{spec}")
+        } else {
+            spec.to_owned()
+        };
         if let Ok(d) = Digest::parse(&as_id) {
             if let Some(r) = self.store.image(d.as_str())? {
                 return Ok(Some((r, None)));
@@ -185,7 +193,12 @@ impl ImageService {
                 })?
                 .map(|(r, _)| vec![self.info(r)])
                 .unwrap_or_default()),
-            _ => Ok(self.store.images()?.into_iter().map(|r| self.info(r)).collect()),
+            _ => Ok(self
+                .store
+                .images()?
+                .into_iter()
+                .map(|r| self.info(r))
+                .collect()),
         }
     }
 
@@ -249,7 +262,11 @@ impl ImageService {
             }
         }
         if n + blobs_removed > 0 {
-            tracing::info!(snapshots = n, blobs = blobs_removed, "collected unreferenced image content");
+            tracing::info!(
+                snapshots = n,
+                blobs = blobs_removed,
+                "collected unreferenced image content"
+            );
         }
         Ok((n, blobs_removed))
     }

@@ -49,13 +49,20 @@ impl Credentials {
             return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
         }
         if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(self.username.clone(), self.password.clone()));
+            return Ok(RegistryAuth::Basic(
+                self.username.clone(),
+                self.password.clone(),
+            ));
         }
         if !self.auth.is_empty() {
             use base64_decode::decode;
-            let raw = decode(self.auth.trim()).ok_or_else(|| ImageError::Auth("auth is not valid base64".into()))?;
-            let s = String::from_utf8(raw).map_err(|_| ImageError::Auth("auth is not UTF-8".into()))?;
-            let (u, p) = s.split_once(':').ok_or_else(|| ImageError::Auth("auth is not base64(user:password)".into()))?;
+            let raw = decode(self.auth.trim())
+                .ok_or_else(|| ImageError::Auth("auth is not valid base64".into()))?;
+            let s =
+                String::from_utf8(raw).map_err(|_| ImageError::Auth("auth is not UTF-8".into()))?;
+            let (u, p) = s
+                .split_once(':')
+                .ok_or_else(|| ImageError::Auth("auth is not base64(user:password)".into()))?;
             return Ok(RegistryAuth::Basic(u.to_owned(), p.to_owned()));
         }
         if !self.identity_token.is_empty() {
@@ -147,7 +154,10 @@ impl<R: Read> Read for HashingReader<R> {
         let k = self.inner.read(buf)?;
         self.n += k as u64;
         if self.n > self.max {
-            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "layer exceeds max_layer_bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "layer exceeds max_layer_bytes",
+            ));
         }
         self.hasher.update(&buf[..k]);
         Ok(k)
@@ -155,19 +165,32 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl ImageService {
     /// Pull `image` and return its id (the config digest).
-    pub async fn pull(self: &Arc<Self>, image: &str, creds: &Credentials) -> Result<String, ImageError> {
+    pub async fn pull(
+        self: &Arc<Self>,
+        image: &str,
+        creds: &Credentials,
+    ) -> Result<String, ImageError> {
         let r = ImageRef::parse(image)?;
         let shown = r.to_string();
         let auth = creds.to_registry_auth()?;
         let endpoints = super::hosts::resolve(&self.config.registry.config_path, &r.registry)?;
         let reg = Registry::new(endpoints, auth, self.config.image.pull_progress_timeout);
-        let reg_err = |source| ImageError::Registry { image: shown.clone(), source };
-        let man_err = |source| ImageError::Manifest { image: shown.clone(), source };
+        let reg_err = |source| ImageError::Registry {
+            image: shown.clone(),
+            source,
+        };
+        let man_err = |source| ImageError::Manifest {
+            image: shown.clone(),
+            source,
+        };
 
         let (top, top_digest) = reg.manifest(&r, r.digest.as_ref()).await.map_err(reg_err)?;
         let mut docs = vec![(top_digest.clone(), top.clone())];
@@ -180,13 +203,27 @@ impl ImageService {
                 match manifest::parse_document(&b).map_err(man_err)? {
                     Document::Manifest(m) => m,
                     Document::Index(_) => {
-                        return Err(man_err(manifest::ManifestError::Malformed { what: "index", reason: "an index entry is itself an index".into() }));
+                        return Err(man_err(manifest::ManifestError::Malformed {
+                            what: "index",
+                            reason: "an index entry is itself an index".into(),
+                        }));
                     }
                 }
             }
         };
-        let manifest_digest = docs.last().map(|(d, _)| d.clone()).unwrap_or(top_digest.clone());
-        let config = self.fetch_small(&reg, &r, &manifest.config, manifest::MAX_CONFIG_BYTES, &shown).await?;
+        let manifest_digest = docs
+            .last()
+            .map(|(d, _)| d.clone())
+            .unwrap_or(top_digest.clone());
+        let config = self
+            .fetch_small(
+                &reg,
+                &r,
+                &manifest.config,
+                manifest::MAX_CONFIG_BYTES,
+                &shown,
+            )
+            .await?;
         let summary = manifest::parse_config(&config, manifest.layers.len()).map_err(man_err)?;
 
         let mut leased: Vec<Digest> = summary.diff_ids.clone();
@@ -194,10 +231,18 @@ impl ImageService {
         leased.push(manifest.config.digest.clone());
         let _lease = self.lease(leased);
 
-        let work: Vec<(Descriptor, Digest)> = manifest.layers.iter().cloned().zip(summary.diff_ids.iter().cloned()).collect();
+        let work: Vec<(Descriptor, Digest)> = manifest
+            .layers
+            .iter()
+            .cloned()
+            .zip(summary.diff_ids.iter().cloned())
+            .collect();
         let (reg_ref, r_ref, shown_ref) = (&reg, &r, shown.as_str());
         let layers: Vec<LayerRecord> = futures::stream::iter(work)
-            .map(|(desc, diff_id)| async move { self.ensure_layer(reg_ref, r_ref, &desc, &diff_id, shown_ref).await })
+            .map(|(desc, diff_id)| async move {
+                self.ensure_layer(reg_ref, r_ref, &desc, &diff_id, shown_ref)
+                    .await
+            })
             .buffered(self.config.image.max_concurrent_downloads)
             .try_collect()
             .await?;
@@ -209,7 +254,11 @@ impl ImageService {
 
         let mut rec = ImageRecord {
             id: manifest.config.digest.to_string(),
-            repo_tags: r.tag.as_ref().map(|_| vec![r.to_string()]).unwrap_or_default(),
+            repo_tags: r
+                .tag
+                .as_ref()
+                .map(|_| vec![r.to_string()])
+                .unwrap_or_default(),
             repo_digests: vec![r.repo_digest(&top_digest)],
             manifest_digest: manifest_digest.to_string(),
             blobs: docs.iter().map(|(d, _)| d.to_string()).collect(),
@@ -225,27 +274,60 @@ impl ImageService {
     }
 
     /// A small blob (the config) fully into memory, bounded and digest-checked.
-    async fn fetch_small(&self, reg: &Registry, r: &ImageRef, desc: &Descriptor, max: u64, shown: &str) -> Result<Vec<u8>, ImageError> {
+    async fn fetch_small(
+        &self,
+        reg: &Registry,
+        r: &ImageRef,
+        desc: &Descriptor,
+        max: u64,
+        shown: &str,
+    ) -> Result<Vec<u8>, ImageError> {
         if let Ok(b) = self.content.get(&desc.digest) {
             if Digest::of(&b) == desc.digest {
                 return Ok(b);
             }
         }
         if desc.size > max {
-            return Err(ImageError::Manifest { image: shown.into(), source: manifest::ManifestError::TooLarge { what: "image config", max } });
+            return Err(ImageError::Manifest {
+                image: shown.into(),
+                source: manifest::ManifestError::TooLarge {
+                    what: "image config",
+                    max,
+                },
+            });
         }
-        let mut s = reg.blob(r, desc).await.map_err(|source| ImageError::Registry { image: shown.into(), source })?;
+        let mut s = reg
+            .blob(r, desc)
+            .await
+            .map_err(|source| ImageError::Registry {
+                image: shown.into(),
+                source,
+            })?;
         let mut buf = Vec::new();
         while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(|source| ImageError::Registry { image: shown.into(), source })?;
+            let chunk = chunk.map_err(|source| ImageError::Registry {
+                image: shown.into(),
+                source,
+            })?;
             if (buf.len() + chunk.len()) as u64 > desc.size {
-                return Err(ImageError::Registry { image: shown.into(), source: RegistryError::TooLarge { what: format!("blob {}", desc.digest), max: desc.size } });
+                return Err(ImageError::Registry {
+                    image: shown.into(),
+                    source: RegistryError::TooLarge {
+                        what: format!("blob {}", desc.digest),
+                        max: desc.size,
+                    },
+                });
             }
             buf.extend_from_slice(&chunk);
         }
         let actual = Digest::of(&buf);
         if actual != desc.digest || buf.len() as u64 != desc.size {
-            return Err(ImageError::DigestMismatch { image: shown.into(), what: format!("blob {}", desc.digest), expected: desc.digest.to_string(), actual: actual.to_string() });
+            return Err(ImageError::DigestMismatch {
+                image: shown.into(),
+                what: format!("blob {}", desc.digest),
+                expected: desc.digest.to_string(),
+                actual: actual.to_string(),
+            });
         }
         Ok(buf)
     }
@@ -258,10 +340,21 @@ impl ImageService {
 
     /// Make sure the snapshot for `diff_id` exists: two pulls of the same layer share one
     /// download (the second waits on the lock, then finds the snapshot).
-    async fn ensure_layer(&self, reg: &Registry, r: &ImageRef, desc: &Descriptor, diff_id: &Digest, shown: &str) -> Result<LayerRecord, ImageError> {
+    async fn ensure_layer(
+        &self,
+        reg: &Registry,
+        r: &ImageRef,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        shown: &str,
+    ) -> Result<LayerRecord, ImageError> {
         let lock = self.layer_lock(diff_id);
         let _g = lock.lock().await;
-        let record = |(bytes, inodes): (u64, u64)| LayerRecord { diff_id: diff_id.to_string(), bytes, inodes };
+        let record = |(bytes, inodes): (u64, u64)| LayerRecord {
+            diff_id: diff_id.to_string(),
+            bytes,
+            inodes,
+        };
         if self.snapshots.exists(diff_id) {
             return Ok(record(snapshot::read_usage(&self.dirs.snapshot(diff_id))));
         }
@@ -269,29 +362,54 @@ impl ImageService {
         let fs = pending.fs();
         let (tx, rx) = mpsc::channel::<Result<Bytes, ()>>(UNPACK_QUEUE_CHUNKS);
         let max = self.config.image.max_layer_bytes;
-        let unpacker = tokio::task::spawn_blocking(move || -> Result<(Digest, unpack::UnpackStats), (Option<UnpackError>, io::Error)> {
-            let reader = io::BufReader::with_capacity(256 * 1024, ChannelReader { rx, cur: Bytes::new() });
-            let dec = unpack::decompressor(reader).map_err(|e| (None, e))?;
-            let mut h = HashingReader { inner: dec, hasher: Sha256::new(), n: 0, max };
-            let stats = unpack::unpack(&mut h, &fs).map_err(|e| (Some(e), io::Error::other("unpack")))?;
-            // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
-            io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
-            Ok((Digest::from_hasher(h.hasher), stats))
-        });
+        let unpacker = tokio::task::spawn_blocking(
+            move || -> Result<(Digest, unpack::UnpackStats), (Option<UnpackError>, io::Error)> {
+                let reader = io::BufReader::with_capacity(
+                    256 * 1024,
+                    ChannelReader {
+                        rx,
+                        cur: Bytes::new(),
+                    },
+                );
+                let dec = unpack::decompressor(reader).map_err(|e| (None, e))?;
+                let mut h = HashingReader {
+                    inner: dec,
+                    hasher: Sha256::new(),
+                    n: 0,
+                    max,
+                };
+                let stats = unpack::unpack(&mut h, &fs)
+                    .map_err(|e| (Some(e), io::Error::other("unpack")))?;
+                // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
+                io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
+                Ok((Digest::from_hasher(h.hasher), stats))
+            },
+        );
 
         let what = format!("layer {}", desc.digest);
         let mut download_err: Option<ImageError> = None;
         let mut hasher = Sha256::new();
         let mut n = 0u64;
         match reg.blob(r, desc).await {
-            Err(source) => download_err = Some(ImageError::Registry { image: shown.into(), source }),
+            Err(source) => {
+                download_err = Some(ImageError::Registry {
+                    image: shown.into(),
+                    source,
+                })
+            }
             Ok(mut s) => {
                 while let Some(chunk) = s.next().await {
                     match chunk {
                         Ok(b) => {
                             n += b.len() as u64;
                             if n > desc.size {
-                                download_err = Some(ImageError::Registry { image: shown.into(), source: RegistryError::TooLarge { what: what.clone(), max: desc.size } });
+                                download_err = Some(ImageError::Registry {
+                                    image: shown.into(),
+                                    source: RegistryError::TooLarge {
+                                        what: what.clone(),
+                                        max: desc.size,
+                                    },
+                                });
                                 break;
                             }
                             hasher.update(&b);
@@ -300,7 +418,10 @@ impl ImageService {
                             }
                         }
                         Err(source) => {
-                            download_err = Some(ImageError::Registry { image: shown.into(), source });
+                            download_err = Some(ImageError::Registry {
+                                image: shown.into(),
+                                source,
+                            });
                             break;
                         }
                     }
@@ -309,22 +430,48 @@ impl ImageService {
         }
         let actual = Digest::from_hasher(hasher);
         let complete = download_err.is_none() && n == desc.size && actual == desc.digest;
-        let _ = tx.send(if complete { Ok(Bytes::new()) } else { Err(()) }).await;
+        let _ = tx
+            .send(if complete { Ok(Bytes::new()) } else { Err(()) })
+            .await;
         drop(tx);
-        let unpacked = unpacker.await.map_err(|e| ImageError::Task(e.to_string()))?;
+        let unpacked = unpacker
+            .await
+            .map_err(|e| ImageError::Task(e.to_string()))?;
         if let Some(e) = download_err {
             return Err(e);
         }
         if !complete {
-            return Err(ImageError::DigestMismatch { image: shown.into(), what, expected: desc.digest.to_string(), actual: format!("{actual} ({n} of {} bytes)", desc.size) });
+            return Err(ImageError::DigestMismatch {
+                image: shown.into(),
+                what,
+                expected: desc.digest.to_string(),
+                actual: format!("{actual} ({n} of {} bytes)", desc.size),
+            });
         }
         let (diff, stats) = unpacked.map_err(|(ue, ioe)| match ue {
-            Some(source) => ImageError::Unpack { image: shown.into(), layer: desc.digest.to_string(), source },
-            None if ioe.kind() == io::ErrorKind::FileTooLarge => ImageError::LayerTooLarge { image: shown.into(), layer: desc.digest.to_string(), max },
-            None => ImageError::Unpack { image: shown.into(), layer: desc.digest.to_string(), source: UnpackError::Archive(ioe) },
+            Some(source) => ImageError::Unpack {
+                image: shown.into(),
+                layer: desc.digest.to_string(),
+                source,
+            },
+            None if ioe.kind() == io::ErrorKind::FileTooLarge => ImageError::LayerTooLarge {
+                image: shown.into(),
+                layer: desc.digest.to_string(),
+                max,
+            },
+            None => ImageError::Unpack {
+                image: shown.into(),
+                layer: desc.digest.to_string(),
+                source: UnpackError::Archive(ioe),
+            },
         })?;
         if &diff != diff_id {
-            return Err(ImageError::DigestMismatch { image: shown.into(), what: format!("uncompressed {what} (diff id)"), expected: diff_id.to_string(), actual: diff.to_string() });
+            return Err(ImageError::DigestMismatch {
+                image: shown.into(),
+                what: format!("uncompressed {what} (diff id)"),
+                expected: diff_id.to_string(),
+                actual: diff.to_string(),
+            });
         }
         tracing::debug!(layer = %desc.digest, entries = stats.entries, bytes = stats.file_bytes, "unpacked layer");
         Ok(record(self.snapshots.commit(pending, diff_id)?))

@@ -112,7 +112,10 @@ mod tests {
             ("busybox:1.36", "docker.io/library/busybox:1.36"),
             ("library/busybox", "docker.io/library/busybox:latest"),
             ("docker.io/busybox", "docker.io/library/busybox:latest"),
-            ("index.docker.io/library/busybox", "docker.io/library/busybox:latest"),
+            (
+                "index.docker.io/library/busybox",
+                "docker.io/library/busybox:latest",
+            ),
             ("someone/app:v1", "docker.io/someone/app:v1"),
             ("localhost:5000/a/b:c", "localhost:5000/a/b:c"),
             ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10"),

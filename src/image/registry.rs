@@ -48,7 +48,10 @@ pub enum RegistryError {
 impl RegistryError {
     /// Errors after which the next mirror (or the upstream) is worth trying.
     fn try_next(&self) -> bool {
-        !matches!(self, RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. })
+        !matches!(
+            self,
+            RegistryError::DigestMismatch { .. } | RegistryError::TooLarge { .. }
+        )
     }
 }
 
@@ -92,7 +95,11 @@ impl Registry {
                     ..Default::default()
                 };
                 // Mirrors never see the caller's credentials: they were issued for the upstream.
-                let auth = if endpoint.upstream { auth.clone() } else { RegistryAuth::Anonymous };
+                let auth = if endpoint.upstream {
+                    auth.clone()
+                } else {
+                    RegistryAuth::Anonymous
+                };
                 Remote {
                     client: Client::new(config),
                     endpoint,
@@ -105,34 +112,71 @@ impl Registry {
 
     fn reference(remote: &Remote, r: &ImageRef, digest: Option<&Digest>) -> Reference {
         match (digest, &r.tag) {
-            (Some(d), _) => Reference::with_digest(remote.endpoint.host.clone(), r.repository.clone(), d.to_string()),
-            (None, Some(t)) => Reference::with_tag(remote.endpoint.host.clone(), r.repository.clone(), t.clone()),
-            (None, None) => Reference::with_tag(remote.endpoint.host.clone(), r.repository.clone(), "latest".into()),
+            (Some(d), _) => Reference::with_digest(
+                remote.endpoint.host.clone(),
+                r.repository.clone(),
+                d.to_string(),
+            ),
+            (None, Some(t)) => Reference::with_tag(
+                remote.endpoint.host.clone(),
+                r.repository.clone(),
+                t.clone(),
+            ),
+            (None, None) => Reference::with_tag(
+                remote.endpoint.host.clone(),
+                r.repository.clone(),
+                "latest".into(),
+            ),
         }
     }
 
     /// Fetch a manifest or index by the reference's tag, or by `digest`. Returns its bytes and
     /// their digest (checked against `digest` when given).
-    pub async fn manifest(&self, r: &ImageRef, digest: Option<&Digest>) -> Result<(Bytes, Digest), RegistryError> {
+    pub async fn manifest(
+        &self,
+        r: &ImageRef,
+        digest: Option<&Digest>,
+    ) -> Result<(Bytes, Digest), RegistryError> {
         let by_tag = digest.is_none();
-        let mut last = RegistryError::NoEndpoint(r.to_string(), if by_tag { "resolve" } else { "pull" });
-        for remote in self.remotes.iter().filter(|rm| if by_tag { rm.endpoint.resolve } else { rm.endpoint.pull }) {
+        let mut last =
+            RegistryError::NoEndpoint(r.to_string(), if by_tag { "resolve" } else { "pull" });
+        for remote in self.remotes.iter().filter(|rm| {
+            if by_tag {
+                rm.endpoint.resolve
+            } else {
+                rm.endpoint.pull
+            }
+        }) {
             let reference = Self::reference(remote, r, digest);
             let what = format!("manifest {reference}");
-            let fut = remote.client.pull_manifest_raw(&reference, &remote.auth, ACCEPTED_MANIFEST_TYPES);
+            let fut =
+                remote
+                    .client
+                    .pull_manifest_raw(&reference, &remote.auth, ACCEPTED_MANIFEST_TYPES);
             let res = match tokio::time::timeout(self.timeout, fut).await {
-                Err(_) => Err(RegistryError::Stalled { what: what.clone(), host: remote.endpoint.host.clone(), timeout: self.timeout }),
+                Err(_) => Err(RegistryError::Stalled {
+                    what: what.clone(),
+                    host: remote.endpoint.host.clone(),
+                    timeout: self.timeout,
+                }),
                 Ok(r) => r.map_err(|e| map_err(e, &what, &remote.endpoint.host)),
             };
             match res {
                 Ok((bytes, _)) => {
                     if bytes.len() > MAX_MANIFEST_BYTES {
-                        return Err(RegistryError::TooLarge { what, max: MAX_MANIFEST_BYTES as u64 });
+                        return Err(RegistryError::TooLarge {
+                            what,
+                            max: MAX_MANIFEST_BYTES as u64,
+                        });
                     }
                     let actual = Digest::of(&bytes);
                     if let Some(want) = digest {
                         if &actual != want {
-                            return Err(RegistryError::DigestMismatch { what, expected: want.to_string(), actual: actual.to_string() });
+                            return Err(RegistryError::DigestMismatch {
+                                what,
+                                expected: want.to_string(),
+                                actual: actual.to_string(),
+                            });
                         }
                     }
                     return Ok((bytes, actual));
@@ -162,10 +206,17 @@ impl Registry {
             let what = format!("blob {}", desc.digest);
             let host = remote.endpoint.host.clone();
             // Authenticate first (no-op when a token is cached); pull_blob_stream does not.
-            remote.client.store_auth_if_needed(reference.resolve_registry(), &remote.auth).await;
+            remote
+                .client
+                .store_auth_if_needed(reference.resolve_registry(), &remote.auth)
+                .await;
             let fut = remote.client.pull_blob_stream(&reference, &od);
             let res = match tokio::time::timeout(self.timeout, fut).await {
-                Err(_) => Err(RegistryError::Stalled { what: what.clone(), host: host.clone(), timeout: self.timeout }),
+                Err(_) => Err(RegistryError::Stalled {
+                    what: what.clone(),
+                    host: host.clone(),
+                    timeout: self.timeout,
+                }),
                 Ok(r) => r.map_err(|e| map_err(e, &what, &host)),
             };
             match res {
@@ -180,10 +231,23 @@ impl Registry {
                                 return None;
                             }
                             match tokio::time::timeout(timeout, inner.next()).await {
-                                Err(_) => Some((Err(RegistryError::Stalled { what, host, timeout }), (inner, true))),
+                                Err(_) => Some((
+                                    Err(RegistryError::Stalled {
+                                        what,
+                                        host,
+                                        timeout,
+                                    }),
+                                    (inner, true),
+                                )),
                                 Ok(None) => None,
                                 Ok(Some(Ok(b))) => Some((Ok(b), (inner, false))),
-                                Ok(Some(Err(e))) => Some((Err(RegistryError::Unavailable { host, message: format!("{what}: {e}") }), (inner, true))),
+                                Ok(Some(Err(e))) => Some((
+                                    Err(RegistryError::Unavailable {
+                                        host,
+                                        message: format!("{what}: {e}"),
+                                    }),
+                                    (inner, true),
+                                )),
                             }
                         }
                     });
@@ -200,23 +264,60 @@ impl Registry {
 fn map_err(e: OciDistributionError, what: &str, host: &str) -> RegistryError {
     use OciDistributionError as E;
     match e {
-        E::ImageManifestNotFoundError(url) => RegistryError::NotFound { what: what.into(), url },
-        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => RegistryError::Unauthorized { host: host.into() },
+        E::ImageManifestNotFoundError(url) => RegistryError::NotFound {
+            what: what.into(),
+            url,
+        },
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => {
+            RegistryError::Unauthorized { host: host.into() }
+        }
         E::RegistryError { envelope, url } => {
             let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes.iter().any(|c| matches!(c, OciErrorCode::ManifestUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound)) {
-                RegistryError::NotFound { what: what.into(), url }
-            } else if codes.iter().any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied)) {
+            if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::BlobUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                )
+            }) {
+                RegistryError::NotFound {
+                    what: what.into(),
+                    url,
+                }
+            } else if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
                 RegistryError::Unauthorized { host: host.into() }
             } else {
-                RegistryError::Protocol { host: host.into(), message: format!("{what}: {envelope}") }
+                RegistryError::Protocol {
+                    host: host.into(),
+                    message: format!("{what}: {envelope}"),
+                }
             }
         }
-        E::ServerError { code: 404, url, .. } => RegistryError::NotFound { what: what.into(), url },
-        E::ServerError { code: 401 | 403, .. } => RegistryError::Unauthorized { host: host.into() },
-        E::RequestError(e) => RegistryError::Unavailable { host: host.into(), message: format!("{what}: {}", error_chain(&e)) },
-        E::DigestError(e) => RegistryError::DigestMismatch { what: what.into(), expected: String::new(), actual: e.to_string() },
-        other => RegistryError::Protocol { host: host.into(), message: format!("{what}: {other}") },
+        E::ServerError { code: 404, url, .. } => RegistryError::NotFound {
+            what: what.into(),
+            url,
+        },
+        E::ServerError {
+            code: 401 | 403, ..
+        } => RegistryError::Unauthorized { host: host.into() },
+        E::RequestError(e) => RegistryError::Unavailable {
+            host: host.into(),
+            message: format!("{what}: {}", error_chain(&e)),
+        },
+        E::DigestError(e) => RegistryError::DigestMismatch {
+            what: what.into(),
+            expected: String::new(),
+            actual: e.to_string(),
+        },
+        other => RegistryError::Protocol {
+            host: host.into(),
+            message: format!("{what}: {other}"),
+        },
     }
 }
 

@@ -32,7 +32,10 @@ pub struct Pending {
 impl Pending {
     /// The directory to unpack into.
     pub fn fs(&self) -> PathBuf {
-        self.dir.as_ref().map(|d| d.path().join("fs")).unwrap_or_default()
+        self.dir
+            .as_ref()
+            .map(|d| d.path().join("fs"))
+            .unwrap_or_default()
     }
 }
 
@@ -59,9 +62,17 @@ impl Snapshots {
         let dir = tempfile::Builder::new()
             .prefix("unpack-")
             .tempdir_in(&tmp)
-            .map_err(|source| SnapshotError::Io { op: "create temp in", path: tmp.clone(), source })?;
+            .map_err(|source| SnapshotError::Io {
+                op: "create temp in",
+                path: tmp.clone(),
+                source,
+            })?;
         let fs = dir.path().join("fs");
-        std::fs::create_dir(&fs).map_err(|source| SnapshotError::Io { op: "create", path: fs.clone(), source })?;
+        std::fs::create_dir(&fs).map_err(|source| SnapshotError::Io {
+            op: "create",
+            path: fs.clone(),
+            source,
+        })?;
         Ok(Pending { dir: Some(dir) })
     }
 
@@ -73,23 +84,41 @@ impl Snapshots {
         };
         let usage = disk_usage(&dir.path().join("fs"));
         let usage_file = dir.path().join(USAGE_FILE);
-        std::fs::write(&usage_file, format!("{} {}\n", usage.0, usage.1))
-            .map_err(|source| SnapshotError::Io { op: "write", path: usage_file, source })?;
+        std::fs::write(&usage_file, format!("{} {}\n", usage.0, usage.1)).map_err(|source| {
+            SnapshotError::Io {
+                op: "write",
+                path: usage_file,
+                source,
+            }
+        })?;
         let dest = self.dirs.snapshot(diff_id);
         // Make the unpacked tree durable before it becomes visible.
-        let _ = nix::unistd::syncfs(
-            std::fs::File::open(dir.path()).map_err(|source| SnapshotError::Io { op: "open", path: dir.path().to_owned(), source })?,
-        );
+        let _ = nix::unistd::syncfs(std::fs::File::open(dir.path()).map_err(|source| {
+            SnapshotError::Io {
+                op: "open",
+                path: dir.path().to_owned(),
+                source,
+            }
+        })?);
         let src = dir.keep();
         match std::fs::rename(&src, &dest) {
             Ok(()) => Ok(usage),
-            Err(e) if matches!(e.raw_os_error(), Some(nix::libc::EEXIST | nix::libc::ENOTEMPTY)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::EEXIST | nix::libc::ENOTEMPTY)
+                ) =>
+            {
                 let _ = std::fs::remove_dir_all(&src);
                 Ok(usage)
             }
             Err(source) => {
                 let _ = std::fs::remove_dir_all(&src);
-                Err(SnapshotError::Io { op: "rename into", path: dest, source })
+                Err(SnapshotError::Io {
+                    op: "rename into",
+                    path: dest,
+                    source,
+                })
             }
         }
     }
@@ -99,14 +128,20 @@ impl Snapshots {
             return vec![];
         };
         rd.flatten()
-            .filter_map(|e| Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok())
+            .filter_map(|e| {
+                Digest::parse(&format!("sha256:{}", e.file_name().to_string_lossy())).ok()
+            })
             .collect()
     }
 
     pub fn remove(&self, diff_id: &Digest) -> Result<(), SnapshotError> {
         let p = self.dirs.snapshot(diff_id);
         match std::fs::remove_dir_all(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SnapshotError::Io { op: "remove", path: p, source: e }),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SnapshotError::Io {
+                op: "remove",
+                path: p,
+                source: e,
+            }),
             _ => Ok(()),
         }
     }
@@ -126,10 +161,12 @@ const USAGE_FILE: &str = "usage";
 
 /// The usage recorded for the snapshot dir `dir`; measured afresh if the record is missing.
 pub fn read_usage(dir: &Path) -> (u64, u64) {
-    let parsed = std::fs::read_to_string(dir.join(USAGE_FILE)).ok().and_then(|s| {
-        let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
-        Some((it.next()??, it.next()??))
-    });
+    let parsed = std::fs::read_to_string(dir.join(USAGE_FILE))
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+            Some((it.next()??, it.next()??))
+        });
     parsed.unwrap_or_else(|| disk_usage(&dir.join("fs")))
 }
 
@@ -140,7 +177,9 @@ pub fn disk_usage(root: &Path) -> (u64, u64) {
     let mut inodes = 0u64;
     let mut stack = vec![root.to_owned()];
     while let Some(p) = stack.pop() {
-        let Ok(m) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
             continue;
         }

@@ -17,7 +17,10 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
-use nix::sys::stat::{Mode, SFlag, fchmod, fchmodat, FchmodatFlags, fstatat, mkdirat, mknodat, utimensat, futimens, UtimensatFlags};
+use nix::sys::stat::{
+    FchmodatFlags, Mode, SFlag, UtimensatFlags, fchmod, fchmodat, fstatat, futimens, mkdirat,
+    mknodat, utimensat,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, unlinkat};
 
@@ -106,9 +109,11 @@ struct Unpacker {
 }
 
 fn in_root_how(flags: OFlag) -> OpenHow {
-    OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS | ResolveFlag::RESOLVE_NO_XDEV)
+    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_IN_ROOT
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    )
 }
 
 impl Unpacker {
@@ -127,11 +132,16 @@ impl Unpacker {
                     path: String::new(),
                 })?;
                 let pfd = self.dir(parent)?;
-                match mkdirat(pfd.as_fd(), last.as_os_str(), Mode::from_bits_truncate(0o755)) {
+                match mkdirat(
+                    pfd.as_fd(),
+                    last.as_os_str(),
+                    Mode::from_bits_truncate(0o755),
+                ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(Self::fs_err(comps, "mkdir")(e)),
                 }
-                openat2(pfd.as_fd(), last.as_os_str(), how()).map_err(Self::fs_err(comps, "open dir"))
+                openat2(pfd.as_fd(), last.as_os_str(), how())
+                    .map_err(Self::fs_err(comps, "open dir"))
             }
             Err(e) => Err(Self::fs_err(comps, "open dir")(e)),
         }
@@ -139,7 +149,13 @@ impl Unpacker {
 
     /// Remove whatever is at `name` in `parent` (never following it), unless it is a directory
     /// and `keep_dir` is set. Returns whether a directory was kept.
-    fn clear(&self, parent: &OwnedFd, name: &OsStr, keep_dir: bool, comps: &[OsString]) -> Result<bool, UnpackError> {
+    fn clear(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        keep_dir: bool,
+        comps: &[OsString],
+    ) -> Result<bool, UnpackError> {
         let st = match fstatat(parent.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::ENOENT) => return Ok(false),
@@ -161,7 +177,8 @@ impl Unpacker {
                 errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
             })?;
         } else {
-            unlinkat(parent.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(Self::fs_err(comps, "unlink"))?;
+            unlinkat(parent.as_fd(), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(Self::fs_err(comps, "unlink"))?;
         }
         Ok(false)
     }
@@ -199,9 +216,15 @@ impl Unpacker {
             }
         }
         if uid > u64::from(u32::MAX - 1) || gid > u64::from(u32::MAX - 1) {
-            return Err(UnpackError::BadEntry { path: shown(), reason: format!("owner {uid}:{gid} out of range") });
+            return Err(UnpackError::BadEntry {
+                path: shown(),
+                reason: format!("owner {uid}:{gid} out of range"),
+            });
         }
-        let owner = (Some(Uid::from_raw(uid as u32)), Some(Gid::from_raw(gid as u32)));
+        let owner = (
+            Some(Uid::from_raw(uid as u32)),
+            Some(Gid::from_raw(gid as u32)),
+        );
         let mode = Mode::from_bits_truncate(header.mode().map_err(UnpackError::Archive)? & 0o7777);
         let mtime = TimeSpec::new(header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64, 0);
         let name_bytes = name.as_bytes();
@@ -210,10 +233,12 @@ impl Unpacker {
         if name_bytes == OPAQUE_MARKER.as_bytes() {
             let dfd = self.dir(parent_comps)?;
             let f = File::from(dfd);
-            xattr::FileExt::set_xattr(&f, OVERLAY_OPAQUE_XATTR, b"y").map_err(|e| UnpackError::Fs {
-                path: shown(),
-                op: "set opaque xattr",
-                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
+            xattr::FileExt::set_xattr(&f, OVERLAY_OPAQUE_XATTR, b"y").map_err(|e| {
+                UnpackError::Fs {
+                    path: shown(),
+                    op: "set opaque xattr",
+                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
+                }
             })?;
             return Ok(());
         }
@@ -227,7 +252,8 @@ impl Unpacker {
             let pfd = self.dir(parent_comps)?;
             let target = OsStr::from_bytes(target);
             self.clear(&pfd, target, false, &comps)?;
-            mknodat(pfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0).map_err(Self::fs_err(&comps, "mknod whiteout"))?;
+            mknodat(pfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0)
+                .map_err(Self::fs_err(&comps, "mknod whiteout"))?;
             self.stats.entries += 1;
             return Ok(());
         }
@@ -237,18 +263,36 @@ impl Unpacker {
         match kind {
             T::Directory => {
                 self.clear(&pfd, name, true, &comps)?;
-                match mkdirat(pfd.as_fd(), name.as_os_str(), Mode::from_bits_truncate(0o700)) {
+                match mkdirat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    Mode::from_bits_truncate(0o700),
+                ) {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(Self::fs_err(&comps, "mkdir")(e)),
                 }
-                let fd = nix::fcntl::openat(pfd.as_fd(), name.as_os_str(), OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                    .map_err(Self::fs_err(&comps, "open dir"))?;
+                let fd = nix::fcntl::openat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(Self::fs_err(&comps, "open dir"))?;
                 self.finish_fd(fd, owner, mode, &xattrs, None, &comps)?;
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 self.clear(&pfd, name, false, &comps)?;
-                let fd = nix::fcntl::openat(pfd.as_fd(), name.as_os_str(), OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::from_bits_truncate(0o600))
-                    .map_err(Self::fs_err(&comps, "create"))?;
+                let fd = nix::fcntl::openat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(Self::fs_err(&comps, "create"))?;
                 let mut f = File::from(fd);
                 let n = io::copy(&mut entry, &mut f).map_err(UnpackError::Archive)?;
                 self.stats.file_bytes += n;
@@ -257,31 +301,64 @@ impl Unpacker {
             T::Symlink => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| UnpackError::BadEntry { path: shown(), reason: "symlink without target".into() })?
+                    .ok_or_else(|| UnpackError::BadEntry {
+                        path: shown(),
+                        reason: "symlink without target".into(),
+                    })?
                     .into_owned();
                 self.clear(&pfd, name, false, &comps)?;
                 // The target is stored, never followed here: it is resolved later inside the
                 // container's own root.
-                symlinkat(OsStr::from_bytes(&target), pfd.as_fd(), name.as_os_str()).map_err(Self::fs_err(&comps, "symlink"))?;
-                fchownat(pfd.as_fd(), name.as_os_str(), owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(Self::fs_err(&comps, "chown"))?;
-                let _ = utimensat(pfd.as_fd(), name.as_os_str(), &mtime, &mtime, UtimensatFlags::NoFollowSymlink);
+                symlinkat(OsStr::from_bytes(&target), pfd.as_fd(), name.as_os_str())
+                    .map_err(Self::fs_err(&comps, "symlink"))?;
+                fchownat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    owner.0,
+                    owner.1,
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(Self::fs_err(&comps, "chown"))?;
+                let _ = utimensat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    &mtime,
+                    &mtime,
+                    UtimensatFlags::NoFollowSymlink,
+                );
             }
             T::Link => {
                 let target = entry
                     .link_name_bytes()
-                    .ok_or_else(|| UnpackError::BadEntry { path: shown(), reason: "hard link without target".into() })?
+                    .ok_or_else(|| UnpackError::BadEntry {
+                        path: shown(),
+                        reason: "hard link without target".into(),
+                    })?
                     .into_owned();
                 let tcomps = components(&target)?;
                 let Some((tname, tparent)) = tcomps.split_last() else {
-                    return Err(UnpackError::BadEntry { path: shown(), reason: "hard link to the root".into() });
+                    return Err(UnpackError::BadEntry {
+                        path: shown(),
+                        reason: "hard link to the root".into(),
+                    });
                 };
-                let tfd = openat2(self.root.as_fd(), &join(tparent), in_root_how(OFlag::O_DIRECTORY | OFlag::O_PATH))
-                    .map_err(Self::fs_err(&tcomps, "open link target dir"))?;
+                let tfd = openat2(
+                    self.root.as_fd(),
+                    &join(tparent),
+                    in_root_how(OFlag::O_DIRECTORY | OFlag::O_PATH),
+                )
+                .map_err(Self::fs_err(&tcomps, "open link target dir"))?;
                 self.clear(&pfd, name, false, &comps)?;
                 // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself. The entry's
                 // own mode/owner are not applied, so nothing is chmod'ed through the link.
-                linkat(tfd.as_fd(), tname.as_os_str(), pfd.as_fd(), name.as_os_str(), AtFlags::empty())
-                    .map_err(Self::fs_err(&comps, "hard link"))?;
+                linkat(
+                    tfd.as_fd(),
+                    tname.as_os_str(),
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(Self::fs_err(&comps, "hard link"))?;
             }
             T::Char | T::Block | T::Fifo => {
                 let sflag = match kind {
@@ -289,19 +366,47 @@ impl Unpacker {
                     T::Block => SFlag::S_IFBLK,
                     _ => SFlag::S_IFIFO,
                 };
-                let major = header.device_major().map_err(UnpackError::Archive)?.unwrap_or(0);
-                let minor = header.device_minor().map_err(UnpackError::Archive)?.unwrap_or(0);
+                let major = header
+                    .device_major()
+                    .map_err(UnpackError::Archive)?
+                    .unwrap_or(0);
+                let minor = header
+                    .device_minor()
+                    .map_err(UnpackError::Archive)?
+                    .unwrap_or(0);
                 self.clear(&pfd, name, false, &comps)?;
-                mknodat(pfd.as_fd(), name.as_os_str(), sflag, Mode::from_bits_truncate(0o600), nix::sys::stat::makedev(u64::from(major), u64::from(minor)))
-                    .map_err(Self::fs_err(&comps, "mknod"))?;
-                fchownat(pfd.as_fd(), name.as_os_str(), owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(Self::fs_err(&comps, "chown"))?;
+                mknodat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    sflag,
+                    Mode::from_bits_truncate(0o600),
+                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+                )
+                .map_err(Self::fs_err(&comps, "mknod"))?;
+                fchownat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    owner.0,
+                    owner.1,
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(Self::fs_err(&comps, "chown"))?;
                 // The node was created by us a moment ago in a directory nothing else writes to,
                 // and mknod never makes a symlink, so following is moot.
-                fchmodat(pfd.as_fd(), name.as_os_str(), mode, FchmodatFlags::FollowSymlink).map_err(Self::fs_err(&comps, "chmod"))?;
+                fchmodat(
+                    pfd.as_fd(),
+                    name.as_os_str(),
+                    mode,
+                    FchmodatFlags::FollowSymlink,
+                )
+                .map_err(Self::fs_err(&comps, "chmod"))?;
             }
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(()),
             other => {
-                return Err(UnpackError::BadEntry { path: shown(), reason: format!("unsupported tar entry type {:?}", other) });
+                return Err(UnpackError::BadEntry {
+                    path: shown(),
+                    reason: format!("unsupported tar entry type {:?}", other),
+                });
             }
         }
         self.stats.entries += 1;
@@ -346,14 +451,28 @@ fn parse_id(v: &[u8], shown: &dyn Fn() -> String) -> Result<u64, UnpackError> {
     std::str::from_utf8(v)
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
-        .ok_or_else(|| UnpackError::BadEntry { path: shown(), reason: "bad pax uid/gid".into() })
+        .ok_or_else(|| UnpackError::BadEntry {
+            path: shown(),
+            reason: "bad pax uid/gid".into(),
+        })
 }
 
 /// Unpack the uncompressed tar stream `tar` into the (empty, private) directory `dest`.
 pub fn unpack<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
-    let root = nix::fcntl::open(dest, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW, Mode::empty())
-        .map_err(|errno| UnpackError::Fs { path: dest.display().to_string(), op: "open snapshot root", errno })?;
-    let mut u = Unpacker { root, stats: UnpackStats::default() };
+    let root = nix::fcntl::open(
+        dest,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|errno| UnpackError::Fs {
+        path: dest.display().to_string(),
+        op: "open snapshot root",
+        errno,
+    })?;
+    let mut u = Unpacker {
+        root,
+        stats: UnpackStats::default(),
+    };
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().map_err(UnpackError::Archive)? {
         let entry = entry.map_err(UnpackError::Archive)?;
@@ -381,8 +500,14 @@ mod tests {
 
     #[test]
     fn components_refuse_dotdot() {
-        assert_eq!(components(b"/a/./b//c").unwrap(), vec![OsString::from("a"), "b".into(), "c".into()]);
-        assert!(matches!(components(b"a/../../b"), Err(UnpackError::Escape { .. })));
+        assert_eq!(
+            components(b"/a/./b//c").unwrap(),
+            vec![OsString::from("a"), "b".into(), "c".into()]
+        );
+        assert!(matches!(
+            components(b"a/../../b"),
+            Err(UnpackError::Escape { .. })
+        ));
         assert!(components(b"./").unwrap().is_empty());
     }
 
@@ -427,8 +552,14 @@ mod tests {
             (".wh.old", tar::EntryType::Regular, b"", None),
         ]);
         let st = unpack(&t[..], d.path()).unwrap();
-        assert_eq!(std::fs::read(d.path().join("etc/hosts")).unwrap(), b"127.0.0.1 x\n");
-        assert_eq!(std::fs::read_link(d.path().join("etc/link")).unwrap(), Path::new("/etc/hosts"));
+        assert_eq!(
+            std::fs::read(d.path().join("etc/hosts")).unwrap(),
+            b"127.0.0.1 x\n"
+        );
+        assert_eq!(
+            std::fs::read_link(d.path().join("etc/link")).unwrap(),
+            Path::new("/etc/hosts")
+        );
         let a = std::fs::metadata(d.path().join("etc/hosts")).unwrap();
         let b = std::fs::metadata(d.path().join("etc/hard")).unwrap();
         assert_eq!(a.ino(), b.ino());
@@ -436,7 +567,10 @@ mod tests {
         let wo = std::fs::symlink_metadata(d.path().join("old")).unwrap();
         assert_eq!(wo.mode() & 0o170000, 0o020000);
         assert_eq!(wo.rdev(), 0);
-        assert_eq!(xattr::get(d.path().join("gone"), OVERLAY_OPAQUE_XATTR).unwrap(), Some(b"y".to_vec()));
+        assert_eq!(
+            xattr::get(d.path().join("gone"), OVERLAY_OPAQUE_XATTR).unwrap(),
+            Some(b"y".to_vec())
+        );
         assert_eq!(st.file_bytes, 12);
     }
 
@@ -452,7 +586,10 @@ mod tests {
             // absolute path: lands inside the root
             build(&[(v, tar::EntryType::Regular, b"pwned", None)]),
             // symlink to outside, then write through it
-            build(&[("l", tar::EntryType::Symlink, b"", Some(v)), ("l", tar::EntryType::Regular, b"pwned", None)]),
+            build(&[
+                ("l", tar::EntryType::Symlink, b"", Some(v)),
+                ("l", tar::EntryType::Regular, b"pwned", None),
+            ]),
             // directory replaced by symlink to outside, then write through it
             build(&[
                 ("d/", tar::EntryType::Directory, b"", None),
@@ -460,7 +597,20 @@ mod tests {
                 ("d/victim", tar::EntryType::Regular, b"pwned", None),
             ]),
             // relative symlink climbing out, then write through it
-            build(&[("up", tar::EntryType::Symlink, b"", Some("../../../../../../../../")), (&format!("up{v}")[..], tar::EntryType::Regular, b"pwned", None)]),
+            build(&[
+                (
+                    "up",
+                    tar::EntryType::Symlink,
+                    b"",
+                    Some("../../../../../../../../"),
+                ),
+                (
+                    &format!("up{v}")[..],
+                    tar::EntryType::Regular,
+                    b"pwned",
+                    None,
+                ),
+            ]),
             // hard link to a symlink pointing outside, then chmod via a second entry
             build(&[
                 ("s", tar::EntryType::Symlink, b"", Some(v)),
@@ -468,7 +618,10 @@ mod tests {
                 ("h", tar::EntryType::Directory, b"", None),
             ]),
             // whiteout aimed through a symlink dir
-            build(&[("w", tar::EntryType::Symlink, b"", Some(od)), ("w/.wh.victim", tar::EntryType::Regular, b"", None)]),
+            build(&[
+                ("w", tar::EntryType::Symlink, b"", Some(od)),
+                ("w/.wh.victim", tar::EntryType::Regular, b"", None),
+            ]),
         ];
         for (i, t) in cases.iter().enumerate() {
             let d = tempfile::tempdir().unwrap();
@@ -480,9 +633,15 @@ mod tests {
         // `..` names and hard links pointing outside are refused outright.
         let d = tempfile::tempdir().unwrap();
         let t = build(&[("../escape", tar::EntryType::Regular, b"x", None)]);
-        assert!(matches!(unpack(&t[..], d.path()), Err(UnpackError::Escape { .. })));
+        assert!(matches!(
+            unpack(&t[..], d.path()),
+            Err(UnpackError::Escape { .. })
+        ));
         let t = build(&[("h", tar::EntryType::Link, b"", Some("../../../etc/passwd"))]);
-        assert!(matches!(unpack(&t[..], d.path()), Err(UnpackError::Escape { .. })));
+        assert!(matches!(
+            unpack(&t[..], d.path()),
+            Err(UnpackError::Escape { .. })
+        ));
         // a hard link to an absolute host path resolves inside the root, where it does not exist
         let t = build(&[("h", tar::EntryType::Link, b"", Some(v))]);
         assert!(unpack(&t[..], d.path()).is_err());
@@ -505,7 +664,10 @@ mod tests {
         let zs = zstd::encode_all(&b"hello"[..], 1).unwrap();
         for input in [gz, zs, b"hello".to_vec()] {
             let mut out = String::new();
-            decompressor(&input[..]).unwrap().read_to_string(&mut out).unwrap();
+            decompressor(&input[..])
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
             assert_eq!(out, "hello");
         }
     }

@@ -71,7 +71,9 @@ impl Store {
     pub fn image_id_by_name(&self, name: &str) -> Result<Option<String>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("begin read"))?;
         let t = tx.open_table(NAMES).map_err(db_err("open table"))?;
-        Ok(t.get(name).map_err(db_err("read"))?.map(|v| v.value().to_owned()))
+        Ok(t.get(name)
+            .map_err(db_err("read"))?
+            .map(|v| v.value().to_owned()))
     }
 
     /// Insert or merge `rec`; each of its names is moved from whatever image held it before
@@ -94,12 +96,17 @@ impl Store {
                     .map_err(db_err("write"))?
                     .map(|g| g.value().to_owned());
                 if let Some(prev) = prev.filter(|p| *p != rec.id) {
-                    let old = images.get(prev.as_str()).map_err(db_err("read"))?.map(|v| v.value().to_vec());
+                    let old = images
+                        .get(prev.as_str())
+                        .map_err(db_err("read"))?
+                        .map(|v| v.value().to_vec());
                     if let Some(old) = old {
                         let mut old = decode(&prev, &old)?;
                         old.repo_tags.retain(|t| t != n);
                         old.repo_digests.retain(|t| t != n);
-                        images.insert(prev.as_str(), encode(&old)?.as_slice()).map_err(db_err("write"))?;
+                        images
+                            .insert(prev.as_str(), encode(&old)?.as_slice())
+                            .map_err(db_err("write"))?;
                     }
                 }
             }
@@ -113,7 +120,9 @@ impl Store {
                     new.repo_digests.push(d.clone());
                 }
             }
-            images.insert(rec.id.as_str(), encode(&new)?.as_slice()).map_err(db_err("write"))?;
+            images
+                .insert(rec.id.as_str(), encode(&new)?.as_slice())
+                .map_err(db_err("write"))?;
             merged = new;
         }
         tx.commit().map_err(db_err("commit"))?;
@@ -122,13 +131,20 @@ impl Store {
 
     /// Drop `name` from image `id`, or the whole image when `name` is None. Returns the record
     /// as it was before, or None when there was no such image.
-    pub fn remove_image(&self, id: &str, name: Option<&str>) -> Result<Option<ImageRecord>, StoreError> {
+    pub fn remove_image(
+        &self,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<Option<ImageRecord>, StoreError> {
         let tx = self.db.begin_write().map_err(db_err("begin"))?;
         let before;
         {
             let mut images = tx.open_table(IMAGES).map_err(db_err("open table"))?;
             let mut names = tx.open_table(NAMES).map_err(db_err("open table"))?;
-            let rec = images.get(id).map_err(db_err("read"))?.map(|v| v.value().to_vec());
+            let rec = images
+                .get(id)
+                .map_err(db_err("read"))?
+                .map(|v| v.value().to_vec());
             let Some(rec) = rec else { return Ok(None) };
             let rec = decode(id, &rec)?;
             let mut kept = rec.clone();
@@ -149,7 +165,9 @@ impl Store {
             if kept.repo_tags.is_empty() && kept.repo_digests.is_empty() {
                 images.remove(id).map_err(db_err("write"))?;
             } else {
-                images.insert(id, encode(&kept)?.as_slice()).map_err(db_err("write"))?;
+                images
+                    .insert(id, encode(&kept)?.as_slice())
+                    .map_err(db_err("write"))?;
             }
             before = rec;
         }

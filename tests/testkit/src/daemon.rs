@@ -41,13 +41,25 @@ impl Daemon {
                 certs_d.display()
             ),
         )?;
-        let mut d = Daemon { child: None, bin: bin.to_owned(), dir, root, state, socket, certs_d, config };
+        let mut d = Daemon {
+            child: None,
+            bin: bin.to_owned(),
+            dir,
+            root,
+            state,
+            socket,
+            certs_d,
+            config,
+        };
         d.spawn()?;
         Ok(d)
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("kelsond.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("kelsond.log"))?;
         let child = Command::new(&self.bin)
             .arg("--config")
             .arg(&self.config)
@@ -62,15 +74,23 @@ impl Daemon {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return Ok(());
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Some(status) = c.try_wait()? {
-                    self.child = None;
-                    bail!("kelsond exited with {status}: {}", self.log());
-                }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .map(|c| c.try_wait())
+                .transpose()?
+                .flatten()
+            {
+                self.child = None;
+                bail!("kelsond exited with {status}: {}", self.log());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        bail!("kelsond socket {} did not appear: {}", self.socket.display(), self.log())
+        bail!(
+            "kelsond socket {} did not appear: {}",
+            self.socket.display(),
+            self.log()
+        )
     }
 
     pub fn log(&self) -> String {
@@ -116,7 +136,10 @@ impl Daemon {
     }
 
     pub fn snapshot_dir(&self, diff_id: &str) -> PathBuf {
-        self.root.join("snapshots").join(diff_id.trim_start_matches("sha256:")).join("fs")
+        self.root
+            .join("snapshots")
+            .join(diff_id.trim_start_matches("sha256:"))
+            .join("fs")
     }
 }
 

@@ -53,7 +53,13 @@ impl FakeRegistry {
                 });
             }
         });
-        Ok(FakeRegistry { host, state, delivery, blob_gets, task })
+        Ok(FakeRegistry {
+            host,
+            state,
+            delivery,
+            blob_gets,
+            task,
+        })
     }
 
     pub fn set_delivery(&self, d: Delivery) {
@@ -69,7 +75,8 @@ impl FakeRegistry {
         s.blobs.insert(sha256(&img.config), img.config.clone());
         let m = (img.manifest_media_type.clone(), img.manifest.clone());
         s.manifests.insert(format!("{repo}:{tag}"), m.clone());
-        s.manifests.insert(format!("{repo}:{}", img.manifest_digest()), m);
+        s.manifests
+            .insert(format!("{repo}:{}", img.manifest_digest()), m);
     }
 }
 
@@ -99,10 +106,13 @@ async fn serve(
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let head_only = method == "HEAD";
     let reply = |status: &str, ctype: &str, len: usize, extra: &str| {
-        format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n")
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n"
+        )
     };
     if path == "/v2/" {
-        conn.write_all(reply("200 OK", "application/json", 2, "").as_bytes()).await?;
+        conn.write_all(reply("200 OK", "application/json", 2, "").as_bytes())
+            .await?;
         if !head_only {
             conn.write_all(b"{}").await?;
         }
@@ -118,7 +128,12 @@ async fn serve(
     } else if let Some((_, d)) = rest.split_once("/blobs/") {
         let s = state.lock().unwrap_or_else(|p| p.into_inner());
         match s.blobs.get(d) {
-            Some(b) => (true, b.clone(), "application/octet-stream".to_owned(), s.layer_digests.iter().any(|l| l == d)),
+            Some(b) => (
+                true,
+                b.clone(),
+                "application/octet-stream".to_owned(),
+                s.layer_digests.iter().any(|l| l == d),
+            ),
             None => (false, vec![], String::new(), false),
         }
     } else {
@@ -126,12 +141,22 @@ async fn serve(
     };
     if !found {
         let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"unknown"}]}"#;
-        conn.write_all(reply("404 Not Found", "application/json", body.len(), "").as_bytes()).await?;
+        conn.write_all(reply("404 Not Found", "application/json", body.len(), "").as_bytes())
+            .await?;
         conn.write_all(body).await?;
         return Ok(());
     }
     let digest = sha256(&body);
-    conn.write_all(reply("200 OK", &ctype, body.len(), &format!("Docker-Content-Digest: {digest}\r\n")).as_bytes()).await?;
+    conn.write_all(
+        reply(
+            "200 OK",
+            &ctype,
+            body.len(),
+            &format!("Docker-Content-Digest: {digest}\r\n"),
+        )
+        .as_bytes(),
+    )
+    .await?;
     if head_only {
         return Ok(());
     }

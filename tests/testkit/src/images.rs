@@ -40,11 +40,21 @@ impl Layer {
             Compression::Gzip => {
                 let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 e.write_all(&tar).expect("gzip to memory");
-                (e.finish().expect("gzip to memory"), "application/vnd.oci.image.layer.v1.tar+gzip")
+                (
+                    e.finish().expect("gzip to memory"),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
             }
-            Compression::Zstd => (zstd::encode_all(&tar[..], 3).expect("zstd to memory"), "application/vnd.oci.image.layer.v1.tar+zstd"),
+            Compression::Zstd => (
+                zstd::encode_all(&tar[..], 3).expect("zstd to memory"),
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
         };
-        Layer { tar, blob, media_type: media_type.into() }
+        Layer {
+            tar,
+            blob,
+            media_type: media_type.into(),
+        }
     }
 
     pub fn diff_id(&self) -> String {
@@ -79,9 +89,15 @@ impl Image {
 
     pub fn with_config(mut layers: Vec<Layer>, config: Vec<u8>, docker: bool) -> Image {
         let (mt, cmt) = if docker {
-            ("application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.container.image.v1+json")
+            (
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.container.image.v1+json",
+            )
         } else {
-            ("application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.config.v1+json")
+            (
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.config.v1+json",
+            )
         };
         if docker {
             for l in &mut layers {
@@ -96,7 +112,12 @@ impl Image {
             "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest(), "size": l.blob.len()})).collect::<Vec<_>>(),
         }))
         .expect("json");
-        Image { layers, config, manifest, manifest_media_type: mt.into() }
+        Image {
+            layers,
+            config,
+            manifest,
+            manifest_media_type: mt.into(),
+        }
     }
 
     pub fn id(&self) -> String {
@@ -121,7 +142,9 @@ impl Default for TarBuilder {
 
 impl TarBuilder {
     pub fn new() -> TarBuilder {
-        TarBuilder { b: tar::Builder::new(Vec::new()) }
+        TarBuilder {
+            b: tar::Builder::new(Vec::new()),
+        }
     }
 
     fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -158,7 +181,14 @@ impl TarBuilder {
         self
     }
 
-    pub fn file_with_xattr(mut self, path: &str, mode: u32, data: &[u8], key: &str, value: &str) -> Self {
+    pub fn file_with_xattr(
+        mut self,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+        key: &str,
+        value: &str,
+    ) -> Self {
         self.b
             .append_pax_extensions([(format!("SCHILY.xattr.{key}").as_str(), value.as_bytes())])
             .expect("tar");
@@ -198,18 +228,29 @@ impl TestImages {
     /// busybox and the shared libraries it needs, at their host paths.
     pub fn busybox_layer() -> anyhow::Result<Layer> {
         let mut t = TarBuilder::new().dir("bin", 0o755);
-        let bb = std::fs::read("/bin/busybox").context("reading /bin/busybox (install Debian's busybox)")?;
+        let bb = std::fs::read("/bin/busybox")
+            .context("reading /bin/busybox (install Debian's busybox)")?;
         t = t.file("bin/busybox", 0o755, &bb);
-        for applet in ["sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "nc", "wc", "md5sum", "head", "printf", "env", "kill", "ps"] {
+        for applet in [
+            "sh", "ls", "cat", "echo", "sleep", "true", "false", "id", "nc", "wc", "md5sum",
+            "head", "printf", "env", "kill", "ps",
+        ] {
             t = t.link(tar::EntryType::Symlink, &format!("bin/{applet}"), "busybox");
         }
         let mut dirs_done = std::collections::HashSet::new();
         for lib in shared_libs(Path::new("/bin/busybox"))? {
             let rel = lib.trim_start_matches('/');
-            let parent = Path::new(rel).parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            let parent = Path::new(rel)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let mut acc = String::new();
             for c in parent.split('/').filter(|c| !c.is_empty()) {
-                acc = if acc.is_empty() { c.to_owned() } else { format!("{acc}/{c}") };
+                acc = if acc.is_empty() {
+                    c.to_owned()
+                } else {
+                    format!("{acc}/{c}")
+                };
                 if dirs_done.insert(acc.clone()) {
                     t = t.dir(&acc, 0o755);
                 }
@@ -224,7 +265,11 @@ impl TestImages {
     pub fn etc_layer() -> Layer {
         let t = TarBuilder::new()
             .dir("etc", 0o755)
-            .file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
+            .file(
+                "etc/passwd",
+                0o644,
+                b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+            )
             .file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n")
             .file("etc/old.conf", 0o600, b"to be whited out\n")
             .dir("var", 0o755)
@@ -254,14 +299,23 @@ impl TestImages {
     }
 
     pub fn data_layer(bytes: usize, seed: u64) -> Layer {
-        let t = TarBuilder::new().dir("data", 0o755).file(&format!("data/blob-{seed}"), 0o644, &pseudo_random(bytes, seed));
+        let t = TarBuilder::new().dir("data", 0o755).file(
+            &format!("data/blob-{seed}"),
+            0o644,
+            &pseudo_random(bytes, seed),
+        );
         Layer::new(t.finish(), Compression::None)
     }
 
     /// The standard 4-layer test image.
     pub fn standard(arch: &str, docker: bool) -> anyhow::Result<Image> {
         Ok(Image::new(
-            vec![Self::busybox_layer()?, Self::etc_layer(), Self::special_layer(), Self::data_layer(4096, 1)],
+            vec![
+                Self::busybox_layer()?,
+                Self::etc_layer(),
+                Self::special_layer(),
+                Self::data_layer(4096, 1),
+            ],
             arch,
             docker,
             json!({"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"], "User": "65534", "Labels": {"kelson.io/init": "true"}}),
@@ -285,11 +339,18 @@ pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
 
 /// Absolute paths of the shared libraries `bin` loads (from `ldd`).
 fn shared_libs(bin: &Path) -> anyhow::Result<Vec<String>> {
-    let out = std::process::Command::new("ldd").arg(bin).output().context("running ldd")?;
+    let out = std::process::Command::new("ldd")
+        .arg(bin)
+        .output()
+        .context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text
         .lines()
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(str::to_owned))
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(str::to_owned)
+        })
         .collect())
 }
 
@@ -303,17 +364,28 @@ pub struct Pusher {
 impl Pusher {
     pub fn new(reg: &Registry) -> anyhow::Result<Pusher> {
         let mut cfg = ClientConfig {
-            protocol: if reg.options.tls { ClientProtocol::Https } else { ClientProtocol::Http },
+            protocol: if reg.options.tls {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::Http
+            },
             ..Default::default()
         };
         if let Some(ca) = &reg.ca_pem {
-            cfg.extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data: std::fs::read(ca)? });
+            cfg.extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: std::fs::read(ca)?,
+            });
         }
         let auth = match &reg.options.auth {
             Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
             None => RegistryAuth::Anonymous,
         };
-        Ok(Pusher { client: Client::new(cfg), auth, host: reg.host.clone() })
+        Ok(Pusher {
+            client: Client::new(cfg),
+            auth,
+            host: reg.host.clone(),
+        })
     }
 
     fn reference(&self, repo: &str, tag: &str) -> Reference {
@@ -322,17 +394,30 @@ impl Pusher {
 
     pub async fn blob(&self, repo: &str, data: &[u8]) -> anyhow::Result<()> {
         let r = self.reference(repo, "x");
-        self.client.store_auth_if_needed(r.resolve_registry(), &self.auth).await;
+        self.client
+            .store_auth_if_needed(r.resolve_registry(), &self.auth)
+            .await;
         let d = sha256(data);
         if !self.client.blob_exists(&r, &d).await.unwrap_or(false) {
-            self.client.push_blob(&r, data.to_vec(), &d).await.with_context(|| format!("pushing blob {d}"))?;
+            self.client
+                .push_blob(&r, data.to_vec(), &d)
+                .await
+                .with_context(|| format!("pushing blob {d}"))?;
         }
         Ok(())
     }
 
-    pub async fn manifest(&self, repo: &str, tag: &str, body: &[u8], media_type: &str) -> anyhow::Result<()> {
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        tag: &str,
+        body: &[u8],
+        media_type: &str,
+    ) -> anyhow::Result<()> {
         let r = self.reference(repo, tag);
-        self.client.store_auth_if_needed(r.resolve_registry(), &self.auth).await;
+        self.client
+            .store_auth_if_needed(r.resolve_registry(), &self.auth)
+            .await;
         self.client
             .push_manifest_raw(&r, body.to_vec(), http::HeaderValue::from_str(media_type)?)
             .await
@@ -346,12 +431,18 @@ impl Pusher {
             self.blob(repo, &l.blob).await?;
         }
         self.blob(repo, &img.config).await?;
-        self.manifest(repo, tag, &img.manifest, &img.manifest_media_type).await?;
+        self.manifest(repo, tag, &img.manifest, &img.manifest_media_type)
+            .await?;
         Ok(img.manifest_digest())
     }
 
     /// Push every image by digest and an OCI index over them as `repo:tag`; returns its digest.
-    pub async fn index(&self, repo: &str, tag: &str, imgs: &[(&Image, &str)]) -> anyhow::Result<String> {
+    pub async fn index(
+        &self,
+        repo: &str,
+        tag: &str,
+        imgs: &[(&Image, &str)],
+    ) -> anyhow::Result<String> {
         let mut manifests = Vec::new();
         for (img, arch) in imgs {
             self.image(repo, &img.manifest_digest(), img).await?;
@@ -360,8 +451,11 @@ impl Pusher {
                 "platform": {"os": "linux", "architecture": arch},
             }));
         }
-        let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}))?;
-        self.manifest(repo, tag, &index, "application/vnd.oci.image.index.v1+json").await?;
+        let index = serde_json::to_vec(
+            &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}),
+        )?;
+        self.manifest(repo, tag, &index, "application/vnd.oci.image.index.v1+json")
+            .await?;
         Ok(sha256(&index))
     }
 }

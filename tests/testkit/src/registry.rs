@@ -42,17 +42,65 @@ fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let key = dir.join("key.pem");
     let csr = dir.join("cert.csr");
     let ext = dir.join("ext.cnf");
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n")?;
+    std::fs::write(
+        &ext,
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n",
+    )?;
     let run = |args: &[&str]| -> anyhow::Result<()> {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().context("running openssl")?;
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl")?;
         if !out.status.success() {
             bail!("openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=kelson test CA", "-keyout", "ca.key", "-out", "ca.pem"])?;
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "key.pem", "-out", "cert.csr"])?;
-    run(&["x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "cert.pem"])?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kelson test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.csr",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ])?;
     let _ = (ca_key, csr);
     Ok((ca, cert, key))
 }
@@ -60,7 +108,9 @@ fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
 impl Registry {
     pub fn start(options: RegistryOptions) -> anyhow::Result<Registry> {
         if !Path::new(REGISTRY_BIN).exists() {
-            bail!("{REGISTRY_BIN} is missing: run scripts/setup.sh (installs Debian's docker-registry)");
+            bail!(
+                "{REGISTRY_BIN} is missing: run scripts/setup.sh (installs Debian's docker-registry)"
+            );
         }
         let dir = tempfile::tempdir()?;
         let port = free_port()?;
@@ -71,14 +121,21 @@ impl Registry {
         let mut ca_pem = None;
         if options.tls {
             let (ca, cert, key) = self_signed(dir.path())?;
-            cfg.push_str(&format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()));
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
             ca_pem = Some(ca);
         }
         if let Some((user, pass)) = &options.auth {
             let hash = bcrypt::hash(pass, 5)?;
             let htpasswd = dir.path().join("htpasswd");
             std::fs::write(&htpasswd, format!("{user}:{hash}\n"))?;
-            cfg.push_str(&format!("auth:\n  htpasswd:\n    realm: kelson-test\n    path: {}\n", htpasswd.display()));
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: kelson-test\n    path: {}\n",
+                htpasswd.display()
+            ));
         }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg)?;
@@ -91,7 +148,14 @@ impl Registry {
             .stderr(log)
             .spawn()
             .context("starting docker-registry")?;
-        let reg = Registry { child, port, host: format!("127.0.0.1:{port}"), dir, ca_pem, options };
+        let reg = Registry {
+            child,
+            port,
+            host: format!("127.0.0.1:{port}"),
+            dir,
+            ca_pem,
+            options,
+        };
         reg.wait_ready()?;
         Ok(reg)
     }
@@ -113,7 +177,10 @@ impl Registry {
             std::thread::sleep(Duration::from_millis(50));
         }
         let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
-        bail!("docker-registry did not come up on port {}: {log}", self.port)
+        bail!(
+            "docker-registry did not come up on port {}: {log}",
+            self.port
+        )
     }
 
     /// The hosts.toml directory entry that makes kelson trust this registry.
