@@ -1,1 +1,109 @@
-fn main() {}
+//! Benchmark (not a test): pull + unpack of a ~150 MB, 4-layer image from a local
+//! `docker-registry`, through kelsond's CRI socket. Prints median/min/max over runs, and
+//! kelsond's resident memory afterwards. `cargo bench --bench pull [-- RUNS]`.
+
+use std::path::Path;
+use std::time::Instant;
+
+use k8s_cri::v1 as cri;
+use kelson_testkit::images::{Compression, Layer, TarBuilder, pseudo_random};
+use kelson_testkit::{Daemon, Image, Pusher, Registry, RegistryOptions, TestImages};
+
+const LAYER_BYTES: usize = 50 << 20;
+
+/// Half incompressible, half text-like: closer to real layers than either extreme.
+fn data_layer(seed: u64, c: Compression) -> Layer {
+    let mut t = TarBuilder::new().dir(&format!("data{seed}"), 0o755);
+    let random = pseudo_random(LAYER_BYTES / 2, seed);
+    let text: Vec<u8> = (0..LAYER_BYTES / 2)
+        .map(|i| b"kelson layer text "[(i * 7 + seed as usize) % 18])
+        .collect();
+    // many files, as real layers have
+    for (i, chunk) in random.chunks(256 * 1024).enumerate() {
+        t = t.file(&format!("data{seed}/r{i}"), 0o644, chunk);
+    }
+    for (i, chunk) in text.chunks(64 * 1024).enumerate() {
+        t = t.file(&format!("data{seed}/t{i}"), 0o644, chunk);
+    }
+    Layer::new(t.finish(), c)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(5);
+    let registry = Registry::start(RegistryOptions::default())?;
+    let img = Image::new(
+        vec![
+            TestImages::busybox_layer()?,
+            data_layer(1, Compression::Gzip),
+            data_layer(2, Compression::Zstd),
+            data_layer(3, Compression::Gzip),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({"Cmd": ["/bin/sh"]}),
+    );
+    let compressed: usize = img.layers.iter().map(|l| l.blob.len()).sum();
+    let uncompressed: usize = img.layers.iter().map(|l| l.tar.len()).sum();
+    Pusher::new(&registry)?
+        .image("bench/big", "v1", &img)
+        .await?;
+    let daemon = Daemon::start(
+        Path::new(env!("CARGO_BIN_EXE_kelsond")),
+        "[image]\nmax_concurrent_downloads = 3\n",
+    )?;
+    daemon.hosts(&registry.host, &registry.hosts_toml())?;
+    let mut c = daemon.cri().await?;
+    let r = format!("{}/bench/big:v1", registry.host);
+    let spec = || {
+        Some(cri::ImageSpec {
+            image: r.clone(),
+            ..Default::default()
+        })
+    };
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        c.image
+            .pull_image(cri::PullImageRequest {
+                image: spec(),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await?;
+        times.push(t.elapsed().as_secs_f64());
+        c.image
+            .remove_image(cri::RemoveImageRequest { image: spec() })
+            .await?;
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    println!(
+        "pull+unpack {} layers, {:.0} MB compressed / {:.0} MB uncompressed: median {:.3} s, min {:.3} s, max {:.3} s over {runs} runs ({:.0} MB/s uncompressed)",
+        img.layers.len(),
+        compressed as f64 / 1e6,
+        uncompressed as f64 / 1e6,
+        median,
+        times[0],
+        times[times.len() - 1],
+        uncompressed as f64 / 1e6 / median
+    );
+    if let Some(pid) = daemon.pid() {
+        println!("kelsond RSS after pulls: {} KiB", rss_kib(pid));
+    }
+    Ok(())
+}

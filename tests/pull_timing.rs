@@ -123,3 +123,82 @@ async fn crash_mid_pull_then_pull_again() -> anyhow::Result<()> {
     assert_eq!(pull(&d, &r).await?, image().id());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_token_flows() -> anyhow::Result<()> {
+    use kelson_testkit::fake_registry::TokenAuth;
+    let (reg, d, r) = setup("30s").await?;
+    reg.require_tokens(TokenAuth {
+        refresh: "refresh-me".into(),
+        access: "access-ok".into(),
+        anonymous: false,
+    });
+    let mut c = d.cri().await?;
+    let req = |auth: Option<k8s_cri::v1::AuthConfig>| k8s_cri::v1::PullImageRequest {
+        image: common::spec(&r),
+        auth,
+        sandbox_config: None,
+    };
+    // No credentials and no anonymous tokens: Unauthenticated.
+    let err = c.image.pull_image(req(None)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    // identity_token: refresh-token grant at the realm, then Bearer.
+    let bad = k8s_cri::v1::AuthConfig {
+        identity_token: "wrong".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.image.pull_image(req(Some(bad))).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let good = k8s_cri::v1::AuthConfig {
+        identity_token: "refresh-me".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.image
+            .pull_image(req(Some(good)))
+            .await?
+            .into_inner()
+            .image_ref,
+        image().id()
+    );
+    // registry_token: used as the Bearer token directly.
+    c.image
+        .remove_image(k8s_cri::v1::RemoveImageRequest {
+            image: common::spec(&r),
+        })
+        .await?;
+    let rt = k8s_cri::v1::AuthConfig {
+        registry_token: "access-ok".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.image
+            .pull_image(req(Some(rt)))
+            .await?
+            .into_inner()
+            .image_ref,
+        image().id()
+    );
+    // Anonymous token flow (what Docker Hub does for public images).
+    c.image
+        .remove_image(k8s_cri::v1::RemoveImageRequest {
+            image: common::spec(&r),
+        })
+        .await?;
+    reg.require_tokens(TokenAuth {
+        refresh: "refresh-me".into(),
+        access: "anon".into(),
+        anonymous: true,
+    });
+    assert_eq!(
+        c.image.pull_image(req(None)).await?.into_inner().image_ref,
+        image().id()
+    );
+    assert!(
+        !d.log().contains("refresh-me") && !d.log().contains("access-ok"),
+        "a secret reached the log"
+    );
+    Ok(())
+}

@@ -9,6 +9,7 @@ mod pull;
 pub mod reference;
 pub mod registry;
 pub mod snapshot;
+pub mod token;
 pub mod unpack;
 
 use std::collections::{HashMap, HashSet};
@@ -23,7 +24,7 @@ use digest::Digest;
 use reference::{ImageRef, ReferenceError};
 use snapshot::{SnapshotError, Snapshots};
 
-pub use pull::Credentials;
+pub use pull::{Auth, Credentials};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {

@@ -44,15 +44,17 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    pub fn to_registry_auth(&self) -> Result<RegistryAuth, ImageError> {
+    pub fn to_registry_auth(&self) -> Result<Auth, ImageError> {
         if !self.registry_token.is_empty() {
-            return Ok(RegistryAuth::Bearer(self.registry_token.clone()));
+            return Ok(Auth::Direct(RegistryAuth::Bearer(
+                self.registry_token.clone(),
+            )));
         }
         if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(RegistryAuth::Basic(
+            return Ok(Auth::Direct(RegistryAuth::Basic(
                 self.username.clone(),
                 self.password.clone(),
-            ));
+            )));
         }
         if !self.auth.is_empty() {
             use base64_decode::decode;
@@ -63,15 +65,24 @@ impl Credentials {
             let (u, p) = s
                 .split_once(':')
                 .ok_or_else(|| ImageError::Auth("auth is not base64(user:password)".into()))?;
-            return Ok(RegistryAuth::Basic(u.to_owned(), p.to_owned()));
+            return Ok(Auth::Direct(RegistryAuth::Basic(
+                u.to_owned(),
+                p.to_owned(),
+            )));
         }
         if !self.identity_token.is_empty() {
-            // docker's IdentityToken is an OAuth2 refresh token exchanged at the token endpoint;
-            // oci-client has no refresh-token grant, so it is refused rather than misused.
-            return Err(ImageError::Auth("identity_token (OAuth2 refresh token) authentication is not supported; pass username/password or registry_token".into()));
+            return Ok(Auth::RefreshToken(self.identity_token.clone()));
         }
-        Ok(RegistryAuth::Anonymous)
+        Ok(Auth::Direct(RegistryAuth::Anonymous))
     }
+}
+
+/// How to authenticate to the upstream registry.
+#[derive(Clone)]
+pub enum Auth {
+    Direct(RegistryAuth),
+    /// An OAuth2 refresh token (docker's IdentityToken), exchanged for a Bearer token on first use.
+    RefreshToken(String),
 }
 
 /// Standard base64 decoding for the `auth` field (hand-written: 20 lines do not justify a crate).

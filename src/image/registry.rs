@@ -15,6 +15,7 @@ use oci_client::{Client, Reference};
 use super::digest::Digest;
 use super::hosts::{Endpoint, Scheme};
 use super::manifest::{ACCEPTED_MANIFEST_TYPES, Descriptor, MAX_MANIFEST_BYTES};
+use super::pull::Auth;
 use super::reference::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +59,9 @@ impl RegistryError {
 struct Remote {
     endpoint: Endpoint,
     client: Client,
-    auth: RegistryAuth,
+    /// Resolved credentials; for a refresh token, filled by the first exchange.
+    auth: tokio::sync::OnceCell<RegistryAuth>,
+    refresh_token: Option<String>,
 }
 
 pub struct Registry {
@@ -70,7 +73,7 @@ pub struct Registry {
 pub type BlobStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
 
 impl Registry {
-    pub fn new(endpoints: Vec<Endpoint>, auth: RegistryAuth, timeout: Duration) -> Registry {
+    pub fn new(endpoints: Vec<Endpoint>, auth: Auth, timeout: Duration) -> Registry {
         let remotes = endpoints
             .into_iter()
             .map(|endpoint| {
@@ -95,19 +98,43 @@ impl Registry {
                     ..Default::default()
                 };
                 // Mirrors never see the caller's credentials: they were issued for the upstream.
-                let auth = if endpoint.upstream {
-                    auth.clone()
-                } else {
-                    RegistryAuth::Anonymous
+                let (ready, refresh_token) = match (&auth, endpoint.upstream) {
+                    (_, false) => (Some(RegistryAuth::Anonymous), None),
+                    (Auth::Direct(a), true) => (Some(a.clone()), None),
+                    (Auth::RefreshToken(t), true) => (None, Some(t.clone())),
                 };
                 Remote {
                     client: Client::new(config),
                     endpoint,
-                    auth,
+                    auth: tokio::sync::OnceCell::new_with(ready),
+                    refresh_token,
                 }
             })
             .collect();
         Registry { remotes, timeout }
+    }
+
+    async fn auth<'a>(
+        &self,
+        remote: &'a Remote,
+        repository: &str,
+    ) -> Result<&'a RegistryAuth, RegistryError> {
+        remote
+            .auth
+            .get_or_try_init(|| async {
+                match &remote.refresh_token {
+                    Some(t) => super::token::exchange_refresh_token(
+                        &remote.endpoint,
+                        repository,
+                        t,
+                        self.timeout,
+                    )
+                    .await
+                    .map(RegistryAuth::Bearer),
+                    None => Ok(RegistryAuth::Anonymous),
+                }
+            })
+            .await
     }
 
     fn reference(remote: &Remote, r: &ImageRef, digest: Option<&Digest>) -> Reference {
@@ -149,17 +176,22 @@ impl Registry {
         }) {
             let reference = Self::reference(remote, r, digest);
             let what = format!("manifest {reference}");
-            let fut =
-                remote
-                    .client
-                    .pull_manifest_raw(&reference, &remote.auth, ACCEPTED_MANIFEST_TYPES);
-            let res = match tokio::time::timeout(self.timeout, fut).await {
-                Err(_) => Err(RegistryError::Stalled {
-                    what: what.clone(),
-                    host: remote.endpoint.host.clone(),
-                    timeout: self.timeout,
-                }),
-                Ok(r) => r.map_err(|e| map_err(e, &what, &remote.endpoint.host)),
+            let res = match self.auth(remote, &r.repository).await {
+                Err(e) => Err(e),
+                Ok(auth) => {
+                    let fut =
+                        remote
+                            .client
+                            .pull_manifest_raw(&reference, auth, ACCEPTED_MANIFEST_TYPES);
+                    match tokio::time::timeout(self.timeout, fut).await {
+                        Err(_) => Err(RegistryError::Stalled {
+                            what: what.clone(),
+                            host: remote.endpoint.host.clone(),
+                            timeout: self.timeout,
+                        }),
+                        Ok(r) => r.map_err(|e| map_err(e, &what, &remote.endpoint.host)),
+                    }
+                }
             };
             match res {
                 Ok((bytes, _)) => {
@@ -206,10 +238,19 @@ impl Registry {
             let what = format!("blob {}", desc.digest);
             let host = remote.endpoint.host.clone();
             // Authenticate first (no-op when a token is cached); pull_blob_stream does not.
-            remote
-                .client
-                .store_auth_if_needed(reference.resolve_registry(), &remote.auth)
-                .await;
+            match self.auth(remote, &r.repository).await {
+                Ok(auth) => {
+                    remote
+                        .client
+                        .store_auth_if_needed(reference.resolve_registry(), auth)
+                        .await
+                }
+                Err(e) if e.try_next() => {
+                    last = e;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             let fut = remote.client.pull_blob_stream(&reference, &od);
             let res = match tokio::time::timeout(self.timeout, fut).await {
                 Err(_) => Err(RegistryError::Stalled {

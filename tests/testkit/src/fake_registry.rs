@@ -22,8 +22,18 @@ pub enum Delivery {
     Stall { after: usize },
 }
 
+/// Token-protected mode: every API call needs `Authorization: Bearer <access>`, obtained from
+/// `/token` by the refresh-token grant (`POST`), or anonymously (`GET`) when `anonymous` is set.
+#[derive(Debug, Clone)]
+pub struct TokenAuth {
+    pub refresh: String,
+    pub access: String,
+    pub anonymous: bool,
+}
+
 #[derive(Default)]
 struct State {
+    token_auth: Option<TokenAuth>,
     manifests: HashMap<String, (String, Vec<u8>)>,
     blobs: HashMap<String, Vec<u8>>,
     layer_digests: Vec<String>,
@@ -66,6 +76,13 @@ impl FakeRegistry {
         *self.delivery.lock().unwrap_or_else(|p| p.into_inner()) = d;
     }
 
+    pub fn require_tokens(&self, t: TokenAuth) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .token_auth = Some(t);
+    }
+
     pub fn add(&self, repo: &str, tag: &str, img: &Image) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for l in &img.layers {
@@ -101,15 +118,86 @@ async fn serve(
         }
         buf.extend_from_slice(&tmp[..n]);
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
     let mut parts = head.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (method, path) = (
+        parts.next().unwrap_or("").to_owned(),
+        parts.next().unwrap_or("").to_owned(),
+    );
     let head_only = method == "HEAD";
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+    };
     let reply = |status: &str, ctype: &str, len: usize, extra: &str| {
         format!(
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n"
         )
     };
+    let token_auth = state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .token_auth
+        .clone();
+    if let Some(t) = token_auth {
+        let path_only = path.split('?').next().unwrap_or("");
+        if path_only == "/token" {
+            let ok = if method == "POST" {
+                let len: usize = header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+                    .min(64 * 1024);
+                let mut body = buf[head_end..].to_vec();
+                while body.len() < len {
+                    let n = conn.read(&mut tmp).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&tmp[..n]);
+                }
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let refresh = format!("refresh_token={}", t.refresh);
+                body.split('&').any(|kv| kv == "grant_type=refresh_token")
+                    && body.split('&').any(|kv| kv == refresh)
+            } else {
+                t.anonymous
+            };
+            let (status, body) = if ok {
+                (
+                    "200 OK",
+                    format!("{{\"access_token\":\"{0}\",\"token\":\"{0}\"}}", t.access),
+                )
+            } else {
+                ("401 Unauthorized", "{}".to_owned())
+            };
+            conn.write_all(reply(status, "application/json", body.len(), "").as_bytes())
+                .await?;
+            return conn.write_all(body.as_bytes()).await;
+        }
+        if header("authorization").as_deref() != Some(format!("Bearer {}", t.access).as_str()) {
+            let host = header("host").unwrap_or_default();
+            let challenge = format!(
+                "WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"fake\"\r\n"
+            );
+            let body = br#"{"errors":[{"code":"UNAUTHORIZED","message":"token required"}]}"#;
+            conn.write_all(
+                reply(
+                    "401 Unauthorized",
+                    "application/json",
+                    body.len(),
+                    &challenge,
+                )
+                .as_bytes(),
+            )
+            .await?;
+            return conn.write_all(body).await;
+        }
+    }
+    let path = path.as_str();
     if path == "/v2/" {
         conn.write_all(reply("200 OK", "application/json", 2, "").as_bytes())
             .await?;

@@ -109,7 +109,7 @@ impl Registry {
     pub fn start(options: RegistryOptions) -> anyhow::Result<Registry> {
         if !Path::new(REGISTRY_BIN).exists() {
             bail!(
-                "{REGISTRY_BIN} is missing: run scripts/setup.sh (installs Debian's docker-registry)"
+                "{REGISTRY_BIN} is missing: run packaging/setup.sh (installs Debian's docker-registry)"
             );
         }
         let dir = tempfile::tempdir()?;

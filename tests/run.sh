@@ -3,7 +3,7 @@
 # Tests need root (real mounts, device nodes, xattrs) and start their own registries on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+packaging/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
