@@ -202,3 +202,39 @@ async fn bearer_token_flows() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn decompression_bomb_is_refused() -> anyhow::Result<()> {
+    let reg = FakeRegistry::start().await?;
+    // 8 MiB of zeros: a few KiB gzip-compressed, far over the configured cap once inflated.
+    let zeros = kelson_testkit::TarBuilder::new()
+        .file("zeros", 0o644, &vec![0u8; 8 << 20])
+        .finish();
+    let bomb = Image::new(
+        vec![kelson_testkit::Layer::new(
+            zeros,
+            kelson_testkit::Compression::Gzip,
+        )],
+        "amd64",
+        false,
+        serde_json::json!({}),
+    );
+    assert!(bomb.layers[0].blob.len() < 100_000);
+    reg.add("t/bomb", "v1", &bomb);
+    let d = Daemon::start(
+        Path::new(common::KELSOND),
+        "[image]\nmax_layer_bytes = 1000000\n",
+    )?;
+    let err = pull(&d, &format!("{}/t/bomb:v1", reg.host))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("exceeds 1000000 bytes"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(count(&d.root.join("snapshots/.tmp")), 0);
+    assert_eq!(count(&d.root.join("snapshots")), 1);
+    Ok(())
+}

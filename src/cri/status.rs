@@ -50,6 +50,12 @@ impl From<ImageError> for Status {
             }
             ImageError::Task(_) => Code::Internal,
         };
+        // The one place a failed call is logged, inside the call's span (method, ids).
+        if code == Code::Internal {
+            tracing::error!(code = ?code, "{e}");
+        } else {
+            tracing::warn!(code = ?code, "{e}");
+        }
         Status::new(code, e.to_string())
     }
 }

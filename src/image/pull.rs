@@ -459,13 +459,19 @@ impl ImageService {
                 actual: format!("{actual} ({n} of {} bytes)", desc.size),
             });
         }
+        let too_large = |e: &io::Error| e.kind() == io::ErrorKind::FileTooLarge;
         let (diff, stats) = unpacked.map_err(|(ue, ioe)| match ue {
+            Some(UnpackError::Archive(e)) if too_large(&e) => ImageError::LayerTooLarge {
+                image: shown.into(),
+                layer: desc.digest.to_string(),
+                max,
+            },
             Some(source) => ImageError::Unpack {
                 image: shown.into(),
                 layer: desc.digest.to_string(),
                 source,
             },
-            None if ioe.kind() == io::ErrorKind::FileTooLarge => ImageError::LayerTooLarge {
+            None if too_large(&ioe) => ImageError::LayerTooLarge {
                 image: shown.into(),
                 layer: desc.digest.to_string(),
                 max,

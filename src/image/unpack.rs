@@ -649,6 +649,18 @@ mod tests {
     }
 
     #[test]
+    fn absurd_entry_size_fails_without_allocating() {
+        // A header claiming 2^40 bytes followed by a few: the copy ends at the stream's end.
+        let mut h = header("huge", tar::EntryType::Regular, 0);
+        h.set_size(1 << 40);
+        h.set_cksum();
+        let mut t = h.as_bytes().to_vec();
+        t.extend_from_slice(&[1u8; 512]);
+        let d = tempfile::tempdir().unwrap();
+        assert!(unpack(&t[..], d.path()).is_err());
+    }
+
+    #[test]
     fn truncated_archive_fails() {
         let t = build(&[("big", tar::EntryType::Regular, &[7u8; 4096], None)]);
         let d = tempfile::tempdir().unwrap();
