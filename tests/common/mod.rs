@@ -29,27 +29,15 @@ pub async fn env() -> anyhow::Result<Env> {
     Ok(e)
 }
 
-pub fn spec(image: &str) -> Option<k8s_cri::v1::ImageSpec> {
-    Some(k8s_cri::v1::ImageSpec {
-        image: image.into(),
-        ..Default::default()
-    })
-}
+#[allow(unused_imports)] // not every test file uses it
+pub use kelson_conformance::suite::spec;
 
 pub async fn pull(d: &Daemon, image: &str) -> Result<String, tonic::Status> {
-    let mut c = d
+    let c = d
         .cri()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    Ok(c.image
-        .pull_image(k8s_cri::v1::PullImageRequest {
-            image: spec(image),
-            auth: None,
-            sandbox_config: None,
-        })
-        .await?
-        .into_inner()
-        .image_ref)
+    kelson_conformance::suite::pull(&c, image).await
 }
 
 /// Directory entries under `dir` (0 when missing).
