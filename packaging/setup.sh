@@ -8,6 +8,8 @@ PACKAGES=(
   libseccomp-dev      # seccomp filters (container creation)
   pkg-config gcc make # -sys crates
   openssl ca-certificates
+  iproute2            # `ip`: pod network namespaces get lo up
+  util-linux          # nsenter, mount tools (tests enter pod namespaces)
   docker-registry     # tests: a real registry on loopback
   busybox             # tests: test images are built from the host's (dynamic) busybox
 )

@@ -5,6 +5,8 @@
 pub mod config;
 pub mod cri;
 pub mod dirs;
+pub mod ids;
 pub mod image;
+pub mod pod;
 pub mod server;
 pub mod store;

@@ -10,6 +10,7 @@ use kelson::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, Overrides};
 use kelson::cri::Runtime;
 use kelson::dirs::Dirs;
 use kelson::image::ImageService;
+use kelson::pod::PodService;
 use kelson::store::Store;
 
 #[derive(Parser)]
@@ -50,6 +51,18 @@ enum Command {
         #[arg(long)]
         rebuild: bool,
     },
+    /// Internal: create and pin a pod's namespaces (run by kelsond itself).
+    #[command(hide = true)]
+    PinNs {
+        #[arg(long)]
+        net: Option<PathBuf>,
+        #[arg(long)]
+        ipc: Option<PathBuf>,
+        #[arg(long)]
+        uts: Option<PathBuf>,
+        #[arg(long)]
+        hostname: Option<String>,
+    },
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
@@ -69,6 +82,28 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // The namespace helper runs before anything else: it must stay single-threaded.
+    if let Some(Command::PinNs {
+        net,
+        ipc,
+        uts,
+        hostname,
+    }) = &cli.command
+    {
+        let req = kelson::pod::namespaces::PinRequest {
+            net: net.clone(),
+            ipc: ipc.clone(),
+            uts: uts.clone(),
+            hostname: hostname.clone(),
+        };
+        return match kelson::pod::namespaces::pin_here(&req) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let cfg = match load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -83,6 +118,7 @@ fn main() -> std::process::ExitCode {
         }
         Some(Command::RepairDb { rebuild }) => repair_db(&cfg, rebuild),
         Some(Command::Serve) | None => run(cfg),
+        Some(Command::PinNs { .. }) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -141,14 +177,20 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let dirs = Dirs::new(&cfg.root, &cfg.state);
         dirs.create().with_context(|| format!("creating {} and {}", cfg.root.display(), cfg.state.display()))?;
         let store = Arc::new(Store::open(&dirs.database())?);
-        let images = Arc::new(ImageService::new(dirs.clone(), store, cfg.clone()));
+        let images = Arc::new(ImageService::new(dirs.clone(), store.clone(), cfg.clone()));
         {
             let images = images.clone();
             tokio::task::spawn_blocking(move || images.recover()).await??;
         }
         let listener = kelson::server::bind(&cfg.grpc.address, cfg.grpc.gid)?;
         tracing::info!(address = %cfg.grpc.address.display(), root = %cfg.root.display(), state = %cfg.state.display(), version = env!("CARGO_PKG_VERSION"), "kelsond serving CRI");
-        let shared = Arc::new(Runtime { config: cfg.clone(), images });
+        let cgroups = kelson::pod::cgroup::detect()?;
+        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups));
+        {
+            let pods = pods.clone();
+            tokio::task::spawn_blocking(move || pods.recover()).await??;
+        }
+        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods });
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {

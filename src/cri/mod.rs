@@ -2,6 +2,7 @@
 //! domain services, converts results; the only place errors become `tonic::Status`.
 
 pub mod image;
+pub mod pod;
 pub mod runtime;
 pub mod status;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::image::ImageService;
+use crate::pod::PodService;
 
 /// Name and versions reported by `Version`.
 pub const RUNTIME_NAME: &str = "kelson";
@@ -22,6 +24,7 @@ pub const KUBE_API_VERSION: &str = "0.1.0";
 pub struct Runtime {
     pub config: Config,
     pub images: Arc<ImageService>,
+    pub pods: Arc<PodService>,
 }
 
 pub type Shared = Arc<Runtime>;

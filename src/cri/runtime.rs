@@ -1,5 +1,5 @@
-//! CRI RuntimeService. `Version`, `Status` and `RuntimeConfig` are answered for real; pod and
-//! container verbs answer `Unimplemented` with a clear message until their capability lands.
+//! CRI RuntimeService. `Version`, `Status`, `RuntimeConfig` and the pod sandbox verbs are
+//! answered for real; container verbs answer `Unimplemented` with a clear message until they land.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -8,6 +8,7 @@ use futures::Stream;
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
+use super::pod;
 use super::status::unimplemented;
 use super::{CRI_API_VERSION, KUBE_API_VERSION, RUNTIME_NAME, RUNTIME_VERSION, Shared};
 use crate::config::CgroupDriver;
@@ -135,33 +136,41 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn run_pod_sandbox(
         &self,
-        _req: Request<cri::RunPodSandboxRequest>,
+        req: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
+        pod::run(&self.0, req.into_inner()).await.map(Response::new)
     }
     async fn stop_pod_sandbox(
         &self,
-        _req: Request<cri::StopPodSandboxRequest>,
+        req: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
+        pod::stop(&self.0, req.into_inner().pod_sandbox_id)
+            .await
+            .map(Response::new)
     }
     async fn remove_pod_sandbox(
         &self,
-        _req: Request<cri::RemovePodSandboxRequest>,
+        req: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
+        pod::remove(&self.0, req.into_inner().pod_sandbox_id)
+            .await
+            .map(Response::new)
     }
     async fn pod_sandbox_status(
         &self,
-        _req: Request<cri::PodSandboxStatusRequest>,
+        req: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
+        pod::status(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn list_pod_sandbox(
         &self,
-        _req: Request<cri::ListPodSandboxRequest>,
+        req: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
+        pod::list(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn create_container(
         &self,

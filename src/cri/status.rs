@@ -50,12 +50,16 @@ impl From<ImageError> for Status {
             }
             ImageError::Task(_) => Code::Internal,
         };
-        // The one place a failed call is logged, inside the call's span (method, ids).
-        if code == Code::Internal {
-            tracing::error!(code = ?code, "{e}");
-        } else {
-            tracing::warn!(code = ?code, "{e}");
-        }
+        log_error(code, &e);
         Status::new(code, e.to_string())
+    }
+}
+
+/// The one place a failed call is logged, inside the call's span (method, ids).
+pub fn log_error(code: Code, e: &dyn std::fmt::Display) {
+    if code == Code::Internal {
+        tracing::error!(code = ?code, "{e}");
+    } else {
+        tracing::warn!(code = ?code, "{e}");
     }
 }

@@ -1,4 +1,5 @@
-//! The embedded transactional store (redb): image records and the name → image index.
+//! The embedded transactional store (redb): image records and the name → image index, pod
+//! sandbox records and the reserved pod names.
 //! Every change is one ACID transaction, durable before it returns, so a `kill -9` at any point
 //! leaves either the old or the new state. Knows nothing of registries, files or gRPC.
 
@@ -8,10 +9,12 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-pub use records::{ImageRecord, LayerRecord};
+pub use records::{ImageRecord, LayerRecord, PodRecord, PodState};
 
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("image_names");
+const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
+const POD_NAMES: TableDefinition<&str, &str> = TableDefinition::new("pod_names");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -21,6 +24,8 @@ pub enum StoreError {
     Db { op: &'static str, message: String },
     #[error("database record {key}: {message}")]
     Record { key: String, message: String },
+    #[error("name {name:?} is reserved for {owner}")]
+    NameTaken { name: String, owner: String },
 }
 
 fn db_err<E: std::fmt::Display>(op: &'static str) -> impl Fn(E) -> StoreError {
@@ -43,6 +48,8 @@ impl Store {
         let tx = db.begin_write().map_err(db_err("begin"))?;
         tx.open_table(IMAGES).map_err(db_err("open table"))?;
         tx.open_table(NAMES).map_err(db_err("open table"))?;
+        tx.open_table(PODS).map_err(db_err("open table"))?;
+        tx.open_table(POD_NAMES).map_err(db_err("open table"))?;
         tx.commit().map_err(db_err("commit"))?;
         Ok(Store { db })
     }
@@ -101,11 +108,11 @@ impl Store {
                         .map_err(db_err("read"))?
                         .map(|v| v.value().to_vec());
                     if let Some(old) = old {
-                        let mut old = decode(&prev, &old)?;
+                        let mut old: ImageRecord = decode(&prev, &old)?;
                         old.repo_tags.retain(|t| t != n);
                         old.repo_digests.retain(|t| t != n);
                         images
-                            .insert(prev.as_str(), encode(&old)?.as_slice())
+                            .insert(prev.as_str(), encode(&prev, &old)?.as_slice())
                             .map_err(db_err("write"))?;
                     }
                 }
@@ -121,7 +128,7 @@ impl Store {
                 }
             }
             images
-                .insert(rec.id.as_str(), encode(&new)?.as_slice())
+                .insert(rec.id.as_str(), encode(&rec.id, &new)?.as_slice())
                 .map_err(db_err("write"))?;
             merged = new;
         }
@@ -146,7 +153,7 @@ impl Store {
                 .map_err(db_err("read"))?
                 .map(|v| v.value().to_vec());
             let Some(rec) = rec else { return Ok(None) };
-            let rec = decode(id, &rec)?;
+            let rec: ImageRecord = decode(id, &rec)?;
             let mut kept = rec.clone();
             match name {
                 Some(n) => {
@@ -166,7 +173,7 @@ impl Store {
                 images.remove(id).map_err(db_err("write"))?;
             } else {
                 images
-                    .insert(id, encode(&kept)?.as_slice())
+                    .insert(id, encode(id, &kept)?.as_slice())
                     .map_err(db_err("write"))?;
             }
             before = rec;
@@ -176,16 +183,99 @@ impl Store {
     }
 }
 
-fn decode(key: &str, v: &[u8]) -> Result<ImageRecord, StoreError> {
+impl Store {
+    pub fn pods(&self) -> Result<Vec<PodRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin read"))?;
+        let t = tx.open_table(PODS).map_err(db_err("open table"))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db_err("iterate"))? {
+            let (k, v) = row.map_err(db_err("read"))?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn pod(&self, id: &str) -> Result<Option<PodRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin read"))?;
+        let t = tx.open_table(PODS).map_err(db_err("open table"))?;
+        match t.get(id).map_err(db_err("read"))? {
+            Some(v) => Ok(Some(decode(id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Insert a new pod, reserving its name; fails with `NameTaken` if another pod holds it.
+    pub fn create_pod(&self, rec: &PodRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        {
+            let mut names = tx.open_table(POD_NAMES).map_err(db_err("open table"))?;
+            let owner = names
+                .get(rec.name_key.as_str())
+                .map_err(db_err("read"))?
+                .map(|v| v.value().to_owned());
+            if let Some(owner) = owner {
+                return Err(StoreError::NameTaken {
+                    name: rec.name_key.clone(),
+                    owner,
+                });
+            }
+            names
+                .insert(rec.name_key.as_str(), rec.id.as_str())
+                .map_err(db_err("write"))?;
+            let mut pods = tx.open_table(PODS).map_err(db_err("open table"))?;
+            pods.insert(rec.id.as_str(), encode(&rec.id, rec)?.as_slice())
+                .map_err(db_err("write"))?;
+        }
+        tx.commit().map_err(db_err("commit"))
+    }
+
+    pub fn update_pod(&self, rec: &PodRecord) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        {
+            let mut pods = tx.open_table(PODS).map_err(db_err("open table"))?;
+            pods.insert(rec.id.as_str(), encode(&rec.id, rec)?.as_slice())
+                .map_err(db_err("write"))?;
+        }
+        tx.commit().map_err(db_err("commit"))
+    }
+
+    /// Remove the pod and release its name. Removing what is not there is not an error.
+    pub fn remove_pod(&self, id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        {
+            let mut pods = tx.open_table(PODS).map_err(db_err("open table"))?;
+            let old = pods
+                .remove(id)
+                .map_err(db_err("write"))?
+                .map(|v| v.value().to_vec());
+            if let Some(old) = old {
+                let rec: PodRecord = decode(id, &old)?;
+                let mut names = tx.open_table(POD_NAMES).map_err(db_err("open table"))?;
+                let owner = names
+                    .get(rec.name_key.as_str())
+                    .map_err(db_err("read"))?
+                    .map(|v| v.value().to_owned());
+                if owner.as_deref() == Some(id) {
+                    names
+                        .remove(rec.name_key.as_str())
+                        .map_err(db_err("write"))?;
+                }
+            }
+        }
+        tx.commit().map_err(db_err("commit"))
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(v).map_err(|e| StoreError::Record {
         key: key.to_owned(),
         message: e.to_string(),
     })
 }
 
-fn encode(r: &ImageRecord) -> Result<Vec<u8>, StoreError> {
+fn encode<T: serde::Serialize>(key: &str, r: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(r).map_err(|e| StoreError::Record {
-        key: r.id.clone(),
+        key: key.to_owned(),
         message: e.to_string(),
     })
 }

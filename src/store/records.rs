@@ -36,3 +36,35 @@ impl ImageRecord {
         self.layers.iter().map(|l| l.bytes).sum()
     }
 }
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PodState {
+    #[default]
+    Ready,
+    NotReady,
+}
+
+/// A pod sandbox as kelson keeps it: what kubelet asked for (kept verbatim as the CRI config,
+/// JSON) and what kelson made for it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PodRecord {
+    pub id: String,
+    /// `name_namespace_uid_attempt`: at most one pod holds it.
+    pub name_key: String,
+    pub state: PodState,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    pub runtime_handler: String,
+    /// The CRI `PodSandboxConfig` as received (serde JSON of the k8s-cri type).
+    pub config: serde_json::Value,
+    /// Pinned namespace files (empty when the pod uses the host's).
+    pub netns: String,
+    pub ipcns: String,
+    pub utsns: String,
+    /// The pod's /dev/shm tmpfs mount point (empty with host IPC).
+    pub shm: String,
+    /// The pod cgroup (relative to each hierarchy) and whether kelson created it.
+    pub cgroup: String,
+    pub cgroup_created: bool,
+}

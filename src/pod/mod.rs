@@ -1,0 +1,369 @@
+//! Pod sandboxes without a pause container: pinned namespaces, the pod cgroup, the files and the
+//! /dev/shm its containers will share, and the sandbox's lifecycle and state. Speaks in domain
+//! types; the CRI edge converts. Every multi-step create unwinds what it did on failure.
+
+pub mod cgroup;
+pub mod files;
+pub mod namespaces;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1 as cri;
+
+use crate::ids::{self, IdError};
+use crate::store::{PodRecord, PodState, Store, StoreError};
+use cgroup::{CgroupError, Hierarchy};
+use files::FilesError;
+use namespaces::{NsError, PinRequest};
+
+/// Size of a pod's /dev/shm, as docker and containerd default it.
+pub const DEFAULT_SHM_BYTES: u64 = 64 << 20;
+/// Longest pod name, namespace or uid accepted (Kubernetes allows 253).
+pub const MAX_META_FIELD: usize = 253;
+/// Labels and annotations: count and total size caps.
+pub const MAX_KV_ENTRIES: usize = 1024;
+pub const MAX_KV_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("pod sandbox {0} not found")]
+    NotFound(String),
+    #[error("pod sandbox id prefix {0} is ambiguous")]
+    Ambiguous(String),
+    #[error("a pod sandbox named {name} already exists ({owner})")]
+    NameTaken { name: String, owner: String },
+    #[error("unknown runtime handler {0:?}")]
+    UnknownHandler(String),
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Namespace(#[from] NsError),
+    #[error("pod files {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for PodError {
+    fn from(e: StoreError) -> PodError {
+        match e {
+            StoreError::NameTaken { name, owner } => PodError::NameTaken { name, owner },
+            e => PodError::Store(e),
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Namespace mode kubelet asks for (CRI NamespaceMode): POD, CONTAINER, NODE, TARGET.
+fn mode(m: i32) -> cri::NamespaceMode {
+    cri::NamespaceMode::try_from(m).unwrap_or(cri::NamespaceMode::Pod)
+}
+
+/// Undo stack for a multi-step create (CRI-O's ResourceCleaner): run in reverse unless disarmed.
+struct Cleanup(Vec<Box<dyn FnOnce() + Send>>);
+
+impl Cleanup {
+    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.0.push(Box::new(f));
+    }
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        while let Some(f) = self.0.pop() {
+            f();
+        }
+    }
+}
+
+pub struct PodService {
+    store: Arc<Store>,
+    state_dir: PathBuf,
+    cgroups: Hierarchy,
+}
+
+fn check_kv(what: &str, m: &std::collections::HashMap<String, String>) -> Result<(), PodError> {
+    let bytes: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if m.len() > MAX_KV_ENTRIES || bytes > MAX_KV_BYTES {
+        return Err(PodError::Invalid(format!(
+            "{what}: more than {MAX_KV_ENTRIES} entries or {MAX_KV_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+impl PodService {
+    pub fn new(store: Arc<Store>, state_dir: PathBuf, cgroups: Hierarchy) -> PodService {
+        PodService {
+            store,
+            state_dir,
+            cgroups,
+        }
+    }
+
+    fn pod_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("pods").join(id)
+    }
+
+    /// Find a pod by id or unique id prefix.
+    pub fn find(&self, id: &str) -> Result<PodRecord, PodError> {
+        let id = ids::validate(id)?;
+        if id.len() == ids::ID_LEN {
+            return self
+                .store
+                .pod(id)?
+                .ok_or_else(|| PodError::NotFound(id.to_owned()));
+        }
+        let mut hits = self
+            .store
+            .pods()?
+            .into_iter()
+            .filter(|p| p.id.starts_with(id));
+        match (hits.next(), hits.next()) {
+            (Some(p), None) => Ok(p),
+            (None, _) => Err(PodError::NotFound(id.to_owned())),
+            (Some(_), Some(_)) => Err(PodError::Ambiguous(id.to_owned())),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<PodRecord>, PodError> {
+        Ok(self.store.pods()?)
+    }
+
+    pub fn run(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<PodRecord, PodError> {
+        if !handler.is_empty() {
+            return Err(PodError::UnknownHandler(handler.to_owned()));
+        }
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| PodError::Invalid("pod sandbox config: metadata is required".into()))?;
+        for (f, v) in [
+            ("metadata.name", &meta.name),
+            ("metadata.namespace", &meta.namespace),
+            ("metadata.uid", &meta.uid),
+        ] {
+            if v.is_empty()
+                || v.len() > MAX_META_FIELD
+                || v.chars().any(|c| c.is_control() || c == '/')
+            {
+                return Err(PodError::Invalid(format!(
+                    "{f} {:?} must be 1 to {MAX_META_FIELD} characters without '/' or control characters",
+                    v.chars().take(80).collect::<String>()
+                )));
+            }
+        }
+        check_kv("labels", &config.labels)?;
+        check_kv("annotations", &config.annotations)?;
+        if !config.hostname.is_empty() {
+            files::validate_hostname(&config.hostname)?;
+        }
+        let dns = config.dns_config.clone().unwrap_or_default();
+        let resolv = files::resolv_conf(&dns.servers, &dns.searches, &dns.options)?;
+        let linux = config.linux.clone().unwrap_or_default();
+        let ns = linux
+            .security_context
+            .as_ref()
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default();
+        let host_net = mode(ns.network) == cri::NamespaceMode::Node;
+        let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
+
+        let id = ids::generate()?;
+        let name_key = format!(
+            "{}_{}_{}_{}",
+            meta.name, meta.namespace, meta.uid, meta.attempt
+        );
+        let cgroup = if linux.cgroup_parent.is_empty() {
+            format!("kelson/{id}")
+        } else {
+            cgroup::validate(&linux.cgroup_parent)?
+        };
+        let dir = self.pod_dir(&id);
+        let mut rec = PodRecord {
+            id: id.clone(),
+            name_key,
+            state: PodState::Ready,
+            created_at: now_ns(),
+            runtime_handler: handler.to_owned(),
+            config: serde_json::to_value(&config).unwrap_or_default(),
+            cgroup: cgroup.clone(),
+            ..Default::default()
+        };
+        // Reserve the name first: a duplicate fails before anything is made.
+        self.store.create_pod(&rec)?;
+        let mut undo = Cleanup(Vec::new());
+        {
+            let store = self.store.clone();
+            let id = id.clone();
+            undo.push(move || {
+                let _ = store.remove_pod(&id);
+            });
+        }
+        let io = |path: &PathBuf| {
+            let path = path.clone();
+            move |source| PodError::Io { path, source }
+        };
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        {
+            let dir = dir.clone();
+            undo.push(move || {
+                let _ = std::fs::remove_dir_all(&dir);
+            });
+        }
+        let hostname = if host_net {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default()
+        } else {
+            config.hostname.clone()
+        };
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
+            .map_err(io(&dir.join("hostname")))?;
+        let hosts = if host_net {
+            std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| files::hosts(&hostname))
+        } else {
+            files::hosts(&hostname)
+        };
+        std::fs::write(dir.join("hosts"), hosts).map_err(io(&dir.join("hosts")))?;
+        let resolv = match resolv {
+            Some(r) => r,
+            None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        };
+        std::fs::write(dir.join("resolv.conf"), resolv).map_err(io(&dir.join("resolv.conf")))?;
+
+        rec.cgroup_created = self.cgroups.create(&cgroup)?;
+        if rec.cgroup_created {
+            let cg = self.cgroups.clone();
+            let c = cgroup.clone();
+            undo.push(move || {
+                let _ = cg.remove(&c);
+            });
+        }
+
+        if !host_ipc {
+            let shm = dir.join("shm");
+            namespaces::mount_shm(&shm, DEFAULT_SHM_BYTES)?;
+            let s = shm.clone();
+            undo.push(move || {
+                let _ = namespaces::unmount_dir(&s);
+            });
+            rec.shm = shm.display().to_string();
+        }
+        let req = PinRequest {
+            net: (!host_net).then(|| dir.join("netns")),
+            ipc: (!host_ipc).then(|| dir.join("ipcns")),
+            // A pod on the host network keeps the host's UTS namespace too, as kubelet expects.
+            uts: (!host_net).then(|| dir.join("utsns")),
+            hostname: (!host_net && !hostname.is_empty()).then(|| hostname.clone()),
+        };
+        namespaces::pin(&req)?;
+        {
+            let r = req.clone();
+            undo.push(move || {
+                for p in [&r.net, &r.ipc, &r.uts].into_iter().flatten() {
+                    let _ = namespaces::unpin(p);
+                }
+            });
+        }
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        rec.netns = path(&req.net);
+        rec.ipcns = path(&req.ipc);
+        rec.utsns = path(&req.uts);
+        self.store.update_pod(&rec)?;
+        undo.disarm();
+        tracing::info!(pod = %rec.id, name = %rec.name_key, "pod sandbox ready");
+        Ok(rec)
+    }
+
+    /// Release the pod's namespaces and shm; idempotent, and a missing pod is not an error.
+    pub fn stop(&self, id: &str) -> Result<(), PodError> {
+        let mut rec = match self.find(id) {
+            Ok(r) => r,
+            Err(PodError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for p in [&rec.netns, &rec.ipcns, &rec.utsns] {
+            if !p.is_empty() {
+                namespaces::unpin(&PathBuf::from(p))?;
+            }
+        }
+        if !rec.shm.is_empty() {
+            namespaces::unmount_dir(&PathBuf::from(&rec.shm))?;
+        }
+        if rec.state != PodState::NotReady {
+            rec.state = PodState::NotReady;
+            self.store.update_pod(&rec)?;
+            tracing::info!(pod = %rec.id, "pod sandbox stopped");
+        }
+        Ok(())
+    }
+
+    /// Stop if needed, then remove every trace; idempotent.
+    pub fn remove(&self, id: &str) -> Result<(), PodError> {
+        let rec = match self.find(id) {
+            Ok(r) => r,
+            Err(PodError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop(&rec.id)?;
+        if rec.cgroup_created {
+            self.cgroups.remove(&rec.cgroup)?;
+        }
+        let dir = self.pod_dir(&rec.id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(PodError::Io {
+                    path: dir,
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+        self.store.remove_pod(&rec.id)?;
+        tracing::info!(pod = %rec.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// Start-up: a Ready pod whose namespaces are gone (reboot, someone unmounted them) is
+    /// reported NotReady rather than trusted.
+    pub fn recover(&self) -> Result<(), PodError> {
+        for mut rec in self.store.pods()? {
+            let alive = [&rec.netns, &rec.ipcns, &rec.utsns]
+                .iter()
+                .filter(|p| !p.is_empty())
+                .all(|p| namespaces::is_pinned(&PathBuf::from(p)));
+            if rec.state == PodState::Ready && !alive {
+                tracing::warn!(pod = %rec.id, "pod namespaces are gone; marking the sandbox not ready");
+                rec.state = PodState::NotReady;
+                self.store.update_pod(&rec)?;
+            }
+        }
+        Ok(())
+    }
+}

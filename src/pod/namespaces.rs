@@ -1,0 +1,202 @@
+//! Pod namespaces without a pause container: a short-lived helper (`kelsond pin-ns`, this same
+//! binary) unshares the network, IPC and UTS namespaces, sets the hostname, brings `lo` up and
+//! bind-mounts `/proc/self/ns/*` onto files in the pod's state dir, then exits. The bind mounts
+//! keep the namespaces alive; containers join them by path. (CRI-O's pinns model.) The daemon
+//! itself never unshares: it is multi-threaded, and namespaces belong to a whole process here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NsError {
+    #[error("namespace helper: {0}")]
+    Helper(String),
+    #[error("{op} {path}: {errno}")]
+    Sys {
+        op: &'static str,
+        path: PathBuf,
+        errno: nix::errno::Errno,
+    },
+}
+
+/// What to pin, and where.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PinRequest {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    pub hostname: Option<String>,
+}
+
+impl PinRequest {
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec!["pin-ns".to_owned()];
+        for (flag, p) in [
+            ("--net", &self.net),
+            ("--ipc", &self.ipc),
+            ("--uts", &self.uts),
+        ] {
+            if let Some(p) = p {
+                a.push(flag.into());
+                a.push(p.display().to_string());
+            }
+        }
+        if let Some(h) = &self.hostname {
+            a.push("--hostname".into());
+            a.push(h.clone());
+        }
+        a
+    }
+}
+
+/// Run the helper (this binary) and wait for it. On failure nothing stays mounted.
+pub fn pin(req: &PinRequest) -> Result<(), NsError> {
+    let exe =
+        std::env::current_exe().map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
+    let out = Command::new(exe)
+        .args(req.to_args())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .output()
+        .map_err(|e| NsError::Helper(format!("spawning: {e}")))?;
+    if !out.status.success() {
+        unpin_all(req);
+        return Err(NsError::Helper(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// In the helper process (single-threaded, before any runtime starts).
+pub fn pin_here(req: &PinRequest) -> Result<(), NsError> {
+    let mut flags = CloneFlags::empty();
+    if req.net.is_some() {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if req.ipc.is_some() {
+        flags |= CloneFlags::CLONE_NEWIPC;
+    }
+    if req.uts.is_some() {
+        flags |= CloneFlags::CLONE_NEWUTS;
+    }
+    unshare(flags).map_err(|errno| NsError::Sys {
+        op: "unshare",
+        path: PathBuf::new(),
+        errno,
+    })?;
+    if let (Some(_), Some(h)) = (&req.uts, &req.hostname) {
+        nix::unistd::sethostname(h).map_err(|errno| NsError::Sys {
+            op: "sethostname",
+            path: PathBuf::new(),
+            errno,
+        })?;
+    }
+    if req.net.is_some() {
+        // Until CNI configures the pod network, loopback is the whole of it.
+        let st = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .map_err(|e| NsError::Helper(format!("ip link set lo up: {e}")))?;
+        if !st.success() {
+            return Err(NsError::Helper(format!("ip link set lo up: {st}")));
+        }
+    }
+    for (kind, target) in [("net", &req.net), ("ipc", &req.ipc), ("uts", &req.uts)] {
+        if let Some(t) = target {
+            bind_ns(&format!("/proc/self/ns/{kind}"), t)?;
+        }
+    }
+    Ok(())
+}
+
+fn bind_ns(src: &str, target: &Path) -> Result<(), NsError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(target)
+        .map_err(|e| NsError::Helper(format!("creating {}: {e}", target.display())))?;
+    mount(
+        Some(src),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|errno| NsError::Sys {
+        op: "bind mount",
+        path: target.to_owned(),
+        errno,
+    })
+}
+
+/// Unmount and remove a pinned namespace file. Absent is fine (idempotent).
+pub fn unpin(path: &Path) -> Result<(), NsError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(errno) => {
+            return Err(NsError::Sys {
+                op: "unmount",
+                path: path.to_owned(),
+                errno,
+            });
+        }
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(NsError::Helper(format!("removing {}: {e}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn unpin_all(req: &PinRequest) {
+    for p in [&req.net, &req.ipc, &req.uts].into_iter().flatten() {
+        let _ = unpin(p);
+    }
+}
+
+/// Whether `path` is a live pinned namespace (an nsfs mount).
+pub fn is_pinned(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = path.display().to_string();
+    text.lines().any(|l| {
+        let mut f = l.split(' ');
+        f.nth(4) == Some(p.as_str()) && l.contains(" - nsfs ")
+    })
+}
+
+/// Mount the pod's /dev/shm: a size-limited tmpfs.
+pub fn mount_shm(path: &Path, bytes: u64) -> Result<(), NsError> {
+    std::fs::create_dir_all(path)
+        .map_err(|e| NsError::Helper(format!("creating {}: {e}", path.display())))?;
+    let opts = format!("mode=1777,size={bytes}");
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(opts.as_str()),
+    )
+    .map_err(|errno| NsError::Sys {
+        op: "mount tmpfs",
+        path: path.to_owned(),
+        errno,
+    })
+}
+
+pub fn unmount_dir(path: &Path) -> Result<(), NsError> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
+        Err(errno) => Err(NsError::Sys {
+            op: "unmount",
+            path: path.to_owned(),
+            errno,
+        }),
+    }
+}

@@ -1,0 +1,403 @@
+//! Pod sandboxes on the real kernel: pinned namespaces, hostname, DNS files, /dev/shm, the pod
+//! cgroup; status, list filters; idempotent stop/remove; bad requests leave nothing behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use k8s_cri::v1 as cri;
+use kelson_testkit::Daemon;
+use tonic::Code;
+
+/// Mounts below the daemon's dirs (pinned namespaces, shm).
+fn mounts_under(d: &Daemon) -> Vec<String> {
+    let dir = d.dir.path().display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn pod_config(name: &str, cgroup_parent: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: format!("/var/log/pods/default_{name}"),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
+        labels: HashMap::from([("app".to_owned(), name.to_owned())]),
+        annotations: HashMap::from([("note".to_owned(), "data only".to_owned())]),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run(
+    c: &mut kelson_testkit::daemon::Cri,
+    config: cri::PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+fn nsenter(flag: &str, path: &str, cmd: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("{flag}={path}"))
+        .args(cmd)
+        .output()
+        .expect("nsenter");
+    assert!(
+        out.status.success(),
+        "nsenter {flag} {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
+    let d = Daemon::start(Path::new(common::KELSOND), "")?;
+    let mut c = d.cri().await?;
+    let parent = format!("kelson-test-{}/podA", std::process::id());
+    let id = run(&mut c, pod_config("web", &format!("/{parent}"))).await?;
+    assert_eq!(id.len(), 64);
+
+    let st = c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let status = st.status.unwrap();
+    assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
+    assert_eq!(status.metadata.unwrap().name, "web");
+    assert_eq!(status.labels["app"], "web");
+    let info: serde_json::Value = serde_json::from_str(&st.info["info"])?;
+    let netns = info["netns"].as_str().unwrap().to_owned();
+    let utsns = info["utsns"].as_str().unwrap().to_owned();
+
+    // The namespaces are real and pinned: lo is up, the hostname is set, only inside.
+    let links = nsenter("--net", &netns, &["ip", "-o", "link"]);
+    assert!(links.contains("lo:") && links.contains("UP"), "{links}");
+    assert_eq!(
+        links.lines().count(),
+        1,
+        "a fresh netns has only lo: {links}"
+    );
+    assert_eq!(nsenter("--uts", &utsns, &["hostname"]).trim(), "web-host");
+    assert_ne!(nix_hostname(), "web-host");
+    let m = mounts_under(&d);
+    assert_eq!(
+        m.iter().filter(|l| l.contains(" - nsfs ")).count(),
+        3,
+        "{m:#?}"
+    );
+    assert!(
+        m.iter()
+            .any(|l| l.contains(" - tmpfs ") && l.contains("size=65536k")),
+        "{m:#?}"
+    );
+
+    let pod_dir = d.state.join("pods").join(&id);
+    assert_eq!(
+        std::fs::read_to_string(pod_dir.join("resolv.conf"))?,
+        "nameserver 10.96.0.10\nsearch default.svc.cluster.local\noptions ndots:5\n"
+    );
+    assert!(std::fs::read_to_string(pod_dir.join("hosts"))?.contains("web-host"));
+    assert!(
+        Path::new("/sys/fs/cgroup/memory").join(&parent).is_dir(),
+        "pod cgroup in the memory hierarchy"
+    );
+
+    // List with filters.
+    let id2 = run(&mut c, pod_config("db", "")).await?;
+    let lister = c.clone();
+    let list = |f: Option<cri::PodSandboxFilter>| {
+        let mut c = lister.clone();
+        async move {
+            c.runtime
+                .list_pod_sandbox(cri::ListPodSandboxRequest { filter: f })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+        }
+    };
+    assert_eq!(list(None).await.len(), 2);
+    let by_label = cri::PodSandboxFilter {
+        label_selector: HashMap::from([("app".into(), "db".into())]),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(Some(by_label))
+            .await
+            .iter()
+            .map(|p| p.id.clone())
+            .collect::<Vec<_>>(),
+        vec![id2.clone()]
+    );
+    let by_prefix = cri::PodSandboxFilter {
+        id: id[..8].into(),
+        ..Default::default()
+    };
+    assert_eq!(list(Some(by_prefix)).await.len(), 1);
+
+    // Same name again: AlreadyExists, and nothing new mounted.
+    let before = mounts_under(&d).len();
+    let err = run(&mut c, pod_config("web", "")).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    assert_eq!(mounts_under(&d).len(), before);
+
+    // Stop: namespaces and shm released, NotReady; idempotent.
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await?;
+    let st = c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        st.status.unwrap().state,
+        cri::PodSandboxState::SandboxNotready as i32
+    );
+    assert!(!Path::new(&netns).exists());
+    let not_ready = cri::PodSandboxFilter {
+        state: Some(cri::PodSandboxStateValue { state: 1 }),
+        ..Default::default()
+    };
+    assert_eq!(list(Some(not_ready)).await.len(), 1);
+
+    // Remove: everything goes, cgroup included; idempotent; then NotFound.
+    for p in [&id, &id2] {
+        c.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: p.clone(),
+            })
+            .await?;
+        c.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: p.clone(),
+            })
+            .await?;
+    }
+    let err = c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(mounts_under(&d).is_empty(), "{:#?}", mounts_under(&d));
+    assert!(!pod_dir.exists());
+    assert!(!Path::new("/sys/fs/cgroup/memory").join(&parent).exists());
+    let _ = std::fs::remove_dir(
+        Path::new("/sys/fs/cgroup/memory").join(parent.split('/').next().unwrap()),
+    );
+    for h in [
+        "cpu,cpuacct",
+        "cpuset",
+        "pids",
+        "devices",
+        "freezer",
+        "blkio",
+        "cpu",
+        "cpuacct",
+    ] {
+        let _ = std::fs::remove_dir(
+            Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join(parent.split('/').next().unwrap()),
+        );
+    }
+    // The name is free again.
+    let again = run(&mut c, pod_config("web", "")).await?;
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: again,
+        })
+        .await?;
+    Ok(())
+}
+
+fn nix_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_fail_clearly_and_leave_nothing() -> anyhow::Result<()> {
+    let d = Daemon::start(Path::new(common::KELSOND), "")?;
+    let mut c = d.cri().await?;
+    let mut no_meta = pod_config("x", "");
+    no_meta.metadata = None;
+    let mut bad_host = pod_config("x", "");
+    bad_host.hostname = "Bad_Host".into();
+    let mut dns_inject = pod_config("x", "");
+    dns_inject.dns_config = Some(cri::DnsConfig {
+        servers: vec!["10.0.0.1\nnameserver 6.6.6.6".into()],
+        ..Default::default()
+    });
+    let cases = [
+        (no_meta, "metadata"),
+        (bad_host, "hostname"),
+        (dns_inject, "dns_config.servers"),
+        (pod_config("x", "/../../escape"), "cgroup path"),
+        (pod_config("x", "/kubepods/cgroup.procs"), "control file"),
+        (pod_config("x/y", ""), "metadata.name"),
+    ];
+    for (cfg, what) in cases {
+        let err = run(&mut c, cfg).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(what), "{what}: {}", err.message());
+    }
+    let err = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("h", "")),
+            runtime_handler: "gvisor".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("gvisor"), "{}", err.message());
+    assert!(
+        c.runtime
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+            .await?
+            .into_inner()
+            .items
+            .is_empty()
+    );
+    assert!(mounts_under(&d).is_empty());
+    assert_eq!(common::count(&d.state.join("pods")), 0);
+    // Unknown ids: stop and remove succeed (kubelet relies on it); status is NotFound; junk is invalid.
+    let unknown = "ab".repeat(32);
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: unknown.clone(),
+        })
+        .await?;
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: unknown.clone(),
+        })
+        .await?;
+    let err = c
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: unknown,
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = c
+        .runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: "../../etc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn host_network_pod_and_restart() -> anyhow::Result<()> {
+    let mut d = Daemon::start(Path::new(common::KELSOND), "")?;
+    let mut c = d.cri().await?;
+    let mut cfg = pod_config("hostnet", "");
+    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hostnet = run(&mut c, cfg).await?;
+    let pod_dir = d.state.join("pods").join(&hostnet);
+    assert!(!pod_dir.join("netns").exists() && !pod_dir.join("utsns").exists());
+    assert!(pod_dir.join("ipcns").exists());
+    assert_eq!(
+        std::fs::read_to_string(pod_dir.join("hostname"))?.trim(),
+        nix_hostname()
+    );
+    let own = run(&mut c, pod_config("own", "")).await?;
+
+    // A restart keeps the pods Ready; a crash after which the namespaces vanished marks NotReady.
+    d.restart()?;
+    let mut c = d.cri().await?;
+    let state = |c: &mut kelson_testkit::daemon::Cri, id: String| {
+        let mut c = c.clone();
+        async move {
+            c.runtime
+                .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                    pod_sandbox_id: id,
+                    verbose: false,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+                .state
+        }
+    };
+    assert_eq!(state(&mut c, own.clone()).await, 0);
+    d.crash()?;
+    let netns = d.state.join("pods").join(&own).join("netns");
+    assert!(Command::new("umount").arg(&netns).status()?.success());
+    d.restart()?;
+    let mut c = d.cri().await?;
+    assert_eq!(
+        state(&mut c, own.clone()).await,
+        1,
+        "vanished namespace reported NotReady"
+    );
+    assert_eq!(state(&mut c, hostnet.clone()).await, 0);
+    for p in [own, hostnet] {
+        c.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await?;
+    }
+    assert!(mounts_under(&d).is_empty());
+    Ok(())
+}
