@@ -1,6 +1,9 @@
-//! kelson-proto: the daemon ⇄ shim control protocol. For now the framing only: length-delimited
-//! prost messages over a unix stream socket, with a hard cap on frame size so neither side can be
-//! made to allocate without bound. The messages themselves (`shim.proto`) arrive with the shim.
+//! kelson-proto: the daemon ⇄ shim control protocol: prost messages (declared here with prost's
+//! derive, so no code generation step), length-delimited over the shim's unix stream socket, with
+//! a hard cap on frame size so neither side can be made to allocate without bound. One request,
+//! one response per connection.
+
+pub mod shim;
 
 use bytes::{Buf, BufMut, BytesMut};
 

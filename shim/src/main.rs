@@ -1,11 +1,134 @@
-//! kelson-shim: the per-container process (stdio, CRI log file, exit status, reaping). It is built
-//! with issue #3; until then this binary only says so, so nothing can mistake it for a working shim.
+//! kelson-shim: one small process per container. It owns the container's stdio, writes the CRI
+//! log file, records the exit status, reaps every child, and answers kelsond on a unix socket.
+//! It is detached from kelsond (own session, re-parented), so it outlives kelsond's restarts.
+//!
+//! Sub-commands: `spawn` (run by kelsond: starts `serve` detached and reports readiness),
+//! `serve` (the long-lived shim), and the short-lived children `create`, `start`, `exec`,
+//! `delete` through which the container library runs (engine.rs).
 #![forbid(unsafe_code)]
 
-fn main() -> std::process::ExitCode {
-    eprintln!(
-        "kelson-shim {}: containers are not supported by this build yet",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::ExitCode::from(2)
+mod engine;
+mod exit;
+mod log;
+mod server;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn need(args: &[String], name: &str) -> Result<String, String> {
+    arg(args, name).ok_or_else(|| format!("missing {name}"))
+}
+
+/// The container's cgroup path from the bundle's config.json (`linux.cgroupsPath`).
+pub fn cgroup_path(bundle: &Path) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    Some(v["linux"]["cgroupsPath"].as_str()?.trim_start_matches('/').to_owned())
+}
+
+/// Every pid in the container's cgroup (v1 pids/memory hierarchy, or v2).
+pub fn cgroup_procs(bundle: &Path) -> Vec<i32> {
+    let Some(cg) = cgroup_path(bundle) else { return vec![] };
+    for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
+        if let Ok(text) = std::fs::read_to_string(Path::new(base).join(&cg).join("cgroup.procs")) {
+            return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        }
+    }
+    vec![]
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args.get(1).map(String::as_str).unwrap_or("");
+    let result = match cmd {
+        "spawn" => spawn(&args),
+        "serve" => serve(&args),
+        "create" => {
+            let r = (|| {
+                let id = need(&args, "--id")?;
+                engine::create(&id, Path::new(&need(&args, "--root")?), Path::new(&need(&args, "--bundle")?), Path::new(&need(&args, "--pid-file")?))
+            })();
+            if let (Err(e), Some(f)) = (&r, arg(&args, "--error-file")) {
+                let _ = std::fs::write(f, e);
+            }
+            r
+        }
+        "start" => need(&args, "--id").and_then(|id| engine::start(&id, Path::new(&need(&args, "--root")?))),
+        "delete" => need(&args, "--id").and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
+        "exec" => {
+            let r = (|| {
+                let id = need(&args, "--id")?;
+                let rest: Vec<String> = args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect();
+                engine::exec(&id, Path::new(&need(&args, "--root")?), rest, Path::new(&need(&args, "--pid-file")?))
+            })();
+            return match r {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(126)
+                }
+            };
+        }
+        _ => Err(format!("kelson-shim {}: usage: kelson-shim spawn|serve|create|start|exec|delete …", env!("CARGO_PKG_VERSION"))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Run by kelsond: start `serve` in its own session with the same arguments, wait for its
+/// "ready <pid>" line (or its error), print it and exit, so the shim is re-parented away from
+/// kelsond at once.
+fn spawn(args: &[String]) -> Result<(), String> {
+    let dir = PathBuf::from(need(args, "--dir")?);
+    let errlog = std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
+    let mut child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .arg("serve")
+        .args(&args[2..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(errlog)
+        .spawn()
+        .map_err(|e| format!("spawning shim: {e}"))?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut line);
+    }
+    if let Some(pid) = line.strip_prefix("ready ") {
+        println!("{}", pid.trim());
+        return Ok(());
+    }
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
+    Err(if line.trim().is_empty() { log.trim().to_owned() } else { line.trim().to_owned() })
+}
+
+fn serve(args: &[String]) -> Result<(), String> {
+    let _ = nix::unistd::setsid();
+    let cfg = server::Config {
+        id: need(args, "--id")?,
+        root: PathBuf::from(need(args, "--root")?),
+        bundle: PathBuf::from(need(args, "--bundle")?),
+        dir: server::shim_dir(Path::new(&need(args, "--dir")?)),
+        log: PathBuf::from(need(args, "--log")?),
+    };
+    let sigfd = server::sigchld_fd()?;
+    let shim = match server::Shim::create(cfg) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("error: {e}");
+            return Err(e);
+        }
+    };
+    let listener = shim.bind()?;
+    println!("ready {}", shim.init_pid());
+    shim.run(listener, sigfd)
 }

@@ -1,0 +1,103 @@
+//! The shim's control messages.
+
+/// What the daemon asks.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Request {
+    #[prost(oneof = "request::Kind", tags = "1, 2, 3, 4, 5, 6")]
+    pub kind: Option<request::Kind>,
+}
+
+pub mod request {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Start the created container's process.
+        #[prost(message, tag = "1")]
+        Start(super::Empty),
+        /// Send a signal to the container's init (all: to every process in it).
+        #[prost(message, tag = "2")]
+        Signal(super::Signal),
+        /// Report the container's state.
+        #[prost(message, tag = "3")]
+        State(super::Empty),
+        /// Reopen the log file (after kubelet rotated it).
+        #[prost(message, tag = "4")]
+        ReopenLog(super::Empty),
+        /// Run a process in the container and return its output (ExecSync).
+        #[prost(message, tag = "5")]
+        Exec(super::Exec),
+        /// Delete the container (it must have exited) and exit.
+        #[prost(message, tag = "6")]
+        Shutdown(super::Empty),
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Empty {}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Signal {
+    #[prost(int32, tag = "1")]
+    pub signal: i32,
+    #[prost(bool, tag = "2")]
+    pub all: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Exec {
+    #[prost(string, repeated, tag = "1")]
+    pub args: Vec<String>,
+    /// 0 = no timeout.
+    #[prost(uint64, tag = "2")]
+    pub timeout_ms: u64,
+    /// Output beyond this many bytes per stream is dropped (probes cannot exhaust memory).
+    #[prost(uint64, tag = "3")]
+    pub max_output: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum Status {
+    Created = 0,
+    Running = 1,
+    Exited = 2,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct State {
+    #[prost(enumeration = "Status", tag = "1")]
+    pub status: i32,
+    #[prost(uint32, tag = "2")]
+    pub pid: u32,
+    #[prost(int32, tag = "3")]
+    pub exit_code: i32,
+    /// Unix nanoseconds; 0 when not yet.
+    #[prost(int64, tag = "4")]
+    pub started_at: i64,
+    #[prost(int64, tag = "5")]
+    pub finished_at: i64,
+    #[prost(bool, tag = "6")]
+    pub oom_killed: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExecResult {
+    #[prost(int32, tag = "1")]
+    pub exit_code: i32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub stdout: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub stderr: Vec<u8>,
+    #[prost(bool, tag = "4")]
+    pub timed_out: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Response {
+    /// Empty on success.
+    #[prost(string, tag = "1")]
+    pub error: String,
+    #[prost(message, optional, tag = "2")]
+    pub state: Option<State>,
+    #[prost(message, optional, tag = "3")]
+    pub exec: Option<ExecResult>,
+}

@@ -1,0 +1,82 @@
+//! The only place that imports the container-creation library (youki's libcontainer). Each
+//! function runs in a short-lived child process of the shim (`kelson-shim create|start|exec|
+//! delete`), so the long-lived shim never carries the library's heap, and the library's forks
+//! happen in a single-threaded process.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+
+fn err(what: &str, e: impl std::fmt::Display) -> String {
+    format!("{what}: {e}")
+}
+
+/// Create the container from `bundle/config.json`; its init waits for `start`. The container's
+/// stdout and stderr are this process's (the shim passed its pipes); stdin is /dev/null.
+/// Writes the init's pid to `pid_file`.
+pub fn create(id: &str, root: &Path, bundle: &Path, pid_file: &Path) -> Result<(), String> {
+    let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| err("dup stdout", e))?;
+    let errfd = std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| err("dup stderr", e))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
+    let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| err("root path", e))?
+        .with_stdin(null)
+        .with_stdout(out)
+        .with_stderr(errfd)
+        .validate_id()
+        .map_err(|e| err("container id", e))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| err("create", e))?;
+    let pid = container.pid().ok_or("create: no init pid")?;
+    std::fs::write(pid_file, pid.as_raw().to_string()).map_err(|e| err("write pid file", e))
+}
+
+pub fn start(id: &str, root: &Path) -> Result<(), String> {
+    let mut c = Container::load(root.join(id)).map_err(|e| err("load", e))?;
+    c.start().map_err(|e| err("start", e))
+}
+
+/// Run `args` inside the container and wait; returns its exit code. stdio as this process's.
+pub fn exec(id: &str, root: &Path, args: Vec<String>, pid_file: &Path) -> Result<i32, String> {
+    let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| err("dup stdout", e))?;
+    let errfd = std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| err("dup stderr", e))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
+    let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| err("root path", e))?
+        .with_stdin(null)
+        .with_stdout(out)
+        .with_stderr(errfd)
+        .as_tenant()
+        .with_container_args(args)
+        .with_detach(false)
+        .build()
+        .map_err(|e| err("exec", e))?;
+    let _ = std::fs::write(pid_file, pid.as_raw().to_string());
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err("wait exec", e)),
+        }
+    }
+}
+
+/// Remove the container's runtime state and cgroup (it must have stopped; `force` kills first).
+pub fn delete(id: &str, root: &Path) -> Result<(), String> {
+    match Container::load(root.join(id)) {
+        Ok(mut c) => c.delete(true).map_err(|e| err("delete", e)),
+        Err(_) if !root.join(id).exists() => Ok(()),
+        Err(e) => Err(err("load", e)),
+    }
+}

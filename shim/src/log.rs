@@ -1,0 +1,210 @@
+//! The CRI log file, in kubelet's format: one record per line,
+//! `<RFC 3339 timestamp, nanoseconds, UTC> <stdout|stderr> <P|F> <content>\n`.
+//! Lines longer than `MAX_LINE` are cut into `P` (partial) records, the last piece `F` (full).
+//! Records are written straight to the file (no user-space buffering), so kubelet and
+//! `crictl logs` see output promptly; `reopen` follows kubelet's log rotation.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// kubelet's and containerd's maximum record content before a line is split.
+pub const MAX_LINE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `2026-11-22T11:01:43.123456789Z`
+pub fn rfc3339_nano(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (y, mo, da) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!("{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, s % 3600 / 60, s % 60, d.subsec_nanos())
+}
+
+pub fn record(t: SystemTime, stream: Stream, full: bool, content: &[u8]) -> Vec<u8> {
+    let ts = rfc3339_nano(t);
+    let mut v = Vec::with_capacity(ts.len() + content.len() + 12);
+    v.extend_from_slice(ts.as_bytes());
+    v.push(b' ');
+    v.extend_from_slice(stream.as_str().as_bytes());
+    v.extend_from_slice(if full { b" F " } else { b" P " });
+    v.extend_from_slice(content);
+    v.push(b'\n');
+    v
+}
+
+/// Splits one stream's bytes into log records.
+#[derive(Default)]
+pub struct Splitter {
+    pending: Vec<u8>,
+}
+
+impl Splitter {
+    /// Feed bytes; `emit(content, full)` is called for every complete record.
+    pub fn push(&mut self, mut data: &[u8], emit: &mut dyn FnMut(&[u8], bool)) {
+        while !data.is_empty() {
+            match data.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    let (line, rest) = data.split_at(i);
+                    self.take(line, emit);
+                    emit(&self.pending, true);
+                    self.pending.clear();
+                    data = &rest[1..];
+                }
+                None => {
+                    self.take(data, emit);
+                    data = &[];
+                }
+            }
+        }
+    }
+
+    /// Append to the pending line, emitting `P` records whenever it reaches `MAX_LINE`.
+    fn take(&mut self, mut part: &[u8], emit: &mut dyn FnMut(&[u8], bool)) {
+        while self.pending.len() + part.len() > MAX_LINE {
+            let n = MAX_LINE - self.pending.len();
+            self.pending.extend_from_slice(&part[..n]);
+            emit(&self.pending, false);
+            self.pending.clear();
+            part = &part[n..];
+        }
+        self.pending.extend_from_slice(part);
+    }
+
+    /// End of stream: an unterminated last line is written as a full record, as containerd does.
+    pub fn finish(&mut self, emit: &mut dyn FnMut(&[u8], bool)) {
+        if !self.pending.is_empty() {
+            emit(&self.pending, true);
+            self.pending.clear();
+        }
+    }
+}
+
+pub struct LogFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+}
+
+impl LogFile {
+    pub fn open(path: &Path) -> std::io::Result<LogFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        Ok(LogFile { path: path.to_owned(), file: Some(open(path)?) })
+    }
+
+    /// Write one record. A failed write (full disk) drops the record, never the container: the
+    /// next write tries again, so logging resumes when space returns.
+    pub fn write(&mut self, bytes: &[u8]) {
+        if self.file.is_none() {
+            self.file = open(&self.path).ok();
+        }
+        if let Some(f) = self.file.as_mut() {
+            if f.write_all(bytes).is_err() {
+                self.file = None;
+            }
+        }
+    }
+
+    /// After kubelet renamed the file away: start a new one at the same path.
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.file = Some(open(&self.path)?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339_nano(UNIX_EPOCH), "1970-01-01T00:00:00.000000000Z");
+        let t = UNIX_EPOCH + Duration::new(1_795_000_000, 5);
+        assert_eq!(rfc3339_nano(t), "2026-11-18T11:06:40.000000005Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&rfc3339_nano(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn records() {
+        let r = record(UNIX_EPOCH, Stream::Stderr, false, b"abc");
+        assert_eq!(r, b"1970-01-01T00:00:00.000000000Z stderr P abc\n");
+    }
+
+    fn split(chunks: &[&[u8]]) -> Vec<(Vec<u8>, bool)> {
+        let mut s = Splitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            s.push(c, &mut |b, f| out.push((b.to_vec(), f)));
+        }
+        s.finish(&mut |b, f| out.push((b.to_vec(), f)));
+        out
+    }
+
+    #[test]
+    fn splits_lines_and_partials() {
+        assert_eq!(split(&[b"a\nb", b"c\n\n"]), vec![(b"a".to_vec(), true), (b"bc".to_vec(), true), (b"".to_vec(), true)]);
+        assert_eq!(split(&[b"tail"]), vec![(b"tail".to_vec(), true)]);
+        let long = vec![b'x'; MAX_LINE * 2 + 10];
+        let mut input = long.clone();
+        input.push(b'\n');
+        let out = split(&[&input[..100], &input[100..]]);
+        assert_eq!(out.len(), 3);
+        assert_eq!((out[0].0.len(), out[0].1), (MAX_LINE, false));
+        assert_eq!((out[1].0.len(), out[1].1), (MAX_LINE, false));
+        assert_eq!((out[2].0.len(), out[2].1), (10, true));
+        // exactly MAX_LINE then newline: one full record
+        let mut exact = vec![b'y'; MAX_LINE];
+        exact.push(b'\n');
+        assert_eq!(split(&[&exact]).len(), 1);
+    }
+
+    #[test]
+    fn reopen_after_rotation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut l = LogFile::open(&p).unwrap();
+        l.write(b"one\n");
+        std::fs::rename(&p, d.path().join("c.log.1")).unwrap();
+        l.write(b"two\n");
+        l.reopen().unwrap();
+        l.write(b"three\n");
+        assert_eq!(std::fs::read(d.path().join("c.log.1")).unwrap(), b"one\ntwo\n");
+        assert_eq!(std::fs::read(&p).unwrap(), b"three\n");
+    }
+}

@@ -1,0 +1,494 @@
+//! The long-lived shim: one thread, one poll loop. Pumps the container's stdout/stderr into the
+//! CRI log file, reaps every child (it is a child subreaper, so the container's init becomes its
+//! child once the short-lived creator exits), records the exit, and answers control requests on
+//! its unix socket. Container operations run in short-lived children (`engine.rs`).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use kelson_proto::shim::{self as msg, request::Kind};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::exit::Exit;
+use crate::log::{LogFile, Splitter, Stream, record};
+
+/// Largest request accepted on the control socket.
+const MAX_REQUEST: usize = 1 << 20;
+/// Largest exec output kept per stream when the request asks for more.
+pub const MAX_EXEC_OUTPUT: u64 = 16 << 20;
+/// How long a control client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct Config {
+    pub id: String,
+    pub root: PathBuf,
+    pub bundle: PathBuf,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
+}
+
+fn self_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+}
+
+struct ExecSession {
+    conn: UnixStream,
+    child: Child,
+    out: Option<OwnedFd>,
+    err: Option<OwnedFd>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    cap: usize,
+    deadline: Option<Instant>,
+    exit: Option<i32>,
+    timed_out: bool,
+    pid_file: PathBuf,
+}
+
+pub struct Shim {
+    cfg: Config,
+    log: LogFile,
+    init: i32,
+    status: msg::Status,
+    started_at: i64,
+    exit: Option<Exit>,
+    outputs: Vec<(Stream, OwnedFd, Splitter)>,
+    execs: Vec<ExecSession>,
+    reaped: HashMap<i32, i32>,
+    exec_seq: u64,
+}
+
+fn wait_code(s: WaitStatus) -> Option<(i32, i32)> {
+    match s {
+        WaitStatus::Exited(p, c) => Some((p.as_raw(), c)),
+        WaitStatus::Signaled(p, sig, _) => Some((p.as_raw(), 128 + sig as i32)),
+        _ => None,
+    }
+}
+
+/// Read what is available from a non-blocking fd; Ok(None) at EOF.
+fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+    match nix::unistd::read(fd.as_fd(), buf) {
+        Ok(0) => Ok(None),
+        Ok(n) => Ok(Some(n)),
+        Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => Ok(Some(0)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl Shim {
+    /// Create the container (through a creator child) and bind the control socket.
+    pub fn create(cfg: Config) -> Result<Shim, String> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
+        let log = LogFile::open(&cfg.log).map_err(|e| format!("opening log {}: {e}", cfg.log.display()))?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        nonblocking(&out_r).and(nonblocking(&err_r)).map_err(|e| format!("fcntl: {e}"))?;
+        let pid_file = cfg.dir.join("init.pid");
+        let err_file = cfg.dir.join("create.err");
+        let status = Command::new(self_exe())
+            .args(["create", "--id", &cfg.id])
+            .arg("--root")
+            .arg(&cfg.root)
+            .arg("--bundle")
+            .arg(&cfg.bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg("--error-file")
+            .arg(&err_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w))
+            .status()
+            .map_err(|e| format!("spawning creator: {e}"))?;
+        if !status.success() {
+            let why = std::fs::read_to_string(&err_file).unwrap_or_else(|_| format!("creator exited with {status}"));
+            return Err(why.trim().to_owned());
+        }
+        let init: i32 = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or("creator wrote no init pid")?;
+        Ok(Shim {
+            cfg,
+            log,
+            init,
+            status: msg::Status::Created,
+            started_at: 0,
+            exit: None,
+            outputs: vec![(Stream::Stdout, out_r, Splitter::default()), (Stream::Stderr, err_r, Splitter::default())],
+            execs: Vec::new(),
+            reaped: HashMap::new(),
+            exec_seq: 0,
+        })
+    }
+
+    pub fn init_pid(&self) -> i32 {
+        self.init
+    }
+
+    /// Bind the socket (root only: 0600, created under a temp name, renamed into place).
+    pub fn bind(&self) -> Result<UnixListener, String> {
+        let path = self.cfg.dir.join("shim.sock");
+        let tmp = self.cfg.dir.join(".shim.sock.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        let l = UnixListener::bind(&tmp).map_err(|e| format!("bind {}: {e}", tmp.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod: {e}"))?;
+        std::fs::rename(&tmp, &path).map_err(|e| format!("rename socket: {e}"))?;
+        l.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
+        Ok(l)
+    }
+
+    pub fn run(mut self, listener: UnixListener, sigfd: SignalFd) -> ! {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if self.exit.is_some() && self.outputs.is_empty() && self.execs.is_empty() {
+                let _ = std::fs::remove_file(self.cfg.dir.join("shim.sock"));
+                std::process::exit(0);
+            }
+            let timeout = self
+                .execs
+                .iter()
+                .filter_map(|e| e.deadline)
+                .min()
+                .map(|d| PollTimeout::try_from(d.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::NONE))
+                .unwrap_or(PollTimeout::NONE);
+            let (ready_listener, ready_sig, ready_out, ready_exec) = {
+                let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+                for (_, fd, _) in &self.outputs {
+                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                }
+                let mut exec_index = Vec::new();
+                for (i, e) in self.execs.iter().enumerate() {
+                    for fd in [&e.out, &e.err].into_iter().flatten() {
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                        exec_index.push((i, fd.as_raw_fd()));
+                    }
+                }
+                match poll(&mut fds, timeout) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        eprintln!("kelson-shim: poll: {e}");
+                        std::process::exit(1);
+                    }
+                }
+                let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
+                let n_out = self.outputs.len();
+                let ready_out: Vec<usize> = (0..n_out).filter(|i| hit(&fds[2 + i])).collect();
+                let ready_exec: Vec<(usize, i32)> = exec_index.iter().enumerate().filter(|(k, _)| hit(&fds[2 + n_out + k])).map(|(_, v)| *v).collect();
+                (hit(&fds[0]), hit(&fds[1]), ready_out, ready_exec)
+            };
+            if ready_sig {
+                while let Ok(Some(_)) = sigfd.read_signal() {}
+                self.reap();
+            }
+            for i in ready_out.into_iter().rev() {
+                self.pump(i, &mut buf);
+            }
+            for (i, raw) in ready_exec {
+                self.pump_exec(i, raw, &mut buf);
+            }
+            if ready_listener {
+                while let Ok((conn, _)) = listener.accept() {
+                    self.serve(conn);
+                }
+            }
+            self.finish_execs();
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(s) => {
+                    if let Some((pid, code)) = wait_code(s) {
+                        if pid == self.init {
+                            self.on_init_exit(code);
+                        } else {
+                            self.reaped.insert(pid, code);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_init_exit(&mut self, code: i32) {
+        let e = Exit { code, finished_at: now_ns(), started_at: self.started_at, oom_killed: code == 137 && self.oom_killed() };
+        if let Err(err) = e.write(&self.cfg.dir) {
+            eprintln!("kelson-shim: writing exit record: {err}");
+        }
+        self.exit = Some(e);
+        self.status = msg::Status::Exited;
+    }
+
+    /// Whether the kernel's OOM killer acted in the container's cgroup.
+    fn oom_killed(&self) -> bool {
+        let Some(cg) = crate::cgroup_path(&self.cfg.bundle) else { return false };
+        for f in [format!("/sys/fs/cgroup/memory/{cg}/memory.oom_control"), format!("/sys/fs/cgroup/{cg}/memory.events")] {
+            if let Ok(text) = std::fs::read_to_string(&f) {
+                return text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"));
+            }
+        }
+        false
+    }
+
+    fn pump(&mut self, i: usize, buf: &mut [u8]) {
+        let log = &mut self.log;
+        let (stream, fd, splitter) = &mut self.outputs[i];
+        let stream = *stream;
+        let mut emit = |content: &[u8], full: bool| log.write(&record(SystemTime::now(), stream, full, content));
+        loop {
+            match read_some(fd, buf) {
+                Ok(Some(0)) => return,
+                Ok(Some(n)) => splitter.push(&buf[..n], &mut emit),
+                Ok(None) | Err(_) => {
+                    splitter.finish(&mut emit);
+                    self.outputs.remove(i);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn pump_exec(&mut self, i: usize, raw: i32, buf: &mut [u8]) {
+        let Some(e) = self.execs.get_mut(i) else { return };
+        let is_out = e.out.as_ref().is_some_and(|f| f.as_raw_fd() == raw);
+        loop {
+            let slot = if is_out { &mut e.out } else { &mut e.err };
+            let Some(fd) = slot.as_ref() else { return };
+            match read_some(fd, buf) {
+                Ok(Some(0)) => return,
+                Ok(Some(n)) => {
+                    let sink = if is_out { &mut e.stdout } else { &mut e.stderr };
+                    let room = e.cap.saturating_sub(sink.len());
+                    sink.extend_from_slice(&buf[..n.min(room)]);
+                }
+                Ok(None) | Err(_) => {
+                    *slot = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Answer exec sessions whose process is done (or timed out).
+    fn finish_execs(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.execs.len() {
+            let e = &mut self.execs[i];
+            let pid = e.child.id() as i32;
+            if e.exit.is_none() {
+                if let Some(code) = self.reaped.remove(&pid) {
+                    e.exit = Some(code);
+                }
+            }
+            if e.exit.is_none() && !e.timed_out && e.deadline.is_some_and(|d| now >= d) {
+                e.timed_out = true;
+                if let Some(p) = std::fs::read_to_string(&e.pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                    let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+                }
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            let drained = e.out.is_none() && e.err.is_none();
+            if e.exit.is_some() && (drained || e.timed_out) {
+                let e = self.execs.remove(i);
+                let _ = std::fs::remove_file(&e.pid_file);
+                let result = msg::ExecResult { exit_code: e.exit.unwrap_or(-1), stdout: e.stdout, stderr: e.stderr, timed_out: e.timed_out };
+                respond(e.conn, msg::Response { exec: Some(result), ..Default::default() });
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    fn state(&self) -> msg::State {
+        let e = self.exit.unwrap_or_default();
+        msg::State {
+            status: self.status as i32,
+            pid: self.init as u32,
+            exit_code: e.code,
+            started_at: self.started_at,
+            finished_at: e.finished_at,
+            oom_killed: e.oom_killed,
+        }
+    }
+
+    fn serve(&mut self, mut conn: UnixStream) {
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
+        let req = match read_request(&mut conn) {
+            Ok(r) => r,
+            Err(e) => return respond(conn, error(e)),
+        };
+        let resp = match req.kind {
+            None => error("empty request".into()),
+            Some(Kind::State(_)) => msg::Response { state: Some(self.state()), ..Default::default() },
+            Some(Kind::Start(_)) => self.start(),
+            Some(Kind::Signal(s)) => self.signal(s),
+            Some(Kind::ReopenLog(_)) => match self.log.reopen() {
+                Ok(()) => msg::Response::default(),
+                Err(e) => error(format!("reopening log: {e}")),
+            },
+            Some(Kind::Exec(x)) => match self.exec(conn, x) {
+                Ok(()) => return,
+                Err((conn, e)) => return respond(conn, error(e)),
+            },
+            Some(Kind::Shutdown(_)) => {
+                respond(conn, msg::Response::default());
+                std::process::exit(0);
+            }
+        };
+        respond(conn, resp)
+    }
+
+    fn start(&mut self) -> msg::Response {
+        if self.status != msg::Status::Created {
+            return error(format!("container is {:?}, not created", self.status));
+        }
+        let out = Command::new(self_exe()).args(["start", "--id", &self.cfg.id]).arg("--root").arg(&self.cfg.root).stdin(Stdio::null()).stdout(Stdio::null()).output();
+        match out {
+            Ok(o) if o.status.success() => {
+                self.started_at = now_ns();
+                self.status = msg::Status::Running;
+                msg::Response { state: Some(self.state()), ..Default::default() }
+            }
+            Ok(o) => error(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
+            Err(e) => error(format!("spawning starter: {e}")),
+        }
+    }
+
+    fn signal(&mut self, s: msg::Signal) -> msg::Response {
+        let Ok(sig) = Signal::try_from(s.signal) else { return error(format!("bad signal {}", s.signal)) };
+        if self.exit.is_some() {
+            return msg::Response { state: Some(self.state()), ..Default::default() };
+        }
+        if s.all {
+            for pid in crate::cgroup_procs(&self.cfg.bundle) {
+                let _ = kill(Pid::from_raw(pid), sig);
+            }
+        }
+        match kill(Pid::from_raw(self.init), sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => msg::Response { state: Some(self.state()), ..Default::default() },
+            Err(e) => error(format!("kill: {e}")),
+        }
+    }
+
+    fn exec(&mut self, conn: UnixStream, x: msg::Exec) -> Result<(), (UnixStream, String)> {
+        if self.status != msg::Status::Running {
+            return Err((conn, "container is not running".into()));
+        }
+        if x.args.is_empty() {
+            return Err((conn, "exec needs a command".into()));
+        }
+        let pipes = || -> nix::Result<(OwnedFd, OwnedFd, OwnedFd, OwnedFd)> {
+            let (or, ow) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            let (er, ew) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+            nonblocking(&or)?;
+            nonblocking(&er)?;
+            Ok((or, ow, er, ew))
+        };
+        let (or, ow, er, ew) = match pipes() {
+            Ok(p) => p,
+            Err(e) => return Err((conn, format!("pipe: {e}"))),
+        };
+        self.exec_seq += 1;
+        let pid_file = self.cfg.dir.join(format!("exec-{}.pid", self.exec_seq));
+        let child = Command::new(self_exe())
+            .args(["exec", "--id", &self.cfg.id])
+            .arg("--root")
+            .arg(&self.cfg.root)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg("--")
+            .args(&x.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(ow))
+            .stderr(Stdio::from(ew))
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => return Err((conn, format!("spawning exec: {e}"))),
+        };
+        let cap = if x.max_output == 0 { MAX_EXEC_OUTPUT } else { x.max_output.min(MAX_EXEC_OUTPUT) } as usize;
+        self.execs.push(ExecSession {
+            conn,
+            child,
+            out: Some(or),
+            err: Some(er),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            cap,
+            deadline: (x.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(x.timeout_ms)),
+            exit: None,
+            timed_out: false,
+            pid_file,
+        });
+        Ok(())
+    }
+}
+
+fn error(e: String) -> msg::Response {
+    msg::Response { error: e, ..Default::default() }
+}
+
+fn read_request(conn: &mut UnixStream) -> Result<msg::Request, String> {
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(r) = kelson_proto::decode::<msg::Request>(&mut buf).map_err(|e| e.to_string())? {
+            return Ok(r);
+        }
+        if buf.len() > MAX_REQUEST {
+            return Err("request too large".into());
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) => return Err("connection closed before a whole request".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("reading request: {e}")),
+        }
+    }
+}
+
+fn respond(mut conn: UnixStream, r: msg::Response) {
+    let mut out = BytesMut::new();
+    if kelson_proto::encode(&r, &mut out).is_ok() {
+        let _ = conn.set_write_timeout(Some(REQUEST_TIMEOUT));
+        let _ = conn.write_all(&out);
+    }
+}
+
+/// Block SIGCHLD and return a signalfd for it (the loop reaps when it is readable).
+pub fn sigchld_fd() -> Result<SignalFd, String> {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.thread_block().map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {e}"))
+}
+
+pub fn shim_dir(p: &Path) -> PathBuf {
+    p.to_owned()
+}
