@@ -22,6 +22,8 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub cgroup_driver: CgroupDriver,
+    /// The kelson-shim binary; empty: next to kelsond, else on PATH.
+    pub shim_path: String,
     pub image: ImageConfig,
     pub registry: RegistryConfig,
 }
@@ -90,6 +92,7 @@ impl Default for Config {
             log_level: "info".to_owned(),
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
+            shim_path: String::new(),
             image: ImageConfig::default(),
             registry: RegistryConfig::default(),
         }

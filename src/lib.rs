@@ -3,10 +3,12 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod container;
 pub mod cri;
 pub mod dirs;
 pub mod ids;
 pub mod image;
 pub mod pod;
 pub mod server;
+pub mod shim;
 pub mod store;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kelson::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, Overrides};
+use kelson::container::ContainerService;
 use kelson::cri::Runtime;
 use kelson::dirs::Dirs;
 use kelson::image::ImageService;
@@ -190,7 +191,9 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             let pods = pods.clone();
             tokio::task::spawn_blocking(move || pods.recover()).await??;
         }
-        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods });
+        let shim = kelson::shim::locate(&cfg.shim_path);
+        let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim));
+        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers });
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {

@@ -126,11 +126,15 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
     );
     let err = c
         .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest::default())
+        .container_stats(cri::ContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
+    assert!(
+        err.message().contains("ContainerStats"),
+        "{}",
+        err.message()
+    );
     // The runtime reports not-ready, with the reason, when its root cannot be written: the
     // readiness probe file is made a directory, so the write fails even for root.
     let probe = d.root.join(".ready-probe");

@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 packaging/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The shim is a binary of another package: build every binary before the tests use them.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

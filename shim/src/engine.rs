@@ -18,8 +18,14 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 /// stdout and stderr are this process's (the shim passed its pipes); stdin is /dev/null.
 /// Writes the init's pid to `pid_file`.
 pub fn create(id: &str, root: &Path, bundle: &Path, pid_file: &Path) -> Result<(), String> {
-    let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| err("dup stdout", e))?;
-    let errfd = std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| err("dup stderr", e))?;
+    let out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err("dup stdout", e))?;
+    let errfd = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err("dup stderr", e))?;
     let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
     let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
@@ -45,8 +51,14 @@ pub fn start(id: &str, root: &Path) -> Result<(), String> {
 
 /// Run `args` inside the container and wait; returns its exit code. stdio as this process's.
 pub fn exec(id: &str, root: &Path, args: Vec<String>, pid_file: &Path) -> Result<i32, String> {
-    let out = std::io::stdout().as_fd().try_clone_to_owned().map_err(|e| err("dup stdout", e))?;
-    let errfd = std::io::stderr().as_fd().try_clone_to_owned().map_err(|e| err("dup stderr", e))?;
+    let out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err("dup stdout", e))?;
+    let errfd = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| err("dup stderr", e))?;
     let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
     let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)

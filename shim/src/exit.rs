@@ -39,9 +39,15 @@ mod tests {
     #[test]
     fn atomic_json() {
         let d = tempfile::tempdir().unwrap();
-        let e = Exit { code: 137, finished_at: 5, started_at: 2, oom_killed: true };
+        let e = Exit {
+            code: 137,
+            finished_at: 5,
+            started_at: 2,
+            oom_killed: true,
+        };
         e.write(d.path()).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join(EXIT_FILE)).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(d.path().join(EXIT_FILE)).unwrap()).unwrap();
         assert_eq!(v["exit_code"], 137);
         assert_eq!(v["oom_killed"], true);
         assert!(!d.path().join(".exit.json.tmp").exists());

@@ -47,7 +47,13 @@ pub fn rfc3339_nano(t: SystemTime) -> String {
     let secs = d.as_secs() as i64;
     let (y, mo, da) = civil_from_days(secs.div_euclid(86_400));
     let s = secs.rem_euclid(86_400);
-    format!("{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:09}Z", s / 3600, s % 3600 / 60, s % 60, d.subsec_nanos())
+    format!(
+        "{y:04}-{mo:02}-{da:02}T{:02}:{:02}:{:02}.{:09}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60,
+        d.subsec_nanos()
+    )
 }
 
 pub fn record(t: SystemTime, stream: Stream, full: bool, content: &[u8]) -> Vec<u8> {
@@ -115,7 +121,11 @@ pub struct LogFile {
 }
 
 fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).mode(0o640).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
 }
 
 impl LogFile {
@@ -123,7 +133,10 @@ impl LogFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        Ok(LogFile { path: path.to_owned(), file: Some(open(path)?) })
+        Ok(LogFile {
+            path: path.to_owned(),
+            file: Some(open(path)?),
+        })
     }
 
     /// Write one record. A failed write (full disk) drops the record, never the container: the
@@ -132,10 +145,10 @@ impl LogFile {
         if self.file.is_none() {
             self.file = open(&self.path).ok();
         }
-        if let Some(f) = self.file.as_mut() {
-            if f.write_all(bytes).is_err() {
-                self.file = None;
-            }
+        if let Some(f) = self.file.as_mut()
+            && f.write_all(bytes).is_err()
+        {
+            self.file = None;
         }
     }
 
@@ -178,7 +191,14 @@ mod tests {
 
     #[test]
     fn splits_lines_and_partials() {
-        assert_eq!(split(&[b"a\nb", b"c\n\n"]), vec![(b"a".to_vec(), true), (b"bc".to_vec(), true), (b"".to_vec(), true)]);
+        assert_eq!(
+            split(&[b"a\nb", b"c\n\n"]),
+            vec![
+                (b"a".to_vec(), true),
+                (b"bc".to_vec(), true),
+                (b"".to_vec(), true)
+            ]
+        );
         assert_eq!(split(&[b"tail"]), vec![(b"tail".to_vec(), true)]);
         let long = vec![b'x'; MAX_LINE * 2 + 10];
         let mut input = long.clone();
@@ -204,7 +224,10 @@ mod tests {
         l.write(b"two\n");
         l.reopen().unwrap();
         l.write(b"three\n");
-        assert_eq!(std::fs::read(d.path().join("c.log.1")).unwrap(), b"one\ntwo\n");
+        assert_eq!(
+            std::fs::read(d.path().join("c.log.1")).unwrap(),
+            b"one\ntwo\n"
+        );
         assert_eq!(std::fs::read(&p).unwrap(), b"three\n");
     }
 }

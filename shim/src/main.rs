@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn need(args: &[String], name: &str) -> Result<String, String> {
@@ -26,14 +28,26 @@ fn need(args: &[String], name: &str) -> Result<String, String> {
 
 /// The container's cgroup path from the bundle's config.json (`linux.cgroupsPath`).
 pub fn cgroup_path(bundle: &Path) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
-    Some(v["linux"]["cgroupsPath"].as_str()?.trim_start_matches('/').to_owned())
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    Some(
+        v["linux"]["cgroupsPath"]
+            .as_str()?
+            .trim_start_matches('/')
+            .to_owned(),
+    )
 }
 
 /// Every pid in the container's cgroup (v1 pids/memory hierarchy, or v2).
 pub fn cgroup_procs(bundle: &Path) -> Vec<i32> {
-    let Some(cg) = cgroup_path(bundle) else { return vec![] };
-    for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"] {
+    let Some(cg) = cgroup_path(bundle) else {
+        return vec![];
+    };
+    for base in [
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup",
+    ] {
         if let Ok(text) = std::fs::read_to_string(Path::new(base).join(&cg).join("cgroup.procs")) {
             return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
         }
@@ -50,20 +64,37 @@ fn main() -> ExitCode {
         "create" => {
             let r = (|| {
                 let id = need(&args, "--id")?;
-                engine::create(&id, Path::new(&need(&args, "--root")?), Path::new(&need(&args, "--bundle")?), Path::new(&need(&args, "--pid-file")?))
+                engine::create(
+                    &id,
+                    Path::new(&need(&args, "--root")?),
+                    Path::new(&need(&args, "--bundle")?),
+                    Path::new(&need(&args, "--pid-file")?),
+                )
             })();
             if let (Err(e), Some(f)) = (&r, arg(&args, "--error-file")) {
                 let _ = std::fs::write(f, e);
             }
             r
         }
-        "start" => need(&args, "--id").and_then(|id| engine::start(&id, Path::new(&need(&args, "--root")?))),
-        "delete" => need(&args, "--id").and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
+        "start" => need(&args, "--id")
+            .and_then(|id| engine::start(&id, Path::new(&need(&args, "--root")?))),
+        "delete" => need(&args, "--id")
+            .and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
         "exec" => {
             let r = (|| {
                 let id = need(&args, "--id")?;
-                let rest: Vec<String> = args.iter().skip_while(|a| *a != "--").skip(1).cloned().collect();
-                engine::exec(&id, Path::new(&need(&args, "--root")?), rest, Path::new(&need(&args, "--pid-file")?))
+                let rest: Vec<String> = args
+                    .iter()
+                    .skip_while(|a| *a != "--")
+                    .skip(1)
+                    .cloned()
+                    .collect();
+                engine::exec(
+                    &id,
+                    Path::new(&need(&args, "--root")?),
+                    rest,
+                    Path::new(&need(&args, "--pid-file")?),
+                )
             })();
             return match r {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
@@ -73,7 +104,10 @@ fn main() -> ExitCode {
                 }
             };
         }
-        _ => Err(format!("kelson-shim {}: usage: kelson-shim spawn|serve|create|start|exec|delete …", env!("CARGO_PKG_VERSION"))),
+        _ => Err(format!(
+            "kelson-shim {}: usage: kelson-shim spawn|serve|create|start|exec|delete …",
+            env!("CARGO_PKG_VERSION")
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -89,7 +123,8 @@ fn main() -> ExitCode {
 /// kelsond at once.
 fn spawn(args: &[String]) -> Result<(), String> {
     let dir = PathBuf::from(need(args, "--dir")?);
-    let errlog = std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
+    let errlog =
+        std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
     let mut child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .arg("serve")
         .args(&args[2..])
@@ -108,7 +143,11 @@ fn spawn(args: &[String]) -> Result<(), String> {
     }
     let _ = child.wait();
     let log = std::fs::read_to_string(dir.join("shim.log")).unwrap_or_default();
-    Err(if line.trim().is_empty() { log.trim().to_owned() } else { line.trim().to_owned() })
+    Err(if line.trim().is_empty() {
+        log.trim().to_owned()
+    } else {
+        line.trim().to_owned()
+    })
 }
 
 fn serve(args: &[String]) -> Result<(), String> {
@@ -118,6 +157,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         root: PathBuf::from(need(args, "--root")?),
         bundle: PathBuf::from(need(args, "--bundle")?),
         dir: server::shim_dir(Path::new(&need(args, "--dir")?)),
+        socket: PathBuf::from(need(args, "--socket")?),
         log: PathBuf::from(need(args, "--log")?),
     };
     let sigfd = server::sigchld_fd()?;
@@ -128,7 +168,19 @@ fn serve(args: &[String]) -> Result<(), String> {
             return Err(e);
         }
     };
-    let listener = shim.bind()?;
+    let listener = match shim.bind() {
+        Ok(l) => l,
+        Err(e) => {
+            // The container exists but cannot be controlled: take it down again.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(shim.init_pid()),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            let _ = engine::delete(&need(args, "--id")?, Path::new(&need(args, "--root")?));
+            println!("error: {e}");
+            return Err(e);
+        }
+    };
     println!("ready {}", shim.init_pid());
     shim.run(listener, sigfd)
 }

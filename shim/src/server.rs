@@ -36,11 +36,16 @@ pub struct Config {
     pub root: PathBuf,
     pub bundle: PathBuf,
     pub dir: PathBuf,
+    /// Control socket; kept short (unix socket paths are limited to 108 bytes).
+    pub socket: PathBuf,
     pub log: PathBuf,
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
@@ -100,11 +105,17 @@ fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
 impl Shim {
     /// Create the container (through a creator child) and bind the control socket.
     pub fn create(cfg: Config) -> Result<Shim, String> {
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("set child subreaper: {e}"))?;
-        let log = LogFile::open(&cfg.log).map_err(|e| format!("opening log {}: {e}", cfg.log.display()))?;
-        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        nonblocking(&out_r).and(nonblocking(&err_r)).map_err(|e| format!("fcntl: {e}"))?;
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| format!("set child subreaper: {e}"))?;
+        let log = LogFile::open(&cfg.log)
+            .map_err(|e| format!("opening log {}: {e}", cfg.log.display()))?;
+        let (out_r, out_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        nonblocking(&out_r)
+            .and(nonblocking(&err_r))
+            .map_err(|e| format!("fcntl: {e}"))?;
         let pid_file = cfg.dir.join("init.pid");
         let err_file = cfg.dir.join("create.err");
         let status = Command::new(self_exe())
@@ -123,7 +134,8 @@ impl Shim {
             .status()
             .map_err(|e| format!("spawning creator: {e}"))?;
         if !status.success() {
-            let why = std::fs::read_to_string(&err_file).unwrap_or_else(|_| format!("creator exited with {status}"));
+            let why = std::fs::read_to_string(&err_file)
+                .unwrap_or_else(|_| format!("creator exited with {status}"));
             return Err(why.trim().to_owned());
         }
         let init: i32 = std::fs::read_to_string(&pid_file)
@@ -137,7 +149,10 @@ impl Shim {
             status: msg::Status::Created,
             started_at: 0,
             exit: None,
-            outputs: vec![(Stream::Stdout, out_r, Splitter::default()), (Stream::Stderr, err_r, Splitter::default())],
+            outputs: vec![
+                (Stream::Stdout, out_r, Splitter::default()),
+                (Stream::Stderr, err_r, Splitter::default()),
+            ],
             execs: Vec::new(),
             reaped: HashMap::new(),
             exec_seq: 0,
@@ -150,13 +165,15 @@ impl Shim {
 
     /// Bind the socket (root only: 0600, created under a temp name, renamed into place).
     pub fn bind(&self) -> Result<UnixListener, String> {
-        let path = self.cfg.dir.join("shim.sock");
-        let tmp = self.cfg.dir.join(".shim.sock.tmp");
+        let path = self.cfg.socket.clone();
+        let tmp = path.with_extension("tmp");
         let _ = std::fs::remove_file(&tmp);
         let l = UnixListener::bind(&tmp).map_err(|e| format!("bind {}: {e}", tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod: {e}"))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("chmod: {e}"))?;
         std::fs::rename(&tmp, &path).map_err(|e| format!("rename socket: {e}"))?;
-        l.set_nonblocking(true).map_err(|e| format!("socket: {e}"))?;
+        l.set_nonblocking(true)
+            .map_err(|e| format!("socket: {e}"))?;
         Ok(l)
     }
 
@@ -164,7 +181,7 @@ impl Shim {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             if self.exit.is_some() && self.outputs.is_empty() && self.execs.is_empty() {
-                let _ = std::fs::remove_file(self.cfg.dir.join("shim.sock"));
+                let _ = std::fs::remove_file(&self.cfg.socket);
                 std::process::exit(0);
             }
             let timeout = self
@@ -172,10 +189,21 @@ impl Shim {
                 .iter()
                 .filter_map(|e| e.deadline)
                 .min()
-                .map(|d| PollTimeout::try_from(d.saturating_duration_since(Instant::now()).as_millis().min(60_000) as i32 + 1).unwrap_or(PollTimeout::NONE))
+                .map(|d| {
+                    PollTimeout::try_from(
+                        d.saturating_duration_since(Instant::now())
+                            .as_millis()
+                            .min(60_000) as i32
+                            + 1,
+                    )
+                    .unwrap_or(PollTimeout::NONE)
+                })
                 .unwrap_or(PollTimeout::NONE);
             let (ready_listener, ready_sig, ready_out, ready_exec) = {
-                let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN), PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+                let mut fds = vec![
+                    PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+                ];
                 for (_, fd, _) in &self.outputs {
                     fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
                 }
@@ -196,7 +224,12 @@ impl Shim {
                 let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
                 let n_out = self.outputs.len();
                 let ready_out: Vec<usize> = (0..n_out).filter(|i| hit(&fds[2 + i])).collect();
-                let ready_exec: Vec<(usize, i32)> = exec_index.iter().enumerate().filter(|(k, _)| hit(&fds[2 + n_out + k])).map(|(_, v)| *v).collect();
+                let ready_exec: Vec<(usize, i32)> = exec_index
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| hit(&fds[2 + n_out + k]))
+                    .map(|(_, v)| *v)
+                    .collect();
                 (hit(&fds[0]), hit(&fds[1]), ready_out, ready_exec)
             };
             if ready_sig {
@@ -236,7 +269,12 @@ impl Shim {
     }
 
     fn on_init_exit(&mut self, code: i32) {
-        let e = Exit { code, finished_at: now_ns(), started_at: self.started_at, oom_killed: code == 137 && self.oom_killed() };
+        let e = Exit {
+            code,
+            finished_at: now_ns(),
+            started_at: self.started_at,
+            oom_killed: code == 137 && self.oom_killed(),
+        };
         if let Err(err) = e.write(&self.cfg.dir) {
             eprintln!("kelson-shim: writing exit record: {err}");
         }
@@ -246,10 +284,17 @@ impl Shim {
 
     /// Whether the kernel's OOM killer acted in the container's cgroup.
     fn oom_killed(&self) -> bool {
-        let Some(cg) = crate::cgroup_path(&self.cfg.bundle) else { return false };
-        for f in [format!("/sys/fs/cgroup/memory/{cg}/memory.oom_control"), format!("/sys/fs/cgroup/{cg}/memory.events")] {
+        let Some(cg) = crate::cgroup_path(&self.cfg.bundle) else {
+            return false;
+        };
+        for f in [
+            format!("/sys/fs/cgroup/memory/{cg}/memory.oom_control"),
+            format!("/sys/fs/cgroup/{cg}/memory.events"),
+        ] {
             if let Ok(text) = std::fs::read_to_string(&f) {
-                return text.lines().any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"));
+                return text
+                    .lines()
+                    .any(|l| l.strip_prefix("oom_kill ").is_some_and(|n| n.trim() != "0"));
             }
         }
         false
@@ -259,7 +304,9 @@ impl Shim {
         let log = &mut self.log;
         let (stream, fd, splitter) = &mut self.outputs[i];
         let stream = *stream;
-        let mut emit = |content: &[u8], full: bool| log.write(&record(SystemTime::now(), stream, full, content));
+        let mut emit = |content: &[u8], full: bool| {
+            log.write(&record(SystemTime::now(), stream, full, content))
+        };
         loop {
             match read_some(fd, buf) {
                 Ok(Some(0)) => return,
@@ -274,7 +321,9 @@ impl Shim {
     }
 
     fn pump_exec(&mut self, i: usize, raw: i32, buf: &mut [u8]) {
-        let Some(e) = self.execs.get_mut(i) else { return };
+        let Some(e) = self.execs.get_mut(i) else {
+            return;
+        };
         let is_out = e.out.as_ref().is_some_and(|f| f.as_raw_fd() == raw);
         loop {
             let slot = if is_out { &mut e.out } else { &mut e.err };
@@ -301,14 +350,17 @@ impl Shim {
         while i < self.execs.len() {
             let e = &mut self.execs[i];
             let pid = e.child.id() as i32;
-            if e.exit.is_none() {
-                if let Some(code) = self.reaped.remove(&pid) {
-                    e.exit = Some(code);
-                }
+            if e.exit.is_none()
+                && let Some(code) = self.reaped.remove(&pid)
+            {
+                e.exit = Some(code);
             }
             if e.exit.is_none() && !e.timed_out && e.deadline.is_some_and(|d| now >= d) {
                 e.timed_out = true;
-                if let Some(p) = std::fs::read_to_string(&e.pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()) {
+                if let Some(p) = std::fs::read_to_string(&e.pid_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
                     let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
                 }
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
@@ -317,8 +369,19 @@ impl Shim {
             if e.exit.is_some() && (drained || e.timed_out) {
                 let e = self.execs.remove(i);
                 let _ = std::fs::remove_file(&e.pid_file);
-                let result = msg::ExecResult { exit_code: e.exit.unwrap_or(-1), stdout: e.stdout, stderr: e.stderr, timed_out: e.timed_out };
-                respond(e.conn, msg::Response { exec: Some(result), ..Default::default() });
+                let result = msg::ExecResult {
+                    exit_code: e.exit.unwrap_or(-1),
+                    stdout: e.stdout,
+                    stderr: e.stderr,
+                    timed_out: e.timed_out,
+                };
+                respond(
+                    e.conn,
+                    msg::Response {
+                        exec: Some(result),
+                        ..Default::default()
+                    },
+                );
                 continue;
             }
             i += 1;
@@ -346,7 +409,10 @@ impl Shim {
         };
         let resp = match req.kind {
             None => error("empty request".into()),
-            Some(Kind::State(_)) => msg::Response { state: Some(self.state()), ..Default::default() },
+            Some(Kind::State(_)) => msg::Response {
+                state: Some(self.state()),
+                ..Default::default()
+            },
             Some(Kind::Start(_)) => self.start(),
             Some(Kind::Signal(s)) => self.signal(s),
             Some(Kind::ReopenLog(_)) => match self.log.reopen() {
@@ -369,12 +435,21 @@ impl Shim {
         if self.status != msg::Status::Created {
             return error(format!("container is {:?}, not created", self.status));
         }
-        let out = Command::new(self_exe()).args(["start", "--id", &self.cfg.id]).arg("--root").arg(&self.cfg.root).stdin(Stdio::null()).stdout(Stdio::null()).output();
+        let out = Command::new(self_exe())
+            .args(["start", "--id", &self.cfg.id])
+            .arg("--root")
+            .arg(&self.cfg.root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .output();
         match out {
             Ok(o) if o.status.success() => {
                 self.started_at = now_ns();
                 self.status = msg::Status::Running;
-                msg::Response { state: Some(self.state()), ..Default::default() }
+                msg::Response {
+                    state: Some(self.state()),
+                    ..Default::default()
+                }
             }
             Ok(o) => error(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
             Err(e) => error(format!("spawning starter: {e}")),
@@ -382,9 +457,14 @@ impl Shim {
     }
 
     fn signal(&mut self, s: msg::Signal) -> msg::Response {
-        let Ok(sig) = Signal::try_from(s.signal) else { return error(format!("bad signal {}", s.signal)) };
+        let Ok(sig) = Signal::try_from(s.signal) else {
+            return error(format!("bad signal {}", s.signal));
+        };
         if self.exit.is_some() {
-            return msg::Response { state: Some(self.state()), ..Default::default() };
+            return msg::Response {
+                state: Some(self.state()),
+                ..Default::default()
+            };
         }
         if s.all {
             for pid in crate::cgroup_procs(&self.cfg.bundle) {
@@ -392,7 +472,10 @@ impl Shim {
             }
         }
         match kill(Pid::from_raw(self.init), sig) {
-            Ok(()) | Err(nix::errno::Errno::ESRCH) => msg::Response { state: Some(self.state()), ..Default::default() },
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => msg::Response {
+                state: Some(self.state()),
+                ..Default::default()
+            },
             Err(e) => error(format!("kill: {e}")),
         }
     }
@@ -433,7 +516,11 @@ impl Shim {
             Ok(c) => c,
             Err(e) => return Err((conn, format!("spawning exec: {e}"))),
         };
-        let cap = if x.max_output == 0 { MAX_EXEC_OUTPUT } else { x.max_output.min(MAX_EXEC_OUTPUT) } as usize;
+        let cap = if x.max_output == 0 {
+            MAX_EXEC_OUTPUT
+        } else {
+            x.max_output.min(MAX_EXEC_OUTPUT)
+        } as usize;
         self.execs.push(ExecSession {
             conn,
             child,
@@ -442,7 +529,8 @@ impl Shim {
             stdout: Vec::new(),
             stderr: Vec::new(),
             cap,
-            deadline: (x.timeout_ms > 0).then(|| Instant::now() + Duration::from_millis(x.timeout_ms)),
+            deadline: (x.timeout_ms > 0)
+                .then(|| Instant::now() + Duration::from_millis(x.timeout_ms)),
             exit: None,
             timed_out: false,
             pid_file,
@@ -452,14 +540,19 @@ impl Shim {
 }
 
 fn error(e: String) -> msg::Response {
-    msg::Response { error: e, ..Default::default() }
+    msg::Response {
+        error: e,
+        ..Default::default()
+    }
 }
 
 fn read_request(conn: &mut UnixStream) -> Result<msg::Request, String> {
     let mut buf = BytesMut::new();
     let mut chunk = [0u8; 8192];
     loop {
-        if let Some(r) = kelson_proto::decode::<msg::Request>(&mut buf).map_err(|e| e.to_string())? {
+        if let Some(r) =
+            kelson_proto::decode::<msg::Request>(&mut buf).map_err(|e| e.to_string())?
+        {
             return Ok(r);
         }
         if buf.len() > MAX_REQUEST {
@@ -485,8 +578,10 @@ fn respond(mut conn: UnixStream, r: msg::Response) {
 pub fn sigchld_fd() -> Result<SignalFd, String> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
-    mask.thread_block().map_err(|e| format!("blocking SIGCHLD: {e}"))?;
-    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {e}"))
+    mask.thread_block()
+        .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
+    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))
 }
 
 pub fn shim_dir(p: &Path) -> PathBuf {

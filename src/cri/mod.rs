@@ -1,6 +1,7 @@
 //! The gRPC edge: CRI v1 RuntimeService and ImageService on tonic. Validates requests, calls the
 //! domain services, converts results; the only place errors become `tonic::Status`.
 
+pub mod container;
 pub mod image;
 pub mod pod;
 pub mod runtime;
@@ -9,6 +10,7 @@ pub mod status;
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::container::ContainerService;
 use crate::image::ImageService;
 use crate::pod::PodService;
 
@@ -25,6 +27,7 @@ pub struct Runtime {
     pub config: Config,
     pub images: Arc<ImageService>,
     pub pods: Arc<PodService>,
+    pub containers: Arc<ContainerService>,
 }
 
 pub type Shared = Arc<Runtime>;

@@ -127,6 +127,12 @@ pub async fn run(
 
 pub async fn stop(rt: &Shared, id: String) -> Result<cri::StopPodSandboxResponse, Status> {
     tracing::Span::current().record("pod", id.as_str());
+    if let Ok(pod) = rt.pods.find(&id) {
+        // CRI: running containers of a stopped sandbox are forcibly terminated.
+        for c in rt.containers.of_pod(&pod.id)? {
+            rt.containers.stop(&c.id, std::time::Duration::ZERO).await?;
+        }
+    }
     let pods = rt.pods.clone();
     blocking(move || pods.stop(&id)).await?;
     Ok(cri::StopPodSandboxResponse {})
@@ -134,6 +140,11 @@ pub async fn stop(rt: &Shared, id: String) -> Result<cri::StopPodSandboxResponse
 
 pub async fn remove(rt: &Shared, id: String) -> Result<cri::RemovePodSandboxResponse, Status> {
     tracing::Span::current().record("pod", id.as_str());
+    if let Ok(pod) = rt.pods.find(&id) {
+        for c in rt.containers.of_pod(&pod.id)? {
+            rt.containers.remove(&c.id).await?;
+        }
+    }
     let pods = rt.pods.clone();
     blocking(move || pods.remove(&id)).await?;
     Ok(cri::RemovePodSandboxResponse {})

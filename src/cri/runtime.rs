@@ -8,9 +8,9 @@ use futures::Stream;
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
-use super::pod;
 use super::status::unimplemented;
 use super::{CRI_API_VERSION, KUBE_API_VERSION, RUNTIME_NAME, RUNTIME_VERSION, Shared};
+use super::{container, pod};
 use crate::config::CgroupDriver;
 
 pub struct RuntimeApi(pub Shared);
@@ -174,39 +174,51 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     }
     async fn create_container(
         &self,
-        _req: Request<cri::CreateContainerRequest>,
+        req: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
+        container::create(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn start_container(
         &self,
-        _req: Request<cri::StartContainerRequest>,
+        req: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
+        container::start(&self.0, req.into_inner().container_id)
+            .await
+            .map(Response::new)
     }
     async fn stop_container(
         &self,
-        _req: Request<cri::StopContainerRequest>,
+        req: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
+        container::stop(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn remove_container(
         &self,
-        _req: Request<cri::RemoveContainerRequest>,
+        req: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
+        container::remove(&self.0, req.into_inner().container_id)
+            .await
+            .map(Response::new)
     }
     async fn list_containers(
         &self,
-        _req: Request<cri::ListContainersRequest>,
+        req: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
+        container::list(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn container_status(
         &self,
-        _req: Request<cri::ContainerStatusRequest>,
+        req: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
+        container::status(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn update_container_resources(
         &self,
@@ -216,15 +228,19 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     }
     async fn reopen_container_log(
         &self,
-        _req: Request<cri::ReopenContainerLogRequest>,
+        req: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+        container::reopen_log(&self.0, req.into_inner().container_id)
+            .await
+            .map(Response::new)
     }
     async fn exec_sync(
         &self,
-        _req: Request<cri::ExecSyncRequest>,
+        req: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+        container::exec_sync(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn exec(
         &self,

@@ -239,6 +239,12 @@ impl ImageService {
                 used.extend(r.blobs.iter().cloned());
                 used.extend(r.layers.iter().map(|l| l.diff_id.clone()));
             }
+            // A container keeps its image's layers (its rootfs stacks them) and config, even
+            // after the image itself was removed.
+            for c in self.store.list::<crate::store::ContainerRecord>()? {
+                used.insert(c.image_id.clone());
+                used.extend(c.layers.iter().cloned());
+            }
             let keep = |d: &Digest| used.contains(d.as_str()) || leases.held.contains_key(d);
             for d in self.snapshots.list() {
                 if !keep(&d) {

@@ -131,12 +131,12 @@ impl PodService {
         if id.len() == ids::ID_LEN {
             return self
                 .store
-                .pod(id)?
+                .get::<PodRecord>(id)?
                 .ok_or_else(|| PodError::NotFound(id.to_owned()));
         }
         let mut hits = self
             .store
-            .pods()?
+            .list::<PodRecord>()?
             .into_iter()
             .filter(|p| p.id.starts_with(id));
         match (hits.next(), hits.next()) {
@@ -147,7 +147,7 @@ impl PodService {
     }
 
     pub fn list(&self) -> Result<Vec<PodRecord>, PodError> {
-        Ok(self.store.pods()?)
+        Ok(self.store.list::<PodRecord>()?)
     }
 
     pub fn run(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<PodRecord, PodError> {
@@ -211,13 +211,13 @@ impl PodService {
             ..Default::default()
         };
         // Reserve the name first: a duplicate fails before anything is made.
-        self.store.create_pod(&rec)?;
+        self.store.create(&rec)?;
         let mut undo = Cleanup(Vec::new());
         {
             let store = self.store.clone();
             let id = id.clone();
             undo.push(move || {
-                let _ = store.remove_pod(&id);
+                let _ = store.remove::<PodRecord>(&id);
             });
         }
         let io = |path: &PathBuf| {
@@ -295,7 +295,7 @@ impl PodService {
         rec.netns = path(&req.net);
         rec.ipcns = path(&req.ipc);
         rec.utsns = path(&req.uts);
-        self.store.update_pod(&rec)?;
+        self.store.update(&rec)?;
         undo.disarm();
         tracing::info!(pod = %rec.id, name = %rec.name_key, "pod sandbox ready");
         Ok(rec)
@@ -318,7 +318,7 @@ impl PodService {
         }
         if rec.state != PodState::NotReady {
             rec.state = PodState::NotReady;
-            self.store.update_pod(&rec)?;
+            self.store.update(&rec)?;
             tracing::info!(pod = %rec.id, "pod sandbox stopped");
         }
         Ok(())
@@ -345,7 +345,7 @@ impl PodService {
             }
             _ => {}
         }
-        self.store.remove_pod(&rec.id)?;
+        self.store.remove::<PodRecord>(&rec.id)?;
         tracing::info!(pod = %rec.id, "pod sandbox removed");
         Ok(())
     }
@@ -353,7 +353,7 @@ impl PodService {
     /// Start-up: a Ready pod whose namespaces are gone (reboot, someone unmounted them) is
     /// reported NotReady rather than trusted.
     pub fn recover(&self) -> Result<(), PodError> {
-        for mut rec in self.store.pods()? {
+        for mut rec in self.store.list::<PodRecord>()? {
             let alive = [&rec.netns, &rec.ipcns, &rec.utsns]
                 .iter()
                 .filter(|p| !p.is_empty())
@@ -361,7 +361,7 @@ impl PodService {
             if rec.state == PodState::Ready && !alive {
                 tracing::warn!(pod = %rec.id, "pod namespaces are gone; marking the sandbox not ready");
                 rec.state = PodState::NotReady;
-                self.store.update_pod(&rec)?;
+                self.store.update(&rec)?;
             }
         }
         Ok(())

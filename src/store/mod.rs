@@ -9,12 +9,14 @@ use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition};
 
-pub use records::{ImageRecord, LayerRecord, PodRecord, PodState};
+pub use records::{ContainerRecord, ExitInfo, ImageRecord, LayerRecord, PodRecord, PodState};
 
 const IMAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("images");
 const NAMES: TableDefinition<&str, &str> = TableDefinition::new("image_names");
 const PODS: TableDefinition<&str, &[u8]> = TableDefinition::new("pods");
 const POD_NAMES: TableDefinition<&str, &str> = TableDefinition::new("pod_names");
+const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const CONTAINER_NAMES: TableDefinition<&str, &str> = TableDefinition::new("container_names");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -50,6 +52,9 @@ impl Store {
         tx.open_table(NAMES).map_err(db_err("open table"))?;
         tx.open_table(PODS).map_err(db_err("open table"))?;
         tx.open_table(POD_NAMES).map_err(db_err("open table"))?;
+        tx.open_table(CONTAINERS).map_err(db_err("open table"))?;
+        tx.open_table(CONTAINER_NAMES)
+            .map_err(db_err("open table"))?;
         tx.commit().map_err(db_err("commit"))?;
         Ok(Store { db })
     }
@@ -183,10 +188,42 @@ impl Store {
     }
 }
 
+type Json = TableDefinition<'static, &'static str, &'static [u8]>;
+
+/// Records kept under a reserved, unique name (pods, containers).
+pub trait Named: serde::Serialize + serde::de::DeserializeOwned {
+    const TABLE: Json;
+    const NAMES: TableDefinition<'static, &'static str, &'static str>;
+    fn id(&self) -> &str;
+    fn name_key(&self) -> &str;
+}
+
+impl Named for PodRecord {
+    const TABLE: Json = PODS;
+    const NAMES: TableDefinition<'static, &'static str, &'static str> = POD_NAMES;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name_key(&self) -> &str {
+        &self.name_key
+    }
+}
+
+impl Named for ContainerRecord {
+    const TABLE: Json = CONTAINERS;
+    const NAMES: TableDefinition<'static, &'static str, &'static str> = CONTAINER_NAMES;
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn name_key(&self) -> &str {
+        &self.name_key
+    }
+}
+
 impl Store {
-    pub fn pods(&self) -> Result<Vec<PodRecord>, StoreError> {
+    pub fn list<T: Named>(&self) -> Result<Vec<T>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("begin read"))?;
-        let t = tx.open_table(PODS).map_err(db_err("open table"))?;
+        let t = tx.open_table(T::TABLE).map_err(db_err("open table"))?;
         let mut out = Vec::new();
         for row in t.iter().map_err(db_err("iterate"))? {
             let (k, v) = row.map_err(db_err("read"))?;
@@ -195,70 +232,68 @@ impl Store {
         Ok(out)
     }
 
-    pub fn pod(&self, id: &str) -> Result<Option<PodRecord>, StoreError> {
+    pub fn get<T: Named>(&self, id: &str) -> Result<Option<T>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("begin read"))?;
-        let t = tx.open_table(PODS).map_err(db_err("open table"))?;
+        let t = tx.open_table(T::TABLE).map_err(db_err("open table"))?;
         match t.get(id).map_err(db_err("read"))? {
             Some(v) => Ok(Some(decode(id, v.value())?)),
             None => Ok(None),
         }
     }
 
-    /// Insert a new pod, reserving its name; fails with `NameTaken` if another pod holds it.
-    pub fn create_pod(&self, rec: &PodRecord) -> Result<(), StoreError> {
+    /// Insert a new record, reserving its name; `NameTaken` if another record holds it.
+    pub fn create<T: Named>(&self, rec: &T) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err("begin"))?;
         {
-            let mut names = tx.open_table(POD_NAMES).map_err(db_err("open table"))?;
+            let mut names = tx.open_table(T::NAMES).map_err(db_err("open table"))?;
             let owner = names
-                .get(rec.name_key.as_str())
+                .get(rec.name_key())
                 .map_err(db_err("read"))?
                 .map(|v| v.value().to_owned());
             if let Some(owner) = owner {
                 return Err(StoreError::NameTaken {
-                    name: rec.name_key.clone(),
+                    name: rec.name_key().to_owned(),
                     owner,
                 });
             }
             names
-                .insert(rec.name_key.as_str(), rec.id.as_str())
+                .insert(rec.name_key(), rec.id())
                 .map_err(db_err("write"))?;
-            let mut pods = tx.open_table(PODS).map_err(db_err("open table"))?;
-            pods.insert(rec.id.as_str(), encode(&rec.id, rec)?.as_slice())
-                .map_err(db_err("write"))?;
-        }
-        tx.commit().map_err(db_err("commit"))
-    }
-
-    pub fn update_pod(&self, rec: &PodRecord) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin"))?;
-        {
-            let mut pods = tx.open_table(PODS).map_err(db_err("open table"))?;
-            pods.insert(rec.id.as_str(), encode(&rec.id, rec)?.as_slice())
+            let mut t = tx.open_table(T::TABLE).map_err(db_err("open table"))?;
+            t.insert(rec.id(), encode(rec.id(), rec)?.as_slice())
                 .map_err(db_err("write"))?;
         }
         tx.commit().map_err(db_err("commit"))
     }
 
-    /// Remove the pod and release its name. Removing what is not there is not an error.
-    pub fn remove_pod(&self, id: &str) -> Result<(), StoreError> {
+    pub fn update<T: Named>(&self, rec: &T) -> Result<(), StoreError> {
         let tx = self.db.begin_write().map_err(db_err("begin"))?;
         {
-            let mut pods = tx.open_table(PODS).map_err(db_err("open table"))?;
-            let old = pods
+            let mut t = tx.open_table(T::TABLE).map_err(db_err("open table"))?;
+            t.insert(rec.id(), encode(rec.id(), rec)?.as_slice())
+                .map_err(db_err("write"))?;
+        }
+        tx.commit().map_err(db_err("commit"))
+    }
+
+    /// Remove the record and release its name. Removing what is not there is not an error.
+    pub fn remove<T: Named>(&self, id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        {
+            let mut t = tx.open_table(T::TABLE).map_err(db_err("open table"))?;
+            let old = t
                 .remove(id)
                 .map_err(db_err("write"))?
                 .map(|v| v.value().to_vec());
             if let Some(old) = old {
-                let rec: PodRecord = decode(id, &old)?;
-                let mut names = tx.open_table(POD_NAMES).map_err(db_err("open table"))?;
+                let rec: T = decode(id, &old)?;
+                let mut names = tx.open_table(T::NAMES).map_err(db_err("open table"))?;
                 let owner = names
-                    .get(rec.name_key.as_str())
+                    .get(rec.name_key())
                     .map_err(db_err("read"))?
                     .map(|v| v.value().to_owned());
                 if owner.as_deref() == Some(id) {
-                    names
-                        .remove(rec.name_key.as_str())
-                        .map_err(db_err("write"))?;
+                    names.remove(rec.name_key()).map_err(db_err("write"))?;
                 }
             }
         }

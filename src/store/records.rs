@@ -68,3 +68,38 @@ pub struct PodRecord {
     pub cgroup: String,
     pub cgroup_created: bool,
 }
+
+/// A container as kelson keeps it. Its run state lives with its shim (socket, exit record);
+/// the record holds what was asked and what was made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ContainerRecord {
+    pub id: String,
+    pub pod_id: String,
+    /// `podid_name_attempt`: at most one container holds it.
+    pub name_key: String,
+    /// Unix nanoseconds.
+    pub created_at: i64,
+    /// The CRI `ContainerConfig` as received (JSON).
+    pub config: serde_json::Value,
+    /// The image as the request named it, and the image id it resolved to.
+    pub image: String,
+    pub image_id: String,
+    pub log_path: String,
+    /// Dirs: persistent (upper, work, rootfs mount) and runtime (bundle, shim socket, exit record).
+    pub root_dir: String,
+    pub state_dir: String,
+    pub started_at: i64,
+    /// Diff ids of the image layers the rootfs stacks (kept from collection while it exists).
+    pub layers: Vec<String>,
+    /// Set once the container's exit has been folded in from the shim.
+    pub exit: Option<ExitInfo>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    pub exit_code: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub oom_killed: bool,
+}

@@ -56,6 +56,13 @@ impl Daemon {
     }
 
     fn spawn(&mut self) -> anyhow::Result<()> {
+        let shim = self.bin.with_file_name("kelson-shim");
+        if !shim.exists() {
+            bail!(
+                "{} is missing: run `cargo build --workspace --bins` first",
+                shim.display()
+            );
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

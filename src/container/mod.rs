@@ -1,0 +1,756 @@
+//! Container lifecycle: create (overlay rootfs, OCI spec, a shim that creates the container),
+//! start, stop (STOPSIGNAL or SIGTERM, then SIGKILL at the timeout), remove, status, list,
+//! ExecSync and log reopening. Run state comes from the shim (or its exit record when the shim
+//! is gone), never from a cached guess. Every multi-step create unwinds on failure.
+
+pub mod rootfs;
+pub mod spec;
+pub mod user;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use k8s_cri::v1 as cri;
+
+use crate::dirs::Dirs;
+use crate::ids::{self, IdError};
+use crate::image::ImageService;
+use crate::image::digest::Digest;
+use crate::pod::PodService;
+use crate::shim::{self, Client, ShimError, msg};
+use crate::store::{ContainerRecord, ExitInfo, PodRecord, PodState, Store, StoreError};
+
+/// Exit code reported when a container's shim vanished without recording an exit.
+pub const EXIT_UNKNOWN: i32 = 255;
+/// Grace after SIGKILL before a stop reports failure.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+/// Longest log path kelson accepts from kubelet.
+const MAX_LOG_PATH: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Id(#[from] IdError),
+    #[error("container {0} not found")]
+    NotFound(String),
+    #[error("container id prefix {0} is ambiguous")]
+    Ambiguous(String),
+    #[error("pod sandbox {0} not found")]
+    PodNotFound(String),
+    #[error("pod sandbox {0} is not ready")]
+    PodNotReady(String),
+    #[error("image {0:?} not found: pull it first")]
+    ImageNotFound(String),
+    #[error("a container named {name} already exists ({owner})")]
+    NameTaken { name: String, owner: String },
+    #[error("container {id} is {state}, cannot {op}")]
+    WrongState {
+        id: String,
+        state: &'static str,
+        op: &'static str,
+    },
+    #[error(transparent)]
+    Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    User(#[from] user::UserError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Shim(#[from] ShimError),
+    #[error("container files {path}: {reason}")]
+    Io { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ContainerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NameTaken { name, owner } => ContainerError::NameTaken { name, owner },
+            e => ContainerError::Store(e),
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    Created,
+    Running,
+    Exited,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Created => "created",
+            RunState::Running => "running",
+            RunState::Exited => "exited",
+        }
+    }
+}
+
+/// A container with its live state.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub rec: ContainerRecord,
+    pub state: RunState,
+    pub pid: u32,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+}
+
+pub struct ContainerService {
+    store: Arc<Store>,
+    images: Arc<ImageService>,
+    pods: Arc<PodService>,
+    dirs: Dirs,
+    shim_binary: PathBuf,
+}
+
+/// Undo stack for create (run in reverse unless disarmed).
+struct Cleanup(Vec<Box<dyn FnOnce() + Send>>);
+impl Cleanup {
+    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.0.push(Box::new(f));
+    }
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        while let Some(f) = self.0.pop() {
+            f();
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
+    let path = path.to_owned();
+    move |e| ContainerError::Io {
+        path,
+        reason: e.to_string(),
+    }
+}
+
+/// A log path from kubelet: relative, no `..`, under the pod's log directory.
+fn log_path(pod_log_dir: &str, rel: &str) -> Result<Option<PathBuf>, ContainerError> {
+    if pod_log_dir.is_empty() || rel.is_empty() {
+        return Ok(None);
+    }
+    let bad = |what: &str, p: &str| {
+        ContainerError::Invalid(format!(
+            "{what} {:?} must be a clean path without ..",
+            p.chars().take(120).collect::<String>()
+        ))
+    };
+    if !pod_log_dir.starts_with('/')
+        || pod_log_dir.split('/').any(|c| c == "..")
+        || pod_log_dir.len() > MAX_LOG_PATH
+    {
+        return Err(bad("log_directory", pod_log_dir));
+    }
+    if rel.starts_with('/')
+        || rel.split('/').any(|c| c == ".." || c.is_empty())
+        || rel.len() > MAX_LOG_PATH
+    {
+        return Err(bad("log_path", rel));
+    }
+    Ok(Some(Path::new(pod_log_dir).join(rel)))
+}
+
+/// The image's STOPSIGNAL ("SIGQUIT", "QUIT" or a number), SIGTERM when absent or unknown.
+pub fn stop_signal(image_config: &serde_json::Value) -> i32 {
+    let s = image_config["config"]["StopSignal"]
+        .as_str()
+        .unwrap_or("")
+        .trim();
+    if let Ok(n) = s.parse::<i32>() {
+        if nix::sys::signal::Signal::try_from(n).is_ok() {
+            return n;
+        }
+    }
+    let name = if s.starts_with("SIG") {
+        s.to_owned()
+    } else {
+        format!("SIG{s}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .unwrap_or(nix::libc::SIGTERM)
+}
+
+impl ContainerService {
+    pub fn new(
+        store: Arc<Store>,
+        images: Arc<ImageService>,
+        pods: Arc<PodService>,
+        dirs: Dirs,
+        shim_binary: PathBuf,
+    ) -> ContainerService {
+        ContainerService {
+            store,
+            images,
+            pods,
+            dirs,
+            shim_binary,
+        }
+    }
+
+    fn root_dir(&self, id: &str) -> PathBuf {
+        self.dirs.root.join("containers").join(id)
+    }
+    fn state_dir(&self, id: &str) -> PathBuf {
+        self.dirs.state.join("containers").join(id)
+    }
+    /// The shim's control socket: short, because unix socket paths are limited to 108 bytes.
+    fn socket(&self, id: &str) -> PathBuf {
+        self.dirs
+            .state
+            .join("s")
+            .join(format!("{}.sock", &id[..id.len().min(32)]))
+    }
+
+    /// libcontainer's state root, shared by all containers.
+    fn engine_root(&self) -> PathBuf {
+        self.dirs.state.join("engine")
+    }
+
+    pub fn find(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
+        let id = ids::validate(id)?;
+        if id.len() == ids::ID_LEN {
+            return self
+                .store
+                .get::<ContainerRecord>(id)?
+                .ok_or_else(|| ContainerError::NotFound(id.to_owned()));
+        }
+        let mut hits = self
+            .store
+            .list::<ContainerRecord>()?
+            .into_iter()
+            .filter(|c| c.id.starts_with(id));
+        match (hits.next(), hits.next()) {
+            (Some(c), None) => Ok(c),
+            (None, _) => Err(ContainerError::NotFound(id.to_owned())),
+            _ => Err(ContainerError::Ambiguous(id.to_owned())),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        pod_id: &str,
+        config: cri::ContainerConfig,
+    ) -> Result<String, ContainerError> {
+        let pod: PodRecord = self.pods.find(pod_id).map_err(|e| match e {
+            crate::pod::PodError::NotFound(id) => ContainerError::PodNotFound(id),
+            other => ContainerError::Invalid(other.to_string()),
+        })?;
+        if pod.state != PodState::Ready {
+            return Err(ContainerError::PodNotReady(pod.id));
+        }
+        let meta = config.metadata.clone().ok_or_else(|| {
+            ContainerError::Invalid("container config: metadata is required".into())
+        })?;
+        if meta.name.is_empty()
+            || meta.name.len() > 253
+            || meta.name.chars().any(|c| c.is_control() || c == '/')
+        {
+            return Err(ContainerError::Invalid(format!(
+                "metadata.name {:?} must be 1 to 253 characters without '/'",
+                meta.name.chars().take(80).collect::<String>()
+            )));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .unwrap_or_default();
+        if image_name.is_empty() {
+            return Err(ContainerError::Invalid(
+                "container config: image is required".into(),
+            ));
+        }
+        let (image, _) = self
+            .images
+            .resolve(&image_name)
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?
+            .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
+        let image_config = self.images.config_json(&image).unwrap_or_default();
+        let pod_cfg: cri::PodSandboxConfig =
+            serde_json::from_value(pod.config.clone()).unwrap_or_default();
+        let log = log_path(&pod_cfg.log_directory, &config.log_path)?;
+
+        let id = ids::generate()?;
+        let root_dir = self.root_dir(&id);
+        let state_dir = self.state_dir(&id);
+        let rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            name_key: format!("{}_{}_{}", pod.id, meta.name, meta.attempt),
+            created_at: now_ns(),
+            config: serde_json::to_value(&config).unwrap_or_default(),
+            image: image_name,
+            image_id: image.id.clone(),
+            log_path: log
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            root_dir: root_dir.display().to_string(),
+            state_dir: state_dir.display().to_string(),
+            layers: image.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            ..Default::default()
+        };
+        self.store.create(&rec)?;
+        let mut undo = Cleanup(Vec::new());
+        {
+            let (store, id) = (self.store.clone(), id.clone());
+            undo.push(move || {
+                let _ = store.remove::<ContainerRecord>(&id);
+            });
+        }
+        for d in [
+            &root_dir,
+            &state_dir.join("bundle"),
+            &state_dir.join("shim"),
+        ] {
+            std::fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        {
+            let (a, b) = (root_dir.clone(), state_dir.clone());
+            undo.push(move || {
+                let _ = std::fs::remove_dir_all(&a);
+                let _ = std::fs::remove_dir_all(&b);
+            });
+        }
+        let lowers: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .map(|l| {
+                Digest::parse(&l.diff_id)
+                    .map(|d| self.images.snapshots().path(&d))
+                    .map_err(|e| ContainerError::Internal(e.to_string()))
+            })
+            .collect::<Result<_, _>>()?;
+        let rootfs = {
+            let (lowers, dir) = (lowers.clone(), root_dir.clone());
+            tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&lowers, &dir))
+                .await
+                .map_err(|e| ContainerError::Internal(e.to_string()))??
+        };
+        {
+            let dir = root_dir.clone();
+            undo.push(move || {
+                let _ = rootfs::unmount_rootfs(&dir);
+            });
+        }
+
+        let linux = config.linux.clone().unwrap_or_default();
+        let sc = linux.security_context.clone().unwrap_or_default();
+        let passwd = user::read_in_root(&rootfs, "/etc/passwd");
+        let group = user::read_in_root(&rootfs, "/etc/group");
+        let uid_gid = user::resolve(
+            passwd.as_deref(),
+            group.as_deref(),
+            &image.user,
+            sc.run_as_user.map(|v| v.value),
+            &sc.run_as_username,
+            sc.run_as_group.map(|v| v.value),
+            &sc.supplemental_groups,
+        )?;
+        let own_oom = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let pod_dir = self.dirs.state.join("pods").join(&pod.id);
+        let ctx = spec::PodContext {
+            netns: pod.netns.clone(),
+            ipcns: pod.ipcns.clone(),
+            utsns: pod.utsns.clone(),
+            shm: pod.shm.clone(),
+            dir: pod_dir,
+            cgroup: pod.cgroup.clone(),
+        };
+        let run = spec::ImageRun::from_config(&image_config);
+        let input = spec::Input {
+            id: &id,
+            config: &config,
+            image: &run,
+            pod: &ctx,
+            rootfs: rootfs.clone(),
+            user: uid_gid,
+            own_oom_score_adj: own_oom,
+        };
+        let (spec, warnings) = spec::generate(&input)?;
+        for w in warnings {
+            tracing::warn!(container = %id, "{w}");
+        }
+        // Missing bind sources are created as directories, as containerd does.
+        for m in &config.mounts {
+            if std::fs::symlink_metadata(&m.host_path).is_err() {
+                std::fs::create_dir_all(&m.host_path).map_err(io_err(Path::new(&m.host_path)))?;
+            }
+        }
+        let bundle = state_dir.join("bundle");
+        let cfg_path = bundle.join("config.json");
+        std::fs::write(
+            &cfg_path,
+            serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+        )
+        .map_err(io_err(&cfg_path))?;
+        let log_file = log.unwrap_or_else(|| state_dir.join("shim").join("discarded.log"));
+        std::fs::create_dir_all(self.engine_root()).map_err(io_err(&self.engine_root()))?;
+        let socket = self.socket(&id);
+        if let Some(d) = socket.parent() {
+            std::fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        {
+            // If anything after this fails, the engine may hold a created container: delete it.
+            let (bin, id, root) = (self.shim_binary.clone(), id.clone(), self.engine_root());
+            undo.push(move || {
+                let _ = std::process::Command::new(bin)
+                    .args(["delete", "--id", &id])
+                    .arg("--root")
+                    .arg(root)
+                    .output();
+            });
+        }
+        let pid = shim::spawn(shim::Spawn {
+            binary: &self.shim_binary,
+            id: &id,
+            root: &self.engine_root(),
+            bundle: &bundle,
+            dir: &state_dir.join("shim"),
+            socket: &socket,
+            log: &log_file,
+        })
+        .await?;
+        tracing::info!(container = %id, pod = %pod.id, pid, "container created");
+        undo.disarm();
+        Ok(id)
+    }
+
+    fn client(&self, rec: &ContainerRecord) -> Client {
+        Client::new(&rec.id, &self.socket(&rec.id))
+    }
+
+    /// Live state: the shim's answer, else its exit record, else "exited, unknown".
+    pub async fn view(&self, rec: ContainerRecord) -> View {
+        let mut v = View {
+            rec,
+            state: RunState::Created,
+            pid: 0,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+        };
+        let client = self.client(&v.rec);
+        match client.state().await {
+            Ok(s) => {
+                v.pid = s.pid;
+                v.started_at = s.started_at;
+                v.state = match msg::Status::try_from(s.status) {
+                    Ok(msg::Status::Running) => RunState::Running,
+                    Ok(msg::Status::Exited) => RunState::Exited,
+                    _ => RunState::Created,
+                };
+                if v.state == RunState::Exited {
+                    self.fill_exit(
+                        &mut v,
+                        ExitInfo {
+                            exit_code: s.exit_code,
+                            started_at: s.started_at,
+                            finished_at: s.finished_at,
+                            oom_killed: s.oom_killed,
+                        },
+                    );
+                }
+            }
+            Err(_) => {
+                let exit = v.rec.exit.or_else(|| {
+                    shim::read_exit(&Path::new(&v.rec.state_dir).join("shim")).map(|e| ExitInfo {
+                        exit_code: e.exit_code,
+                        started_at: e.started_at,
+                        finished_at: e.finished_at,
+                        oom_killed: e.oom_killed,
+                    })
+                });
+                match exit {
+                    Some(e) => self.fill_exit(&mut v, e),
+                    None => {
+                        v.state = RunState::Exited;
+                        v.exit_code = EXIT_UNKNOWN;
+                        v.started_at = v.rec.started_at;
+                        v.reason = "Unknown".into();
+                        v.message =
+                            "the container's shim exited without recording an exit status".into();
+                    }
+                }
+            }
+        }
+        v
+    }
+
+    fn fill_exit(&self, v: &mut View, e: ExitInfo) {
+        v.state = RunState::Exited;
+        v.exit_code = e.exit_code;
+        v.started_at = if e.started_at > 0 {
+            e.started_at
+        } else {
+            v.rec.started_at
+        };
+        v.finished_at = e.finished_at;
+        v.reason = if e.oom_killed {
+            "OOMKilled"
+        } else if e.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        }
+        .into();
+        if v.rec.exit.is_none() {
+            let mut rec = v.rec.clone();
+            rec.exit = Some(e);
+            if self.store.update(&rec).is_ok() {
+                v.rec = rec;
+            }
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let mut rec = self.find(id)?;
+        let v = self.view(rec.clone()).await;
+        if v.state != RunState::Created {
+            return Err(ContainerError::WrongState {
+                id: rec.id,
+                state: v.state.as_str(),
+                op: "start",
+            });
+        }
+        let r = self
+            .client(&rec)
+            .call(msg::request::Kind::Start(msg::Empty {}), shim::CALL_TIMEOUT)
+            .await?;
+        rec.started_at = r.state.map(|s| s.started_at).unwrap_or_else(now_ns);
+        self.store.update(&rec)?;
+        tracing::info!(container = %rec.id, "container started");
+        Ok(())
+    }
+
+    async fn signal(
+        &self,
+        rec: &ContainerRecord,
+        signal: i32,
+        all: bool,
+    ) -> Result<(), ContainerError> {
+        match self
+            .client(rec)
+            .call(
+                msg::request::Kind::Signal(msg::Signal { signal, all }),
+                shim::CALL_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) | Err(ShimError::Gone { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn wait_exit(&self, rec: &ContainerRecord, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.view(rec.clone()).await.state == RunState::Exited {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stop: STOPSIGNAL (or SIGTERM), SIGKILL to every process after `timeout` (0: at once).
+    /// Stopping a stopped or missing container succeeds.
+    pub async fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
+        let rec = match self.find(id) {
+            Ok(r) => r,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let v = self.view(rec.clone()).await;
+        if v.state == RunState::Exited {
+            return Ok(());
+        }
+        if v.state == RunState::Running && !timeout.is_zero() {
+            let img = self
+                .images
+                .resolve(&rec.image_id)
+                .ok()
+                .flatten()
+                .and_then(|(i, _)| self.images.config_json(&i))
+                .unwrap_or_default();
+            self.signal(&rec, stop_signal(&img), false).await?;
+            if self.wait_exit(&rec, timeout).await {
+                return Ok(());
+            }
+        }
+        self.signal(&rec, nix::libc::SIGKILL, true).await?;
+        if !self.wait_exit(&rec, KILL_GRACE).await {
+            return Err(ContainerError::Internal(format!(
+                "container {} did not exit after SIGKILL",
+                rec.id
+            )));
+        }
+        tracing::info!(container = %rec.id, "container stopped");
+        Ok(())
+    }
+
+    /// Remove: stop first, then the container's runtime state, cgroup, rootfs and record.
+    pub async fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        let rec = match self.find(id) {
+            Ok(r) => r,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop(&rec.id, Duration::ZERO).await?;
+        // A created-but-never-started container has an init parked in the engine: SIGKILL above
+        // ended it; the engine's delete removes its state and cgroup.
+        shim::delete(&self.shim_binary, &rec.id, &self.engine_root()).await?;
+        let root = PathBuf::from(&rec.root_dir);
+        {
+            let r = root.clone();
+            tokio::task::spawn_blocking(move || rootfs::unmount_rootfs(&r))
+                .await
+                .map_err(|e| ContainerError::Internal(e.to_string()))??;
+        }
+        for d in [&root, &PathBuf::from(&rec.state_dir)] {
+            match std::fs::remove_dir_all(d) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(d)(e)),
+                _ => {}
+            }
+        }
+        self.store.remove::<ContainerRecord>(&rec.id)?;
+        tracing::info!(container = %rec.id, "container removed");
+        Ok(())
+    }
+
+    pub fn list(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
+        Ok(self.store.list::<ContainerRecord>()?)
+    }
+
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+        max_output: u64,
+    ) -> Result<msg::ExecResult, ContainerError> {
+        let rec = self.find(id)?;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("ExecSync: cmd is empty".into()));
+        }
+        let wait = if timeout.is_zero() {
+            shim::CALL_TIMEOUT * 10
+        } else {
+            timeout + Duration::from_secs(10)
+        };
+        let r = self
+            .client(&rec)
+            .call(
+                msg::request::Kind::Exec(msg::Exec {
+                    args: cmd,
+                    timeout_ms: timeout.as_millis() as u64,
+                    max_output,
+                }),
+                wait,
+            )
+            .await
+            .map_err(|e| match e {
+                ShimError::Gone { .. } => ContainerError::WrongState {
+                    id: rec.id.clone(),
+                    state: "exited",
+                    op: "exec",
+                },
+                ShimError::Remote(m) if m.contains("not running") => ContainerError::WrongState {
+                    id: rec.id.clone(),
+                    state: "not running",
+                    op: "exec",
+                },
+                e => e.into(),
+            })?;
+        r.exec
+            .ok_or_else(|| ContainerError::Internal("shim answered exec without a result".into()))
+    }
+
+    pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let rec = self.find(id)?;
+        match self
+            .client(&rec)
+            .call(
+                msg::request::Kind::ReopenLog(msg::Empty {}),
+                shim::CALL_TIMEOUT,
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ShimError::Gone { .. }) => Err(ContainerError::WrongState {
+                id: rec.id,
+                state: "not running",
+                op: "reopen its log",
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Containers of a pod (for stop/remove of the pod).
+    pub fn of_pod(&self, pod_id: &str) -> Result<Vec<ContainerRecord>, ContainerError> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|c| c.pod_id == pod_id)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths() {
+        assert_eq!(
+            log_path("/var/log/pods/x", "c/0.log").unwrap(),
+            Some(PathBuf::from("/var/log/pods/x/c/0.log"))
+        );
+        assert_eq!(log_path("", "c/0.log").unwrap(), None);
+        assert!(log_path("/var/log/pods/x", "../../etc/passwd").is_err());
+        assert!(log_path("/var/log/pods/x", "/etc/passwd").is_err());
+        assert!(log_path("relative", "a.log").is_err());
+    }
+
+    #[test]
+    fn stop_signals() {
+        let cfg = |s: &str| serde_json::json!({"config": {"StopSignal": s}});
+        assert_eq!(stop_signal(&cfg("SIGQUIT")), nix::libc::SIGQUIT);
+        assert_eq!(stop_signal(&cfg("QUIT")), nix::libc::SIGQUIT);
+        assert_eq!(stop_signal(&cfg("9")), 9);
+        assert_eq!(stop_signal(&cfg("bogus")), nix::libc::SIGTERM);
+        assert_eq!(stop_signal(&serde_json::json!({})), nix::libc::SIGTERM);
+    }
+}

@@ -1,0 +1,505 @@
+//! CRI `ContainerConfig` + image config + pod → OCI runtime spec, with kubelet's semantics.
+//! Pure: no I/O (the caller resolves user names and reads its own oom_score_adj). The spec is
+//! assembled as JSON and checked by deserialising into `oci_spec::runtime::Spec`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use k8s_cri::v1 as cri;
+use serde_json::{Value, json};
+
+/// containerd's default capability set for CRI containers.
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+/// Paths masked and made read-only, as containerd/runc default them.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+/// Bounds on what a request may put into a spec.
+pub const MAX_ARGS: usize = 4096;
+pub const MAX_ENV: usize = 4096;
+pub const MAX_MOUNTS: usize = 512;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("no command: neither the request nor the image gives one")]
+    NoCommand,
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The parts of the image config a container spec uses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImageRun {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+}
+
+impl ImageRun {
+    /// From the image config JSON (`config.Entrypoint`, …); absent fields are empty.
+    pub fn from_config(v: &Value) -> ImageRun {
+        let c = &v["config"];
+        let list = |k: &str| {
+            c[k].as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ImageRun {
+            entrypoint: list("Entrypoint"),
+            cmd: list("Cmd"),
+            env: list("Env"),
+            working_dir: c["WorkingDir"].as_str().unwrap_or("").to_owned(),
+            user: c["User"].as_str().unwrap_or("").to_owned(),
+        }
+    }
+}
+
+/// What the pod provides to its containers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodContext {
+    pub netns: String,
+    pub ipcns: String,
+    pub utsns: String,
+    pub shm: String,
+    pub dir: PathBuf,
+    pub cgroup: String,
+}
+
+pub struct Input<'a> {
+    pub id: &'a str,
+    pub config: &'a cri::ContainerConfig,
+    pub image: &'a ImageRun,
+    pub pod: &'a PodContext,
+    pub rootfs: PathBuf,
+    /// uid, gid and additional gids, already resolved.
+    pub user: (u32, u32, Vec<u32>),
+    /// kelsond's own oom_score_adj: lowering below it needs CAP_SYS_RESOURCE.
+    pub own_oom_score_adj: i64,
+}
+
+/// kubelet's rule: the request's command replaces the image Entrypoint, and then the image Cmd
+/// is used only when neither command nor args are given.
+pub fn argv(config: &cri::ContainerConfig, image: &ImageRun) -> Result<Vec<String>, SpecError> {
+    let mut argv = if config.command.is_empty() {
+        image.entrypoint.clone()
+    } else {
+        config.command.clone()
+    };
+    if !config.args.is_empty() {
+        argv.extend(config.args.iter().cloned());
+    } else if config.command.is_empty() {
+        argv.extend(image.cmd.iter().cloned());
+    }
+    if argv.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    if argv.len() > MAX_ARGS || argv.iter().any(|a| a.contains('\0')) {
+        return Err(invalid("command/args", "too many arguments or a NUL byte"));
+    }
+    Ok(argv)
+}
+
+/// Image env first, then the request's; a later key replaces an earlier one in place.
+pub fn env(image: &[String], request: &[cri::KeyValue]) -> Result<Vec<String>, SpecError> {
+    let mut out: Vec<String> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut put = |k: &str, kv: String| match index.get(k) {
+        Some(i) => out[*i] = kv,
+        None => {
+            index.insert(k.to_owned(), out.len());
+            out.push(kv);
+        }
+    };
+    for e in image {
+        let k = e.split('=').next().unwrap_or("");
+        if !k.is_empty() {
+            put(k, e.clone());
+        }
+    }
+    for kv in request {
+        if kv.key.is_empty()
+            || kv.key.contains('=')
+            || kv.key.contains('\0')
+            || kv.value.contains('\0')
+        {
+            return Err(invalid(
+                "envs",
+                format!(
+                    "bad variable name {:?}",
+                    kv.key.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        put(&kv.key, format!("{}={}", kv.key, kv.value));
+    }
+    if out.len() > MAX_ENV {
+        return Err(invalid("envs", "too many variables"));
+    }
+    if !index.contains_key("PATH") {
+        out.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    }
+    Ok(out)
+}
+
+fn abs_clean(field: &str, p: &str) -> Result<(), SpecError> {
+    if !p.starts_with('/') || p.split('/').any(|c| c == "..") || p.contains('\0') || p.len() > 4096
+    {
+        return Err(invalid(
+            field,
+            format!(
+                "{:?} must be an absolute path without ..",
+                p.chars().take(120).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn propagation(p: i32) -> &'static str {
+    match cri::MountPropagation::try_from(p).unwrap_or(cri::MountPropagation::PropagationPrivate) {
+        cri::MountPropagation::PropagationPrivate => "rprivate",
+        cri::MountPropagation::PropagationHostToContainer => "rslave",
+        cri::MountPropagation::PropagationBidirectional => "rshared",
+    }
+}
+
+pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
+    let c = i.config;
+    let mut warnings = Vec::new();
+    let args = argv(c, i.image)?;
+    let env = env(&i.image.env, &c.envs)?;
+    let cwd = if !c.working_dir.is_empty() {
+        c.working_dir.clone()
+    } else if !i.image.working_dir.is_empty() {
+        i.image.working_dir.clone()
+    } else {
+        "/".into()
+    };
+    abs_clean("working_dir", &cwd)?;
+    let linux = c.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    let res = linux.resources.clone().unwrap_or_default();
+
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    if i.pod.shm.is_empty() {
+        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rprivate", "rw"]}));
+    } else {
+        mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": i.pod.shm, "options": ["rbind", "rprivate", "rw"]}));
+    }
+    let ro = if sc.readonly_rootfs { "ro" } else { "rw" };
+    let user_dests: Vec<&str> = c.mounts.iter().map(|m| m.container_path.as_str()).collect();
+    for f in ["hosts", "resolv.conf", "hostname"] {
+        let dest = format!("/etc/{f}");
+        if !user_dests.contains(&dest.as_str()) {
+            mounts.push(json!({"destination": dest, "type": "bind", "source": i.pod.dir.join(f), "options": ["rbind", "rprivate", ro]}));
+        }
+    }
+    if c.mounts.len() > MAX_MOUNTS {
+        return Err(invalid("mounts", "too many"));
+    }
+    for m in &c.mounts {
+        abs_clean("mounts.container_path", &m.container_path)?;
+        abs_clean("mounts.host_path", &m.host_path)?;
+        let mut opts = vec![
+            "rbind",
+            propagation(m.propagation),
+            if m.readonly { "ro" } else { "rw" },
+        ];
+        if m.recursive_read_only {
+            return Err(invalid(
+                "mounts.recursive_read_only",
+                "not supported by this runtime handler yet",
+            ));
+        }
+        opts.dedup();
+        mounts.push(json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": opts}));
+    }
+
+    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    for (kind, path) in [
+        ("network", &i.pod.netns),
+        ("ipc", &i.pod.ipcns),
+        ("uts", &i.pod.utsns),
+    ] {
+        if !path.is_empty() {
+            namespaces.push(json!({"type": kind, "path": path}));
+        }
+    }
+
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut cpu = serde_json::Map::new();
+    if res.cpu_shares > 0 {
+        cpu.insert("shares".into(), json!(res.cpu_shares));
+    }
+    if res.cpu_quota > 0 {
+        cpu.insert("quota".into(), json!(res.cpu_quota));
+    }
+    if res.cpu_period > 0 {
+        cpu.insert("period".into(), json!(res.cpu_period));
+    }
+    if !res.cpuset_cpus.is_empty() {
+        cpu.insert("cpus".into(), json!(res.cpuset_cpus));
+    }
+    if !res.cpuset_mems.is_empty() {
+        cpu.insert("mems".into(), json!(res.cpuset_mems));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if res.memory_limit_in_bytes > 0 {
+        let mut mem = json!({"limit": res.memory_limit_in_bytes});
+        if res.memory_swap_limit_in_bytes > 0 {
+            mem["swap"] = json!(res.memory_swap_limit_in_bytes);
+        }
+        resources["memory"] = mem;
+    }
+    if !res.hugepage_limits.is_empty() {
+        resources["hugepageLimits"] = Value::Array(
+            res.hugepage_limits
+                .iter()
+                .map(|h| json!({"pageSize": h.page_size, "limit": h.limit}))
+                .collect(),
+        );
+    }
+    if !res.unified.is_empty() {
+        resources["unified"] = json!(res.unified);
+    }
+
+    let mut process = json!({
+        "terminal": false,
+        "user": {"uid": i.user.0, "gid": i.user.1, "additionalGids": i.user.2},
+        "args": args,
+        "env": env,
+        "cwd": cwd,
+        "capabilities": {"bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS},
+        "noNewPrivileges": sc.no_new_privs,
+    });
+    if res.oom_score_adj != 0 {
+        if res.oom_score_adj < i.own_oom_score_adj {
+            // Lowering needs CAP_SYS_RESOURCE, which some hosts withhold: keep kelsond's value.
+            warnings.push(format!(
+                "oom_score_adj {} is below kelsond's own {}; keeping {}",
+                res.oom_score_adj, i.own_oom_score_adj, i.own_oom_score_adj
+            ));
+        } else {
+            process["oomScoreAdj"] = json!(res.oom_score_adj);
+        }
+    }
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": i.rootfs, "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": c.annotations,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": format!("/{}/{}", i.pod.cgroup, i.id),
+            "resources": resources,
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS,
+        },
+    });
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
+        .map_err(|e| invalid("spec", e.to_string()))?;
+    Ok((spec, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn argv_follows_kubelet() {
+        let img = ImageRun {
+            entrypoint: vec!["/ep".into()],
+            cmd: vec!["cmd".into()],
+            ..Default::default()
+        };
+        let mut c = cfg();
+        assert_eq!(argv(&c, &img).unwrap(), ["/ep", "cmd"]);
+        c.args = vec!["a".into()];
+        assert_eq!(argv(&c, &img).unwrap(), ["/ep", "a"]);
+        c.command = vec!["/x".into()];
+        assert_eq!(argv(&c, &img).unwrap(), ["/x", "a"]);
+        c.args.clear();
+        assert_eq!(
+            argv(&c, &img).unwrap(),
+            ["/x"],
+            "a command drops the image Cmd"
+        );
+        assert_eq!(
+            argv(&cfg(), &ImageRun::default()),
+            Err(SpecError::NoCommand)
+        );
+    }
+
+    #[test]
+    fn env_merges_in_place() {
+        let kv = |k: &str, v: &str| cri::KeyValue {
+            key: k.into(),
+            value: v.into(),
+        };
+        let e = env(
+            &["PATH=/bin".into(), "A=1".into()],
+            &[kv("A", "2"), kv("B", "x=y")],
+        )
+        .unwrap();
+        assert_eq!(e, ["PATH=/bin", "A=2", "B=x=y"]);
+        assert!(env(&[], &[kv("A=B", "1")]).is_err());
+        assert!(env(&[], &[]).unwrap()[0].starts_with("PATH="));
+        // a newline in a value is data in the process environment, never a new variable
+        assert_eq!(
+            env(&["PATH=/bin".into()], &[kv("HOME", "/x\nEVIL=1")]).unwrap()[1],
+            "HOME=/x\nEVIL=1"
+        );
+    }
+
+    fn input<'a>(c: &'a cri::ContainerConfig, img: &'a ImageRun, pod: &'a PodContext) -> Input<'a> {
+        Input {
+            id: "cid",
+            config: c,
+            image: img,
+            pod,
+            rootfs: "/r/rootfs".into(),
+            user: (1000, 1000, vec![]),
+            own_oom_score_adj: 0,
+        }
+    }
+
+    #[test]
+    fn spec_joins_pod_namespaces_and_limits() {
+        let mut c = cfg();
+        c.command = vec!["/bin/sh".into()];
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                cpu_shares: 512,
+                oom_score_adj: -500,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        c.mounts = vec![cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv/d".into(),
+            readonly: true,
+            propagation: 1,
+            ..Default::default()
+        }];
+        let pod = PodContext {
+            netns: "/s/netns".into(),
+            ipcns: "/s/ipcns".into(),
+            utsns: "/s/utsns".into(),
+            shm: "/s/shm".into(),
+            dir: "/s".into(),
+            cgroup: "kubepods/pod1".into(),
+        };
+        let img = ImageRun::default();
+        let (s, warnings) = generate(&input(&c, &img, &pod)).unwrap();
+        assert_eq!(s["linux"]["cgroupsPath"], "/kubepods/pod1/cid");
+        assert_eq!(s["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(s["linux"]["resources"]["cpu"]["shares"], 512);
+        let ns = s["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.contains(&json!({"type": "network", "path": "/s/netns"})));
+        assert!(ns.contains(&json!({"type": "pid"})));
+        let mounts = s["mounts"].as_array().unwrap();
+        assert!(mounts.contains(&json!({"destination": "/data", "type": "bind", "source": "/srv/d", "options": ["rbind", "rslave", "ro"]})));
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["destination"] == "/dev/shm" && m["source"] == "/s/shm")
+        );
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m["destination"] == "/etc/resolv.conf" && m["source"] == "/s/resolv.conf")
+        );
+        assert_eq!(s["process"]["user"]["uid"], 1000);
+        assert!(s["process"].get("oomScoreAdj").is_none());
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn refuses_bad_paths() {
+        let mut c = cfg();
+        c.command = vec!["/bin/sh".into()];
+        c.mounts = vec![cri::Mount {
+            container_path: "../etc".into(),
+            host_path: "/x".into(),
+            ..Default::default()
+        }];
+        let (img, pod) = (ImageRun::default(), PodContext::default());
+        assert!(matches!(
+            generate(&input(&c, &img, &pod)),
+            Err(SpecError::Invalid { .. })
+        ));
+        c.mounts.clear();
+        c.working_dir = "relative".into();
+        assert!(matches!(
+            generate(&input(&c, &img, &pod)),
+            Err(SpecError::Invalid { .. })
+        ));
+    }
+}

@@ -1,0 +1,239 @@
+//! CRI container verbs: validation, conversion between domain views and CRI types, filtering.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use tonic::{Code, Status};
+
+use super::Shared;
+use crate::container::{ContainerError, RunState, View};
+use crate::store::ContainerRecord;
+
+/// Cap on ExecSync output per stream (CVE-2022-1708: unbounded probe output exhausted memory).
+pub const MAX_EXEC_SYNC_OUTPUT: u64 = 16 << 20;
+
+impl From<ContainerError> for Status {
+    fn from(e: ContainerError) -> Status {
+        use ContainerError as E;
+        let code = match &e {
+            E::Invalid(_) | E::Id(_) | E::Ambiguous(_) | E::Spec(_) | E::User(_) => {
+                Code::InvalidArgument
+            }
+            E::NotFound(_) | E::PodNotFound(_) | E::ImageNotFound(_) => Code::NotFound,
+            E::NameTaken { .. } => Code::AlreadyExists,
+            E::PodNotReady(_) | E::WrongState { .. } => Code::FailedPrecondition,
+            E::Rootfs(crate::container::rootfs::RootfsError::TooManyLayers(_)) => {
+                Code::FailedPrecondition
+            }
+            E::Shim(crate::shim::ShimError::Create(_)) => Code::FailedPrecondition,
+            E::Rootfs(_) | E::Shim(_) | E::Io { .. } | E::Store(_) | E::Internal(_) => {
+                Code::Internal
+            }
+        };
+        super::status::log_error(code, &e);
+        Status::new(code, e.to_string())
+    }
+}
+
+fn config(rec: &ContainerRecord) -> cri::ContainerConfig {
+    serde_json::from_value(rec.config.clone()).unwrap_or_default()
+}
+
+fn cri_state(s: RunState) -> i32 {
+    (match s {
+        RunState::Created => cri::ContainerState::ContainerCreated,
+        RunState::Running => cri::ContainerState::ContainerRunning,
+        RunState::Exited => cri::ContainerState::ContainerExited,
+    }) as i32
+}
+
+fn image_ref(rt: &Shared, rec: &ContainerRecord) -> String {
+    rt.images
+        .resolve(&rec.image_id)
+        .ok()
+        .flatten()
+        .and_then(|(i, _)| i.repo_digests.first().cloned())
+        .unwrap_or_else(|| rec.image_id.clone())
+}
+
+pub fn to_container(rt: &Shared, v: &View) -> cri::Container {
+    let c = config(&v.rec);
+    cri::Container {
+        id: v.rec.id.clone(),
+        pod_sandbox_id: v.rec.pod_id.clone(),
+        metadata: c.metadata,
+        image: Some(cri::ImageSpec {
+            image: v.rec.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: image_ref(rt, &v.rec),
+        state: cri_state(v.state),
+        created_at: v.rec.created_at,
+        labels: c.labels,
+        annotations: c.annotations,
+        image_id: v.rec.image_id.clone(),
+    }
+}
+
+pub fn to_status(rt: &Shared, v: &View) -> cri::ContainerStatus {
+    let c = config(&v.rec);
+    cri::ContainerStatus {
+        id: v.rec.id.clone(),
+        metadata: c.metadata,
+        state: cri_state(v.state),
+        created_at: v.rec.created_at,
+        started_at: v.started_at,
+        finished_at: v.finished_at,
+        exit_code: v.exit_code,
+        image: Some(cri::ImageSpec {
+            image: v.rec.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: image_ref(rt, &v.rec),
+        reason: v.reason.clone(),
+        message: v.message.clone(),
+        labels: c.labels,
+        annotations: c.annotations,
+        mounts: c.mounts,
+        log_path: v.rec.log_path.clone(),
+        resources: c
+            .linux
+            .and_then(|l| l.resources)
+            .map(|r| cri::ContainerResources {
+                linux: Some(r),
+                windows: None,
+            }),
+        image_id: v.rec.image_id.clone(),
+        user: None,
+    }
+}
+
+pub fn matches(v: &View, f: &cri::ContainerFilter) -> bool {
+    if !f.id.is_empty() && !v.rec.id.starts_with(&f.id) {
+        return false;
+    }
+    if !f.pod_sandbox_id.is_empty() && !v.rec.pod_id.starts_with(&f.pod_sandbox_id) {
+        return false;
+    }
+    if f.state
+        .as_ref()
+        .is_some_and(|s| s.state != cri_state(v.state))
+    {
+        return false;
+    }
+    let labels = config(&v.rec).labels;
+    f.label_selector
+        .iter()
+        .all(|(k, val)| labels.get(k) == Some(val))
+}
+
+fn record(field: &str, id: &str) {
+    tracing::Span::current().record(field, id);
+}
+
+pub async fn create(
+    rt: &Shared,
+    req: cri::CreateContainerRequest,
+) -> Result<cri::CreateContainerResponse, Status> {
+    record("pod", &req.pod_sandbox_id);
+    let config = req
+        .config
+        .ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
+    let id = rt.containers.create(&req.pod_sandbox_id, config).await?;
+    record("container", &id);
+    Ok(cri::CreateContainerResponse { container_id: id })
+}
+
+pub async fn start(rt: &Shared, id: String) -> Result<cri::StartContainerResponse, Status> {
+    record("container", &id);
+    rt.containers.start(&id).await?;
+    Ok(cri::StartContainerResponse {})
+}
+
+pub async fn stop(
+    rt: &Shared,
+    req: cri::StopContainerRequest,
+) -> Result<cri::StopContainerResponse, Status> {
+    record("container", &req.container_id);
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    rt.containers.stop(&req.container_id, timeout).await?;
+    Ok(cri::StopContainerResponse {})
+}
+
+pub async fn remove(rt: &Shared, id: String) -> Result<cri::RemoveContainerResponse, Status> {
+    record("container", &id);
+    rt.containers.remove(&id).await?;
+    Ok(cri::RemoveContainerResponse {})
+}
+
+pub async fn status(
+    rt: &Shared,
+    req: cri::ContainerStatusRequest,
+) -> Result<cri::ContainerStatusResponse, Status> {
+    record("container", &req.container_id);
+    let rec = rt.containers.find(&req.container_id)?;
+    let v = rt.containers.view(rec).await;
+    let mut info = HashMap::new();
+    if req.verbose {
+        let j = serde_json::json!({"pid": v.pid, "config": v.rec.config, "rootDir": v.rec.root_dir, "stateDir": v.rec.state_dir});
+        info.insert("info".to_owned(), j.to_string());
+    }
+    Ok(cri::ContainerStatusResponse {
+        status: Some(to_status(rt, &v)),
+        info,
+    })
+}
+
+pub async fn list(
+    rt: &Shared,
+    req: cri::ListContainersRequest,
+) -> Result<cri::ListContainersResponse, Status> {
+    let mut containers = Vec::new();
+    for rec in rt.containers.list()? {
+        if let Some(f) = &req.filter {
+            if (!f.id.is_empty() && !rec.id.starts_with(&f.id))
+                || (!f.pod_sandbox_id.is_empty() && !rec.pod_id.starts_with(&f.pod_sandbox_id))
+            {
+                continue;
+            }
+        }
+        let v = rt.containers.view(rec).await;
+        if req.filter.as_ref().is_none_or(|f| matches(&v, f)) {
+            containers.push(to_container(rt, &v));
+        }
+    }
+    Ok(cri::ListContainersResponse { containers })
+}
+
+pub async fn exec_sync(
+    rt: &Shared,
+    req: cri::ExecSyncRequest,
+) -> Result<cri::ExecSyncResponse, Status> {
+    record("container", &req.container_id);
+    let timeout = Duration::from_secs(req.timeout.max(0) as u64);
+    let r = rt
+        .containers
+        .exec_sync(&req.container_id, req.cmd, timeout, MAX_EXEC_SYNC_OUTPUT)
+        .await?;
+    if r.timed_out {
+        return Err(Status::deadline_exceeded(format!(
+            "command timed out after {}s",
+            req.timeout
+        )));
+    }
+    Ok(cri::ExecSyncResponse {
+        stdout: r.stdout,
+        stderr: r.stderr,
+        exit_code: r.exit_code,
+    })
+}
+
+pub async fn reopen_log(
+    rt: &Shared,
+    id: String,
+) -> Result<cri::ReopenContainerLogResponse, Status> {
+    record("container", &id);
+    rt.containers.reopen_log(&id).await?;
+    Ok(cri::ReopenContainerLogResponse {})
+}

@@ -1,0 +1,199 @@
+//! The daemon side of the shim: spawning one per container (`kelson-shim spawn`, which leaves
+//! the shim detached in its own session) and a client for its control socket. The exit record
+//! the shim writes is read here too, so kelsond learns exits that happened while it was down.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::BytesMut;
+pub use kelson_proto::shim as msg;
+use kelson_proto::shim::request::Kind;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a control call may take (Exec calls add their own timeout).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response accepted (exec output is capped by the shim below this).
+pub const MAX_RESPONSE: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("shim binary {path}: {reason}")]
+    Spawn { path: PathBuf, reason: String },
+    #[error("creating the container: {0}")]
+    Create(String),
+    #[error("shim for {id} is not running")]
+    Gone { id: String },
+    #[error("shim for {id}: {reason}")]
+    Call { id: String, reason: String },
+    #[error("{0}")]
+    Remote(String),
+}
+
+/// The shim binary: config, else next to kelsond, else on PATH.
+pub fn locate(configured: &str) -> PathBuf {
+    if !configured.is_empty() {
+        return PathBuf::from(configured);
+    }
+    if let Some(p) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("kelson-shim")))
+        .filter(|p| p.exists())
+    {
+        return p;
+    }
+    PathBuf::from("kelson-shim")
+}
+
+pub struct Spawn<'a> {
+    pub binary: &'a Path,
+    pub id: &'a str,
+    /// libcontainer's state root.
+    pub root: &'a Path,
+    pub bundle: &'a Path,
+    /// Shim dir: exit record, pid files, shim log.
+    pub dir: &'a Path,
+    pub socket: &'a Path,
+    pub log: &'a Path,
+}
+
+/// Start a shim, which creates the container. Returns the container's init pid.
+pub async fn spawn(s: Spawn<'_>) -> Result<u32, ShimError> {
+    let out = tokio::process::Command::new(s.binary)
+        .arg("spawn")
+        .args(["--id", s.id])
+        .arg("--root")
+        .arg(s.root)
+        .arg("--bundle")
+        .arg(s.bundle)
+        .arg("--dir")
+        .arg(s.dir)
+        .arg("--socket")
+        .arg(s.socket)
+        .arg("--log")
+        .arg(s.log)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| ShimError::Spawn {
+            path: s.binary.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if out.status.success() {
+        return stdout
+            .trim()
+            .parse()
+            .map_err(|_| ShimError::Create(format!("unexpected shim answer {:?}", stdout.trim())));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(ShimError::Create(
+        err.trim().trim_start_matches("error: ").to_owned(),
+    ))
+}
+
+/// Run a one-shot engine command through the shim binary (`delete`).
+pub async fn delete(binary: &Path, id: &str, root: &Path) -> Result<(), ShimError> {
+    let out = tokio::process::Command::new(binary)
+        .args(["delete", "--id", id])
+        .arg("--root")
+        .arg(root)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| ShimError::Spawn {
+            path: binary.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ShimError::Remote(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub oom_killed: bool,
+}
+
+pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
+    serde_json::from_slice(&std::fs::read(dir.join("exit.json")).ok()?).ok()
+}
+
+pub struct Client {
+    pub id: String,
+    pub socket: PathBuf,
+}
+
+impl Client {
+    pub fn new(id: &str, socket: &Path) -> Client {
+        Client {
+            id: id.to_owned(),
+            socket: socket.to_owned(),
+        }
+    }
+
+    pub async fn call(&self, kind: Kind, timeout: Duration) -> Result<msg::Response, ShimError> {
+        let id = self.id.clone();
+        let call_err = |reason: String| ShimError::Call {
+            id: id.clone(),
+            reason,
+        };
+        let fut = async {
+            let mut conn = tokio::net::UnixStream::connect(&self.socket)
+                .await
+                .map_err(|_| ShimError::Gone {
+                    id: self.id.clone(),
+                })?;
+            let mut out = BytesMut::new();
+            kelson_proto::encode(&msg::Request { kind: Some(kind) }, &mut out)
+                .map_err(|e| call_err(e.to_string()))?;
+            conn.write_all(&out)
+                .await
+                .map_err(|e| call_err(e.to_string()))?;
+            let mut buf = BytesMut::new();
+            loop {
+                if let Some(r) = kelson_proto::decode::<msg::Response>(&mut buf)
+                    .map_err(|e| call_err(e.to_string()))?
+                {
+                    return Ok(r);
+                }
+                if buf.len() > MAX_RESPONSE {
+                    return Err(call_err("response too large".into()));
+                }
+                let n = conn
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| call_err(e.to_string()))?;
+                if n == 0 {
+                    return Err(call_err("connection closed".into()));
+                }
+            }
+        };
+        let r = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| call_err(format!("no answer within {timeout:?}")))??;
+        if !r.error.is_empty() {
+            return Err(ShimError::Remote(r.error));
+        }
+        Ok(r)
+    }
+
+    pub async fn state(&self) -> Result<msg::State, ShimError> {
+        let r = self
+            .call(Kind::State(msg::Empty {}), Duration::from_secs(5))
+            .await?;
+        r.state.ok_or_else(|| ShimError::Call {
+            id: self.id.clone(),
+            reason: "no state in answer".into(),
+        })
+    }
+}

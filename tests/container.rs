@@ -1,0 +1,514 @@
+//! Containers on the real kernel: create/start/stop/remove through kelsond and its shim, the CRI
+//! log file byte for byte, exit codes and reasons, STOPSIGNAL and kill timeouts, ExecSync,
+//! resource limits in the cgroup files, and nothing left behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use kelson_testkit::daemon::Cri;
+use tonic::Code;
+
+struct Pod {
+    id: String,
+    logs: tempfile::TempDir,
+    cgroup: String,
+}
+
+async fn pod(c: &mut Cri, name: &str) -> anyhow::Result<Pod> {
+    let logs = tempfile::tempdir()?;
+    let cgroup = format!("kelson-ctest-{}/{name}", std::process::id());
+    let cfg = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.path().display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{cgroup}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let id = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    Ok(Pod { id, logs, cgroup })
+}
+
+fn ctr(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        labels: HashMap::from([("app".to_owned(), name.to_owned())]),
+        ..Default::default()
+    }
+}
+
+async fn create(c: &mut Cri, p: &Pod, cfg: cri::ContainerConfig) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: p.id.clone(),
+            config: Some(cfg),
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+async fn status(c: &mut Cri, id: &str) -> cri::ContainerStatus {
+    c.runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+}
+
+async fn wait_exited(c: &mut Cri, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(c, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 || Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn setup() -> anyhow::Result<(common::Env, String)> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    Ok((e, image))
+}
+
+/// Mounts below this daemon's dirs (other tests mount concurrently elsewhere).
+fn mounts(d: &kelson_testkit::Daemon) -> usize {
+    let dir = d.dir.path().display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
+        .count()
+}
+
+fn cgroup_dir(p: &Pod, id: &str) -> PathBuf {
+    Path::new("/sys/fs/cgroup/memory").join(&p.cgroup).join(id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_to_completion_with_logs_and_exit_code() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "batch").await?;
+    let id = create(
+        &mut c,
+        &p,
+        ctr(
+            "job",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo hello; echo oops >&2; printf partial; exit 3",
+            ],
+        ),
+    )
+    .await?;
+    let s = status(&mut c, &id).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"), "{s:?}");
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    assert_eq!(
+        s.log_path,
+        p.logs.path().join("job/0.log").display().to_string()
+    );
+    let log = std::fs::read_to_string(&s.log_path)?;
+    let lines: Vec<(&str, &str, &str)> = log
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let ts = f.next().unwrap();
+            assert!(ts.ends_with('Z') && ts.len() == 30, "timestamp {ts}");
+            (f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""))
+        })
+        .collect();
+    assert!(lines.contains(&("stdout", "F", "hello")), "{log}");
+    assert!(lines.contains(&("stderr", "F", "oops")), "{log}");
+    assert!(lines.contains(&("stdout", "F", "partial")), "{log}");
+    // The image's user (65534) ran it; the rootfs is an overlay of the image layers.
+    let ok = create(
+        &mut c,
+        &p,
+        ctr(
+            "whoami",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "id -u; cat /etc/hostname; test -e /etc/old.conf || echo whiteout-ok",
+            ],
+        ),
+    )
+    .await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: ok.clone(),
+        })
+        .await?;
+    let s = wait_exited(&mut c, &ok).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    let log = std::fs::read_to_string(&s.log_path)?;
+    assert!(
+        log.contains("stdout F 65534\n")
+            && log.contains("stdout F batch\n")
+            && log.contains("stdout F whiteout-ok\n"),
+        "{log}"
+    );
+    for id in [&id, &ok] {
+        c.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await?;
+        c.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await?;
+        assert!(!cgroup_dir(&p, id).exists());
+        assert!(!e.daemon.root.join("containers").join(id).exists());
+    }
+    let err = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")?
+            .contains(&e.daemon.dir.path().display().to_string()),
+        "mounts left"
+    );
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "svc").await?;
+    let mut cfg = ctr(
+        "web",
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+        ],
+    );
+    cfg.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_shares: 256,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let web = create(&mut c, &p, cfg).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: web.clone(),
+        })
+        .await?;
+    assert_eq!(
+        status(&mut c, &web).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    assert_eq!(
+        std::fs::read_to_string(cgroup_dir(&p, &web).join("memory.limit_in_bytes"))?.trim(),
+        (64u64 << 20).to_string()
+    );
+    let shares = Path::new("/sys/fs/cgroup/cpu,cpuacct")
+        .join(&p.cgroup)
+        .join(&web)
+        .join("cpu.shares");
+    if shares.exists() {
+        assert_eq!(std::fs::read_to_string(shares)?.trim(), "256");
+    }
+
+    // ExecSync: output, exit code, timeout.
+    let exec = |cmd: &[&str], timeout: i64| cri::ExecSyncRequest {
+        container_id: web.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    let r = c
+        .runtime
+        .exec_sync(exec(
+            &["/bin/sh", "-c", "echo out; echo err >&2; exit 7"],
+            10,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 7)
+    );
+    let started = Instant::now();
+    let err = c
+        .runtime
+        .exec_sync(exec(&["/bin/sleep", "30"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    for _ in 0..20 {
+        let r = c
+            .runtime
+            .exec_sync(exec(&["/bin/true"], 5))
+            .await?
+            .into_inner();
+        assert_eq!(r.exit_code, 0);
+    }
+
+    // Filters.
+    let f = cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue { state: 1 }),
+        ..Default::default()
+    };
+    let running = c
+        .runtime
+        .list_containers(cri::ListContainersRequest { filter: Some(f) })
+        .await?
+        .into_inner()
+        .containers;
+    assert_eq!(
+        running.iter().map(|x| x.id.clone()).collect::<Vec<_>>(),
+        vec![web.clone()]
+    );
+
+    // Stop: SIGTERM is trapped, the container exits 0 well before the timeout.
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: web.clone(),
+            timeout: 30,
+        })
+        .await?;
+    let s = status(&mut c, &web).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 0)
+    );
+    assert!(std::fs::read_to_string(&s.log_path)?.contains("stdout F bye"));
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: web.clone(),
+            timeout: 30,
+        })
+        .await?;
+
+    // A container that ignores SIGTERM is killed at the timeout.
+    let stubborn = create(
+        &mut c,
+        &p,
+        ctr(
+            "stubborn",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "trap '' TERM; while true; do sleep 0.1; done",
+            ],
+        ),
+    )
+    .await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: stubborn.clone(),
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: stubborn.clone(),
+            timeout: 1,
+        })
+        .await?;
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "killed before the timeout"
+    );
+    assert_eq!(status(&mut c, &stubborn).await.exit_code, 137);
+
+    // Removing the pod removes its containers.
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    assert!(
+        c.runtime
+            .list_containers(cri::ListContainersRequest { filter: None })
+            .await?
+            .into_inner()
+            .containers
+            .is_empty()
+    );
+    assert!(!cgroup_dir(&p, &web).exists());
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_and_restart() -> anyhow::Result<()> {
+    let (mut e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "edge").await?;
+    let before_mounts = mounts(&e.daemon);
+    let err = create(&mut c, &p, ctr("x", "127.0.0.1:1/nope:v1", &["/bin/true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: "ab".repeat(32),
+            config: Some(ctr("x", &image, &["/bin/true"])),
+            sandbox_config: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let mut bad_mount = ctr("x", &image, &["/bin/true"]);
+    bad_mount.mounts = vec![cri::Mount {
+        container_path: "../../etc".into(),
+        host_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    assert_eq!(
+        create(&mut c, &p, bad_mount).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let mut bad_log = ctr("x", &image, &["/bin/true"]);
+    bad_log.log_path = "../../../etc/cron.d/x".into();
+    assert_eq!(
+        create(&mut c, &p, bad_log).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    let id = create(
+        &mut c,
+        &p,
+        ctr(
+            "dup",
+            &image,
+            &["/bin/sh", "-c", "while true; do sleep 0.1; done"],
+        ),
+    )
+    .await?;
+    assert_eq!(
+        create(&mut c, &p, ctr("dup", &image, &["/bin/true"]))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::AlreadyExists
+    );
+    // Nothing from the failed creates: one rootfs mount (the good container) more than before.
+    assert_eq!(mounts(&e.daemon), before_mounts + 1);
+    assert_eq!(common::count(&e.daemon.root.join("containers")), 1);
+
+    // kelsond restarts (and crashes) while the container runs: it keeps running.
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let pid_before = std::fs::read_to_string(
+        e.daemon
+            .state
+            .join("containers")
+            .join(&id)
+            .join("shim/init.pid"),
+    )?;
+    e.daemon.crash()?;
+    e.daemon.restart()?;
+    let mut c = e.daemon.cri().await?;
+    assert_eq!(
+        status(&mut c, &id).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    assert!(Path::new("/proc").join(pid_before.trim()).exists());
+    // The container exits while kelsond is down: the exit is reported after the restart.
+    e.daemon.stop()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid_before.trim().parse()?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.daemon.restart()?;
+    let mut c = e.daemon.cri().await?;
+    let s = status(&mut c, &id).await;
+    assert_eq!(
+        (s.state, s.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 137)
+    );
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    assert_eq!(
+        mounts(&e.daemon),
+        before_mounts - 4,
+        "pod and container mounts all gone"
+    );
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
