@@ -181,6 +181,10 @@ fn serve(args: &[String]) -> Result<(), String> {
             return Err(e);
         }
     };
+    let _ = std::fs::write(
+        Path::new(&need(args, "--dir")?).join("shim.pid"),
+        std::process::id().to_string(),
+    );
     println!("ready {}", shim.init_pid());
     shim.run(listener, sigfd)
 }

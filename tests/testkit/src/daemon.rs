@@ -150,8 +150,39 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Test hygiene after a failed test: kill the shims and containers this daemon started (by
+    /// the pids they recorded under its own dirs) and unmount what it mounted there.
+    fn reap_leftovers(&self) {
+        if let Ok(rd) = std::fs::read_dir(self.state.join("containers")) {
+            for e in rd.flatten() {
+                for f in ["shim/shim.pid", "shim/init.pid"] {
+                    if let Some(pid) = std::fs::read_to_string(e.path().join(f))
+                        .ok()
+                        .and_then(|s| s.trim().parse::<i32>().ok())
+                    {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                }
+            }
+        }
+        let dir = self.dir.path().display().to_string();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        self.reap_leftovers();
         if let Some(mut c) = self.child.take() {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(10);
