@@ -313,6 +313,68 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
         assert_eq!(r.exit_code, 0);
     }
 
+    // Live resource update: the cgroup file changes and status reports the new value.
+    let new = cri::LinuxContainerResources {
+        memory_limit_in_bytes: 128 << 20,
+        ..Default::default()
+    };
+    c.runtime
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: web.clone(),
+            linux: Some(new),
+            ..Default::default()
+        })
+        .await?;
+    assert_eq!(
+        std::fs::read_to_string(cgroup_dir(&p, &web).join("memory.limit_in_bytes"))?.trim(),
+        (128u64 << 20).to_string()
+    );
+    let st = status(&mut c, &web).await;
+    assert_eq!(
+        st.resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes),
+        Some(128 << 20)
+    );
+
+    // The image can be removed while a container uses it: the container keeps its layers.
+    c.image
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let img_id = st.image_id.clone();
+    c.image
+        .remove_image(cri::RemoveImageRequest {
+            image: Some(cri::ImageSpec {
+                image: img_id,
+                ..Default::default()
+            }),
+        })
+        .await?;
+    let r = c
+        .runtime
+        .exec_sync(exec(&["/bin/cat", "/etc/passwd"], 5))
+        .await?
+        .into_inner();
+    assert!(
+        String::from_utf8_lossy(&r.stdout).contains("nobody"),
+        "rootfs still readable"
+    );
+    assert_eq!(
+        common::count(&e.daemon.root.join("snapshots")) - 1,
+        4,
+        "the container's layers were kept"
+    );
+    let err = create(&mut c, &p, ctr("late", &image, &["/bin/true"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    common::pull(&e.daemon, &image).await?;
+
     // Filters.
     let f = cri::ContainerFilter {
         state: Some(cri::ContainerStateValue { state: 1 }),

@@ -3,6 +3,7 @@
 //! ExecSync and log reopening. Run state comes from the shim (or its exit record when the shim
 //! is gone), never from a cached guess. Every multi-step create unwinds on failure.
 
+pub mod resources;
 pub mod rootfs;
 pub mod spec;
 pub mod user;
@@ -60,6 +61,8 @@ pub enum ContainerError {
     Rootfs(#[from] rootfs::RootfsError),
     #[error(transparent)]
     Shim(#[from] ShimError),
+    #[error(transparent)]
+    Resources(#[from] resources::ResourceError),
     #[error("container files {path}: {reason}")]
     Io { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -716,6 +719,38 @@ impl ContainerService {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Apply new limits to the live cgroup and keep them in the record (reported by status).
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        r: cri::LinuxContainerResources,
+    ) -> Result<(), ContainerError> {
+        let mut rec = self.find(id)?;
+        let v = self.view(rec.clone()).await;
+        if v.state == RunState::Exited {
+            return Err(ContainerError::WrongState {
+                id: rec.id,
+                state: "exited",
+                op: "update resources",
+            });
+        }
+        let pod = self
+            .pods
+            .find(&rec.pod_id)
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        resources::apply(
+            self.pods.cgroups(),
+            &format!("{}/{}", pod.cgroup, rec.id),
+            &r,
+        )?;
+        let mut cfg: cri::ContainerConfig =
+            serde_json::from_value(rec.config.clone()).unwrap_or_default();
+        cfg.linux.get_or_insert_with(Default::default).resources = Some(r);
+        rec.config = serde_json::to_value(&cfg).unwrap_or_default();
+        self.store.update(&rec)?;
+        Ok(())
     }
 
     /// Containers of a pod (for stop/remove of the pod).

@@ -27,9 +27,15 @@ impl From<ContainerError> for Status {
                 Code::FailedPrecondition
             }
             E::Shim(crate::shim::ShimError::Create(_)) => Code::FailedPrecondition,
-            E::Rootfs(_) | E::Shim(_) | E::Io { .. } | E::Store(_) | E::Internal(_) => {
-                Code::Internal
+            E::Resources(crate::container::resources::ResourceError::BadUnifiedKey(_)) => {
+                Code::InvalidArgument
             }
+            E::Rootfs(_)
+            | E::Shim(_)
+            | E::Io { .. }
+            | E::Store(_)
+            | E::Internal(_)
+            | E::Resources(_) => Code::Internal,
         };
         super::status::log_error(code, &e);
         Status::new(code, e.to_string())
@@ -236,4 +242,18 @@ pub async fn reopen_log(
     record("container", &id);
     rt.containers.reopen_log(&id).await?;
     Ok(cri::ReopenContainerLogResponse {})
+}
+
+pub async fn update_resources(
+    rt: &Shared,
+    req: cri::UpdateContainerResourcesRequest,
+) -> Result<cri::UpdateContainerResourcesResponse, Status> {
+    record("container", &req.container_id);
+    let linux = req.linux.ok_or_else(|| {
+        Status::invalid_argument("UpdateContainerResources: linux resources are required")
+    })?;
+    rt.containers
+        .update_resources(&req.container_id, linux)
+        .await?;
+    Ok(cri::UpdateContainerResourcesResponse {})
 }

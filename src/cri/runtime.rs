@@ -222,9 +222,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     }
     async fn update_container_resources(
         &self,
-        _req: Request<cri::UpdateContainerResourcesRequest>,
+        req: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+        container::update_resources(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn reopen_container_log(
         &self,

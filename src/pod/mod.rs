@@ -121,6 +121,10 @@ impl PodService {
         }
     }
 
+    pub fn cgroups(&self) -> &Hierarchy {
+        &self.cgroups
+    }
+
     fn pod_dir(&self, id: &str) -> PathBuf {
         self.state_dir.join("pods").join(id)
     }
