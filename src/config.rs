@@ -24,6 +24,7 @@ pub struct Config {
     pub cgroup_driver: CgroupDriver,
     /// The kelson-shim binary; empty: next to kelsond, else on PATH.
     pub shim_path: String,
+    pub container: ContainerConfig,
     pub image: ImageConfig,
     pub registry: RegistryConfig,
 }
@@ -78,6 +79,30 @@ pub struct ImageConfig {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct ContainerConfig {
+    /// Run every container's process under kelson-init (PID 1 that reaps orphans).
+    pub init: bool,
+    /// The static kelson-init binary; empty: next to kelsond.
+    pub init_path: String,
+    /// Pod/container annotations kelson acts on; any other `kelson.io/*` annotation is data only.
+    pub allowed_annotations: Vec<String>,
+}
+
+impl Default for ContainerConfig {
+    fn default() -> Self {
+        ContainerConfig {
+            init: false,
+            init_path: String::new(),
+            allowed_annotations: vec![INIT_ANNOTATION.to_owned()],
+        }
+    }
+}
+
+/// `"true"`/`"false"` on a pod or container turns the built-in init on or off for it.
+pub const INIT_ANNOTATION: &str = "kelson.io/init";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RegistryConfig {
     /// Directory of per-host `hosts.toml` files, in containerd's format.
     pub config_path: PathBuf,
@@ -93,6 +118,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             cgroup_driver: CgroupDriver::Cgroupfs,
             shim_path: String::new(),
+            container: ContainerConfig::default(),
             image: ImageConfig::default(),
             registry: RegistryConfig::default(),
         }

@@ -192,7 +192,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || pods.recover()).await??;
         }
         let shim = kelson::shim::locate(&cfg.shim_path);
-        let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim));
+        let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.container.clone()));
         let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers });
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};

@@ -313,6 +313,15 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
         assert_eq!(r.exit_code, 0);
     }
 
+    // The container's process starts with no blocked signals (nothing leaks from the shim).
+    let r = c
+        .runtime
+        .exec_sync(exec(&["/bin/cat", "/proc/1/status"], 5))
+        .await?
+        .into_inner();
+    let st = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(st.lines().any(|l| l == "SigBlk:\t0000000000000000"), "{st}");
+
     // Live resource update: the cgroup file changes and status reports the new value.
     let new = cri::LinuxContainerResources {
         memory_limit_in_bytes: 128 << 20,
@@ -571,6 +580,68 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
         before_mounts - 4,
         "pod and container mounts all gone"
     );
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
+
+/// Zombie processes inside the container: PID 1 (here `sleep`, as a master process that never
+/// waits) inherits an orphan that then exits. Without an init nobody reaps it; with
+/// `kelson.io/init: "true"` kelson-init is PID 1 and reaps it.
+#[tokio::test(flavor = "multi_thread")]
+async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "zombies").await?;
+    // The worker shells out a child, is killed with SIGKILL, its child is orphaned and exits.
+    let script = "sh -c 'sh -c \"sleep 0.2\" & kill -9 $$' ; exec sleep 1000";
+    let zombies = "for s in /proc/[0-9]*/stat; do read -r l < $s; case \"$l\" in *') Z '*) echo Z;; esac; done | wc -l";
+    let mut counts = Vec::new();
+    let mut stop_times = Vec::new();
+    for init in ["false", "true"] {
+        let mut cfg = ctr(
+            &format!("master-{init}"),
+            &image,
+            &["/bin/sh", "-c", script],
+        );
+        cfg.annotations.insert("kelson.io/init".into(), init.into());
+        let id = create(&mut c, &p, cfg).await?;
+        c.runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let r = c
+            .runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["/bin/sh".into(), "-c".into(), zombies.into()],
+                timeout: 10,
+            })
+            .await?
+            .into_inner();
+        counts.push(String::from_utf8_lossy(&r.stdout).trim().to_owned());
+        // `sleep` as PID 1 ignores SIGTERM (no handler), so without init only SIGKILL at the
+        // timeout stops it; with the init in front, SIGTERM is forwarded and stop is prompt.
+        let t = Instant::now();
+        c.runtime
+            .stop_container(cri::StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 2,
+            })
+            .await?;
+        stop_times.push(t.elapsed());
+    }
+    assert_eq!(counts, ["1", "0"], "zombies without and with kelson-init");
+    assert!(
+        stop_times[0] >= Duration::from_secs(2) && stop_times[1] < stop_times[0] / 2,
+        "{stop_times:?}"
+    );
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }

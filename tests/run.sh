@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 packaging/setup.sh
 cargo fmt --all -- --check
+cargo fmt --manifest-path shim/init/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --manifest-path shim/init/Cargo.toml --locked --target-dir target/init -- -D warnings
 # The shim is a binary of another package: build every binary before the tests use them.
 cargo build --workspace --bins --locked
+packaging/build-init.sh debug
 cargo test --workspace --locked

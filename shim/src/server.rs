@@ -16,8 +16,7 @@ use bytes::BytesMut;
 use kelson_proto::shim::{self as msg, request::Kind};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, Signal, kill};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
@@ -177,7 +176,7 @@ impl Shim {
         Ok(l)
     }
 
-    pub fn run(mut self, listener: UnixListener, sigfd: SignalFd) -> ! {
+    pub fn run(mut self, listener: UnixListener, mut sigfd: UnixStream) -> ! {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             if self.exit.is_some() && self.outputs.is_empty() && self.execs.is_empty() {
@@ -233,7 +232,8 @@ impl Shim {
                 (hit(&fds[0]), hit(&fds[1]), ready_out, ready_exec)
             };
             if ready_sig {
-                while let Ok(Some(_)) = sigfd.read_signal() {}
+                let mut drain = [0u8; 64];
+                while matches!(sigfd.read(&mut drain), Ok(n) if n > 0) {}
                 self.reap();
             }
             for i in ready_out.into_iter().rev() {
@@ -574,14 +574,16 @@ fn respond(mut conn: UnixStream, r: msg::Response) {
     }
 }
 
-/// Block SIGCHLD and return a signalfd for it (the loop reaps when it is readable).
-pub fn sigchld_fd() -> Result<SignalFd, String> {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    mask.thread_block()
-        .map_err(|e| format!("blocking SIGCHLD: {e}"))?;
-    SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("signalfd: {e}"))
+/// A socket that becomes readable on SIGCHLD (signal-hook's self-pipe). A handler rather than a
+/// blocked mask + signalfd: a blocked mask would be inherited by the container's processes.
+pub fn sigchld_fd() -> Result<UnixStream, String> {
+    let (r, w) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    r.set_nonblocking(true)
+        .and(w.set_nonblocking(true))
+        .map_err(|e| format!("socketpair: {e}"))?;
+    signal_hook::low_level::pipe::register(nix::libc::SIGCHLD, w)
+        .map_err(|e| format!("SIGCHLD handler: {e}"))?;
+    Ok(r)
 }
 
 pub fn shim_dir(p: &Path) -> PathBuf {

@@ -123,6 +123,8 @@ pub struct ContainerService {
     pods: Arc<PodService>,
     dirs: Dirs,
     shim_binary: PathBuf,
+    init_binary: PathBuf,
+    config: crate::config::ContainerConfig,
 }
 
 /// Undo stack for create (run in reverse unless disarmed).
@@ -205,14 +207,39 @@ impl ContainerService {
         pods: Arc<PodService>,
         dirs: Dirs,
         shim_binary: PathBuf,
+        config: crate::config::ContainerConfig,
     ) -> ContainerService {
+        let init_binary = if config.init_path.is_empty() {
+            shim_binary.with_file_name("kelson-init")
+        } else {
+            PathBuf::from(&config.init_path)
+        };
         ContainerService {
             store,
             images,
             pods,
             dirs,
             shim_binary,
+            init_binary,
+            config,
         }
+    }
+
+    /// The config default, overridden by the pod's and then the container's annotation — only
+    /// when the config allows that annotation (annotations are otherwise data).
+    fn wants_init(
+        &self,
+        pod: &std::collections::HashMap<String, String>,
+        ctr: &std::collections::HashMap<String, String>,
+    ) -> bool {
+        let key = crate::config::INIT_ANNOTATION;
+        if !self.config.allowed_annotations.iter().any(|a| a == key) {
+            return self.config.init;
+        }
+        let parse = |m: &std::collections::HashMap<String, String>| {
+            m.get(key).and_then(|v| v.parse::<bool>().ok())
+        };
+        parse(ctr).or(parse(pod)).unwrap_or(self.config.init)
     }
 
     fn root_dir(&self, id: &str) -> PathBuf {
@@ -389,6 +416,17 @@ impl ContainerService {
             cgroup: pod.cgroup.clone(),
         };
         let run = spec::ImageRun::from_config(&image_config);
+        let init = self
+            .wants_init(&pod_cfg.annotations, &config.annotations)
+            .then(|| self.init_binary.clone());
+        if let Some(p) = &init
+            && !p.is_file()
+        {
+            return Err(ContainerError::Invalid(format!(
+                "the built-in init was requested but {} is missing",
+                p.display()
+            )));
+        }
         let input = spec::Input {
             id: &id,
             config: &config,
@@ -397,6 +435,7 @@ impl ContainerService {
             rootfs: rootfs.clone(),
             user: uid_gid,
             own_oom_score_adj: own_oom,
+            init,
         };
         let (spec, warnings) = spec::generate(&input)?;
         for w in warnings {

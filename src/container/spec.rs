@@ -120,7 +120,12 @@ pub struct Input<'a> {
     pub user: (u32, u32, Vec<u32>),
     /// kelsond's own oom_score_adj: lowering below it needs CAP_SYS_RESOURCE.
     pub own_oom_score_adj: i64,
+    /// The static init binary to run as PID 1 in front of the process, when enabled.
+    pub init: Option<PathBuf>,
 }
+
+/// Where the init binary appears inside the container.
+pub const INIT_IN_CONTAINER: &str = "/.kelson/init";
 
 /// kubelet's rule: the request's command replaces the image Entrypoint, and then the image Cmd
 /// is used only when neither command nor args are given.
@@ -211,7 +216,10 @@ fn propagation(p: i32) -> &'static str {
 pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     let c = i.config;
     let mut warnings = Vec::new();
-    let args = argv(c, i.image)?;
+    let mut args = argv(c, i.image)?;
+    if i.init.is_some() {
+        args.splice(0..0, [INIT_IN_CONTAINER.to_owned(), "--".to_owned()]);
+    }
     let env = env(&i.image.env, &c.envs)?;
     let cwd = if !c.working_dir.is_empty() {
         c.working_dir.clone()
@@ -245,6 +253,11 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         if !user_dests.contains(&dest.as_str()) {
             mounts.push(json!({"destination": dest, "type": "bind", "source": i.pod.dir.join(f), "options": ["rbind", "rprivate", ro]}));
         }
+    }
+    if let Some(init) = &i.init {
+        // Read-only and separate from any runtime binary, so a container cannot rewrite it
+        // (runc CVE-2019-5736's class).
+        mounts.push(json!({"destination": INIT_IN_CONTAINER, "type": "bind", "source": init, "options": ["rbind", "rprivate", "ro", "nodev", "nosuid"]}));
     }
     if c.mounts.len() > MAX_MOUNTS {
         return Err(invalid("mounts", "too many"));
@@ -425,6 +438,7 @@ mod tests {
             rootfs: "/r/rootfs".into(),
             user: (1000, 1000, vec![]),
             own_oom_score_adj: 0,
+            init: None,
         }
     }
 
@@ -479,6 +493,28 @@ mod tests {
         assert_eq!(s["process"]["user"]["uid"], 1000);
         assert!(s["process"].get("oomScoreAdj").is_none());
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn init_goes_first() {
+        let mut c = cfg();
+        c.command = vec!["/app".into(), "x".into()];
+        let (img, pod) = (ImageRun::default(), PodContext::default());
+        let mut i = input(&c, &img, &pod);
+        i.init = Some("/usr/lib/kelson/kelson-init".into());
+        let (s, _) = generate(&i).unwrap();
+        assert_eq!(
+            s["process"]["args"],
+            json!(["/.kelson/init", "--", "/app", "x"])
+        );
+        assert!(
+            s["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["destination"] == "/.kelson/init"
+                    && m["options"].as_array().unwrap().contains(&json!("ro")))
+        );
     }
 
     #[test]

@@ -1,0 +1,75 @@
+//! kelson-init: PID 1 inside a container when the operator opts in (`kelson.io/init: "true"`).
+//! It starts the real process, forwards the signals a process manager forwards, and reaps every
+//! child it inherits, so orphaned grandchildren never pile up as zombies. It exits with the real
+//! process's status. No dependencies on the image: it is a static binary.
+#![forbid(unsafe_code)]
+
+use std::process::{Command, ExitCode};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+const FORWARDED: [Signal; 8] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+    Signal::SIGCONT,
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("kelson-init: usage: kelson-init -- COMMAND [ARGS…]");
+        return ExitCode::from(2);
+    };
+    // Handlers, not a blocked mask: a mask would be inherited by the child (std does not reset
+    // it), while handlers revert to the default at exec. Installed before the spawn, so no
+    // signal is lost; as PID 1 only handled signals reach us at all.
+    let mut sigs: Vec<i32> = FORWARDED.iter().map(|s| *s as i32).collect();
+    sigs.push(Signal::SIGCHLD as i32);
+    let mut signals = match signal_hook::iterator::Signals::new(&sigs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kelson-init: installing signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let child = match Command::new(cmd).args(rest).spawn() {
+        Ok(c) => Pid::from_raw(c.id() as i32),
+        Err(e) => {
+            eprintln!("kelson-init: {cmd}: {e}");
+            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
+        }
+    };
+    for raw in signals.forever() {
+        let Ok(sig) = Signal::try_from(raw) else {
+            continue;
+        };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(child, sig);
+            continue;
+        }
+        let mut status = None;
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == child => status = Some(code),
+                Ok(WaitStatus::Signaled(p, s, _)) if p == child => status = Some(128 + s as i32),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        if let Some(code) = status {
+            return ExitCode::from(code.clamp(0, 255) as u8);
+        }
+    }
+    ExitCode::from(1)
+}
