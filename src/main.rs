@@ -62,8 +62,13 @@ enum Command {
         #[arg(long)]
         uts: Option<PathBuf>,
         #[arg(long)]
+        pid: Option<PathBuf>,
+        #[arg(long)]
         hostname: Option<String>,
     },
+    /// Internal: PID 1 of a pod's shared PID namespace (reaps orphans).
+    #[command(hide = true)]
+    PodHolder,
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
@@ -84,10 +89,14 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The namespace helper runs before anything else: it must stay single-threaded.
+    if let Some(Command::PodHolder) = &cli.command {
+        kelson::pod::namespaces::hold();
+    }
     if let Some(Command::PinNs {
         net,
         ipc,
         uts,
+        pid,
         hostname,
     }) = &cli.command
     {
@@ -95,6 +104,7 @@ fn main() -> std::process::ExitCode {
             net: net.clone(),
             ipc: ipc.clone(),
             uts: uts.clone(),
+            pid: pid.clone(),
             hostname: hostname.clone(),
         };
         return match kelson::pod::namespaces::pin_here(&req) {
@@ -119,7 +129,7 @@ fn main() -> std::process::ExitCode {
         }
         Some(Command::RepairDb { rebuild }) => repair_db(&cfg, rebuild),
         Some(Command::Serve) | None => run(cfg),
-        Some(Command::PinNs { .. }) => Ok(()),
+        Some(Command::PinNs { .. }) | Some(Command::PodHolder) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -110,10 +110,24 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
     assert_eq!(nsenter("--uts", &utsns, &["hostname"]).trim(), "web-host");
     assert_ne!(nix_hostname(), "web-host");
     let m = mounts_under(&d);
+    // net, ipc, uts and (the pod shares one: CRI's default PID mode is POD) pid.
     assert_eq!(
         m.iter().filter(|l| l.contains(" - nsfs ")).count(),
-        3,
+        4,
         "{m:#?}"
+    );
+    // The shared PID namespace has a holder as PID 1, which is this kelsond's own binary.
+    let holder: i32 = std::fs::read_to_string(d.state.join("pods").join(&id).join("pidns.holder"))?
+        .trim()
+        .parse()?;
+    let cmdline = std::fs::read(format!("/proc/{holder}/cmdline"))?;
+    assert!(String::from_utf8_lossy(&cmdline).contains("pod-holder"));
+    let ns_pid = std::fs::read_to_string(format!("/proc/{holder}/status"))?;
+    assert!(
+        ns_pid
+            .lines()
+            .any(|l| l.starts_with("NSpid:") && l.trim_end().ends_with("\t1")),
+        "holder is PID 1 in its namespace: {ns_pid}"
     );
     assert!(
         m.iter()
@@ -195,6 +209,26 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
         cri::PodSandboxState::SandboxNotready as i32
     );
     assert!(!Path::new(&netns).exists());
+    // Gone, or a zombie waiting for the host's init to reap it (it was re-parented there).
+    let dead = || {
+        std::fs::read_to_string(format!("/proc/{holder}/status"))
+            .map(|st| {
+                st.lines()
+                    .any(|l| l.starts_with("State:") && l.contains('Z'))
+            })
+            .unwrap_or(true)
+    };
+    for _ in 0..100 {
+        if dead() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        dead(),
+        "holder still alive after stop: {}",
+        std::fs::read_to_string(format!("/proc/{holder}/status")).unwrap_or_default()
+    );
     let not_ready = cri::PodSandboxFilter {
         state: Some(cri::PodSandboxStateValue { state: 1 }),
         ..Default::default()

@@ -411,6 +411,7 @@ impl ContainerService {
             netns: pod.netns.clone(),
             ipcns: pod.ipcns.clone(),
             utsns: pod.utsns.clone(),
+            pidns: pod.pidns.clone(),
             shm: pod.shm.clone(),
             dir: pod_dir,
             cgroup: pod.cgroup.clone(),

@@ -105,6 +105,7 @@ pub struct PodContext {
     pub netns: String,
     pub ipcns: String,
     pub utsns: String,
+    pub pidns: String,
     pub shm: String,
     pub dir: PathBuf,
     pub cgroup: String,
@@ -280,7 +281,26 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         mounts.push(json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": opts}));
     }
 
-    let mut namespaces = vec![json!({"type": "pid"}), json!({"type": "mount"})];
+    let pid_mode = sc
+        .namespace_options
+        .as_ref()
+        .map(|n| n.pid)
+        .and_then(|m| cri::NamespaceMode::try_from(m).ok())
+        .unwrap_or(cri::NamespaceMode::Container);
+    let mut namespaces = vec![json!({"type": "mount"})];
+    match pid_mode {
+        cri::NamespaceMode::Node => {}
+        cri::NamespaceMode::Pod if !i.pod.pidns.is_empty() => {
+            namespaces.push(json!({"type": "pid", "path": i.pod.pidns}))
+        }
+        cri::NamespaceMode::Target => {
+            return Err(invalid(
+                "namespace_options.pid",
+                "TARGET is not supported yet",
+            ));
+        }
+        _ => namespaces.push(json!({"type": "pid"})),
+    }
     for (kind, path) in [
         ("network", &i.pod.netns),
         ("ipc", &i.pod.ipcns),
@@ -469,6 +489,7 @@ mod tests {
             shm: "/s/shm".into(),
             dir: "/s".into(),
             cgroup: "kubepods/pod1".into(),
+            pidns: "/s/pidns".into(),
         };
         let img = ImageRun::default();
         let (s, warnings) = generate(&input(&c, &img, &pod)).unwrap();
@@ -493,6 +514,48 @@ mod tests {
         assert_eq!(s["process"]["user"]["uid"], 1000);
         assert!(s["process"].get("oomScoreAdj").is_none());
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn pid_namespace_modes() {
+        let pod = PodContext {
+            pidns: "/s/pidns".into(),
+            ..Default::default()
+        };
+        let img = ImageRun::default();
+        let pid_ns = |mode: Option<cri::NamespaceMode>| {
+            let mut c = cfg();
+            c.command = vec!["/x".into()];
+            if let Some(m) = mode {
+                c.linux = Some(cri::LinuxContainerConfig {
+                    security_context: Some(cri::LinuxContainerSecurityContext {
+                        namespace_options: Some(cri::NamespaceOption {
+                            pid: m as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                });
+            }
+            let (s, _) = generate(&input(&c, &img, &pod)).unwrap();
+            s["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["type"] == "pid")
+                .cloned()
+        };
+        assert_eq!(pid_ns(None), Some(json!({"type": "pid"})));
+        assert_eq!(
+            pid_ns(Some(cri::NamespaceMode::Container)),
+            Some(json!({"type": "pid"}))
+        );
+        assert_eq!(
+            pid_ns(Some(cri::NamespaceMode::Pod)),
+            Some(json!({"type": "pid", "path": "/s/pidns"}))
+        );
+        assert_eq!(pid_ns(Some(cri::NamespaceMode::Node)), None);
     }
 
     #[test]

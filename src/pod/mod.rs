@@ -192,6 +192,7 @@ impl PodService {
             .unwrap_or_default();
         let host_net = mode(ns.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
+        let shared_pid = mode(ns.pid) == cri::NamespaceMode::Pod;
 
         let id = ids::generate()?;
         let name_key = format!(
@@ -280,13 +281,18 @@ impl PodService {
             ipc: (!host_ipc).then(|| dir.join("ipcns")),
             // A pod on the host network keeps the host's UTS namespace too, as kubelet expects.
             uts: (!host_net).then(|| dir.join("utsns")),
+            // Only a pod that shares one PID namespace gets one (with a holder as its PID 1).
+            pid: shared_pid.then(|| dir.join("pidns")),
             hostname: (!host_net && !hostname.is_empty()).then(|| hostname.clone()),
         };
         namespaces::pin(&req)?;
         {
             let r = req.clone();
             undo.push(move || {
-                for p in [&r.net, &r.ipc, &r.uts].into_iter().flatten() {
+                if let Some(p) = &r.pid {
+                    namespaces::stop_holder(p);
+                }
+                for p in [&r.net, &r.ipc, &r.uts, &r.pid].into_iter().flatten() {
                     let _ = namespaces::unpin(p);
                 }
             });
@@ -299,6 +305,7 @@ impl PodService {
         rec.netns = path(&req.net);
         rec.ipcns = path(&req.ipc);
         rec.utsns = path(&req.uts);
+        rec.pidns = path(&req.pid);
         self.store.update(&rec)?;
         undo.disarm();
         tracing::info!(pod = %rec.id, name = %rec.name_key, "pod sandbox ready");
@@ -312,7 +319,10 @@ impl PodService {
             Err(PodError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        for p in [&rec.netns, &rec.ipcns, &rec.utsns] {
+        if !rec.pidns.is_empty() {
+            namespaces::stop_holder(&PathBuf::from(&rec.pidns));
+        }
+        for p in [&rec.netns, &rec.ipcns, &rec.utsns, &rec.pidns] {
             if !p.is_empty() {
                 namespaces::unpin(&PathBuf::from(p))?;
             }
@@ -358,10 +368,12 @@ impl PodService {
     /// reported NotReady rather than trusted.
     pub fn recover(&self) -> Result<(), PodError> {
         for mut rec in self.store.list::<PodRecord>()? {
-            let alive = [&rec.netns, &rec.ipcns, &rec.utsns]
+            let alive = [&rec.netns, &rec.ipcns, &rec.utsns, &rec.pidns]
                 .iter()
                 .filter(|p| !p.is_empty())
-                .all(|p| namespaces::is_pinned(&PathBuf::from(p)));
+                .all(|p| namespaces::is_pinned(&PathBuf::from(p)))
+                && (rec.pidns.is_empty()
+                    || namespaces::holder_pid(&PathBuf::from(&rec.pidns)).is_some());
             if rec.state == PodState::Ready && !alive {
                 tracing::warn!(pod = %rec.id, "pod namespaces are gone; marking the sandbox not ready");
                 rec.state = PodState::NotReady;

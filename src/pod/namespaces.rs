@@ -28,6 +28,8 @@ pub struct PinRequest {
     pub net: Option<PathBuf>,
     pub ipc: Option<PathBuf>,
     pub uts: Option<PathBuf>,
+    /// A shared PID namespace: its holder (PID 1 there) writes its host pid to `<pid>.holder`.
+    pub pid: Option<PathBuf>,
     pub hostname: Option<String>,
 }
 
@@ -38,6 +40,7 @@ impl PinRequest {
             ("--net", &self.net),
             ("--ipc", &self.ipc),
             ("--uts", &self.uts),
+            ("--pid", &self.pid),
         ] {
             if let Some(p) = p {
                 a.push(flag.into());
@@ -110,7 +113,79 @@ pub fn pin_here(req: &PinRequest) -> Result<(), NsError> {
             bind_ns(&format!("/proc/self/ns/{kind}"), t)?;
         }
     }
+    if let Some(t) = &req.pid {
+        // A new PID namespace applies to children: the holder started now is its PID 1.
+        unshare(CloneFlags::CLONE_NEWPID).map_err(|errno| NsError::Sys {
+            op: "unshare pid",
+            path: t.clone(),
+            errno,
+        })?;
+        let exe = std::env::current_exe()
+            .map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
+        let holder = Command::new(exe)
+            .arg("pod-holder")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| NsError::Helper(format!("starting the pid namespace holder: {e}")))?;
+        let pid = holder.id();
+        bind_ns(&format!("/proc/{pid}/ns/pid"), t)?;
+        std::fs::write(holder_file(t), pid.to_string())
+            .map_err(|e| NsError::Helper(format!("recording holder pid: {e}")))?;
+    }
     Ok(())
+}
+
+pub fn holder_file(pidns: &Path) -> PathBuf {
+    pidns.with_extension("holder")
+}
+
+/// The holder of a pod's PID namespace, if it is still running.
+pub fn holder_pid(pidns: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(holder_file(pidns))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    cmdline
+        .windows(10)
+        .any(|w| w == b"pod-holder")
+        .then_some(pid)
+}
+
+/// Stop a pod's PID namespace: killing its PID 1 makes the kernel kill every process in it.
+pub fn stop_holder(pidns: &Path) {
+    if let Some(pid) = holder_pid(pidns) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = std::fs::remove_file(holder_file(pidns));
+}
+
+/// `kelsond pod-holder`: PID 1 of a pod's shared PID namespace. It does nothing but reap the
+/// orphans the pod's processes leave (with SIGCHLD handled, so the kernel delivers it to PID 1).
+pub fn hold() -> ! {
+    let _ = nix::unistd::setsid();
+    let mut signals = match signal_hook::iterator::Signals::new([nix::libc::SIGCHLD]) {
+        Ok(s) => s,
+        Err(_) => std::process::exit(1),
+    };
+    loop {
+        for _ in signals.wait() {
+            while let Ok(s) = nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(-1),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            ) {
+                if s == nix::sys::wait::WaitStatus::StillAlive {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 fn bind_ns(src: &str, target: &Path) -> Result<(), NsError> {
@@ -154,7 +229,13 @@ pub fn unpin(path: &Path) -> Result<(), NsError> {
 }
 
 fn unpin_all(req: &PinRequest) {
-    for p in [&req.net, &req.ipc, &req.uts].into_iter().flatten() {
+    if let Some(p) = &req.pid {
+        stop_holder(p);
+    }
+    for p in [&req.net, &req.ipc, &req.uts, &req.pid]
+        .into_iter()
+        .flatten()
+    {
         let _ = unpin(p);
     }
 }

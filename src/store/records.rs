@@ -62,6 +62,8 @@ pub struct PodRecord {
     pub netns: String,
     pub ipcns: String,
     pub utsns: String,
+    /// The shared PID namespace (empty unless the pod shares one); its holder is PID 1 there.
+    pub pidns: String,
     /// The pod's /dev/shm tmpfs mount point (empty with host IPC).
     pub shm: String,
     /// The pod cgroup (relative to each hierarchy) and whether kelson created it.

@@ -166,6 +166,16 @@ impl Daemon {
                 }
             }
         }
+        if let Ok(rd) = std::fs::read_dir(self.state.join("pods")) {
+            for e in rd.flatten() {
+                if let Some(pid) = std::fs::read_to_string(e.path().join("pidns.holder"))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+                {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
         let dir = self.dir.path().display().to_string();
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
