@@ -724,3 +724,127 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
+
+/// OOM kill is reported as OOMKilled (exit 137); ReopenContainerLog follows kubelet's rotation;
+/// a host device can be mapped in.
+#[tokio::test(flavor = "multi_thread")]
+async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "oom").await?;
+    // A shell variable grows to ~64 MiB inside a 24 MiB memory limit.
+    let mut hog = ctr(
+        "hog",
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "x=$(head -c 67108864 /dev/zero | busybox tr '\\0' a); echo survived",
+        ],
+    );
+    hog.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 24 << 20,
+            memory_swap_limit_in_bytes: 24 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let hog = create(&mut c, &p, hog).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: hog.clone(),
+        })
+        .await?;
+    let s = wait_exited(&mut c, &hog).await;
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (137, "OOMKilled"),
+        "{s:?}"
+    );
+
+    // Log rotation: kubelet renames the file and asks for a reopen; new lines go to a new file.
+    let mut talk = ctr(
+        "talk",
+        &image,
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    talk.devices = vec![cri::Device {
+        container_path: "/dev/kelson-null".into(),
+        host_path: "/dev/null".into(),
+        permissions: "rw".into(),
+    }];
+    let talk = create(&mut c, &p, talk).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: talk.clone(),
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = status(&mut c, &talk).await.log_path;
+    let rotated = format!("{log}.1");
+    std::fs::rename(&log, &rotated)?;
+    c.runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: talk.clone(),
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = std::fs::read_to_string(&rotated)?;
+    let new = std::fs::read_to_string(&log)?;
+    assert!(
+        old.contains("stdout F line 0") && !new.is_empty() && !new.contains("stdout F line 0\n"),
+        "old:\n{old}\nnew:\n{new}"
+    );
+    // The mapped device works inside.
+    let r = c
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: talk.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo x > /dev/kelson-null && echo ok".into(),
+            ],
+            timeout: 5,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "ok\n",
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    // A device path that is not a device is refused.
+    let mut bad = ctr("bad", &image, &["/bin/true"]);
+    bad.devices = vec![cri::Device {
+        container_path: "/dev/x".into(),
+        host_path: "/etc/hostname".into(),
+        permissions: "r".into(),
+    }];
+    assert_eq!(
+        create(&mut c, &p, bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    // Reopen on an exited container is a clear FailedPrecondition.
+    let err = c
+        .runtime
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: hog.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}

@@ -179,6 +179,45 @@ fn log_path(pod_log_dir: &str, rel: &str) -> Result<Option<PathBuf>, ContainerEr
     Ok(Some(Path::new(pod_log_dir).join(rel)))
 }
 
+/// Look up the host side of requested devices: each must be a character or block device.
+fn host_devices(reqs: &[cri::Device]) -> Result<Vec<spec::Device>, ContainerError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    reqs.iter()
+        .map(|d| {
+            let m = std::fs::metadata(&d.host_path)
+                .map_err(|e| ContainerError::Invalid(format!("device {:?}: {e}", d.host_path)))?;
+            let ft = m.file_type();
+            let kind = if ft.is_char_device() {
+                'c'
+            } else if ft.is_block_device() {
+                'b'
+            } else {
+                return Err(ContainerError::Invalid(format!(
+                    "device {:?} is not a device node",
+                    d.host_path
+                )));
+            };
+            let rdev = m.rdev();
+            Ok(spec::Device {
+                container_path: if d.container_path.is_empty() {
+                    d.host_path.clone()
+                } else {
+                    d.container_path.clone()
+                },
+                kind,
+                major: nix::sys::stat::major(rdev),
+                minor: nix::sys::stat::minor(rdev),
+                mode: m.mode() & 0o7777,
+                access: if d.permissions.is_empty() {
+                    "rwm".into()
+                } else {
+                    d.permissions.clone()
+                },
+            })
+        })
+        .collect()
+}
+
 /// The image's STOPSIGNAL ("SIGQUIT", "QUIT" or a number), SIGTERM when absent or unknown.
 pub fn stop_signal(image_config: &serde_json::Value) -> i32 {
     let s = image_config["config"]["StopSignal"]
@@ -437,6 +476,7 @@ impl ContainerService {
             user: uid_gid,
             own_oom_score_adj: own_oom,
             init,
+            devices: host_devices(&config.devices)?,
         };
         let (spec, warnings) = spec::generate(&input)?;
         for w in warnings {

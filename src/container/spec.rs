@@ -123,6 +123,21 @@ pub struct Input<'a> {
     pub own_oom_score_adj: i64,
     /// The static init binary to run as PID 1 in front of the process, when enabled.
     pub init: Option<PathBuf>,
+    /// Host devices the request maps in, already looked up on the host.
+    pub devices: Vec<Device>,
+}
+
+/// A host device node to create in the container (`CreateContainer`'s `devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub container_path: String,
+    /// 'c' or 'b'.
+    pub kind: char,
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+    /// cgroup access: a subset of "rwm".
+    pub access: String,
 }
 
 /// Where the init binary appears inside the container.
@@ -311,7 +326,20 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         }
     }
 
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
+    let mut devices = Vec::new();
+    for d in &i.devices {
+        abs_clean("devices.container_path", &d.container_path)?;
+        if d.access.is_empty() || !d.access.chars().all(|c| "rwm".contains(c)) {
+            return Err(invalid(
+                "devices.permissions",
+                format!("{:?} must be a subset of rwm", d.access),
+            ));
+        }
+        devices.push(json!({"path": d.container_path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "fileMode": d.mode, "uid": 0, "gid": 0}));
+        device_rules.push(json!({"allow": true, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.access}));
+    }
+    let mut resources = json!({"devices": device_rules});
     let mut cpu = serde_json::Map::new();
     if res.cpu_shares > 0 {
         cpu.insert("shares".into(), json!(res.cpu_shares));
@@ -379,6 +407,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": format!("/{}/{}", i.pod.cgroup, i.id),
+            "devices": devices,
             "resources": resources,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
@@ -459,6 +488,7 @@ mod tests {
             user: (1000, 1000, vec![]),
             own_oom_score_adj: 0,
             init: None,
+            devices: vec![],
         }
     }
 
@@ -514,6 +544,34 @@ mod tests {
         assert_eq!(s["process"]["user"]["uid"], 1000);
         assert!(s["process"].get("oomScoreAdj").is_none());
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn devices_are_created_and_allowed() {
+        let mut c = cfg();
+        c.command = vec!["/x".into()];
+        let (img, pod) = (ImageRun::default(), PodContext::default());
+        let mut i = input(&c, &img, &pod);
+        i.devices = vec![Device {
+            container_path: "/dev/fuse".into(),
+            kind: 'c',
+            major: 10,
+            minor: 229,
+            mode: 0o666,
+            access: "rw".into(),
+        }];
+        let (s, _) = generate(&i).unwrap();
+        assert_eq!(s["linux"]["devices"][0]["path"], "/dev/fuse");
+        assert!(
+            s["linux"]["resources"]["devices"]
+                .as_array()
+                .unwrap()
+                .contains(
+                    &json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rw"})
+                )
+        );
+        i.devices[0].access = "rwx".into();
+        assert!(generate(&i).is_err());
     }
 
     #[test]

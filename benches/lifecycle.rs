@@ -1,0 +1,261 @@
+//! Benchmark (not a test): pod and container lifecycle through kelsond's CRI socket.
+//! `cargo build --release --workspace --bins && cargo bench --bench lifecycle [-- RUNS]`
+//! Prints p50/p99 of RunPodSandbox, create+start, stop+remove over RUNS runs; 20 pods × 1
+//! container started concurrently; the shims' private memory (USS, PSS from smaps_rollup) and
+//! kelsond's RSS with 20 containers running.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use kelson_testkit::daemon::Cri;
+use kelson_testkit::{Daemon, Pusher, Registry, RegistryOptions, TestImages};
+
+fn pct(v: &mut [Duration], p: f64) -> f64 {
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i].as_secs_f64() * 1000.0
+}
+
+fn pod_cfg(name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: name.into(),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: format!("/tmp/kelson-bench-logs/{name}"),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/kelson-bench/{name}"),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        labels: HashMap::new(),
+        ..Default::default()
+    }
+}
+
+fn ctr_cfg(image: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "c".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sleep".into(), "3600".into()],
+        log_path: "c/0.log".into(),
+        ..Default::default()
+    }
+}
+
+async fn run_one(
+    c: &mut Cri,
+    name: &str,
+    image: &str,
+) -> anyhow::Result<(String, String, Duration, Duration)> {
+    let t = Instant::now();
+    let pod = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_cfg(name)),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let run = t.elapsed();
+    let t = Instant::now();
+    let id = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(ctr_cfg(image)),
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    Ok((pod, id, run, t.elapsed()))
+}
+
+async fn teardown(c: &mut Cri, pod: &str, id: &str) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.into(),
+            timeout: 0,
+        })
+        .await?;
+    c.runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.into(),
+        })
+        .await?;
+    let d = t.elapsed();
+    c.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await?;
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await?;
+    Ok(d)
+}
+
+fn rollup(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    (
+        field("Private_Clean:") + field("Private_Dirty:"),
+        field("Pss:"),
+    )
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let runs: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(50);
+    let bin = Path::new(env!("CARGO_BIN_EXE_kelsond"));
+    anyhow::ensure!(
+        bin.with_file_name("kelson-shim").exists(),
+        "build the shim first: cargo build --release --workspace --bins"
+    );
+    let registry = Registry::start(RegistryOptions::default())?;
+    Pusher::new(&registry)?
+        .image(
+            "bench/busybox",
+            "v1",
+            &TestImages::standard("amd64", false)?,
+        )
+        .await?;
+    let daemon = Daemon::start(bin, "")?;
+    daemon.hosts(&registry.host, &registry.hosts_toml())?;
+    let image = format!("{}/bench/busybox:v1", registry.host);
+    let mut c = daemon.cri().await?;
+    c.image
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        })
+        .await?;
+
+    let (mut run, mut start, mut stop) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let (pod, id, r, s) = run_one(&mut c, &format!("seq{i}"), &image).await?;
+        run.push(r);
+        start.push(s);
+        stop.push(teardown(&mut c, &pod, &id).await?);
+    }
+    println!(
+        "RunPodSandbox          p50 {:7.2} ms  p99 {:7.2} ms  ({runs} runs)",
+        pct(&mut run, 0.5),
+        pct(&mut run, 0.99)
+    );
+    println!(
+        "create+start container p50 {:7.2} ms  p99 {:7.2} ms",
+        pct(&mut start, 0.5),
+        pct(&mut start, 0.99)
+    );
+    println!(
+        "stop+remove container  p50 {:7.2} ms  p99 {:7.2} ms",
+        pct(&mut stop, 0.5),
+        pct(&mut stop, 0.99)
+    );
+
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let mut c = c.clone();
+            let image = image.clone();
+            tokio::spawn(async move { run_one(&mut c, &format!("par{i}"), &image).await })
+        })
+        .collect();
+    let mut started = Vec::new();
+    for t in tasks {
+        let (pod, id, _, _) = t.await??;
+        started.push((pod, id));
+    }
+    println!(
+        "20 pods x 1 container, concurrently: {:.0} ms total",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut uss = Vec::new();
+    let mut pss = Vec::new();
+    for (_, id) in &started {
+        if let Some(pid) = std::fs::read_to_string(
+            daemon
+                .state
+                .join("containers")
+                .join(id)
+                .join("shim/shim.pid"),
+        )
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        {
+            let (u, p) = rollup(pid);
+            uss.push(u);
+            pss.push(p);
+        }
+    }
+    uss.sort();
+    pss.sort();
+    if !uss.is_empty() {
+        println!(
+            "shim memory per container: USS median {} KiB (min {}, max {}), PSS median {} KiB",
+            uss[uss.len() / 2],
+            uss[0],
+            uss[uss.len() - 1],
+            pss[pss.len() / 2]
+        );
+    }
+    if let Some(pid) = daemon.pid() {
+        println!("kelsond RSS with 20 containers: {} KiB", rss_kib(pid));
+    }
+    for (pod, id) in started {
+        teardown(&mut c, &pod, &id).await?;
+    }
+    Ok(())
+}
