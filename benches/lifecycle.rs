@@ -2,7 +2,8 @@
 //! `cargo build --release --workspace --bins && cargo bench --bench lifecycle [-- RUNS]`
 //! Prints p50/p99 of RunPodSandbox, create+start, stop+remove over RUNS runs; 20 pods × 1
 //! container started concurrently; the shims' private memory (USS, PSS from smaps_rollup) and
-//! kelsond's RSS with 20 containers running.
+//! kelsond's RSS with 20 containers running; ExecSync round trip and the shim's memory across
+//! 100 probes.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -253,6 +254,37 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(pid) = daemon.pid() {
         println!("kelsond RSS with 20 containers: {} KiB", rss_kib(pid));
+    }
+    // ExecSync: round trip, and the shim's memory before and after 100 probes.
+    if let Some((_, id)) = started.first() {
+        let shim_pid: Option<u32> = std::fs::read_to_string(
+            daemon
+                .state
+                .join("containers")
+                .join(id)
+                .join("shim/shim.pid"),
+        )
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+        let before = shim_pid.map(|p| rollup(p).0).unwrap_or(0);
+        let mut rtt = Vec::new();
+        for _ in 0..100 {
+            let t = Instant::now();
+            c.runtime
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: id.clone(),
+                    cmd: vec!["/bin/true".into()],
+                    timeout: 10,
+                })
+                .await?;
+            rtt.push(t.elapsed());
+        }
+        let after = shim_pid.map(|p| rollup(p).0).unwrap_or(0);
+        println!(
+            "ExecSync round trip    p50 {:7.2} ms  p99 {:7.2} ms (100 runs); shim USS {before} KiB before, {after} KiB after",
+            pct(&mut rtt, 0.5),
+            pct(&mut rtt, 0.99)
+        );
     }
     for (pod, id) in started {
         teardown(&mut c, &pod, &id).await?;

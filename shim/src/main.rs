@@ -2,12 +2,12 @@
 //! log file, records the exit status, reaps every child, and answers kelsond on a unix socket.
 //! It is detached from kelsond (own session, re-parented), so it outlives kelsond's restarts.
 //!
-//! Sub-commands: `spawn` (run by kelsond: starts `serve` detached and reports readiness),
-//! `serve` (the long-lived shim), and the short-lived children `create`, `start`, `exec`,
-//! `delete` through which the container library runs (engine.rs).
+//! Sub-commands: `spawn` (run by kelsond: starts `serve` detached and reports readiness) and
+//! `serve` (the long-lived shim). Container operations run in the separate, short-lived
+//! `kelson-shim-engine` binary: the library's code and relocations never load into the
+//! long-lived shim, which keeps its private memory small.
 #![forbid(unsafe_code)]
 
-mod engine;
 mod exit;
 mod log;
 mod server;
@@ -61,51 +61,8 @@ fn main() -> ExitCode {
     let result = match cmd {
         "spawn" => spawn(&args),
         "serve" => serve(&args),
-        "create" => {
-            let r = (|| {
-                let id = need(&args, "--id")?;
-                engine::create(
-                    &id,
-                    Path::new(&need(&args, "--root")?),
-                    Path::new(&need(&args, "--bundle")?),
-                    Path::new(&need(&args, "--pid-file")?),
-                )
-            })();
-            if let (Err(e), Some(f)) = (&r, arg(&args, "--error-file")) {
-                let _ = std::fs::write(f, e);
-            }
-            r
-        }
-        "start" => need(&args, "--id")
-            .and_then(|id| engine::start(&id, Path::new(&need(&args, "--root")?))),
-        "delete" => need(&args, "--id")
-            .and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
-        "exec" => {
-            let r = (|| {
-                let id = need(&args, "--id")?;
-                let rest: Vec<String> = args
-                    .iter()
-                    .skip_while(|a| *a != "--")
-                    .skip(1)
-                    .cloned()
-                    .collect();
-                engine::exec(
-                    &id,
-                    Path::new(&need(&args, "--root")?),
-                    rest,
-                    Path::new(&need(&args, "--pid-file")?),
-                )
-            })();
-            return match r {
-                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
-                Err(e) => {
-                    eprintln!("{e}");
-                    ExitCode::from(126)
-                }
-            };
-        }
         _ => Err(format!(
-            "kelson-shim {}: usage: kelson-shim spawn|serve|create|start|exec|delete …",
+            "kelson-shim {}: usage: kelson-shim spawn|serve …",
             env!("CARGO_PKG_VERSION")
         )),
     };
@@ -176,7 +133,15 @@ fn serve(args: &[String]) -> Result<(), String> {
                 nix::unistd::Pid::from_raw(shim.init_pid()),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            let _ = engine::delete(&need(args, "--id")?, Path::new(&need(args, "--root")?));
+            let _ = Command::new(server::engine_exe())
+                .args([
+                    "delete",
+                    "--id",
+                    &need(args, "--id")?,
+                    "--root",
+                    &need(args, "--root")?,
+                ])
+                .output();
             println!("error: {e}");
             return Err(e);
         }

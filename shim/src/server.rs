@@ -52,8 +52,11 @@ fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }
 
-fn self_exe() -> PathBuf {
-    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe"))
+/// The engine binary, installed next to the shim.
+pub fn engine_exe() -> PathBuf {
+    std::env::current_exe()
+        .map(|e| e.with_file_name("kelson-shim-engine"))
+        .unwrap_or_else(|_| PathBuf::from("kelson-shim-engine"))
 }
 
 struct ExecSession {
@@ -117,7 +120,7 @@ impl Shim {
             .map_err(|e| format!("fcntl: {e}"))?;
         let pid_file = cfg.dir.join("init.pid");
         let err_file = cfg.dir.join("create.err");
-        let status = Command::new(self_exe())
+        let status = Command::new(engine_exe())
             .args(["create", "--id", &cfg.id])
             .arg("--root")
             .arg(&cfg.root)
@@ -435,7 +438,7 @@ impl Shim {
         if self.status != msg::Status::Created {
             return error(format!("container is {:?}, not created", self.status));
         }
-        let out = Command::new(self_exe())
+        let out = Command::new(engine_exe())
             .args(["start", "--id", &self.cfg.id])
             .arg("--root")
             .arg(&self.cfg.root)
@@ -500,7 +503,7 @@ impl Shim {
         };
         self.exec_seq += 1;
         let pid_file = self.cfg.dir.join(format!("exec-{}.pid", self.exec_seq));
-        let child = Command::new(self_exe())
+        let child = Command::new(engine_exe())
             .args(["exec", "--id", &self.cfg.id])
             .arg("--root")
             .arg(&self.cfg.root)

@@ -505,7 +505,7 @@ impl ContainerService {
             // If anything after this fails, the engine may hold a created container: delete it.
             let (bin, id, root) = (self.shim_binary.clone(), id.clone(), self.engine_root());
             undo.push(move || {
-                let _ = std::process::Command::new(bin)
+                let _ = std::process::Command::new(bin.with_file_name("kelson-shim-engine"))
                     .args(["delete", "--id", &id])
                     .arg("--root")
                     .arg(root)

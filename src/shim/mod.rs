@@ -94,9 +94,9 @@ pub async fn spawn(s: Spawn<'_>) -> Result<u32, ShimError> {
     ))
 }
 
-/// Run a one-shot engine command through the shim binary (`delete`).
+/// Delete a container's engine state and cgroup (`kelson-shim-engine delete`, next to the shim).
 pub async fn delete(binary: &Path, id: &str, root: &Path) -> Result<(), ShimError> {
-    let out = tokio::process::Command::new(binary)
+    let out = tokio::process::Command::new(binary.with_file_name("kelson-shim-engine"))
         .args(["delete", "--id", id])
         .arg("--root")
         .arg(root)

@@ -1,0 +1,81 @@
+//! kelson-shim-engine: the short-lived children through which the shim drives the container
+//! library — `create`, `start`, `exec`, `delete`. A separate binary so that the long-lived shim
+//! never maps the library (see engine.rs).
+#![forbid(unsafe_code)]
+
+#[path = "../engine.rs"]
+mod engine;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn need(args: &[String], name: &str) -> Result<String, String> {
+    arg(args, name).ok_or_else(|| format!("missing {name}"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let cmd = args.get(1).map(String::as_str).unwrap_or("");
+    let result = match cmd {
+        "create" => {
+            let r = (|| {
+                let id = need(&args, "--id")?;
+                engine::create(
+                    &id,
+                    Path::new(&need(&args, "--root")?),
+                    Path::new(&need(&args, "--bundle")?),
+                    Path::new(&need(&args, "--pid-file")?),
+                )
+            })();
+            if let (Err(e), Some(f)) = (&r, arg(&args, "--error-file")) {
+                let _ = std::fs::write(f, e);
+            }
+            r
+        }
+        "start" => need(&args, "--id")
+            .and_then(|id| engine::start(&id, Path::new(&need(&args, "--root")?))),
+        "delete" => need(&args, "--id")
+            .and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
+        "exec" => {
+            let r = (|| {
+                let id = need(&args, "--id")?;
+                let rest: Vec<String> = args
+                    .iter()
+                    .skip_while(|a| *a != "--")
+                    .skip(1)
+                    .cloned()
+                    .collect();
+                engine::exec(
+                    &id,
+                    Path::new(&need(&args, "--root")?),
+                    rest,
+                    Path::new(&need(&args, "--pid-file")?),
+                )
+            })();
+            return match r {
+                Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(126)
+                }
+            };
+        }
+        _ => Err(format!(
+            "kelson-shim-engine {}: usage: kelson-shim-engine create|start|exec|delete …",
+            env!("CARGO_PKG_VERSION")
+        )),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
