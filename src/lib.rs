@@ -9,6 +9,7 @@ pub mod dirs;
 pub mod ids;
 pub mod image;
 pub mod pod;
+pub mod rollback;
 pub mod server;
 pub mod shim;
 pub mod store;

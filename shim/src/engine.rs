@@ -14,10 +14,8 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
-/// Create the container from `bundle/config.json`; its init waits for `start`. The container's
-/// stdout and stderr are this process's (the shim passed its pipes); stdin is /dev/null.
-/// Writes the init's pid to `pid_file`.
-pub fn create(id: &str, root: &Path, bundle: &Path, pid_file: &Path) -> Result<(), String> {
+/// The container's stdio: this process's stdout and stderr (the shim's pipes), stdin /dev/null.
+fn stdio() -> Result<(std::fs::File, std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
     let out = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
@@ -27,6 +25,14 @@ pub fn create(id: &str, root: &Path, bundle: &Path, pid_file: &Path) -> Result<(
         .try_clone_to_owned()
         .map_err(|e| err("dup stderr", e))?;
     let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
+    Ok((null, out, errfd))
+}
+
+/// Create the container from `bundle/config.json`; its init waits for `start`. The container's
+/// stdout and stderr are this process's (the shim passed its pipes); stdin is /dev/null.
+/// Writes the init's pid to `pid_file`.
+pub fn create(id: &str, root: &Path, bundle: &Path, pid_file: &Path) -> Result<(), String> {
+    let (null, out, errfd) = stdio()?;
     let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| err("root path", e))?
@@ -51,15 +57,7 @@ pub fn start(id: &str, root: &Path) -> Result<(), String> {
 
 /// Run `args` inside the container and wait; returns its exit code. stdio as this process's.
 pub fn exec(id: &str, root: &Path, args: Vec<String>, pid_file: &Path) -> Result<i32, String> {
-    let out = std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| err("dup stdout", e))?;
-    let errfd = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| err("dup stderr", e))?;
-    let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
+    let (null, out, errfd) = stdio()?;
     let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| err("root path", e))?

@@ -19,6 +19,7 @@ use crate::ids::{self, IdError};
 use crate::image::ImageService;
 use crate::image::digest::Digest;
 use crate::pod::PodService;
+use crate::rollback::Rollback;
 use crate::shim::{self, Client, ShimError, msg};
 use crate::store::{ContainerRecord, ExitInfo, PodRecord, PodState, Store, StoreError};
 
@@ -125,24 +126,6 @@ pub struct ContainerService {
     shim_binary: PathBuf,
     init_binary: PathBuf,
     config: crate::config::ContainerConfig,
-}
-
-/// Undo stack for create (run in reverse unless disarmed).
-struct Cleanup(Vec<Box<dyn FnOnce() + Send>>);
-impl Cleanup {
-    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.0.push(Box::new(f));
-    }
-    fn disarm(mut self) {
-        self.0.clear();
-    }
-}
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        while let Some(f) = self.0.pop() {
-            f();
-        }
-    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
@@ -385,7 +368,7 @@ impl ContainerService {
             ..Default::default()
         };
         self.store.create(&rec)?;
-        let mut undo = Cleanup(Vec::new());
+        let mut undo = Rollback::default();
         {
             let (store, id) = (self.store.clone(), id.clone());
             undo.push(move || {

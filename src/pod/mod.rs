@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use k8s_cri::v1 as cri;
 
 use crate::ids::{self, IdError};
+use crate::rollback::Rollback;
 use crate::store::{PodRecord, PodState, Store, StoreError};
 use cgroup::{CgroupError, Hierarchy};
 use files::FilesError;
@@ -74,26 +75,6 @@ fn now_ns() -> i64 {
 /// Namespace mode kubelet asks for (CRI NamespaceMode): POD, CONTAINER, NODE, TARGET.
 fn mode(m: i32) -> cri::NamespaceMode {
     cri::NamespaceMode::try_from(m).unwrap_or(cri::NamespaceMode::Pod)
-}
-
-/// Undo stack for a multi-step create (CRI-O's ResourceCleaner): run in reverse unless disarmed.
-struct Cleanup(Vec<Box<dyn FnOnce() + Send>>);
-
-impl Cleanup {
-    fn push(&mut self, f: impl FnOnce() + Send + 'static) {
-        self.0.push(Box::new(f));
-    }
-    fn disarm(mut self) {
-        self.0.clear();
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        while let Some(f) = self.0.pop() {
-            f();
-        }
-    }
 }
 
 pub struct PodService {
@@ -217,7 +198,7 @@ impl PodService {
         };
         // Reserve the name first: a duplicate fails before anything is made.
         self.store.create(&rec)?;
-        let mut undo = Cleanup(Vec::new());
+        let mut undo = Rollback::default();
         {
             let store = self.store.clone();
             let id = id.clone();
