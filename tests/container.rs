@@ -848,3 +848,149 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
+
+/// Bind mounts (read-write, read-only, propagation) and the image's STOPSIGNAL.
+#[tokio::test(flavor = "multi_thread")]
+async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    // An image whose STOPSIGNAL is SIGUSR1: the container only exits cleanly on that signal.
+    let stop_img = kelson_testkit::Image::new(
+        vec![
+            kelson_testkit::TestImages::busybox_layer()?,
+            kelson_testkit::TestImages::etc_layer(),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({"Cmd": ["/bin/sh", "-c", "trap 'echo got-usr1; exit 0' USR1; trap '' TERM; while true; do sleep 0.1; done"], "StopSignal": "SIGUSR1"}),
+    );
+    kelson_testkit::Pusher::new(&e.registry)?
+        .image("test/stopsignal", "v1", &stop_img)
+        .await?;
+    let stop_ref = format!("{}/test/stopsignal:v1", e.registry.host);
+    common::pull(&e.daemon, &stop_ref).await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "mounts").await?;
+
+    let host = tempfile::tempdir()?;
+    std::fs::write(host.path().join("in.txt"), "from host\n")?;
+    let shared = tempfile::tempdir()?;
+    // Propagation needs a shared mount on the host side (as kubelet documents for
+    // HostToContainer): make the directory its own shared mount point.
+    nix::mount::mount(
+        Some(shared.path()),
+        shared.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )?;
+    nix::mount::mount(
+        None::<&str>,
+        shared.path(),
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )?;
+    let missing = host.path().join("created-by-runtime");
+    let mut cfg = ctr(
+        "m",
+        &image,
+        &["/bin/sh", "-c", "while true; do sleep 0.1; done"],
+    );
+    cfg.mounts = vec![
+        cri::Mount {
+            container_path: "/data".into(),
+            host_path: host.path().display().to_string(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/ro".into(),
+            host_path: host.path().display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/shared".into(),
+            host_path: shared.path().display().to_string(),
+            propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/new".into(),
+            host_path: missing.display().to_string(),
+            ..Default::default()
+        },
+    ];
+    let id = create(&mut c, &p, cfg).await?;
+    assert!(
+        missing.is_dir(),
+        "a missing host path is created as a directory"
+    );
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let sh = |cmd: &str| cri::ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+        timeout: 10,
+    };
+    let r = c.runtime.exec_sync(sh("cat /data/in.txt; echo written > /data/out.txt; echo x > /ro/fail.txt || echo ro-refused")).await?.into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "from host\nro-refused\n",
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out.txt"))?,
+        "written\n"
+    );
+    assert!(!host.path().join("fail.txt").exists());
+    // rslave: a mount made on the host under the shared dir appears inside the container.
+    let sub = shared.path().join("sub");
+    std::fs::create_dir(&sub)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )?;
+    std::fs::write(sub.join("late.txt"), "propagated")?;
+    let r = c
+        .runtime
+        .exec_sync(sh("cat /shared/sub/late.txt"))
+        .await?
+        .into_inner();
+    nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH)?;
+    nix::mount::umount2(shared.path(), nix::mount::MntFlags::MNT_DETACH)?;
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "propagated");
+
+    // STOPSIGNAL: SIGUSR1 is sent (SIGTERM is ignored by this image), so stop is prompt and clean.
+    let s_id = create(&mut c, &p, ctr("stopsig", &stop_ref, &[])).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: s_id.clone(),
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = Instant::now();
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: s_id.clone(),
+            timeout: 20,
+        })
+        .await?;
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let s = status(&mut c, &s_id).await;
+    assert_eq!(s.exit_code, 0);
+    assert!(std::fs::read_to_string(&s.log_path)?.contains("stdout F got-usr1"));
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
