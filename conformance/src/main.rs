@@ -16,7 +16,7 @@ async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let (Some(endpoint), Some(image)) = (arg(&args, "--endpoint"), arg(&args, "--image")) else {
         eprintln!(
-            "usage: kelson-conformance --endpoint unix:///path.sock --image REF [--missing REF] [--filter NAME]"
+            "usage: kelson-conformance --endpoint unix:///path.sock --image REF [--missing REF] [--log-dir DIR] [--filter NAME]"
         );
         return std::process::ExitCode::from(2);
     };
@@ -33,11 +33,15 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let log_dir = PathBuf::from(
+        arg(&args, "--log-dir").unwrap_or_else(|| "/tmp/kelson-conformance-logs".into()),
+    );
     let report = run(
         &cri,
         &Options {
             image,
             missing_image: missing,
+            log_dir,
         },
         arg(&args, "--filter").as_deref(),
     )

@@ -16,6 +16,8 @@ pub struct Options {
     pub image: String,
     /// A reference in the same registry that does not exist.
     pub missing_image: String,
+    /// Where pod log directories may be created (kubelet uses /var/log/pods).
+    pub log_dir: std::path::PathBuf,
 }
 
 type CaseFn = for<'a> fn(
@@ -50,6 +52,9 @@ pub fn cases() -> Vec<Case> {
         case!(pull_invalid_reference_is_rejected),
         case!(empty_image_spec_is_invalid),
         case!(image_fs_info_reports_usage),
+        case!(pod_sandbox_lifecycle),
+        case!(container_lifecycle_logs_and_exec),
+        case!(container_exit_code_and_reason),
     ]
 }
 
@@ -341,4 +346,299 @@ async fn image_fs_info_reports_usage(c: &Cri, o: &Options) -> anyhow::Result<()>
     );
     ensure!(fs.timestamp > 0, "no timestamp");
     remove(c, &id).await
+}
+
+fn pod_config(o: &Options, name: &str) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("conformance-{name}"),
+            namespace: "conformance".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: o.log_dir.join(name).display().to_string(),
+        labels: [
+            ("suite".to_owned(), "conformance".to_owned()),
+            ("pod".to_owned(), name.to_owned()),
+        ]
+        .into(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/conformance/{name}"),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid: cri::NamespaceMode::Container as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(
+    c: &Cri,
+    o: &Options,
+    name: &str,
+) -> anyhow::Result<(String, cri::PodSandboxConfig)> {
+    let mut cc = c.clone();
+    let cfg = pod_config(o, name);
+    let id = cc
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    Ok((id, cfg))
+}
+
+async fn pod_state(c: &Cri, id: &str) -> Result<i32, tonic::Status> {
+    let mut cc = c.clone();
+    Ok(cc
+        .runtime
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .map(|s| s.state)
+        .unwrap_or(-1))
+}
+
+async fn remove_pod(c: &Cri, id: &str) -> anyhow::Result<()> {
+    let mut cc = c.clone();
+    cc.runtime
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    cc.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+async fn pod_sandbox_lifecycle(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    let (id, _) = run_pod(c, o, "lifecycle").await?;
+    ensure!(
+        pod_state(c, &id).await? == cri::PodSandboxState::SandboxReady as i32,
+        "not ready after RunPodSandbox"
+    );
+    let mut cc = c.clone();
+    let f = cri::PodSandboxFilter {
+        label_selector: [("pod".to_owned(), "lifecycle".to_owned())].into(),
+        ..Default::default()
+    };
+    let items = cc
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest { filter: Some(f) })
+        .await?
+        .into_inner()
+        .items;
+    ensure!(
+        items.len() == 1 && items[0].id == id,
+        "label filter found {} pods",
+        items.len()
+    );
+    for _ in 0..2 {
+        cc.runtime
+            .stop_pod_sandbox(cri::StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .context("StopPodSandbox (idempotent)")?;
+    }
+    ensure!(
+        pod_state(c, &id).await? == cri::PodSandboxState::SandboxNotready as i32,
+        "still ready after StopPodSandbox"
+    );
+    for _ in 0..2 {
+        cc.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            })
+            .await
+            .context("RemovePodSandbox (idempotent)")?;
+    }
+    match pod_state(c, &id).await {
+        Err(s) if s.code() == Code::NotFound => Ok(()),
+        other => bail!("status of a removed pod: {other:?}"),
+    }
+}
+
+fn container_config(o: &Options, name: &str, script: &str) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: spec(&o.image),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn container_state(c: &Cri, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+    let mut cc = c.clone();
+    cc.runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .context("no status")
+}
+
+async fn wait_exit(c: &Cri, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+    for _ in 0..500 {
+        let s = container_state(c, id).await?;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return Ok(s);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    bail!("container {id} did not exit")
+}
+
+async fn container_lifecycle_logs_and_exec(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    pull(c, &o.image).await?;
+    let (pod, pod_cfg) = run_pod(c, o, "ctr").await?;
+    let mut cc = c.clone();
+    let cfg = container_config(
+        o,
+        "main",
+        "echo hello; trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    );
+    let id = cc
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    ensure!(
+        container_state(c, &id).await?.state == cri::ContainerState::ContainerCreated as i32,
+        "not CREATED after CreateContainer"
+    );
+    cc.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    ensure!(
+        container_state(c, &id).await?.state == cri::ContainerState::ContainerRunning as i32,
+        "not RUNNING after StartContainer"
+    );
+    let r = cc
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo out; echo err >&2; exit 5".into(),
+            ],
+            timeout: 10,
+        })
+        .await?
+        .into_inner();
+    ensure!(
+        r.stdout == b"out\n" && r.stderr == b"err\n" && r.exit_code == 5,
+        "ExecSync gave {:?} {:?} {}",
+        r.stdout,
+        r.stderr,
+        r.exit_code
+    );
+    cc.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await?;
+    let s = wait_exit(c, &id).await?;
+    ensure!(
+        s.exit_code == 0,
+        "exit code {} after a trapped SIGTERM",
+        s.exit_code
+    );
+    let log =
+        std::fs::read_to_string(&s.log_path).with_context(|| format!("reading {}", s.log_path))?;
+    let first = log.lines().next().unwrap_or("");
+    let mut f = first.splitn(4, ' ');
+    let (ts, stream, tag, msg) = (
+        f.next().unwrap_or(""),
+        f.next().unwrap_or(""),
+        f.next().unwrap_or(""),
+        f.next().unwrap_or(""),
+    );
+    ensure!(
+        ts.ends_with('Z') && ts.contains('T') && (stream, tag, msg) == ("stdout", "F", "hello"),
+        "first log line {first:?}"
+    );
+    for _ in 0..2 {
+        cc.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .context("RemoveContainer (idempotent)")?;
+    }
+    ensure!(
+        container_state(c, &id).await.is_err(),
+        "status of a removed container"
+    );
+    remove_pod(c, &pod).await
+}
+
+async fn container_exit_code_and_reason(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    pull(c, &o.image).await?;
+    let (pod, pod_cfg) = run_pod(c, o, "exit").await?;
+    let mut cc = c.clone();
+    let id = cc
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(o, "fail", "exit 3")),
+            sandbox_config: Some(pod_cfg),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cc.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let s = wait_exit(c, &id).await?;
+    ensure!(
+        s.exit_code == 3 && s.reason == "Error",
+        "exit {} reason {:?}",
+        s.exit_code,
+        s.reason
+    );
+    ensure!(
+        s.finished_at >= s.started_at && s.started_at > 0,
+        "times {} {}",
+        s.started_at,
+        s.finished_at
+    );
+    cc.runtime
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await?;
+    remove_pod(c, &pod).await
 }
