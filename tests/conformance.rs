@@ -14,6 +14,7 @@ async fn conformance_suite_passes_against_kelsond() -> anyhow::Result<()> {
     };
     let report = kelson_conformance::suite::run(&cri, &opts, None).await;
     println!("{}", report.summary());
+    common::remove_cgroup_tree("conformance");
     assert!(
         report.failed.is_empty(),
         "failed: {:#?}\n{}",
