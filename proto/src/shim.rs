@@ -3,7 +3,7 @@
 /// What the daemon asks.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
-    #[prost(oneof = "request::Kind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "request::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
     pub kind: Option<request::Kind>,
 }
 
@@ -28,6 +28,9 @@ pub mod request {
         /// Delete the container (it must have exited) and exit.
         #[prost(message, tag = "6")]
         Shutdown(super::Empty),
+        /// Answer (with the state) once the container has exited.
+        #[prost(message, tag = "7")]
+        Wait(super::Empty),
     }
 }
 

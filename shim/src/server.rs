@@ -84,6 +84,8 @@ pub struct Shim {
     execs: Vec<ExecSession>,
     reaped: HashMap<i32, i32>,
     exec_seq: u64,
+    /// Connections waiting for the container to exit.
+    waiters: Vec<UnixStream>,
 }
 
 fn wait_code(s: WaitStatus) -> Option<(i32, i32)> {
@@ -158,6 +160,7 @@ impl Shim {
             execs: Vec::new(),
             reaped: HashMap::new(),
             exec_seq: 0,
+            waiters: Vec::new(),
         })
     }
 
@@ -283,6 +286,15 @@ impl Shim {
         }
         self.exit = Some(e);
         self.status = msg::Status::Exited;
+        for w in std::mem::take(&mut self.waiters) {
+            respond(
+                w,
+                msg::Response {
+                    state: Some(self.state()),
+                    ..Default::default()
+                },
+            );
+        }
     }
 
     /// Whether the kernel's OOM killer acted in the container's cgroup.
@@ -426,6 +438,16 @@ impl Shim {
                 Ok(()) => return,
                 Err((conn, e)) => return respond(conn, error(e)),
             },
+            Some(Kind::Wait(_)) => {
+                if self.exit.is_none() {
+                    self.waiters.push(conn);
+                    return;
+                }
+                msg::Response {
+                    state: Some(self.state()),
+                    ..Default::default()
+                }
+            }
             Some(Kind::Shutdown(_)) => {
                 respond(conn, msg::Response::default());
                 std::process::exit(0);

@@ -10,7 +10,7 @@ pub mod user;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
 
@@ -638,16 +638,18 @@ impl ContainerService {
         }
     }
 
+    /// Wait for the exit: the shim answers a Wait request when the init exits (no polling);
+    /// a vanished shim means the exit record (or its absence) decides.
     async fn wait_exit(&self, rec: &ContainerRecord, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.view(rec.clone()).await.state == RunState::Exited {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let waited = self
+            .client(rec)
+            .call(msg::request::Kind::Wait(msg::Empty {}), within)
+            .await;
+        match waited {
+            Ok(r) => r
+                .state
+                .is_some_and(|s| s.status == msg::Status::Exited as i32),
+            Err(_) => self.view(rec.clone()).await.state == RunState::Exited,
         }
     }
 
