@@ -27,6 +27,7 @@ pub struct Config {
     pub container: ContainerConfig,
     pub image: ImageConfig,
     pub registry: RegistryConfig,
+    pub network: NetworkConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +99,28 @@ impl Default for ContainerConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// CNI network configs; the first valid file in lexical order is used.
+    pub conf_dir: PathBuf,
+    /// Where CNI plugin binaries are looked up, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// A plugin call that takes longer is killed and the pod creation fails.
+    #[serde(with = "humantime_serde_compat")]
+    pub plugin_timeout: Duration,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// `"true"`/`"false"` on a pod or container turns the built-in init on or off for it.
 pub const INIT_ANNOTATION: &str = "kelson.io/init";
 
@@ -121,6 +144,7 @@ impl Default for Config {
             container: ContainerConfig::default(),
             image: ImageConfig::default(),
             registry: RegistryConfig::default(),
+            network: NetworkConfig::default(),
         }
     }
 }

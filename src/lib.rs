@@ -8,6 +8,7 @@ pub mod cri;
 pub mod dirs;
 pub mod ids;
 pub mod image;
+pub mod network;
 pub mod pod;
 pub mod rollback;
 pub mod server;

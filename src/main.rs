@@ -196,7 +196,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let listener = kelson::server::bind(&cfg.grpc.address, cfg.grpc.gid)?;
         tracing::info!(address = %cfg.grpc.address.display(), root = %cfg.root.display(), state = %cfg.state.display(), version = env!("CARGO_PKG_VERSION"), "kelsond serving CRI");
         let cgroups = kelson::pod::cgroup::detect()?;
-        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups));
+        let network = Arc::new(kelson::network::Network::new(kelson::network::NetworkConfig {
+            conf_dir: cfg.network.conf_dir.clone(),
+            bin_dirs: cfg.network.bin_dirs.clone(),
+            timeout: cfg.network.plugin_timeout,
+        }));
+        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups, network));
         {
             let pods = pods.clone();
             tokio::task::spawn_blocking(move || pods.recover()).await??;

@@ -108,12 +108,38 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
         .into_inner();
     let conds = s.status.unwrap().conditions;
     assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
-    // No CNI yet: the network is honestly not ready, with a reason.
+    // NetworkReady follows the CNI conf dir: ready with a config, not ready (with the reason)
+    // when it is gone or broken, ready again when it comes back.
+    assert!(conds.iter().any(|c| c.r#type == "NetworkReady" && c.status));
+    let conf = d.net_d.join("10-test.conflist");
+    let saved = std::fs::read(&conf)?;
+    let network = |c: &mut kelson_testkit::daemon::Cri| {
+        let mut c = c.clone();
+        async move {
+            c.runtime
+                .status(cri::StatusRequest { verbose: false })
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+                .unwrap()
+                .conditions
+                .into_iter()
+                .find(|c| c.r#type == "NetworkReady")
+                .unwrap()
+        }
+    };
+    std::fs::remove_file(&conf)?;
+    let n = network(&mut c).await;
     assert!(
-        conds.iter().any(|c| c.r#type == "NetworkReady"
-            && !c.status
-            && c.reason == "NetworkPluginNotReady")
+        !n.status && n.reason == "NetworkPluginNotReady" && n.message.contains("no network config"),
+        "{n:?}"
     );
+    std::fs::write(&conf, b"{ broken")?;
+    let n = network(&mut c).await;
+    assert!(!n.status && n.message.contains("10-test.conflist"), "{n:?}");
+    std::fs::write(&conf, saved)?;
+    assert!(network(&mut c).await.status);
     assert!(s.info["config"].contains(&d.root.display().to_string()));
     let rc = c
         .runtime

@@ -22,6 +22,11 @@ impl From<PodError> for Status {
                 Code::InvalidArgument
             }
             PodError::NotFound(_) => Code::NotFound,
+            PodError::Network(
+                crate::network::NetworkError::Conf(_)
+                | crate::network::NetworkError::PluginMissing { .. },
+            ) => Code::FailedPrecondition,
+            PodError::Network(_) => Code::Unavailable,
             PodError::NameTaken { .. } => Code::AlreadyExists,
             PodError::Cgroup(_)
             | PodError::Namespace(_)
@@ -71,7 +76,15 @@ pub fn to_status(rec: &PodRecord) -> cri::PodSandboxStatus {
         state: state(rec),
         created_at: rec.created_at,
         // Pod IPs arrive with CNI networking.
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: rec.ips.first().cloned().unwrap_or_default(),
+            additional_ips: rec
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace { options: Some(ns) }),
         }),

@@ -6,13 +6,14 @@ pub mod cgroup;
 pub mod files;
 pub mod namespaces;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
 
 use crate::ids::{self, IdError};
+use crate::network::{Network, NetworkList, PodNet};
 use crate::rollback::Rollback;
 use crate::store::{PodRecord, PodState, Store, StoreError};
 use cgroup::{CgroupError, Hierarchy};
@@ -54,6 +55,8 @@ pub enum PodError {
     },
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
 }
 
 impl From<StoreError> for PodError {
@@ -81,6 +84,7 @@ pub struct PodService {
     store: Arc<Store>,
     state_dir: PathBuf,
     cgroups: Hierarchy,
+    network: Arc<Network>,
 }
 
 fn check_kv(what: &str, m: &std::collections::HashMap<String, String>) -> Result<(), PodError> {
@@ -94,12 +98,76 @@ fn check_kv(what: &str, m: &std::collections::HashMap<String, String>) -> Result
 }
 
 impl PodService {
-    pub fn new(store: Arc<Store>, state_dir: PathBuf, cgroups: Hierarchy) -> PodService {
+    pub fn new(
+        store: Arc<Store>,
+        state_dir: PathBuf,
+        cgroups: Hierarchy,
+        network: Arc<Network>,
+    ) -> PodService {
         PodService {
             store,
             state_dir,
             cgroups,
+            network,
         }
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
+    fn pod_net(rec: &PodRecord, cfg: &cri::PodSandboxConfig) -> PodNet {
+        let meta = cfg.metadata.clone().unwrap_or_default();
+        let dns = cfg.dns_config.as_ref().map(|d| serde_json::json!({"nameservers": d.servers, "searches": d.searches, "options": d.options}));
+        PodNet {
+            id: rec.id.clone(),
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            netns: rec.netns.clone(),
+            cgroup_path: format!("/{}", rec.cgroup),
+            port_mappings: cfg
+                .port_mappings
+                .iter()
+                .filter(|m| m.host_port > 0)
+                .map(|m| {
+                    let proto =
+                        match cri::Protocol::try_from(m.protocol).unwrap_or(cri::Protocol::Tcp) {
+                            cri::Protocol::Tcp => "tcp",
+                            cri::Protocol::Udp => "udp",
+                            cri::Protocol::Sctp => "sctp",
+                        };
+                    (
+                        m.container_port,
+                        m.host_port,
+                        proto.to_owned(),
+                        m.host_ip.clone(),
+                    )
+                })
+                .collect(),
+            dns,
+        }
+    }
+
+    /// CNI DEL for the pod, once; a failure leaves it to be retried by the next stop/remove.
+    fn release_network(&self, rec: &mut PodRecord) -> Result<(), PodError> {
+        if rec.network_released {
+            return Ok(());
+        }
+        if let Some(list) = rec.network.as_ref().and_then(NetworkList::from_value) {
+            let cfg: cri::PodSandboxConfig =
+                serde_json::from_value(rec.config.clone()).unwrap_or_default();
+            let mut pod = Self::pod_net(rec, &cfg);
+            // A namespace that is gone is passed as "" (as containerd does): plugins then release
+            // what they hold outside it (IPs, host rules) without entering it.
+            if !namespaces::is_pinned(Path::new(&pod.netns)) {
+                pod.netns.clear();
+            }
+            self.network.del(&list, &pod, &rec.network_result)?;
+        }
+        rec.network_released = true;
+        self.store.update(rec)?;
+        Ok(())
     }
 
     pub fn cgroups(&self) -> &Hierarchy {
@@ -287,6 +355,20 @@ impl PodService {
         rec.ipcns = path(&req.ipc);
         rec.utsns = path(&req.uts);
         rec.pidns = path(&req.pid);
+        if !host_net {
+            let (list, result) = self.network.add(&Self::pod_net(&rec, &config))?;
+            rec.ips = serde_json::from_value::<crate::network::CniResult>(result.clone())
+                .map(|r| r.pod_ips())
+                .unwrap_or_default();
+            rec.network = Some(list.to_value());
+            rec.network_result = result.clone();
+            let (net, pod) = (self.network.clone(), Self::pod_net(&rec, &config));
+            undo.push(move || {
+                let _ = net.del(&list, &pod, &result);
+            });
+        } else {
+            rec.network_released = true;
+        }
         self.store.update(&rec)?;
         undo.disarm();
         tracing::info!(pod = %rec.id, name = %rec.name_key, "pod sandbox ready");
@@ -300,6 +382,8 @@ impl PodService {
             Err(PodError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        // Network first: CNI DEL needs the netns.
+        self.release_network(&mut rec)?;
         if !rec.pidns.is_empty() {
             namespaces::stop_holder(&PathBuf::from(&rec.pidns));
         }

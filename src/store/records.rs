@@ -64,6 +64,12 @@ pub struct PodRecord {
     pub utsns: String,
     /// The shared PID namespace (empty unless the pod shares one); its holder is PID 1 there.
     pub pidns: String,
+    /// The CNI network the pod was attached to (config as used, last ADD result, pod IPs);
+    /// `network_released` once DEL has run.
+    pub network: Option<serde_json::Value>,
+    pub network_result: serde_json::Value,
+    pub ips: Vec<String>,
+    pub network_released: bool,
     /// The pod's /dev/shm tmpfs mount point (empty with host IPC).
     pub shm: String,
     /// The pod cgroup (relative to each hierarchy) and whether kelson created it.

@@ -19,26 +19,67 @@ pub struct Daemon {
     pub state: PathBuf,
     pub socket: PathBuf,
     pub certs_d: PathBuf,
+    /// The CNI conf dir this daemon reads.
+    pub net_d: PathBuf,
     pub config: PathBuf,
+    /// Run in a network namespace of its own (`unshare --net`): nothing it does to networking
+    /// touches the machine's.
+    netns: bool,
+}
+
+/// A CNI config that only brings up the pods' loopback interface.
+pub const LOOPBACK_CONFLIST: &str =
+    r#"{"cniVersion":"1.0.0","name":"test-lo","plugins":[{"type":"loopback"}]}"#;
+
+#[derive(Debug, Default, Clone)]
+pub struct DaemonOptions {
+    pub netns: bool,
+    /// The conflist to install (None: loopback only; empty: none).
+    pub conflist: Option<String>,
+    pub extra_bin_dirs: Vec<PathBuf>,
+    pub plugin_timeout: Option<String>,
 }
 
 impl Daemon {
-    /// Start `bin` with the test dirs plus `extra` TOML appended to the config.
+    /// Start `bin` with the test dirs plus `extra` TOML appended to the config, and a CNI
+    /// config of just the loopback plugin (touches nothing outside the pods' namespaces).
     pub fn start(bin: &Path, extra: &str) -> anyhow::Result<Daemon> {
+        Daemon::start_opts(bin, extra, DaemonOptions::default())
+    }
+
+    pub fn start_opts(bin: &Path, extra: &str, opts: DaemonOptions) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("kelson-test-").tempdir()?;
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = state.join("kelson.sock");
         let certs_d = dir.path().join("certs.d");
+        let net_d = dir.path().join("net.d");
         std::fs::create_dir_all(&certs_d)?;
+        std::fs::create_dir_all(&net_d)?;
+        let conflist = opts
+            .conflist
+            .clone()
+            .unwrap_or_else(|| LOOPBACK_CONFLIST.to_owned());
+        if !conflist.is_empty() {
+            std::fs::write(net_d.join("10-test.conflist"), conflist)?;
+        }
+        let mut bin_dirs: Vec<String> = opts
+            .extra_bin_dirs
+            .iter()
+            .map(|p| format!("\"{}\"", p.display()))
+            .collect();
+        bin_dirs.extend(["\"/usr/lib/cni\"".to_owned(), "\"/opt/cni/bin\"".to_owned()]);
         let config = dir.path().join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "root = \"{}\"\nstate = \"{}\"\nlog_level = \"kelson=debug,info\"\n[registry]\nconfig_path = \"{}\"\n{extra}\n",
+                "root = \"{}\"\nstate = \"{}\"\nlog_level = \"kelson=debug,info\"\n{extra}\n[registry]\nconfig_path = \"{}\"\n[network]\nconf_dir = \"{}\"\nbin_dirs = [{}]\nplugin_timeout = \"{}\"\n",
                 root.display(),
                 state.display(),
-                certs_d.display()
+                certs_d.display(),
+                net_d.display(),
+                bin_dirs.join(", "),
+                opts.plugin_timeout.as_deref().unwrap_or("60s"),
             ),
         )?;
         let mut d = Daemon {
@@ -49,7 +90,9 @@ impl Daemon {
             state,
             socket,
             certs_d,
+            net_d,
             config,
+            netns: opts.netns,
         };
         d.spawn()?;
         Ok(d)
@@ -67,7 +110,14 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(self.dir.path().join("kelsond.log"))?;
-        let child = Command::new(&self.bin)
+        let mut cmd = if self.netns {
+            let mut c = Command::new("unshare");
+            c.args(["--net", "--"]).arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
             .stdin(Stdio::null())

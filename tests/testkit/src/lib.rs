@@ -7,6 +7,6 @@ pub mod fake_registry;
 pub mod images;
 pub mod registry;
 
-pub use daemon::Daemon;
+pub use daemon::{Daemon, DaemonOptions};
 pub use images::{Compression, Image, Layer, Pusher, TarBuilder, TestImages, sha256};
 pub use registry::{Registry, RegistryOptions};

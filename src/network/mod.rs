@@ -1,0 +1,285 @@
+//! Pod networking through CNI plugins, executed as libcni does: the `CNI_*` environment, the
+//! network config on stdin, the result on stdout; chained plugins get `prevResult`, DEL runs in
+//! reverse order. No maintained Rust CNI client exists, so this module is the client: small and
+//! typed (conf.rs, result.rs). Blocking: called from the pod service's blocking context.
+
+pub mod conf;
+pub mod result;
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub use conf::{ConfError, NetworkList};
+pub use result::CniResult;
+
+/// The interface name kubelet expects inside the pod.
+pub const POD_IFNAME: &str = "eth0";
+/// Largest plugin output read.
+const MAX_PLUGIN_OUTPUT: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Conf(#[from] ConfError),
+    #[error("CNI plugin {plugin:?} not found in {dirs}")]
+    PluginMissing { plugin: String, dirs: String },
+    #[error("CNI plugin {plugin} {command} failed: {message}")]
+    Plugin {
+        plugin: String,
+        command: &'static str,
+        message: String,
+    },
+    #[error("CNI plugin {plugin} {command} did not finish within {timeout:?}")]
+    Timeout {
+        plugin: String,
+        command: &'static str,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// What the plugins need to know about the pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodNet {
+    pub id: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub netns: String,
+    pub cgroup_path: String,
+    /// (container_port, host_port, protocol, host_ip)
+    pub port_mappings: Vec<(i32, i32, String, String)>,
+    pub dns: Option<Value>,
+}
+
+pub struct Network {
+    cfg: NetworkConfig,
+}
+
+impl Network {
+    pub fn new(cfg: NetworkConfig) -> Network {
+        Network { cfg }
+    }
+
+    /// The network config in force, or why there is none (NetworkReady follows this; the conf
+    /// dir is read on every call, so a config that appears later is picked up).
+    pub fn config(&self) -> Result<NetworkList, ConfError> {
+        conf::load(&self.cfg.conf_dir)
+    }
+
+    fn find(&self, plugin: &str) -> Result<PathBuf, NetworkError> {
+        self.cfg
+            .bin_dirs
+            .iter()
+            .map(|d| d.join(plugin))
+            .find(|p| p.is_file())
+            .ok_or_else(|| NetworkError::PluginMissing {
+                plugin: plugin.to_owned(),
+                dirs: self
+                    .cfg
+                    .bin_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            })
+    }
+
+    fn cni_args(pod: &PodNet) -> String {
+        format!(
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={};K8S_POD_UID={}",
+            pod.namespace, pod.name, pod.id, pod.uid
+        )
+    }
+
+    /// The runtime config a plugin asked for through its `capabilities`.
+    fn runtime_config(plugin: &Value, pod: &PodNet) -> Value {
+        let caps = &plugin["capabilities"];
+        let mut rc = serde_json::Map::new();
+        if caps["portMappings"] == json!(true) && !pod.port_mappings.is_empty() {
+            let pm: Vec<Value> = pod
+                .port_mappings
+                .iter()
+                .map(|(c, h, proto, ip)| {
+                    let mut m = json!({"containerPort": c, "hostPort": h, "protocol": proto});
+                    if !ip.is_empty() {
+                        m["hostIP"] = json!(ip);
+                    }
+                    m
+                })
+                .collect();
+            rc.insert("portMappings".into(), Value::Array(pm));
+        }
+        if caps["cgroupPath"] == json!(true) && !pod.cgroup_path.is_empty() {
+            rc.insert("cgroupPath".into(), json!(pod.cgroup_path));
+        }
+        if caps["dns"] == json!(true) {
+            if let Some(d) = &pod.dns {
+                rc.insert("dns".into(), d.clone());
+            }
+        }
+        Value::Object(rc)
+    }
+
+    fn exec(
+        &self,
+        list: &NetworkList,
+        plugin: &Value,
+        command: &'static str,
+        pod: &PodNet,
+        prev: Option<&Value>,
+    ) -> Result<Option<Value>, NetworkError> {
+        let ty = plugin["type"].as_str().unwrap_or_default().to_owned();
+        let bin = self.find(&ty)?;
+        let mut conf = plugin.clone();
+        conf["name"] = json!(list.name);
+        conf["cniVersion"] = json!(list.cni_version);
+        if let Some(p) = prev {
+            conf["prevResult"] = p.clone();
+        }
+        let rc = Self::runtime_config(plugin, pod);
+        if rc.as_object().is_some_and(|m| !m.is_empty()) {
+            conf["runtimeConfig"] = rc;
+        }
+        let path = std::env::join_paths(&self.cfg.bin_dirs).unwrap_or_default();
+        let fail = |message: String| NetworkError::Plugin {
+            plugin: ty.clone(),
+            command,
+            message,
+        };
+        let mut child = Command::new(&bin)
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.id)
+            .env("CNI_NETNS", &pod.netns)
+            .env("CNI_IFNAME", POD_IFNAME)
+            .env("CNI_ARGS", Self::cni_args(pod))
+            .env("CNI_PATH", &path)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| fail(format!("spawning {}: {e}", bin.display())))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(conf.to_string().as_bytes());
+        }
+        // Read output on threads so a chatty plugin cannot block on a full pipe while we wait.
+        let out = child
+            .stdout
+            .take()
+            .map(|s| std::thread::spawn(move || read_capped(s)));
+        let err = child
+            .stderr
+            .take()
+            .map(|s| std::thread::spawn(move || read_capped(s)));
+        let deadline = Instant::now() + self.cfg.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() >= deadline => {
+                    // Kill the plugin's whole process group: a hung plugin's children go too.
+                    let _ = nix::sys::signal::killpg(
+                        nix::unistd::Pid::from_raw(child.id() as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    let _ = child.wait();
+                    return Err(NetworkError::Timeout {
+                        plugin: ty,
+                        command,
+                        timeout: self.cfg.timeout,
+                    });
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                Err(e) => return Err(fail(e.to_string())),
+            }
+        };
+        let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
+        let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+        if !status.success() {
+            let msg = match serde_json::from_slice::<result::CniErrorBody>(&stdout) {
+                Ok(b) if !b.msg.is_empty() => format!(
+                    "{} (code {}{})",
+                    b.msg,
+                    b.code,
+                    if b.details.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", b.details)
+                    }
+                ),
+                _ => {
+                    let text =
+                        String::from_utf8_lossy(if stderr.is_empty() { &stdout } else { &stderr })
+                            .trim()
+                            .to_owned();
+                    format!("{status}: {}", text.chars().take(500).collect::<String>())
+                }
+            };
+            return Err(fail(msg));
+        }
+        if command == "DEL" || stdout.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(None);
+        }
+        serde_json::from_slice(&stdout)
+            .map(Some)
+            .map_err(|e| fail(format!("bad result: {e}")))
+    }
+
+    /// ADD through every plugin, each given the previous result. On failure, what was added is
+    /// deleted again (reverse order) and the error names the plugin.
+    pub fn add(&self, pod: &PodNet) -> Result<(NetworkList, Value), NetworkError> {
+        let list = self.config()?;
+        let mut prev: Option<Value> = None;
+        for (i, p) in list.plugins.iter().enumerate() {
+            match self.exec(&list, p, "ADD", pod, prev.as_ref()) {
+                Ok(r) => prev = r.or(prev),
+                Err(e) => {
+                    for q in list.plugins[..=i].iter().rev() {
+                        if let Err(de) = self.exec(&list, q, "DEL", pod, prev.as_ref()) {
+                            tracing::warn!(pod = %pod.id, error = %de, "CNI DEL after a failed ADD");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok((list.clone(), prev.unwrap_or(json!({}))))
+    }
+
+    /// DEL through every plugin in reverse order with the last ADD result; idempotent (plugins
+    /// must accept a DEL for what is already gone, also when the netns no longer exists).
+    pub fn del(
+        &self,
+        list: &NetworkList,
+        pod: &PodNet,
+        result: &Value,
+    ) -> Result<(), NetworkError> {
+        let mut first = None;
+        for p in list.plugins.iter().rev() {
+            if let Err(e) = self.exec(list, p, "DEL", pod, Some(result)) {
+                tracing::warn!(pod = %pod.id, error = %e, "CNI DEL");
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+fn read_capped(r: impl Read) -> Vec<u8> {
+    let mut v = Vec::new();
+    let _ = r.take(MAX_PLUGIN_OUTPUT).read_to_end(&mut v);
+    v
+}
