@@ -12,6 +12,8 @@ PACKAGES=(
   util-linux          # nsenter, mount tools (tests enter pod namespaces)
   docker-registry     # tests: a real registry on loopback
   busybox             # tests: test images are built from the host's (dynamic) busybox
+  containernetworking-plugins  # CNI plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni
+  iptables            # used by the bridge/portmap plugins
 )
 
 missing=()

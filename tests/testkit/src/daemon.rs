@@ -150,6 +150,11 @@ impl Daemon {
         )
     }
 
+    /// Run in a network namespace of its own from the next (re)start on.
+    pub fn set_netns(&mut self, on: bool) {
+        self.netns = on;
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("kelsond.log")).unwrap_or_default()
     }
