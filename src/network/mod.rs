@@ -61,15 +61,84 @@ pub struct PodNet {
     /// (container_port, host_port, protocol, host_ip)
     pub port_mappings: Vec<(i32, i32, String, String)>,
     pub dns: Option<Value>,
+    /// From the pod's `kubernetes.io/ingress-bandwidth` / `egress-bandwidth` annotations.
+    pub bandwidth: Option<Value>,
 }
 
 pub struct Network {
     cfg: NetworkConfig,
+    /// The node's pod CIDR from kubelet's UpdateRuntimeConfig, passed as `ipRanges`.
+    pod_cidr: std::sync::Mutex<Option<String>>,
+}
+
+/// Kubernetes quantity ("10M", "1Gi", "500k") → bits per second, as the bandwidth plugin takes.
+pub fn parse_bandwidth(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(q.len());
+    let (num, unit) = q.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let v = n * mult;
+    (v.is_finite() && (1.0..1e15).contains(&v)).then_some(v as u64)
+}
+
+/// The bandwidth runtime config from pod annotations, as kubelet's dockershim/containerd read them.
+pub fn bandwidth(annotations: &std::collections::HashMap<String, String>) -> Option<Value> {
+    let ing = annotations
+        .get("kubernetes.io/ingress-bandwidth")
+        .and_then(|v| parse_bandwidth(v));
+    let eg = annotations
+        .get("kubernetes.io/egress-bandwidth")
+        .and_then(|v| parse_bandwidth(v));
+    if ing.is_none() && eg.is_none() {
+        return None;
+    }
+    let mut b = serde_json::Map::new();
+    if let Some(r) = ing {
+        b.insert("ingressRate".into(), json!(r));
+        b.insert("ingressBurst".into(), json!(u32::MAX));
+    }
+    if let Some(r) = eg {
+        b.insert("egressRate".into(), json!(r));
+        b.insert("egressBurst".into(), json!(u32::MAX));
+    }
+    Some(Value::Object(b))
 }
 
 impl Network {
     pub fn new(cfg: NetworkConfig) -> Network {
-        Network { cfg }
+        Network {
+            cfg,
+            pod_cidr: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// kubelet's UpdateRuntimeConfig: the node's pod CIDR (validated as a CIDR).
+    pub fn set_pod_cidr(&self, cidr: &str) -> Result<(), String> {
+        let ok = cidr.split_once('/').is_some_and(|(ip, len)| {
+            ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+        });
+        if !cidr.is_empty() && !ok {
+            return Err(format!(
+                "pod CIDR {:?} is not an address/prefix",
+                cidr.chars().take(64).collect::<String>()
+            ));
+        }
+        *self.pod_cidr.lock().unwrap_or_else(|p| p.into_inner()) =
+            (!cidr.is_empty()).then(|| cidr.to_owned());
+        Ok(())
     }
 
     /// The network config in force, or why there is none (NetworkReady follows this; the conf
@@ -104,7 +173,7 @@ impl Network {
     }
 
     /// The runtime config a plugin asked for through its `capabilities`.
-    fn runtime_config(plugin: &Value, pod: &PodNet) -> Value {
+    fn runtime_config(&self, plugin: &Value, pod: &PodNet) -> Value {
         let caps = &plugin["capabilities"];
         let mut rc = serde_json::Map::new();
         if caps["portMappings"] == json!(true) && !pod.port_mappings.is_empty() {
@@ -129,6 +198,21 @@ impl Network {
                 rc.insert("dns".into(), d.clone());
             }
         }
+        if caps["bandwidth"] == json!(true) {
+            if let Some(b) = &pod.bandwidth {
+                rc.insert("bandwidth".into(), b.clone());
+            }
+        }
+        if caps["ipRanges"] == json!(true) {
+            if let Some(cidr) = self
+                .pod_cidr
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+            {
+                rc.insert("ipRanges".into(), json!([[{"subnet": cidr}]]));
+            }
+        }
         Value::Object(rc)
     }
 
@@ -148,7 +232,7 @@ impl Network {
         if let Some(p) = prev {
             conf["prevResult"] = p.clone();
         }
-        let rc = Self::runtime_config(plugin, pod);
+        let rc = self.runtime_config(plugin, pod);
         if rc.as_object().is_some_and(|m| !m.is_empty()) {
             conf["runtimeConfig"] = rc;
         }
@@ -282,4 +366,56 @@ fn read_capped(r: impl Read) -> Vec<u8> {
     let mut v = Vec::new();
     let _ = r.take(MAX_PLUGIN_OUTPUT).read_to_end(&mut v);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net() -> Network {
+        Network::new(NetworkConfig {
+            conf_dir: "/nonexistent".into(),
+            bin_dirs: vec![],
+            timeout: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn runtime_config_follows_capabilities() {
+        let n = net();
+        n.set_pod_cidr("10.244.1.0/24").unwrap();
+        assert!(n.set_pod_cidr("10.0.0.1; rm").is_err());
+        let pod = PodNet {
+            port_mappings: vec![(80, 8080, "tcp".into(), String::new())],
+            cgroup_path: "/kubepods/pod1".into(),
+            bandwidth: bandwidth(
+                &[(
+                    "kubernetes.io/ingress-bandwidth".to_owned(),
+                    "10M".to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let all = json!({"capabilities": {"portMappings": true, "cgroupPath": true, "bandwidth": true, "ipRanges": true}});
+        let rc = n.runtime_config(&all, &pod);
+        assert_eq!(rc["portMappings"][0]["hostPort"], 8080);
+        assert_eq!(rc["cgroupPath"], "/kubepods/pod1");
+        assert_eq!(rc["bandwidth"]["ingressRate"], 10_000_000);
+        assert_eq!(rc["ipRanges"][0][0]["subnet"], "10.244.1.0/24");
+        assert_eq!(
+            n.runtime_config(&json!({"type": "bridge"}), &pod),
+            json!({}),
+            "no capabilities, no runtimeConfig"
+        );
+    }
+
+    #[test]
+    fn bandwidth_quantities() {
+        assert_eq!(parse_bandwidth("1M"), Some(1_000_000));
+        assert_eq!(parse_bandwidth("2Ki"), Some(2048));
+        assert_eq!(parse_bandwidth("1.5G"), Some(1_500_000_000));
+        assert_eq!(parse_bandwidth("fast"), None);
+        assert_eq!(parse_bandwidth("-1M"), None);
+    }
 }

@@ -146,6 +146,7 @@ impl PodService {
                 })
                 .collect(),
             dns,
+            bandwidth: crate::network::bandwidth(&cfg.annotations),
         }
     }
 
