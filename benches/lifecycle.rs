@@ -11,13 +11,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 use kelson_testkit::daemon::Cri;
+use kelson_testkit::measure::{percentile_ms, rss_kib, uss_pss_kib};
 use kelson_testkit::{Daemon, Pusher, Registry, RegistryOptions, TestImages};
-
-fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i].as_secs_f64() * 1000.0
-}
 
 fn pod_cfg(name: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
@@ -123,31 +118,6 @@ async fn teardown(c: &mut Cri, pod: &str, id: &str) -> anyhow::Result<Duration> 
     Ok(d)
 }
 
-fn rollup(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .sum::<u64>()
-    };
-    (
-        field("Private_Clean:") + field("Private_Dirty:"),
-        field("Pss:"),
-    )
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let runs: usize = std::env::args()
@@ -191,18 +161,18 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "RunPodSandbox          p50 {:7.2} ms  p99 {:7.2} ms  ({runs} runs)",
-        pct(&mut run, 0.5),
-        pct(&mut run, 0.99)
+        percentile_ms(&mut run, 0.5),
+        percentile_ms(&mut run, 0.99)
     );
     println!(
         "create+start container p50 {:7.2} ms  p99 {:7.2} ms",
-        pct(&mut start, 0.5),
-        pct(&mut start, 0.99)
+        percentile_ms(&mut start, 0.5),
+        percentile_ms(&mut start, 0.99)
     );
     println!(
         "stop+remove container  p50 {:7.2} ms  p99 {:7.2} ms",
-        pct(&mut stop, 0.5),
-        pct(&mut stop, 0.99)
+        percentile_ms(&mut stop, 0.5),
+        percentile_ms(&mut stop, 0.99)
     );
 
     let t = Instant::now();
@@ -236,7 +206,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         {
-            let (u, p) = rollup(pid);
+            let (u, p) = uss_pss_kib(pid);
             uss.push(u);
             pss.push(p);
         }
@@ -266,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .ok()
         .and_then(|s| s.trim().parse().ok());
-        let before = shim_pid.map(|p| rollup(p).0).unwrap_or(0);
+        let before = shim_pid.map(|p| uss_pss_kib(p).0).unwrap_or(0);
         let mut rtt = Vec::new();
         for _ in 0..100 {
             let t = Instant::now();
@@ -279,11 +249,11 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
             rtt.push(t.elapsed());
         }
-        let after = shim_pid.map(|p| rollup(p).0).unwrap_or(0);
+        let after = shim_pid.map(|p| uss_pss_kib(p).0).unwrap_or(0);
         println!(
             "ExecSync round trip    p50 {:7.2} ms  p99 {:7.2} ms (100 runs); shim USS {before} KiB before, {after} KiB after",
-            pct(&mut rtt, 0.5),
-            pct(&mut rtt, 0.99)
+            percentile_ms(&mut rtt, 0.5),
+            percentile_ms(&mut rtt, 0.99)
         );
     }
     for (pod, id) in started {

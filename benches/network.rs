@@ -3,15 +3,11 @@
 //! its own. `cargo build --release --workspace --bins && cargo bench --bench network [-- RUNS]`
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use k8s_cri::v1 as cri;
+use kelson_testkit::measure::percentile_ms;
 use kelson_testkit::{Daemon, DaemonOptions};
-
-fn pct(v: &mut [Duration], p: f64) -> f64 {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -72,13 +68,13 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "RunPodSandbox (bridge+host-local+portmap) p50 {:7.2} ms  p99 {:7.2} ms  ({runs} runs)",
-        pct(&mut run, 0.5),
-        pct(&mut run, 0.99)
+        percentile_ms(&mut run, 0.5),
+        percentile_ms(&mut run, 0.99)
     );
     println!(
         "Stop+RemovePodSandbox (CNI DEL)           p50 {:7.2} ms  p99 {:7.2} ms",
-        pct(&mut del, 0.5),
-        pct(&mut del, 0.99)
+        percentile_ms(&mut del, 0.5),
+        percentile_ms(&mut del, 0.99)
     );
     for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
         let p = h.path().join("kelson-netbench");

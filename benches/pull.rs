@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use k8s_cri::v1 as cri;
 use kelson_testkit::images::{Compression, Layer, TarBuilder, pseudo_random};
+use kelson_testkit::measure::rss_kib;
 use kelson_testkit::{Daemon, Image, Pusher, Registry, RegistryOptions, TestImages};
 
 const LAYER_BYTES: usize = 50 << 20;
@@ -26,17 +27,6 @@ fn data_layer(seed: u64, c: Compression) -> Layer {
         t = t.file(&format!("data{seed}/t{i}"), 0o644, chunk);
     }
     Layer::new(t.finish(), c)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::main]

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod fake_registry;
 pub mod images;
+pub mod measure;
 pub mod registry;
 
 pub use daemon::{Daemon, DaemonOptions};
