@@ -37,7 +37,7 @@ async fn setup(timeout: &str) -> anyhow::Result<(FakeRegistry, Daemon, String)> 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_pull_fails_but_slow_pull_completes() -> anyhow::Result<()> {
-    let (reg, d, r) = setup("1s").await?;
+    let (reg, d, r) = setup("2s").await?;
     reg.set_delivery(Delivery::Stall { after: 100 });
     let err = pull(&d, &r).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
