@@ -994,3 +994,73 @@ async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
+
+/// `kill -9` of a shim: the container is reported exited with a clear reason, and stopping it
+/// kills what still runs in its cgroup; removal leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn shim_killed() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "shimkill").await?;
+    let id = create(&mut c, &p, ctr("victim", &image, &["/bin/sleep", "3600"])).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let dir = e.daemon.state.join("containers").join(&id).join("shim");
+    let shim: i32 = std::fs::read_to_string(dir.join("shim.pid"))?
+        .trim()
+        .parse()?;
+    let init: i32 = std::fs::read_to_string(dir.join("init.pid"))?
+        .trim()
+        .parse()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = status(&mut c, &id).await;
+    assert_eq!(
+        (s.state, s.reason.as_str(), s.exit_code),
+        (cri::ContainerState::ContainerExited as i32, "ShimGone", 255),
+        "{s:?}"
+    );
+    assert!(s.message.contains("shim"), "{}", s.message);
+    assert!(
+        Path::new(&format!("/proc/{init}")).exists(),
+        "the process outlived its shim"
+    );
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await?;
+    let gone = || {
+        std::fs::read_to_string(format!("/proc/{init}/status"))
+            .map(|st| st.contains("State:\tZ"))
+            .unwrap_or(true)
+    };
+    for _ in 0..200 {
+        if gone() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(gone(), "stop killed the orphaned container process");
+    c.runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    assert!(!cgroup_dir(&p, &id).exists());
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    assert_eq!(mounts(&e.daemon), 0);
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}

@@ -23,6 +23,8 @@ use crate::rollback::Rollback;
 use crate::shim::{self, Client, ShimError, msg};
 use crate::store::{ContainerRecord, ExitInfo, PodRecord, PodState, Store, StoreError};
 
+/// Status reason when a container's shim vanished without recording an exit.
+pub const REASON_SHIM_GONE: &str = "ShimGone";
 /// Exit code reported when a container's shim vanished without recording an exit.
 pub const EXIT_UNKNOWN: i32 = 255;
 /// Grace after SIGKILL before a stop reports failure.
@@ -563,9 +565,8 @@ impl ContainerService {
                         v.state = RunState::Exited;
                         v.exit_code = EXIT_UNKNOWN;
                         v.started_at = v.rec.started_at;
-                        v.reason = "Unknown".into();
-                        v.message =
-                            "the container's shim exited without recording an exit status".into();
+                        v.reason = REASON_SHIM_GONE.into();
+                        v.message = "the container's shim exited without recording an exit status; stop or remove the container to kill what remains".into();
                     }
                 }
             }
@@ -663,6 +664,11 @@ impl ContainerService {
         };
         let v = self.view(rec.clone()).await;
         if v.state == RunState::Exited {
+            if v.reason == REASON_SHIM_GONE {
+                // The shim died without recording an exit: whatever still runs in the
+                // container's cgroup has nobody watching it. Stopping means killing it.
+                self.kill_cgroup(&rec);
+            }
             return Ok(());
         }
         if v.state == RunState::Running && !timeout.is_zero() {
@@ -816,6 +822,29 @@ impl ContainerService {
         rec.config = serde_json::to_value(&cfg).unwrap_or_default();
         self.store.update(&rec)?;
         Ok(())
+    }
+
+    /// SIGKILL every process in the container's cgroup (used when its shim is gone).
+    fn kill_cgroup(&self, rec: &ContainerRecord) {
+        let Ok(pod) = self.pods.find(&rec.pod_id) else {
+            return;
+        };
+        for dir in self
+            .pods
+            .cgroups()
+            .dirs(&format!("{}/{}", pod.cgroup, rec.id))
+        {
+            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+                continue;
+            };
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        tracing::warn!(container = %rec.id, "shim gone: killed the container's remaining processes");
     }
 
     /// Containers of a pod (for stop/remove of the pod).
