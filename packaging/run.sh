@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packaging/setup.sh
-cargo build --release --bin kelsond
+# kelsond, kelson-shim and kelson-shim-engine side by side, plus the static kelson-init.
+cargo build --release --workspace --bins --locked
+packaging/build-init.sh release
 exec ./target/release/kelsond "$@"
