@@ -152,12 +152,12 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
     );
     let err = c
         .runtime
-        .container_stats(cri::ContainerStatsRequest::default())
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(
-        err.message().contains("ContainerStats"),
+        err.message().contains("PodSandboxStats"),
         "{}",
         err.message()
     );

@@ -6,6 +6,7 @@
 pub mod resources;
 pub mod rootfs;
 pub mod spec;
+pub mod stats;
 pub mod user;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,9 @@ use crate::pod::PodService;
 use crate::rollback::Rollback;
 use crate::shim::{self, Client, ShimError, msg};
 use crate::store::{ContainerRecord, ExitInfo, PodRecord, PodState, Store, StoreError};
+
+/// A cgroup stats sample and the CPU rate (nano-cores) since the previous one, if any.
+pub type StatsSample = (stats::Sample, Option<u64>);
 
 /// Status reason when a container's shim vanished without recording an exit.
 pub const REASON_SHIM_GONE: &str = "ShimGone";
@@ -128,6 +132,8 @@ pub struct ContainerService {
     shim_binary: PathBuf,
     init_binary: PathBuf,
     config: crate::config::ContainerConfig,
+    /// Last (time, cumulative CPU ns) per container, for the nano-cores rate.
+    cpu_prev: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
@@ -246,6 +252,7 @@ impl ContainerService {
             shim_binary,
             init_binary,
             config,
+            cpu_prev: Default::default(),
         }
     }
 
@@ -720,6 +727,10 @@ impl ContainerService {
             }
         }
         self.store.remove::<ContainerRecord>(&rec.id)?;
+        self.cpu_prev
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
         tracing::info!(container = %rec.id, "container removed");
         Ok(())
     }
@@ -822,6 +833,26 @@ impl ContainerService {
         rec.config = serde_json::to_value(&cfg).unwrap_or_default();
         self.store.update(&rec)?;
         Ok(())
+    }
+
+    /// A stats sample of a running container (None once it exited) and the bytes and inodes
+    /// its writable layer uses.
+    /// Also the CPU rate in nano-cores since the previous call for this container (None on the
+    /// first call), as kubelet's summary API expects.
+    pub fn stats(&self, rec: &ContainerRecord) -> (Option<StatsSample>, (u64, u64)) {
+        let now = now_ns();
+        let sample = self.pods.find(&rec.pod_id).ok().and_then(|pod| {
+            stats::read(self.pods.cgroups(), &format!("{}/{}", pod.cgroup, rec.id))
+        });
+        let sample = sample.map(|s| {
+            let mut prev = self.cpu_prev.lock().unwrap_or_else(|p| p.into_inner());
+            let rate = prev
+                .insert(rec.id.clone(), (now, s.cpu_ns))
+                .map(|(t, cpu)| stats::nano_cores(cpu, s.cpu_ns, (now - t).max(0) as u64));
+            (s, rate)
+        });
+        let upper = crate::image::snapshot::disk_usage(&Path::new(&rec.root_dir).join("upper"));
+        (sample, upper)
     }
 
     /// SIGKILL every process in the container's cgroup (used when its shim is gone).

@@ -273,15 +273,19 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     }
     async fn container_stats(
         &self,
-        _req: Request<cri::ContainerStatsRequest>,
+        req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+        container::stats(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn list_container_stats(
         &self,
-        _req: Request<cri::ListContainerStatsRequest>,
+        req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+        container::list_stats(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn pod_sandbox_stats(
         &self,
