@@ -259,15 +259,6 @@ async fn main() -> anyhow::Result<()> {
     for (pod, id) in started {
         teardown(&mut c, &pod, &id).await?;
     }
-    // The pods' cgroup parents were created for the benchmark: remove them again.
-    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
-        let top = h.path().join("kelson-bench");
-        if let Ok(rd) = std::fs::read_dir(&top) {
-            for e in rd.flatten() {
-                let _ = std::fs::remove_dir(e.path());
-            }
-        }
-        let _ = std::fs::remove_dir(&top);
-    }
+    kelson_testkit::cgroups::remove_tree("kelson-bench");
     Ok(())
 }

@@ -76,14 +76,6 @@ async fn main() -> anyhow::Result<()> {
         percentile_ms(&mut del, 0.5),
         percentile_ms(&mut del, 0.99)
     );
-    for h in std::fs::read_dir("/sys/fs/cgroup")?.flatten() {
-        let p = h.path().join("kelson-netbench");
-        if let Ok(rd) = std::fs::read_dir(&p) {
-            for e in rd.flatten() {
-                let _ = std::fs::remove_dir(e.path());
-            }
-            let _ = std::fs::remove_dir(&p);
-        }
-    }
+    kelson_testkit::cgroups::remove_tree("kelson-netbench");
     Ok(())
 }

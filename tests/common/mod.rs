@@ -45,27 +45,7 @@ pub fn count(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
 }
 
-/// Remove a test's cgroup tree (leaves first) from every v1 hierarchy and the unified one.
+/// Remove a test's cgroup tree (shared with the benchmarks).
 pub fn remove_cgroup_tree(top: &str) {
-    let Ok(hs) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    for h in hs.flatten() {
-        let root = h.path().join(top);
-        let mut dirs = vec![];
-        let mut stack = vec![root.clone()];
-        while let Some(d) = stack.pop() {
-            if let Ok(rd) = std::fs::read_dir(&d) {
-                stack.extend(
-                    rd.flatten()
-                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                        .map(|e| e.path()),
-                );
-                dirs.push(d);
-            }
-        }
-        for d in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(d);
-        }
-    }
+    kelson_testkit::cgroups::remove_tree(top);
 }

@@ -2,6 +2,7 @@
 //! `docker-registry`) on a free loopback port, with TLS and basic auth when asked; test images
 //! built here from the host's busybox; and a `kelsond` under test with its own dirs and socket.
 
+pub mod cgroups;
 pub mod daemon;
 pub mod fake_registry;
 pub mod images;
