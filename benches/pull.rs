@@ -6,28 +6,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use k8s_cri::v1 as cri;
-use kelson_testkit::images::{Compression, Layer, TarBuilder, pseudo_random};
 use kelson_testkit::measure::rss_kib;
-use kelson_testkit::{Daemon, Image, Pusher, Registry, RegistryOptions, TestImages};
-
-const LAYER_BYTES: usize = 50 << 20;
-
-/// Half incompressible, half text-like: closer to real layers than either extreme.
-fn data_layer(seed: u64, c: Compression) -> Layer {
-    let mut t = TarBuilder::new().dir(&format!("data{seed}"), 0o755);
-    let random = pseudo_random(LAYER_BYTES / 2, seed);
-    let text: Vec<u8> = (0..LAYER_BYTES / 2)
-        .map(|i| b"kelson layer text "[(i * 7 + seed as usize) % 18])
-        .collect();
-    // many files, as real layers have
-    for (i, chunk) in random.chunks(256 * 1024).enumerate() {
-        t = t.file(&format!("data{seed}/r{i}"), 0o644, chunk);
-    }
-    for (i, chunk) in text.chunks(64 * 1024).enumerate() {
-        t = t.file(&format!("data{seed}/t{i}"), 0o644, chunk);
-    }
-    Layer::new(t.finish(), c)
-}
+use kelson_testkit::{Daemon, Pusher, Registry, RegistryOptions, TestImages};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -36,17 +16,7 @@ async fn main() -> anyhow::Result<()> {
         .find_map(|a| a.parse().ok())
         .unwrap_or(5);
     let registry = Registry::start(RegistryOptions::default())?;
-    let img = Image::new(
-        vec![
-            TestImages::busybox_layer()?,
-            data_layer(1, Compression::Gzip),
-            data_layer(2, Compression::Zstd),
-            data_layer(3, Compression::Gzip),
-        ],
-        "amd64",
-        false,
-        serde_json::json!({"Cmd": ["/bin/sh"]}),
-    );
+    let img = TestImages::big()?;
     let compressed: usize = img.layers.iter().map(|l| l.blob.len()).sum();
     let uncompressed: usize = img.layers.iter().map(|l| l.tar.len()).sum();
     Pusher::new(&registry)?

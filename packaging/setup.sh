@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything kelson needs to build, run and test on Debian 12 (run as root).
-# Idempotent: packages already present are skipped by apt.
+# Idempotent: packages already present are skipped by apt. Arguments name extra packages.
 set -euo pipefail
 
 PACKAGES=(
@@ -15,6 +15,9 @@ PACKAGES=(
   containernetworking-plugins  # CNI plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni
   iptables            # used by the bridge/portmap plugins
 )
+
+# Extra packages for one purpose (benches/compare.sh: containerd runc).
+PACKAGES+=("$@")
 
 missing=()
 for p in "${PACKAGES[@]}"; do

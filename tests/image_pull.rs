@@ -536,3 +536,39 @@ async fn pinned_images_are_reported() -> anyhow::Result<()> {
     assert!(imgs[0].pinned);
     Ok(())
 }
+
+/// kelson honours ListImages' filter (containerd 1.6 ignores it, so the runtime-agnostic suite
+/// only checks that the image is listed): exactly the filtered image, by tag or by id.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_images_filter_selects_exactly_one() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let other = Image::new(
+        vec![TestImages::data_layer(64, 9)],
+        "amd64",
+        false,
+        serde_json::json!({}),
+    );
+    Pusher::new(&e.registry)?
+        .image("test/other", "v1", &other)
+        .await?;
+    let a = format!("{}/test/standard:v1", e.registry.host);
+    let b = format!("{}/test/other:v1", e.registry.host);
+    let id_a = pull(&e.daemon, &a).await?;
+    let id_b = pull(&e.daemon, &b).await?;
+    let mut c = e.daemon.cri().await?;
+    for (filter, want) in [(&a, &id_a), (&b, &id_b), (&id_a, &id_a)] {
+        let listed = c
+            .image
+            .list_images(cri::ListImagesRequest {
+                filter: Some(cri::ImageFilter {
+                    image: spec(filter),
+                }),
+            })
+            .await?
+            .into_inner()
+            .images;
+        let ids: Vec<&String> = listed.iter().map(|i| &i.id).collect();
+        assert_eq!(ids, vec![want], "filter {filter}");
+    }
+    Ok(())
+}

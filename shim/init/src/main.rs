@@ -21,7 +21,39 @@ const FORWARDED: [Signal; 8] = [
     Signal::SIGCONT,
 ];
 
+/// `kelson-init --pause`: a sandbox's placeholder process for runtimes that need one (the
+/// benchmark's containerd pause image is built from it). Sleeps, reaps whatever it inherits, and
+/// exits 0 on SIGTERM or SIGINT, as Kubernetes' pause does.
+fn pause() -> ExitCode {
+    let sigs = [
+        Signal::SIGTERM as i32,
+        Signal::SIGINT as i32,
+        Signal::SIGCHLD as i32,
+    ];
+    let mut signals = match signal_hook::iterator::Signals::new(sigs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("kelson-init: installing signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for raw in signals.forever() {
+        if raw != Signal::SIGCHLD as i32 {
+            return ExitCode::SUCCESS;
+        }
+        while let Ok(s) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            if s == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+    ExitCode::from(1)
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("--pause") {
+        return pause();
+    }
     let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
         eprintln!("kelson-init: usage: kelson-init -- COMMAND [ARGS…]");

@@ -38,6 +38,8 @@ pub struct DaemonOptions {
     pub conflist: Option<String>,
     pub extra_bin_dirs: Vec<PathBuf>,
     pub plugin_timeout: Option<String>,
+    /// `log_level` for kelsond (default: debug for kelson's own modules).
+    pub log_level: Option<String>,
 }
 
 impl Daemon {
@@ -73,9 +75,10 @@ impl Daemon {
         std::fs::write(
             &config,
             format!(
-                "root = \"{}\"\nstate = \"{}\"\nlog_level = \"kelson=debug,info\"\n{extra}\n[registry]\nconfig_path = \"{}\"\n[network]\nconf_dir = \"{}\"\nbin_dirs = [{}]\nplugin_timeout = \"{}\"\n",
+                "root = \"{}\"\nstate = \"{}\"\nlog_level = \"{}\"\n{extra}\n[registry]\nconfig_path = \"{}\"\n[network]\nconf_dir = \"{}\"\nbin_dirs = [{}]\nplugin_timeout = \"{}\"\n",
                 root.display(),
                 state.display(),
+                opts.log_level.as_deref().unwrap_or("kelson=debug,info"),
                 certs_d.display(),
                 net_d.display(),
                 bin_dirs.join(", "),

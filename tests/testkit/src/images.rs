@@ -307,6 +307,54 @@ impl TestImages {
         Layer::new(t.finish(), Compression::None)
     }
 
+    /// A layer of `bytes` spread over many files, half incompressible and half text-like: closer
+    /// to real layers than either extreme.
+    pub fn bulk_layer(bytes: usize, seed: u64, c: Compression) -> Layer {
+        let mut t = TarBuilder::new().dir(&format!("data{seed}"), 0o755);
+        let random = pseudo_random(bytes / 2, seed);
+        let text: Vec<u8> = (0..bytes / 2)
+            .map(|i| b"kelson layer text "[(i * 7 + seed as usize) % 18])
+            .collect();
+        for (i, chunk) in random.chunks(256 * 1024).enumerate() {
+            t = t.file(&format!("data{seed}/r{i}"), 0o644, chunk);
+        }
+        for (i, chunk) in text.chunks(64 * 1024).enumerate() {
+            t = t.file(&format!("data{seed}/t{i}"), 0o644, chunk);
+        }
+        Layer::new(t.finish(), c)
+    }
+
+    /// The pull benchmark's image: busybox plus three 50 MiB layers (gzip, zstd, gzip), about
+    /// 160 MB unpacked.
+    pub fn big() -> anyhow::Result<Image> {
+        const LAYER_BYTES: usize = 50 << 20;
+        Ok(Image::new(
+            vec![
+                Self::busybox_layer()?,
+                Self::bulk_layer(LAYER_BYTES, 1, Compression::Gzip),
+                Self::bulk_layer(LAYER_BYTES, 2, Compression::Zstd),
+                Self::bulk_layer(LAYER_BYTES, 3, Compression::Gzip),
+            ],
+            "amd64",
+            false,
+            json!({"Cmd": ["/bin/sh"]}),
+        ))
+    }
+
+    /// A sandbox ("pause") image for runtimes that need one: the static `kelson-init` as
+    /// `/pause`, run as `/pause --pause`.
+    pub fn pause(kelson_init: &Path) -> anyhow::Result<Image> {
+        let bin = std::fs::read(kelson_init)
+            .with_context(|| format!("reading {}", kelson_init.display()))?;
+        let t = TarBuilder::new().file("pause", 0o755, &bin);
+        Ok(Image::new(
+            vec![Layer::new(t.finish(), Compression::Gzip)],
+            "amd64",
+            false,
+            json!({"Entrypoint": ["/pause", "--pause"], "User": "65535:65535"}),
+        ))
+    }
+
     /// The standard 4-layer test image.
     pub fn standard(arch: &str, docker: bool) -> anyhow::Result<Image> {
         Ok(Image::new(
