@@ -178,10 +178,19 @@ fn repair_db(cfg: &Config, rebuild: bool) -> anyhow::Result<()> {
     }
 }
 
+/// glibc malloc arenas for the daemon: its work is syscalls and child processes, not allocation.
+const MALLOC_ARENAS: i32 = 2;
+
 fn run(cfg: Config) -> anyhow::Result<()> {
     init_logging(&cfg);
+    // Before the runtime's threads exist (see sys::limit_malloc_arenas).
+    kelson::sys::limit_malloc_arenas(MALLOC_ARENAS);
+    // Blocking work (mounts, unpacking, process spawns) runs on the blocking pool; a burst of
+    // pod starts must not leave dozens of idle threads (and their malloc arenas) behind.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
         .context("starting tokio")?;
     rt.block_on(async move {

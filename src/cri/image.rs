@@ -98,8 +98,11 @@ impl cri::image_service_server::ImageService for ImageApi {
                 registry_token: a.registry_token,
             })
             .unwrap_or_default();
-        let image_ref = self.0.images.pull(&image, &creds).await?;
-        Ok(Response::new(cri::PullImageResponse { image_ref }))
+        let result = self.0.images.pull(&image, &creds).await;
+        // A pull's decompression and download buffers are gone now: hand their pages back
+        // instead of keeping them as daemon RSS until the next pull.
+        crate::sys::trim_heap();
+        Ok(Response::new(cri::PullImageResponse { image_ref: result? }))
     }
 
     async fn remove_image(

@@ -41,12 +41,19 @@ pub struct Store {
     db: Database,
 }
 
+const CACHE_BYTES: usize = 4 << 20;
+
 impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(|e| StoreError::Open {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        // Records are small (the whole file is typically well under 1 MiB); redb's default
+        // cache may grow to 1 GiB and would show up as daemon RSS.
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| StoreError::Open {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         let tx = db.begin_write().map_err(db_err("begin"))?;
         tx.open_table(IMAGES).map_err(db_err("open table"))?;
         tx.open_table(NAMES).map_err(db_err("open table"))?;

@@ -409,7 +409,9 @@ async fn compare(
             &TestImages::standard("amd64", false)?,
         )
         .await?;
-    pusher.image("bench/big", "v1", &TestImages::big()?).await?;
+    if scenarios_of(common).contains(&Scenario::Pull) {
+        pusher.image("bench/big", "v1", &TestImages::big()?).await?;
+    }
     pusher
         .image("bench/pause", "v1", &TestImages::pause(&init)?)
         .await?;
@@ -497,6 +499,10 @@ async fn compare(
         // Warm-up, untimed: first pod of each runtime pays one-off costs (page cache, plugins).
         let _ = scenarios::lifecycle(&kelson, 2).await?;
         let _ = scenarios::lifecycle(&reference, 2).await?;
+        results.baseline.insert(
+            "moving a process into a new cgroup".into(),
+            scenarios::cgroup_migration(20)?,
+        );
         let which = scenarios_of(common);
         for i in 0..common.runs {
             let order: [&Target; 2] = if i % 2 == 0 {

@@ -21,6 +21,9 @@ pub struct Results {
     pub runtimes: BTreeMap<String, String>,
     pub metrics: Vec<Metric>,
     pub conformance: Vec<Conformance>,
+    /// Costs of the machine itself that every runtime pays (name → samples in ms).
+    #[serde(default)]
+    pub baseline: BTreeMap<String, Vec<f64>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -176,6 +179,12 @@ pub fn markdown(r: &Results) -> String {
                 Some(false) => "**no**",
                 None => "",
             }
+        ));
+    }
+    for (name, v) in &r.baseline {
+        o.push_str(&format!(
+            "\nMachine baseline, paid by every runtime: {name}: {}.\n",
+            fmt_summary(summary(v), "ms")
         ));
     }
     if !r.conformance.is_empty() {

@@ -490,6 +490,35 @@ pub async fn prepare(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel's price for moving a process into a fresh cgroup (ms, `n` samples): every
+/// container start pays it once per process placed (kelson: the container; containerd: pause and
+/// container), whatever the runtime. On cgroup v1 it waits for an RCU grace period.
+pub fn cgroup_migration(n: usize) -> anyhow::Result<Vec<f64>> {
+    let base = if std::path::Path::new("/sys/fs/cgroup/freezer").is_dir() {
+        PathBuf::from("/sys/fs/cgroup/freezer")
+    } else {
+        PathBuf::from("/sys/fs/cgroup")
+    };
+    let top = base.join(CGROUP_TOP).join("migration-baseline");
+    std::fs::create_dir_all(&top)?;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let dir = top.join(i.to_string());
+        std::fs::create_dir_all(&dir)?;
+        let mut child = std::process::Command::new("sleep").arg("30").spawn()?;
+        let t = Instant::now();
+        let moved = std::fs::write(dir.join("cgroup.procs"), child.id().to_string());
+        out.push(ms(t.elapsed()));
+        let _ = child.kill();
+        let _ = child.wait();
+        moved.with_context(|| format!("moving a process into {}", dir.display()))?;
+        std::thread::sleep(Duration::from_millis(20));
+        let _ = std::fs::remove_dir(&dir);
+    }
+    let _ = std::fs::remove_dir(&top);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
