@@ -198,6 +198,7 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
         conflist: Some(bridge_conflist(ipam.path(), None)),
         extra_bin_dirs: vec![plugins.path().to_owned()],
         plugin_timeout: Some("2s".into()),
+        ..Default::default()
     };
     // Pull on the machine's network (the registry is on its loopback), then move kelsond into a
     // network namespace of its own for everything that touches networking.

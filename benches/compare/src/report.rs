@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use serde::{Deserialize, Serialize};
 
 pub const KELSON: &str = "kelson";
@@ -257,7 +258,7 @@ fn bar_chart(
         .flat_map(|(_, bars)| bars.iter().map(|b| b.range.map_or(b.value, |r| r.1)))
         .chain(lines.iter().map(|l| l.0))
         .fold(0.0f64, f64::max)
-        * 1.08;
+        * 1.15;
     let n = rows.len() as f64;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 18))
@@ -290,24 +291,23 @@ fn bar_chart(
                 )))?;
             }
         }
-        let (px, py) = chart.backend_coord(&(0.0, n - i as f64 - 0.5));
+        let (_, py) = chart.backend_coord(&(0.0, n - i as f64 - 0.5));
         root.draw(&Text::new(
             label.clone(),
             (10, py - 7),
             ("sans-serif", 13).into_font(),
         ))?;
-        let _ = px;
     }
     for (x, label) in lines {
         chart.draw_series(std::iter::once(PathElement::new(
             vec![(*x, 0.0), (*x, n)],
             RED.stroke_width(1),
         )))?;
-        chart.draw_series(std::iter::once(Text::new(
-            label.to_string(),
-            (*x, n),
-            ("sans-serif", 12).into_font().color(&RED),
-        )))?;
+        // Right-aligned just left of the line, so it never runs off the plot.
+        let (px, py) = chart.backend_coord(&(*x, n));
+        let font = ("sans-serif", 12).into_font().color(&RED);
+        let style = font.pos(Pos::new(HPos::Right, VPos::Top));
+        root.draw(&Text::new(label.to_string(), (px - 4, py + 2), style))?;
     }
     root.present()
         .with_context(|| format!("writing {}", path.display()))?;
