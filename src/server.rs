@@ -56,26 +56,48 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ServerError> 
     Ok(listener)
 }
 
+/// How long calls in flight may run on after a stop signal.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn serve(
     shared: Shared,
     listener: UnixListener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServerError> {
     let max = shared.config.grpc.max_message_bytes;
+    // At the signal: end the event streams (they never end by themselves), then let calls in
+    // flight finish, but not for longer than DRAIN — a stalled client cannot hold a restart.
+    let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+    let events = shared.clone();
+    let stopping = async move {
+        shutdown.await;
+        events.events.close();
+        let _ = signalled.send(true);
+    };
     let runtime = RuntimeServiceServer::new(RuntimeApi(shared.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let image = ImageServiceServer::new(ImageApi(shared.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-    tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .trace_fn(|req| {
             let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
             tracing::info_span!("cri", method = %method, image = tracing::field::Empty, pod = tracing::field::Empty, container = tracing::field::Empty)
         })
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
+    let drain_limit = async {
+        let _ = on_signal.wait_for(|s| *s).await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        served = serving => served?,
+        _ = drain_limit => tracing::warn!(
+            seconds = DRAIN.as_secs(),
+            "calls still in flight after the drain period; stopping anyway"
+        ),
+    }
     Ok(())
 }

@@ -1064,3 +1064,168 @@ async fn shim_killed() -> anyhow::Result<()> {
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
+
+async fn next(
+    s: &mut tonic::Streaming<cri::ContainerEventResponse>,
+) -> cri::ContainerEventResponse {
+    use futures::StreamExt;
+    tokio::time::timeout(Duration::from_secs(20), s.next())
+        .await
+        .expect("an event within 20 s")
+        .expect("stream open")
+        .expect("no stream error")
+}
+
+/// GetContainerEvents as evented PLEG uses it: two subscribers see created → started →
+/// stopped → deleted with the pod's and containers' statuses; a container that exits by itself
+/// produces its stopped event without any StopContainer; after a kelsond restart the exit
+/// watchers are re-armed; a subscriber that never reads holds nothing up.
+#[tokio::test(flavor = "multi_thread")]
+async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
+    let (mut e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let mut a = c
+        .runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await?
+        .into_inner();
+    let mut b = c
+        .runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await?
+        .into_inner();
+    // Subscribed and never read: must not slow anything down.
+    let _idle = c
+        .runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await?
+        .into_inner();
+    let p = pod(&mut c, "events").await?;
+    let id = create(&mut c, &p, ctr("ev", &image, &["/bin/sleep", "3600"])).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await?;
+    c.runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    use cri::ContainerEventType as T;
+    for s in [&mut a, &mut b] {
+        let mut seen = Vec::new();
+        for want in [
+            T::ContainerCreatedEvent,
+            T::ContainerStartedEvent,
+            T::ContainerStoppedEvent,
+            T::ContainerDeletedEvent,
+        ] {
+            let ev = next(s).await;
+            assert_eq!(ev.container_id, id);
+            assert_eq!(ev.container_event_type, want as i32, "after {seen:?}");
+            assert!(ev.created_at > 0);
+            let ps = ev.pod_sandbox_status.as_ref().expect("pod status");
+            assert_eq!(ps.id, p.id);
+            let mine: Vec<_> = ev
+                .containers_statuses
+                .iter()
+                .filter(|st| st.id == id)
+                .collect();
+            if want == T::ContainerDeletedEvent {
+                assert!(mine.is_empty(), "a deleted container has no status");
+            } else {
+                let st = mine.first().expect("the container's status");
+                let state = match want {
+                    T::ContainerCreatedEvent => cri::ContainerState::ContainerCreated,
+                    T::ContainerStartedEvent => cri::ContainerState::ContainerRunning,
+                    _ => cri::ContainerState::ContainerExited,
+                };
+                assert_eq!(st.state, state as i32, "{want:?}");
+            }
+            seen.push(want);
+        }
+    }
+
+    // Exits by itself: stopped comes from the exit watcher, with the exit code.
+    let quick = create(
+        &mut c,
+        &p,
+        ctr("quick", &image, &["/bin/sh", "-c", "exit 3"]),
+    )
+    .await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: quick.clone(),
+        })
+        .await?;
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let ev = next(&mut a).await;
+        assert_eq!(ev.container_id, quick);
+        if ev.container_event_type == T::ContainerStoppedEvent as i32 {
+            let st = ev
+                .containers_statuses
+                .iter()
+                .find(|s| s.id == quick)
+                .expect("status");
+            assert_eq!(st.exit_code, 3);
+        }
+        kinds.push(ev.container_event_type);
+    }
+    assert_eq!(kinds, vec![0, 1, 2]);
+
+    // Restart kelsond with a running container: the watcher is re-armed and reports the exit.
+    let long = create(&mut c, &p, ctr("long", &image, &["/bin/sleep", "3600"])).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: long.clone(),
+        })
+        .await?;
+    e.daemon.restart()?;
+    let mut c = e.daemon.cri().await?;
+    let mut after = c
+        .runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await?
+        .into_inner();
+    let init: i32 = std::fs::read_to_string(
+        e.daemon
+            .state
+            .join("containers")
+            .join(&long)
+            .join("shim/init.pid"),
+    )?
+    .trim()
+    .parse()?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let ev = next(&mut after).await;
+    assert_eq!(
+        (ev.container_id.as_str(), ev.container_event_type),
+        (long.as_str(), T::ContainerStoppedEvent as i32)
+    );
+    for id in [&quick, &long] {
+        c.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await?;
+    }
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    assert_eq!(mounts(&e.daemon), 0);
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}

@@ -679,6 +679,26 @@ impl ContainerService {
         }
     }
 
+    /// Block until the container has exited (true), or is gone from the store (false). Holds
+    /// one Wait request on the shim, which answers at the exit; a shim that vanishes counts as
+    /// an exit (the status then says why).
+    pub async fn wait_until_exited(&self, id: &str) -> bool {
+        loop {
+            let Ok(rec) = self.find(id) else {
+                return false;
+            };
+            if self.wait_exit(&rec, Duration::from_secs(3600)).await {
+                return true;
+            }
+            if self.find(id).is_err() {
+                return false;
+            }
+            // The shim answered without an exit (or was unreachable for a moment): ask again,
+            // without spinning.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// Stop: STOPSIGNAL (or SIGTERM), SIGKILL to every process after `timeout` (0: at once).
     /// Stopping a stopped or missing container succeeds.
     pub async fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {

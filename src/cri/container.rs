@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
+use k8s_cri::v1::ContainerEventType as Event;
 use tonic::{Code, Status};
 
-use super::Shared;
+use super::{Shared, events};
 use crate::container::{ContainerError, RunState, View};
 use crate::store::ContainerRecord;
 
@@ -148,12 +149,19 @@ pub async fn create(
         .ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
     let id = rt.containers.create(&req.pod_sandbox_id, config).await?;
     record("container", &id);
+    if let Ok(rec) = rt.containers.find(&id) {
+        events::emit(rt, &id, &rec.pod_id, Event::ContainerCreatedEvent).await;
+    }
     Ok(cri::CreateContainerResponse { container_id: id })
 }
 
 pub async fn start(rt: &Shared, id: String) -> Result<cri::StartContainerResponse, Status> {
     record("container", &id);
     rt.containers.start(&id).await?;
+    if let Ok(rec) = rt.containers.find(&id) {
+        events::emit(rt, &rec.id, &rec.pod_id, Event::ContainerStartedEvent).await;
+        events::watch_exit(rt, rec.id, rec.pod_id);
+    }
     Ok(cri::StartContainerResponse {})
 }
 
@@ -164,12 +172,21 @@ pub async fn stop(
     record("container", &req.container_id);
     let timeout = Duration::from_secs(req.timeout.max(0) as u64);
     rt.containers.stop(&req.container_id, timeout).await?;
+    if let Ok(rec) = rt.containers.find(&req.container_id) {
+        events::emit(rt, &rec.id, &rec.pod_id, Event::ContainerStoppedEvent).await;
+    }
     Ok(cri::StopContainerResponse {})
 }
 
 pub async fn remove(rt: &Shared, id: String) -> Result<cri::RemoveContainerResponse, Status> {
     record("container", &id);
+    let known = rt.containers.find(&id).ok();
     rt.containers.remove(&id).await?;
+    if let Some(rec) = known {
+        // Removing a running container stops it first.
+        events::emit(rt, &rec.id, &rec.pod_id, Event::ContainerStoppedEvent).await;
+        events::emit(rt, &rec.id, &rec.pod_id, Event::ContainerDeletedEvent).await;
+    }
     Ok(cri::RemoveContainerResponse {})
 }
 

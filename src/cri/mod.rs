@@ -2,6 +2,7 @@
 //! domain services, converts results; the only place errors become `tonic::Status`.
 
 pub mod container;
+pub mod events;
 pub mod image;
 pub mod pod;
 pub mod runtime;
@@ -28,6 +29,7 @@ pub struct Runtime {
     pub images: Arc<ImageService>,
     pub pods: Arc<PodService>,
     pub containers: Arc<ContainerService>,
+    pub events: events::EventBus,
 }
 
 pub type Shared = Arc<Runtime>;

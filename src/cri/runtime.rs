@@ -2,9 +2,7 @@
 //! answered for real; container verbs answer `Unimplemented` with a clear message until they land.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 
-use futures::Stream;
 use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
@@ -75,11 +73,9 @@ impl RuntimeApi {
     }
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for RuntimeApi {
-    type GetContainerEventsStream = EventStream;
+    type GetContainerEventsStream = super::events::EventStream;
 
     async fn version(
         &self,
@@ -140,7 +136,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         _req: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        Ok(Response::new(self.0.events.subscribe()))
     }
 
     async fn run_pod_sandbox(
