@@ -1229,3 +1229,63 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
+
+/// Every process exit sends SIGCHLD to the shim; a status request the shim is reading at that
+/// moment must still be answered (a socket read with a timeout is never restarted after a
+/// signal). Before the fix, such a request got an error and the container read as ShimGone.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "sigchld").await?;
+    let id = create(&mut c, &p, ctr("busy", &image, &["/bin/sleep", "3600"])).await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let mut execs = c.clone();
+    let exec_id = id.clone();
+    let storm = tokio::spawn(async move {
+        for _ in 0..150 {
+            execs
+                .runtime
+                .exec_sync(cri::ExecSyncRequest {
+                    container_id: exec_id.clone(),
+                    cmd: vec!["/bin/true".into()],
+                    timeout: 10,
+                })
+                .await?;
+        }
+        anyhow::Ok(())
+    });
+    let mut polls = 0;
+    while !storm.is_finished() {
+        let st = c
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .expect("status");
+        assert_eq!(
+            (st.state, st.reason.as_str()),
+            (cri::ContainerState::ContainerRunning as i32, ""),
+            "after {polls} polls"
+        );
+        polls += 1;
+    }
+    storm.await??;
+    assert!(polls > 10, "statuses polled during the execs: {polls}");
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    assert_eq!(mounts(&e.daemon), 0);
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}

@@ -586,6 +586,9 @@ fn read_request(conn: &mut UnixStream) -> Result<msg::Request, String> {
         match conn.read(&mut chunk) {
             Ok(0) => return Err("connection closed before a whole request".into()),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // A socket with SO_RCVTIMEO is never restarted after a signal (signal(7)), and
+            // SIGCHLD arrives whenever a container process exits: read again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(format!("reading request: {e}")),
         }
     }

@@ -547,7 +547,20 @@ impl ContainerService {
             message: String::new(),
         };
         let client = self.client(&v.rec);
-        match client.state().await {
+        let mut answer = client.state().await;
+        // A shim that answers with an error is alive: ask again before concluding anything
+        // from it (an unreachable or silent shim is not asked twice).
+        for _ in 0..2 {
+            match &answer {
+                Err(e @ ShimError::Remote(_)) => {
+                    tracing::debug!(container = %v.rec.id, error = %e, "shim state: asking again");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    answer = client.state().await;
+                }
+                _ => break,
+            }
+        }
+        match answer {
             Ok(s) => {
                 v.pid = s.pid;
                 v.started_at = s.started_at;
