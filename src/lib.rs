@@ -14,5 +14,6 @@ pub mod pod;
 pub mod rollback;
 pub mod server;
 pub mod shim;
+pub mod stats;
 pub mod store;
 pub mod sys;

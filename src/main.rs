@@ -217,7 +217,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let shim = kelson::shim::locate(&cfg.shim_path);
         let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.container.clone()));
-        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default() });
+        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default() });
         kelson::cri::events::rearm(&shared).await;
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};

@@ -150,17 +150,23 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
         rc.linux.unwrap().cgroup_driver,
         cri::CgroupDriver::Cgroupfs as i32
     );
+    // Stats of a pod that does not exist, or of no pod at all: clear errors.
     let err = c
         .runtime
         .pod_sandbox_stats(cri::PodSandboxStatsRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented);
-    assert!(
-        err.message().contains("PodSandboxStats"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+    let missing = "ab".repeat(32);
+    let err = c
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: missing.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains(&missing), "{}", err.message());
     // The runtime reports not-ready, with the reason, when its root cannot be written: the
     // readiness probe file is made a directory, so the write fails even for root.
     let probe = d.root.join(".ready-probe");

@@ -275,6 +275,7 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
         "hostPort 18080 did not reach pod a: {via_host}"
     );
     assert_eq!(allocations(ipam.path()), 2);
+    pod_stats_and_metrics(&mut c, &b, &client).await?;
     remove_pod(&mut c, &a).await?;
     remove_pod(&mut c, &b).await?;
     remove_pod(&mut c, &b).await?; // DEL again is fine
@@ -342,5 +343,168 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
     );
     assert_eq!(common::count(&d.state.join("pods")), 0);
     common::remove_cgroup_tree(&format!("kelson-nettest-{}", std::process::id()));
+    Ok(())
+}
+
+/// eth0's received bytes as the pod itself sees them (/proc/net/dev read inside the pod).
+async fn rx_inside(c: &mut Cri, container: &str) -> anyhow::Result<u64> {
+    let r = c
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: container.into(),
+            cmd: vec!["/bin/cat".into(), "/proc/net/dev".into()],
+            timeout: 5,
+        })
+        .await?
+        .into_inner();
+    let text = String::from_utf8_lossy(&r.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("eth0:"))
+        .ok_or_else(|| anyhow::anyhow!("no eth0 in {text}"))?;
+    Ok(line
+        .split_once(':')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()?)
+}
+
+/// PodSandboxStats / ListPodSandboxStats / ListPodSandboxMetrics of a pod that has talked over
+/// its network: counters read from the pod's namespace lie between two readings taken inside the
+/// pod, processes and containers are reported, and the cAdvisor metrics carry the same figures.
+async fn pod_stats_and_metrics(c: &mut Cri, pod: &str, client: &str) -> anyhow::Result<()> {
+    let before = rx_inside(c, client).await?;
+    let stats = c
+        .runtime
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await?
+        .into_inner()
+        .stats
+        .expect("stats");
+    let after = rx_inside(c, client).await?;
+    assert_eq!(stats.attributes.as_ref().unwrap().id, pod);
+    let linux = stats.linux.expect("linux stats");
+    let net = linux.network.expect("network stats");
+    let eth0 = net.default_interface.expect("default interface");
+    assert_eq!(eth0.name, "eth0");
+    let rx = eth0.rx_bytes.unwrap().value;
+    assert!(
+        before > 0 && before <= rx && rx <= after,
+        "{before} <= {rx} <= {after}"
+    );
+    assert!(eth0.tx_bytes.unwrap().value > 0);
+    assert!(net.interfaces.iter().all(|i| i.name != "lo"));
+    let procs = linux
+        .process
+        .expect("process usage")
+        .process_count
+        .unwrap()
+        .value;
+    assert!(procs >= 1, "the client's sleep at least: {procs}");
+    assert!(
+        linux
+            .memory
+            .expect("memory")
+            .working_set_bytes
+            .unwrap()
+            .value
+            > 0
+    );
+    assert!(
+        linux
+            .cpu
+            .expect("cpu")
+            .usage_core_nano_seconds
+            .unwrap()
+            .value
+            > 0
+    );
+    assert_eq!(linux.containers.len(), 1);
+    assert_eq!(linux.containers[0].attributes.as_ref().unwrap().id, client);
+
+    let all = c
+        .runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await?
+        .into_inner()
+        .stats;
+    assert!(all.len() >= 2, "both pods listed");
+    let only = c
+        .runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest {
+            filter: Some(cri::PodSandboxStatsFilter {
+                id: pod.into(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .stats;
+    assert_eq!(only.len(), 1);
+    // A second reading has an instantaneous CPU rate.
+    let cpu = only[0].linux.as_ref().unwrap().cpu.as_ref().unwrap();
+    assert!(cpu.usage_nano_cores.is_some(), "rate after two samples");
+
+    let descriptors = c
+        .runtime
+        .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})
+        .await?
+        .into_inner()
+        .descriptors;
+    let metrics = c
+        .runtime
+        .list_pod_sandbox_metrics(cri::ListPodSandboxMetricsRequest {})
+        .await?
+        .into_inner()
+        .pod_metrics;
+    let mine = metrics
+        .iter()
+        .find(|m| m.pod_sandbox_id == pod)
+        .expect("the pod's metrics");
+    let keys = |name: &str| {
+        descriptors
+            .iter()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("{name} described"))
+            .label_keys
+            .clone()
+    };
+    let rx_metric = mine
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_bytes_total")
+        .expect("pod network metric");
+    let k = keys(&rx_metric.name);
+    assert_eq!(k.len(), rx_metric.label_values.len());
+    let label = |keys: &[String], m: &cri::Metric, key: &str| {
+        m.label_values[keys.iter().position(|k| k == key).unwrap()].clone()
+    };
+    assert_eq!(label(&k, rx_metric, "interface"), "eth0");
+    assert_eq!(label(&k, rx_metric, "pod"), "b");
+    assert_eq!(label(&k, rx_metric, "container"), "");
+    assert!(rx_metric.value.unwrap().value >= rx);
+    let ctr = &mine.container_metrics[0];
+    assert_eq!(ctr.container_id, client);
+    let ws = ctr
+        .metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .expect("container working set");
+    let k = keys(&ws.name);
+    assert_eq!(label(&k, ws, "container"), "client");
+    assert_eq!(label(&k, ws, "namespace"), "net");
+    assert!(ws.value.unwrap().value > 0);
+    for m in mine
+        .metrics
+        .iter()
+        .chain(mine.container_metrics.iter().flat_map(|c| c.metrics.iter()))
+    {
+        assert_eq!(keys(&m.name).len(), m.label_values.len(), "{}", m.name);
+    }
     Ok(())
 }

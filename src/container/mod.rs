@@ -6,7 +6,6 @@
 pub mod resources;
 pub mod rootfs;
 pub mod spec;
-pub mod stats;
 pub mod user;
 
 use std::path::{Path, PathBuf};
@@ -25,7 +24,7 @@ use crate::shim::{self, Client, ShimError, msg};
 use crate::store::{ContainerRecord, ExitInfo, PodRecord, PodState, Store, StoreError};
 
 /// A cgroup stats sample and the CPU rate (nano-cores) since the previous one, if any.
-pub type StatsSample = (stats::Sample, Option<u64>);
+pub type StatsSample = (crate::stats::Sample, Option<u64>);
 
 /// Status reason when a container's shim vanished without recording an exit.
 pub const REASON_SHIM_GONE: &str = "ShimGone";
@@ -133,7 +132,7 @@ pub struct ContainerService {
     init_binary: PathBuf,
     config: crate::config::ContainerConfig,
     /// Last (time, cumulative CPU ns) per container, for the nano-cores rate.
-    cpu_prev: std::sync::Mutex<std::collections::HashMap<String, (i64, u64)>>,
+    cpu_prev: crate::stats::Rates,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
@@ -778,10 +777,7 @@ impl ContainerService {
             }
         }
         self.store.remove::<ContainerRecord>(&rec.id)?;
-        self.cpu_prev
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
+        self.cpu_prev.forget(&rec.id);
         tracing::info!(container = %rec.id, "container removed");
         Ok(())
     }
@@ -893,17 +889,16 @@ impl ContainerService {
     pub fn stats(&self, rec: &ContainerRecord) -> (Option<StatsSample>, (u64, u64)) {
         let now = now_ns();
         let sample = self.pods.find(&rec.pod_id).ok().and_then(|pod| {
-            stats::read(self.pods.cgroups(), &format!("{}/{}", pod.cgroup, rec.id))
+            crate::stats::cgroup::read(self.pods.cgroups(), &self.cgroup_of(&pod, rec))
         });
-        let sample = sample.map(|s| {
-            let mut prev = self.cpu_prev.lock().unwrap_or_else(|p| p.into_inner());
-            let rate = prev
-                .insert(rec.id.clone(), (now, s.cpu_ns))
-                .map(|(t, cpu)| stats::nano_cores(cpu, s.cpu_ns, (now - t).max(0) as u64));
-            (s, rate)
-        });
+        let sample = sample.map(|s| (s, self.cpu_prev.update(&rec.id, now, s.cpu_ns)));
         let upper = crate::image::snapshot::disk_usage(&Path::new(&rec.root_dir).join("upper"));
         (sample, upper)
+    }
+
+    /// A container's cgroup, relative to each hierarchy.
+    pub fn cgroup_of(&self, pod: &PodRecord, rec: &ContainerRecord) -> String {
+        format!("{}/{}", pod.cgroup, rec.id)
     }
 
     /// SIGKILL every process in the container's cgroup (used when its shim is gone).

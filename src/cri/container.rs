@@ -43,7 +43,7 @@ impl From<ContainerError> for Status {
     }
 }
 
-fn config(rec: &ContainerRecord) -> cri::ContainerConfig {
+pub(crate) fn config(rec: &ContainerRecord) -> cri::ContainerConfig {
     serde_json::from_value(rec.config.clone()).unwrap_or_default()
 }
 
@@ -135,7 +135,7 @@ pub fn matches(v: &View, f: &cri::ContainerFilter) -> bool {
         .all(|(k, val)| labels.get(k) == Some(val))
 }
 
-fn record(field: &str, id: &str) {
+pub(crate) fn record(field: &str, id: &str) {
     tracing::Span::current().record(field, id);
 }
 
@@ -273,99 +273,4 @@ pub async fn update_resources(
         .update_resources(&req.container_id, linux)
         .await?;
     Ok(cri::UpdateContainerResourcesResponse {})
-}
-
-fn u64v(value: u64) -> Option<cri::UInt64Value> {
-    Some(cri::UInt64Value { value })
-}
-
-fn to_stats(rt: &Shared, rec: &ContainerRecord) -> cri::ContainerStats {
-    let c = config(rec);
-    let ts = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0);
-    let (sample, (bytes, inodes)) = rt.containers.stats(rec);
-    let (cpu, memory) = match sample {
-        Some((s, rate)) => (
-            Some(cri::CpuUsage {
-                timestamp: ts,
-                usage_core_nano_seconds: u64v(s.cpu_ns),
-                usage_nano_cores: rate.and_then(u64v),
-            }),
-            Some(cri::MemoryUsage {
-                timestamp: ts,
-                working_set_bytes: u64v(s.working_set),
-                available_bytes: s
-                    .memory_limit
-                    .map(|l| l.saturating_sub(s.working_set))
-                    .and_then(u64v),
-                usage_bytes: u64v(s.memory_usage),
-                rss_bytes: u64v(s.rss),
-                page_faults: u64v(s.page_faults),
-                major_page_faults: u64v(s.major_page_faults),
-            }),
-        ),
-        None => (None, None),
-    };
-    cri::ContainerStats {
-        attributes: Some(cri::ContainerAttributes {
-            id: rec.id.clone(),
-            metadata: c.metadata,
-            labels: c.labels,
-            annotations: c.annotations,
-        }),
-        cpu,
-        memory,
-        writable_layer: Some(cri::FilesystemUsage {
-            timestamp: ts,
-            fs_id: Some(cri::FilesystemIdentifier {
-                mountpoint: rt.images.image_fs_mountpoint().display().to_string(),
-            }),
-            used_bytes: u64v(bytes),
-            inodes_used: u64v(inodes),
-        }),
-        swap: None,
-    }
-}
-
-pub async fn stats(
-    rt: &Shared,
-    req: cri::ContainerStatsRequest,
-) -> Result<cri::ContainerStatsResponse, Status> {
-    record("container", &req.container_id);
-    let rec = rt.containers.find(&req.container_id)?;
-    let rt2 = rt.clone();
-    let stats = tokio::task::spawn_blocking(move || to_stats(&rt2, &rec))
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-    Ok(cri::ContainerStatsResponse { stats: Some(stats) })
-}
-
-pub async fn list_stats(
-    rt: &Shared,
-    req: cri::ListContainerStatsRequest,
-) -> Result<cri::ListContainerStatsResponse, Status> {
-    let f = req.filter.unwrap_or_default();
-    let recs: Vec<ContainerRecord> = rt
-        .containers
-        .list()?
-        .into_iter()
-        .filter(|r| {
-            (f.id.is_empty() || r.id.starts_with(&f.id))
-                && (f.pod_sandbox_id.is_empty() || r.pod_id.starts_with(&f.pod_sandbox_id))
-        })
-        .filter(|r| {
-            let labels = config(r).labels;
-            f.label_selector
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .collect();
-    let rt2 = rt.clone();
-    let stats =
-        tokio::task::spawn_blocking(move || recs.iter().map(|r| to_stats(&rt2, r)).collect())
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-    Ok(cri::ListContainerStatsResponse { stats })
 }

@@ -6,6 +6,7 @@ pub mod events;
 pub mod image;
 pub mod pod;
 pub mod runtime;
+pub mod stats;
 pub mod status;
 
 use std::sync::Arc;
@@ -30,6 +31,8 @@ pub struct Runtime {
     pub pods: Arc<PodService>,
     pub containers: Arc<ContainerService>,
     pub events: events::EventBus,
+    /// Previous CPU readings of pod cgroups (container readings live with the containers).
+    pub pod_rates: crate::stats::Rates,
 }
 
 pub type Shared = Arc<Runtime>;

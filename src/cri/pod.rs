@@ -38,7 +38,7 @@ impl From<PodError> for Status {
     }
 }
 
-fn config(rec: &PodRecord) -> cri::PodSandboxConfig {
+pub(crate) fn config(rec: &PodRecord) -> cri::PodSandboxConfig {
     serde_json::from_value(rec.config.clone()).unwrap_or_default()
 }
 

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::unimplemented;
 use super::{CRI_API_VERSION, KUBE_API_VERSION, RUNTIME_NAME, RUNTIME_VERSION, Shared};
-use super::{container, pod};
+use super::{container, pod, stats};
 use crate::config::CgroupDriver;
 
 pub struct RuntimeApi(pub Shared);
@@ -271,7 +271,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         req: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        container::stats(&self.0, req.into_inner())
+        stats::container(&self.0, req.into_inner())
             .await
             .map(Response::new)
     }
@@ -279,21 +279,25 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         req: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        container::list_stats(&self.0, req.into_inner())
+        stats::list_containers(&self.0, req.into_inner())
             .await
             .map(Response::new)
     }
     async fn pod_sandbox_stats(
         &self,
-        _req: Request<cri::PodSandboxStatsRequest>,
+        req: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+        stats::pod(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn list_pod_sandbox_stats(
         &self,
-        _req: Request<cri::ListPodSandboxStatsRequest>,
+        req: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+        stats::list_pods(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn update_runtime_config(
         &self,
@@ -322,12 +326,14 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         _req: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors: crate::stats::metrics::descriptors(),
+        }))
     }
     async fn list_pod_sandbox_metrics(
         &self,
         _req: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        stats::pod_metrics(&self.0).await.map(Response::new)
     }
 }
