@@ -28,6 +28,7 @@ pub struct Config {
     pub image: ImageConfig,
     pub registry: RegistryConfig,
     pub network: NetworkConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +122,14 @@ impl Default for NetworkConfig {
     }
 }
 
+/// kelsond's own Prometheus endpoint (`GET /metrics`); off unless an address is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` to listen on, e.g. `127.0.0.1:9390`; empty: no endpoint.
+    pub address: String,
+}
+
 /// `"true"`/`"false"` on a pod or container turns the built-in init on or off for it.
 pub const INIT_ANNOTATION: &str = "kelson.io/init";
 
@@ -145,6 +154,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -275,6 +285,18 @@ impl Config {
                 message: "must differ from root".into(),
             });
         }
+        if !self.metrics.address.is_empty()
+            && self
+                .metrics
+                .address
+                .parse::<std::net::SocketAddr>()
+                .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "metrics.address",
+                message: format!("{:?} is not an ip:port address", self.metrics.address),
+            });
+        }
         if !valid_log_filter(&self.log_level) {
             return Err(ConfigError::Invalid {
                 key: "log_level",
@@ -399,6 +421,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("image.pinned"), "{e}");
+        let e = parse("[metrics]\naddress = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics.address"), "{e}");
+        assert_eq!(Config::default().metrics.address, "", "off by default");
+        let c = parse("[metrics]\naddress = \"127.0.0.1:9390\"\n").unwrap();
+        assert_eq!(c.metrics.address, "127.0.0.1:9390");
     }
 
     #[test]

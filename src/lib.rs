@@ -17,3 +17,4 @@ pub mod shim;
 pub mod stats;
 pub mod store;
 pub mod sys;
+pub mod telemetry;

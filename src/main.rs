@@ -217,8 +217,15 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let shim = kelson::shim::locate(&cfg.shim_path);
         let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.container.clone()));
-        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default() });
+        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default(), telemetry: Default::default() });
         kelson::cri::events::rearm(&shared).await;
+        if !cfg.metrics.address.is_empty() {
+            let listener = kelson::telemetry::http::bind(&cfg.metrics.address)
+                .await
+                .with_context(|| format!("metrics endpoint on {}", cfg.metrics.address))?;
+            tracing::info!(address = %cfg.metrics.address, "serving metrics on /metrics");
+            tokio::spawn(kelson::telemetry::http::serve(shared.clone(), listener));
+        }
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {

@@ -85,6 +85,7 @@ pub async fn serve(
             let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
             tracing::info_span!("cri", method = %method, image = tracing::field::Empty, pod = tracing::field::Empty, container = tracing::field::Empty)
         })
+        .layer(crate::telemetry::layer::RpcMetricsLayer(shared.telemetry.clone()))
         .add_service(runtime)
         .add_service(image)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);

@@ -1235,7 +1235,10 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
 /// signal). Before the fix, such a request got an error and the container read as ShimGone.
 #[tokio::test(flavor = "multi_thread")]
 async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let port = common::free_port();
+    let e = common::env_config(&format!("[metrics]\naddress = \"127.0.0.1:{port}\"\n")).await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "sigchld").await?;
     let id = create(&mut c, &p, ctr("busy", &image, &["/bin/sleep", "3600"])).await?;
@@ -1280,6 +1283,52 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     }
     storm.await??;
     assert!(polls > 10, "statuses polled during the execs: {polls}");
+
+    // The metrics endpoint saw all of it: one live shim, one running container, every call.
+    let (code, body) = common::http_get(port, "/metrics")?;
+    assert_eq!(code, 200, "{body}");
+    let get = |series: &str| common::sample(&body, series);
+    assert_eq!(get("kelson_shims"), Some(1.0), "{body}");
+    assert_eq!(get("kelson_containers{state=\"running\"}"), Some(1.0));
+    assert_eq!(get("kelson_pod_sandboxes{state=\"ready\"}"), Some(1.0));
+    assert_eq!(
+        get("kelson_cri_request_duration_seconds_count{method=\"ExecSync\"}"),
+        Some(150.0)
+    );
+    assert_eq!(
+        get("kelson_cri_request_duration_seconds_count{method=\"ContainerStatus\"}"),
+        Some(polls as f64)
+    );
+    assert!(
+        get("kelson_image_pull_bytes_total").unwrap_or(0.0) > 1e6,
+        "layers were pulled"
+    );
+    assert_eq!(
+        get("kelson_image_pull_duration_seconds_count{result=\"success\"}"),
+        Some(1.0)
+    );
+    // An error is counted with its code; an unknown path is a 404; a client that connects and
+    // says nothing does not stop the next scrape.
+    let err = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: "ab".repeat(32),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let _silent = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    let (_, body) = common::http_get(port, "/metrics")?;
+    assert_eq!(
+        common::sample(
+            &body,
+            "kelson_cri_request_errors_total{method=\"ContainerStatus\",code=\"NotFound\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(common::http_get(port, "/other")?.0, 404);
     c.runtime
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: p.id.clone(),

@@ -924,6 +924,22 @@ impl ContainerService {
         tracing::warn!(container = %rec.id, "shim gone: killed the container's remaining processes");
     }
 
+    /// Shim processes alive now: each container's recorded shim pid that still runs kelson-shim.
+    pub fn live_shims(&self) -> usize {
+        self.list()
+            .unwrap_or_default()
+            .iter()
+            .filter(|rec| {
+                let pid_file = Path::new(&rec.state_dir).join("shim").join("shim.pid");
+                std::fs::read_to_string(pid_file)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok())
+                    .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+                    .is_some_and(|cmd| cmd.windows(11).any(|w| w == b"kelson-shim"))
+            })
+            .count()
+    }
+
     /// Containers of a pod (for stop/remove of the pod).
     pub fn of_pod(&self, pod_id: &str) -> Result<Vec<ContainerRecord>, ContainerError> {
         Ok(self

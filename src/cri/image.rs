@@ -98,7 +98,9 @@ impl cri::image_service_server::ImageService for ImageApi {
                 registry_token: a.registry_token,
             })
             .unwrap_or_default();
+        let began = std::time::Instant::now();
         let result = self.0.images.pull(&image, &creds).await;
+        self.0.telemetry.pull(result.is_ok(), began.elapsed());
         // A pull's decompression and download buffers are gone now: hand their pages back
         // instead of keeping them as daemon RSS until the next pull.
         crate::sys::trim_heap();

@@ -33,6 +33,7 @@ pub struct Runtime {
     pub events: events::EventBus,
     /// Previous CPU readings of pod cgroups (container readings live with the containers).
     pub pod_rates: crate::stats::Rates,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 pub type Shared = Arc<Runtime>;

@@ -95,6 +95,18 @@ pub struct ImageService {
     pinned: HashSet<String>,
     leases: Arc<Mutex<Leases>>,
     layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Running totals for the metrics endpoint.
+    pub counters: Counters,
+}
+
+/// Monotonic counts since start-up.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Layer bytes received from registries (complete or not).
+    pub pulled_bytes: std::sync::atomic::AtomicU64,
+    /// Snapshots and blobs removed by garbage collection.
+    pub gc_snapshots: std::sync::atomic::AtomicU64,
+    pub gc_blobs: std::sync::atomic::AtomicU64,
 }
 
 /// Releases its digests when dropped.
@@ -135,6 +147,7 @@ impl ImageService {
             pinned,
             leases: Arc::default(),
             layer_locks: Mutex::default(),
+            counters: Counters::default(),
         }
     }
 
@@ -269,6 +282,11 @@ impl ImageService {
             }
         }
         if n + blobs_removed > 0 {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.counters.gc_snapshots.fetch_add(n as u64, Relaxed);
+            self.counters
+                .gc_blobs
+                .fetch_add(blobs_removed as u64, Relaxed);
             tracing::info!(
                 snapshots = n,
                 blobs = blobs_removed,

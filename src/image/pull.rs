@@ -413,6 +413,9 @@ impl ImageService {
                     match chunk {
                         Ok(b) => {
                             n += b.len() as u64;
+                            self.counters
+                                .pulled_bytes
+                                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
                             if n > desc.size {
                                 download_err = Some(ImageError::Registry {
                                     image: shown.into(),

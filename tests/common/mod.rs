@@ -18,7 +18,12 @@ pub async fn env_with(opts: RegistryOptions, extra_config: &str) -> anyhow::Resu
 }
 
 pub async fn env() -> anyhow::Result<Env> {
-    let e = env_with(RegistryOptions::default(), "").await?;
+    env_config("").await
+}
+
+/// `env()` with `extra` TOML in kelsond's config.
+pub async fn env_config(extra: &str) -> anyhow::Result<Env> {
+    let e = env_with(RegistryOptions::default(), extra).await?;
     let p = Pusher::new(&e.registry)?;
     p.image(
         "test/standard",
@@ -48,4 +53,47 @@ pub fn count(dir: &std::path::Path) -> usize {
 /// Remove a test's cgroup tree (shared with the benchmarks).
 pub fn remove_cgroup_tree(top: &str) {
     kelson_testkit::cgroups::remove_tree(top);
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// `GET path` over plain HTTP/1.1 on loopback: (status code, body).
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status line in {out:?}"))?;
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The value of the sample line `series` (name with labels, exactly) in a text exposition.
+pub fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
 }
