@@ -77,6 +77,42 @@ pub struct ImageConfig {
     pub pull_progress_timeout: Duration,
     /// Refuse a layer whose uncompressed content exceeds this (decompression bombs).
     pub max_layer_bytes: u64,
+    pub gc: ImageGcConfig,
+}
+
+/// The optional image garbage-collection policy (unreferenced content is always collected).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageGcConfig {
+    pub enabled: bool,
+    /// Image filesystem use (percent of its capacity) at which images are removed…
+    pub high_threshold_percent: u8,
+    /// …until use is back under this.
+    pub low_threshold_percent: u8,
+    /// Remove images unused for longer than this whatever the disk use; 0: never.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_unused_age: Duration,
+    /// Never remove an image pulled or used more recently than this.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_age: Duration,
+    /// How often the policy is checked (also after every pull).
+    #[serde(with = "humantime_serde_compat")]
+    pub interval: Duration,
+}
+
+impl Default for ImageGcConfig {
+    fn default() -> Self {
+        // Above kubelet's defaults (85/80), so on a node where kubelet manages images it acts
+        // first and kelson is the backstop.
+        ImageGcConfig {
+            enabled: false,
+            high_threshold_percent: 90,
+            low_threshold_percent: 85,
+            max_unused_age: Duration::ZERO,
+            min_age: Duration::from_secs(2 * 60),
+            interval: Duration::from_secs(5 * 60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,6 +214,7 @@ impl Default for ImageConfig {
             // containerd's image_pull_progress_timeout default.
             pull_progress_timeout: Duration::from_secs(5 * 60),
             max_layer_bytes: 64 << 30,
+            gc: ImageGcConfig::default(),
         }
     }
 }
@@ -283,6 +320,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "state",
                 message: "must differ from root".into(),
+            });
+        }
+        let gc = &self.image.gc;
+        if !(gc.low_threshold_percent < gc.high_threshold_percent
+            && gc.high_threshold_percent <= 100)
+        {
+            return Err(ConfigError::Invalid {
+                key: "image.gc.high_threshold_percent",
+                message: format!(
+                    "need low_threshold_percent ({}) < high_threshold_percent ({}) <= 100",
+                    gc.low_threshold_percent, gc.high_threshold_percent
+                ),
+            });
+        }
+        if gc.interval < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "image.gc.interval",
+                message: "must be at least 1s".into(),
             });
         }
         if !self.metrics.address.is_empty()
@@ -426,6 +481,16 @@ mod tests {
             .to_string();
         assert!(e.contains("metrics.address"), "{e}");
         assert_eq!(Config::default().metrics.address, "", "off by default");
+        let e = parse("[image.gc]\nhigh_threshold_percent = 50\nlow_threshold_percent = 60\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image.gc.high_threshold_percent"), "{e}");
+        let e = parse("[image.gc]\ninterval = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image.gc.interval"), "{e}");
+        let c = parse("[image.gc]\nenabled = true\nmax_unused_age = \"1h\"\n").unwrap();
+        assert!(c.image.gc.enabled && c.image.gc.max_unused_age == Duration::from_secs(3600));
         let c = parse("[metrics]\naddress = \"127.0.0.1:9390\"\n").unwrap();
         assert_eq!(c.metrics.address, "127.0.0.1:9390");
     }

@@ -219,6 +219,23 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.container.clone()));
         let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default(), telemetry: Default::default() });
         kelson::cri::events::rearm(&shared).await;
+        if cfg.image.gc.enabled {
+            let images = shared.images.clone();
+            let every = cfg.image.gc.interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let images = images.clone();
+                    match tokio::task::spawn_blocking(move || images.enforce_policy()).await {
+                        Ok(Err(e)) => tracing::warn!(error = %e, "image GC policy"),
+                        Err(e) => tracing::warn!(error = %e, "image GC policy task"),
+                        Ok(Ok(_)) => {}
+                    }
+                }
+            });
+        }
         if !cfg.metrics.address.is_empty() {
             let listener = kelson::telemetry::http::bind(&cfg.metrics.address)
                 .await

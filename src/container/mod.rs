@@ -377,6 +377,10 @@ impl ContainerService {
             ..Default::default()
         };
         self.store.create(&rec)?;
+        // For the image GC policy's least-recently-used order; a failure only costs accuracy.
+        if let Err(e) = self.store.touch_image(&image.id, now_ns() / 1_000_000_000) {
+            tracing::warn!(image = %image.id, error = %e, "recording image use");
+        }
         let mut undo = Rollback::default();
         {
             let (store, id) = (self.store.clone(), id.clone());

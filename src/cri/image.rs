@@ -101,6 +101,11 @@ impl cri::image_service_server::ImageService for ImageApi {
         let began = std::time::Instant::now();
         let result = self.0.images.pull(&image, &creds).await;
         self.0.telemetry.pull(result.is_ok(), began.elapsed());
+        if result.is_ok() && self.0.config.image.gc.enabled {
+            // The pull may have crossed the high watermark; the answer does not wait for it.
+            let images = self.0.images.clone();
+            tokio::task::spawn_blocking(move || images.enforce_policy());
+        }
         // A pull's decompression and download buffers are gone now: hand their pages back
         // instead of keeping them as daemon RSS until the next pull.
         crate::sys::trim_heap();

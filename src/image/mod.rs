@@ -3,6 +3,7 @@
 
 pub mod content;
 pub mod digest;
+pub mod gc;
 pub mod hosts;
 pub mod manifest;
 mod pull;
@@ -97,6 +98,8 @@ pub struct ImageService {
     layer_locks: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     /// Running totals for the metrics endpoint.
     pub counters: Counters,
+    /// Held while the GC policy runs: a second trigger meanwhile is skipped, not queued.
+    policy_running: Mutex<()>,
 }
 
 /// Monotonic counts since start-up.
@@ -107,6 +110,8 @@ pub struct Counters {
     /// Snapshots and blobs removed by garbage collection.
     pub gc_snapshots: std::sync::atomic::AtomicU64,
     pub gc_blobs: std::sync::atomic::AtomicU64,
+    /// Images removed by the GC policy.
+    pub gc_images: std::sync::atomic::AtomicU64,
 }
 
 /// Releases its digests when dropped.
@@ -148,6 +153,7 @@ impl ImageService {
             leases: Arc::default(),
             layer_locks: Mutex::default(),
             counters: Counters::default(),
+            policy_running: Mutex::new(()),
         }
     }
 
@@ -294,6 +300,74 @@ impl ImageService {
             );
         }
         Ok((n, blobs_removed))
+    }
+
+    /// Apply the `[image.gc]` policy once: remove what `gc::plan` picks, as RemoveImage
+    /// would. Returns the removed image ids. Does nothing when the policy is off.
+    pub fn enforce_policy(&self) -> Result<Vec<String>, ImageError> {
+        let policy = &self.config.image.gc;
+        if !policy.enabled {
+            return Ok(Vec::new());
+        }
+        let Ok(_running) = self.policy_running.try_lock() else {
+            return Ok(Vec::new());
+        };
+        let in_use: HashSet<String> = self
+            .store
+            .list::<crate::store::ContainerRecord>()?
+            .into_iter()
+            .map(|c| c.image_id)
+            .collect();
+        let candidates: Vec<gc::Candidate> = self
+            .store
+            .images()?
+            .into_iter()
+            .map(|r| {
+                let info = self.info(r);
+                let r = info.record;
+                gc::Candidate {
+                    in_use: in_use.contains(&r.id),
+                    pinned: info.pinned,
+                    last_used: r.pulled_at.max(r.last_used),
+                    layers: r
+                        .layers
+                        .iter()
+                        .map(|l| (l.diff_id.clone(), l.bytes))
+                        .collect(),
+                    id: r.id,
+                }
+            })
+            .collect();
+        let disk = gc::disk_of(&self.dirs.snapshots());
+        let plan = gc::plan(&candidates, pull::now(), policy, disk);
+        let mut removed = Vec::new();
+        for (id, reason) in plan {
+            // By id: the whole image, every name. A container created since the plan was made
+            // keeps its layers (collect_garbage spares what containers reference).
+            match self.remove(&id) {
+                Ok(()) => {
+                    tracing::info!(image = %id, reason = ?reason, "image GC policy removed an image");
+                    self.counters
+                        .gc_images
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    removed.push(id);
+                }
+                Err(e) => {
+                    tracing::warn!(image = %id, error = %e, "image GC policy: removal failed")
+                }
+            }
+        }
+        if let Some(d) = disk.filter(|_| !removed.is_empty()) {
+            let after = gc::disk_of(&self.dirs.snapshots());
+            tracing::info!(
+                removed = removed.len(),
+                used_before = d.used,
+                used_after = after.map(|a| a.used).unwrap_or(0),
+                capacity = d.capacity,
+                "image GC policy ran"
+            );
+        }
+        Ok(removed)
     }
 
     /// Bytes and inodes the image filesystem uses (snapshots + blobs), from the figures measured

@@ -175,7 +175,7 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -276,6 +276,7 @@ impl ImageService {
             layers,
             user: summary.user,
             pulled_at: now(),
+            last_used: 0,
         };
         rec.blobs.sort();
         rec.blobs.dedup();

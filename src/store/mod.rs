@@ -148,6 +148,27 @@ impl Store {
         Ok(merged)
     }
 
+    /// Record that a container was created from image `id` at `when` (unix seconds).
+    pub fn touch_image(&self, id: &str, when: i64) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin"))?;
+        {
+            let mut images = tx.open_table(IMAGES).map_err(db_err("open table"))?;
+            let rec = images
+                .get(id)
+                .map_err(db_err("read"))?
+                .map(|v| v.value().to_vec());
+            if let Some(rec) = rec {
+                let mut rec: ImageRecord = decode(id, &rec)?;
+                rec.last_used = rec.last_used.max(when);
+                images
+                    .insert(id, encode(id, &rec)?.as_slice())
+                    .map_err(db_err("write"))?;
+            }
+        }
+        tx.commit().map_err(db_err("commit"))?;
+        Ok(())
+    }
+
     /// Drop `name` from image `id`, or the whole image when `name` is None. Returns the record
     /// as it was before, or None when there was no such image.
     pub fn remove_image(

@@ -29,6 +29,8 @@ pub struct ImageRecord {
     pub user: String,
     /// Unix seconds of the last pull.
     pub pulled_at: i64,
+    /// Unix seconds a container was last created from it (0: never).
+    pub last_used: i64,
 }
 
 impl ImageRecord {

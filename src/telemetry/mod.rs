@@ -160,13 +160,6 @@ impl Telemetry {
             .observe(took.as_secs_f64());
     }
 
-    /// An image removed by the GC policy (counted with the content GC's figures).
-    pub fn image_collected(&self) {
-        self.gc_removed
-            .get_or_create(&KindLabels { kind: "image" })
-            .inc();
-    }
-
     /// Bring the scrape-time figures up to date and render the text exposition.
     pub async fn render(&self, rt: &Shared) -> String {
         self.refresh(rt).await;
@@ -183,6 +176,7 @@ impl Telemetry {
         for (kind, v) in [
             ("snapshot", c.gc_snapshots.load(Relaxed)),
             ("blob", c.gc_blobs.load(Relaxed)),
+            ("image", c.gc_images.load(Relaxed)),
         ] {
             set_counter(&self.gc_removed.get_or_create(&KindLabels { kind }), v);
         }

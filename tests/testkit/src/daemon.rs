@@ -40,6 +40,9 @@ pub struct DaemonOptions {
     pub plugin_timeout: Option<String>,
     /// `log_level` for kelsond (default: debug for kelson's own modules).
     pub log_level: Option<String>,
+    /// Put the daemon's root (images, snapshots) on a tmpfs of this many MiB: a small
+    /// filesystem of its own, for disk-pressure tests. Unmounted with the daemon.
+    pub root_tmpfs_mib: Option<u64>,
 }
 
 impl Daemon {
@@ -54,6 +57,17 @@ impl Daemon {
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = state.join("kelson.sock");
+        if let Some(mib) = opts.root_tmpfs_mib {
+            std::fs::create_dir_all(&root)?;
+            nix::mount::mount(
+                Some("tmpfs"),
+                &root,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some(format!("size={mib}m,mode=0711").as_str()),
+            )
+            .context("mounting a tmpfs root")?;
+        }
         let certs_d = dir.path().join("certs.d");
         let net_d = dir.path().join("net.d");
         std::fs::create_dir_all(&certs_d)?;

@@ -1,0 +1,168 @@
+//! The image GC policy (`[image.gc]`) on a real, small filesystem: kelsond's root is a 64 MiB
+//! tmpfs, images of 6 MiB each are pulled from a real registry one after another, and the
+//! policy must bring disk use back under the low watermark by removing the least recently used
+//! images — never the one a container uses, never a pinned one.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use kelson_testkit::{Daemon, DaemonOptions, Image, Pusher, Registry, TestImages};
+
+const LAYER: usize = 6 << 20;
+
+fn data_image(seed: u64) -> Image {
+    Image::new(
+        vec![TestImages::data_layer(LAYER, seed)],
+        "amd64",
+        false,
+        serde_json::json!({"Cmd": ["/data"]}),
+    )
+}
+
+fn used_percent(root: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(root).unwrap();
+    let cap = s.blocks() as u64;
+    (cap - s.blocks_free() as u64) * 100 / cap
+}
+
+async fn present(c: &mut kelson_testkit::daemon::Cri, image: &str) -> anyhow::Result<bool> {
+    Ok(c.image
+        .image_status(cri::ImageStatusRequest {
+            image: common::spec(image),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .image
+        .is_some())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyhow::Result<()> {
+    let registry = Registry::start(Default::default())?;
+    let p = Pusher::new(&registry)?;
+    p.image(
+        "test/standard",
+        "v1",
+        &TestImages::standard("amd64", false)?,
+    )
+    .await?;
+    p.image("gc/pinned", "v1", &data_image(100)).await?;
+    for i in 1..=6 {
+        p.image(&format!("gc/i{i}"), "v1", &data_image(i)).await?;
+    }
+    let host = &registry.host;
+    let standard = format!("{host}/test/standard:v1");
+    let pinned = format!("{host}/gc/pinned:v1");
+    let port = common::free_port();
+    let extra = format!(
+        "[image]\npinned = [\"{pinned}\"]\n[image.gc]\nenabled = true\nhigh_threshold_percent = 50\nlow_threshold_percent = 30\nmin_age = \"0s\"\ninterval = \"1h\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n"
+    );
+    let d = Daemon::start_opts(
+        Path::new(common::KELSOND),
+        &extra,
+        DaemonOptions {
+            root_tmpfs_mib: Some(64),
+            ..Default::default()
+        },
+    )?;
+    d.hosts(host, &registry.hosts_toml())?;
+    let mut c = d.cri().await?;
+
+    // The image a container uses, and a pinned one.
+    common::pull(&d, &standard).await?;
+    let pod = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cri::PodSandboxConfig {
+                metadata: Some(cri::PodSandboxMetadata {
+                    name: "gc".into(),
+                    uid: "uid-gc".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                linux: Some(cri::LinuxPodSandboxConfig {
+                    cgroup_parent: format!("/kelson-gctest-{}", std::process::id()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let ctr = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "user".into(),
+                    attempt: 0,
+                }),
+                image: common::spec(&standard),
+                command: vec!["/bin/true".into()],
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    common::pull(&d, &pinned).await?;
+
+    // Pulled a second apart (last use is kept in whole seconds), oldest first.
+    for i in 1..=6 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        common::pull(&d, &format!("{host}/gc/i{i}:v1")).await?;
+    }
+    // The policy runs after each pull, in the background: wait for it to settle.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while used_percent(&d.root) >= 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let used = used_percent(&d.root);
+    assert!(
+        used < 50,
+        "disk use {used}% still at or above the high watermark"
+    );
+
+    assert!(present(&mut c, &standard).await?, "in use by a container");
+    assert!(present(&mut c, &pinned).await?, "pinned");
+    let mut kept = Vec::new();
+    for i in 1..=6 {
+        kept.push(present(&mut c, &format!("{host}/gc/i{i}:v1")).await?);
+    }
+    assert!(
+        !kept[0],
+        "the least recently used image goes first: {kept:?}"
+    );
+    assert!(kept[5], "the newest image stays: {kept:?}");
+    let removed = kept.iter().filter(|k| !**k).count();
+    assert!(
+        kept.iter().skip(removed).all(|k| *k),
+        "removed in least-recently-used order: {kept:?}"
+    );
+    // Counted where operators look.
+    let (_, body) = common::http_get(port, "/metrics")?;
+    assert_eq!(
+        common::sample(&body, "kelson_image_gc_removed_total{kind=\"image\"}"),
+        Some(removed as f64),
+        "{body}"
+    );
+
+    c.runtime
+        .remove_container(cri::RemoveContainerRequest { container_id: ctr })
+        .await?;
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&format!("kelson-gctest-{}", std::process::id()));
+    Ok(())
+}
