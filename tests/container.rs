@@ -1338,3 +1338,152 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
+
+/// Every record in a CRI log is whole: `<time> <stream> <P|F> <content>`, newline-terminated.
+/// With `settled` false, the file is being written to: a last record still being written (a
+/// reader can see half of a write) is left out.
+fn parse_log(text: &str, settled: bool) -> Vec<String> {
+    let text = if settled {
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "torn last record: {:?}",
+            &text[text.len().saturating_sub(300)..]
+        );
+        text
+    } else {
+        &text[..text.rfind('\n').map(|i| i + 1).unwrap_or(0)]
+    };
+    text.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(4, ' ').collect();
+            assert!(
+                f.len() == 4
+                    && f[0].ends_with('Z')
+                    && matches!(f[1], "stdout" | "stderr")
+                    && matches!(f[2], "P" | "F"),
+                "malformed record {l:?}"
+            );
+            f[3].to_owned()
+        })
+        .collect()
+}
+
+fn last_number(lines: &[String]) -> Option<u64> {
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("line ")?.split(' ').next()?.parse().ok())
+}
+
+/// The log directory fills up while a container writes: records are dropped whole (no torn
+/// line), the container keeps running, and logging resumes by itself once space returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
+    let (e, image) = setup().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "fulllog").await?;
+    let logs = p.logs.path().to_owned();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &logs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=512k"),
+    )?;
+    let unmount = scopeguard_umount(&logs);
+    // Leave about 48 KiB free.
+    let free = |p: &Path| {
+        let s = nix::sys::statvfs::statvfs(p).unwrap();
+        s.blocks_available() as u64 * s.fragment_size() as u64
+    };
+    let filler = logs.join("filler");
+    std::fs::write(&filler, vec![0u8; (free(&logs) - 48 * 1024) as usize])?;
+    let id = create(
+        &mut c,
+        &p,
+        ctr(
+            "writer",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "i=0; while :; do echo \"line $i padding-padding-padding-padding-padding\"; i=$((i+1)); done",
+            ],
+        ),
+    )
+    .await?;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    let log = logs.join("writer/0.log");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while free(&logs) > 8 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(free(&logs) <= 8 * 1024, "the log filled the disk");
+    // Full for a while: records are dropped, never torn.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let full = parse_log(&std::fs::read_to_string(&log)?, true);
+    let n_full = last_number(&full).expect("lines before the disk filled");
+
+    std::fs::remove_file(&filler)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut resumed = None;
+    while std::time::Instant::now() < deadline {
+        let lines = parse_log(&std::fs::read_to_string(&log)?, false);
+        if let Some(n) = last_number(&lines).filter(|n| *n > n_full + 100) {
+            resumed = Some(n);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(resumed.is_some(), "logging resumed after space returned");
+    let st = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        st.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{} {} {}; daemon: {}; shim log: {}",
+        st.exit_code,
+        st.reason,
+        st.message,
+        e.daemon.log(),
+        std::fs::read_to_string(
+            e.daemon
+                .state
+                .join("containers")
+                .join(&id)
+                .join("shim/shim.log")
+        )
+        .unwrap_or_default()
+    );
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: p.id.clone(),
+        })
+        .await?;
+    drop(unmount);
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
+
+/// Unmounts `path` (lazily) when dropped, also when the test fails.
+fn scopeguard_umount(path: &Path) -> impl Drop {
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    Umount(path.to_owned())
+}

@@ -118,14 +118,24 @@ impl Splitter {
 pub struct LogFile {
     path: PathBuf,
     file: Option<File>,
+    /// Bytes in the open file after the last whole record (the file is ours alone).
+    len: u64,
+    /// Records dropped since the last one that was written (disk full, file gone).
+    dropped: u64,
+    /// Set once the disk was found full: every record's space is reserved (fallocate) before
+    /// it is written, so a record that does not fit leaves no byte behind — not even for a
+    /// moment, which a reader tailing the file would see. Cleared when the file is reopened.
+    reserve: bool,
 }
 
-fn open(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+fn open(path: &Path) -> std::io::Result<(File, u64)> {
+    let f = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .open(path)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    Ok((f, len))
 }
 
 impl LogFile {
@@ -133,28 +143,83 @@ impl LogFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        let (file, len) = open(path)?;
         Ok(LogFile {
             path: path.to_owned(),
-            file: Some(open(path)?),
+            file: Some(file),
+            len,
+            dropped: 0,
+            reserve: false,
         })
     }
 
-    /// Write one record. A failed write (full disk) drops the record, never the container: the
-    /// next write tries again, so logging resumes when space returns.
+    /// Append one record, whole or not at all: a write that fails part-way (ENOSPC) is cut
+    /// back to the last whole record, so the file never holds a torn line that would corrupt
+    /// the next one. Records are dropped while the disk is full — the container is never
+    /// blocked on its output — and writing resumes by itself when space returns.
     pub fn write(&mut self, bytes: &[u8]) {
-        if self.file.is_none() {
-            self.file = open(&self.path).ok();
-        }
-        if let Some(f) = self.file.as_mut()
-            && f.write_all(bytes).is_err()
+        if self.file.is_none()
+            && let Ok((f, len)) = open(&self.path)
         {
-            self.file = None;
+            self.file = Some(f);
+            self.len = len;
+        }
+        let Some(f) = self.file.as_mut() else {
+            self.dropped += 1;
+            return;
+        };
+        if self.reserve {
+            use nix::fcntl::{FallocateFlags, fallocate};
+            match fallocate(
+                &*f,
+                FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                self.len as i64,
+                bytes.len() as i64,
+            ) {
+                Ok(()) => {}
+                Err(nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT) => {
+                    self.dropped += 1;
+                    return;
+                }
+                // The filesystem cannot reserve: fall back to write-and-cut.
+                Err(_) => self.reserve = false,
+            }
+        }
+        match f.write_all(bytes) {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                if self.dropped > 0 {
+                    eprintln!(
+                        "kelson-shim: log writable again after dropping {} records",
+                        self.dropped
+                    );
+                    self.dropped = 0;
+                }
+            }
+            Err(e) => {
+                if self.dropped == 0 {
+                    eprintln!("kelson-shim: dropping log records: {e}");
+                }
+                self.dropped += 1;
+                if matches!(
+                    e.raw_os_error(),
+                    Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+                ) {
+                    self.reserve = true;
+                }
+                if f.set_len(self.len).is_err() {
+                    // Cannot repair this file: open it afresh for the next record.
+                    self.file = None;
+                }
+            }
         }
     }
 
-    /// After kubelet renamed the file away: start a new one at the same path.
     pub fn reopen(&mut self) -> std::io::Result<()> {
-        self.file = Some(open(&self.path)?);
+        let (file, len) = open(&self.path)?;
+        self.file = Some(file);
+        self.len = len;
+        self.reserve = false;
         Ok(())
     }
 }

@@ -97,6 +97,9 @@ fn wait_code(s: WaitStatus) -> Option<(i32, i32)> {
 }
 
 /// Read what is available from a non-blocking fd; Ok(None) at EOF.
+/// Reads of one output per turn of the event loop (64 KiB each).
+const PUMP_READS: usize = 16;
+
 fn read_some(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     match nix::unistd::read(fd.as_fd(), buf) {
         Ok(0) => Ok(None),
@@ -322,7 +325,10 @@ impl Shim {
         let mut emit = |content: &[u8], full: bool| {
             log.write(&record(SystemTime::now(), stream, full, content))
         };
-        loop {
+        // A bounded helping per wake-up: a container that writes as fast as the shim reads
+        // (or whose records are being dropped on a full disk) must not keep the loop from
+        // answering kelsond. poll is level-triggered, so the rest is read on the next turn.
+        for _ in 0..PUMP_READS {
             match read_some(fd, buf) {
                 Ok(Some(0)) => return,
                 Ok(Some(n)) => splitter.push(&buf[..n], &mut emit),
@@ -340,7 +346,7 @@ impl Shim {
             return;
         };
         let is_out = e.out.as_ref().is_some_and(|f| f.as_raw_fd() == raw);
-        loop {
+        for _ in 0..PUMP_READS {
             let slot = if is_out { &mut e.out } else { &mut e.err };
             let Some(fd) = slot.as_ref() else { return };
             match read_some(fd, buf) {

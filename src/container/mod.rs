@@ -584,7 +584,10 @@ impl ContainerService {
                     );
                 }
             }
-            Err(_) => {
+            Err(err) => {
+                if v.rec.exit.is_none() {
+                    tracing::warn!(container = %v.rec.id, error = %err, "shim did not answer");
+                }
                 let exit = v.rec.exit.or_else(|| {
                     shim::read_exit(&Path::new(&v.rec.state_dir).join("shim")).map(|e| ExitInfo {
                         exit_code: e.exit_code,
