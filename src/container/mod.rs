@@ -585,9 +585,6 @@ impl ContainerService {
                 }
             }
             Err(err) => {
-                if v.rec.exit.is_none() {
-                    tracing::warn!(container = %v.rec.id, error = %err, "shim did not answer");
-                }
                 let exit = v.rec.exit.or_else(|| {
                     shim::read_exit(&Path::new(&v.rec.state_dir).join("shim")).map(|e| ExitInfo {
                         exit_code: e.exit_code,
@@ -598,12 +595,27 @@ impl ContainerService {
                 });
                 match exit {
                     Some(e) => self.fill_exit(&mut v, e),
+                    None if shim_alive(&v.rec) => {
+                        // Alive but not answering in time (a loaded node): the last known
+                        // state stands. Concluding "exited" here would make kubelet restart a
+                        // healthy container, and killing it would be worse.
+                        tracing::warn!(container = %v.rec.id, error = %err, "shim alive but not answering; reporting the last known state");
+                        if v.rec.started_at > 0 {
+                            v.state = RunState::Running;
+                            v.started_at = v.rec.started_at;
+                        }
+                    }
                     None => {
+                        // The shim died without recording an exit: nobody watches the
+                        // container's processes any more, so they are killed (the whole
+                        // cgroup) rather than left running unobserved beside a container
+                        // reported exited.
+                        self.kill_cgroup(&v.rec);
                         v.state = RunState::Exited;
                         v.exit_code = EXIT_UNKNOWN;
                         v.started_at = v.rec.started_at;
                         v.reason = REASON_SHIM_GONE.into();
-                        v.message = "the container's shim exited without recording an exit status; stop or remove the container to kill what remains".into();
+                        v.message = "the container's shim was killed or crashed without recording an exit status; kelsond killed the container's remaining processes".into();
                     }
                 }
             }
@@ -728,11 +740,7 @@ impl ContainerService {
         };
         let v = self.view(rec.clone()).await;
         if v.state == RunState::Exited {
-            if v.reason == REASON_SHIM_GONE {
-                // The shim died without recording an exit: whatever still runs in the
-                // container's cgroup has nobody watching it. Stopping means killing it.
-                self.kill_cgroup(&rec);
-            }
+            // (A shim that died without recording an exit had its cgroup killed by `view`.)
             return Ok(());
         }
         if v.state == RunState::Running && !timeout.is_zero() {
@@ -909,10 +917,12 @@ impl ContainerService {
     }
 
     /// SIGKILL every process in the container's cgroup (used when its shim is gone).
+    /// SIGKILL every process left in the container's cgroup (no-op once it is empty).
     fn kill_cgroup(&self, rec: &ContainerRecord) {
         let Ok(pod) = self.pods.find(&rec.pod_id) else {
             return;
         };
+        let mut killed = 0;
         for dir in self
             .pods
             .cgroups()
@@ -922,13 +932,19 @@ impl ContainerService {
                 continue;
             };
             for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
+                if nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
-                );
+                )
+                .is_ok()
+                {
+                    killed += 1;
+                }
             }
         }
-        tracing::warn!(container = %rec.id, "shim gone: killed the container's remaining processes");
+        if killed > 0 {
+            tracing::warn!(container = %rec.id, killed, "shim gone: killed the container's remaining processes");
+        }
     }
 
     /// Shim processes alive now: each container's recorded shim pid that still runs kelson-shim.
@@ -936,14 +952,7 @@ impl ContainerService {
         self.list()
             .unwrap_or_default()
             .iter()
-            .filter(|rec| {
-                let pid_file = Path::new(&rec.state_dir).join("shim").join("shim.pid");
-                std::fs::read_to_string(pid_file)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u32>().ok())
-                    .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
-                    .is_some_and(|cmd| cmd.windows(11).any(|w| w == b"kelson-shim"))
-            })
+            .filter(|rec| shim_alive(rec))
             .count()
     }
 
@@ -955,6 +964,23 @@ impl ContainerService {
             .filter(|c| c.pod_id == pod_id)
             .collect())
     }
+}
+
+/// The container's shim process runs: its recorded pid is a kelson-shim serving this id (a
+/// reused pid running something else does not count).
+fn shim_alive(rec: &ContainerRecord) -> bool {
+    let pid_file = Path::new(&rec.state_dir).join("shim").join("shim.pid");
+    let Some(cmd) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .and_then(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).ok())
+    else {
+        return false;
+    };
+    let mut args = cmd.split(|b| *b == 0);
+    args.next()
+        .is_some_and(|exe| exe.windows(11).any(|w| w == b"kelson-shim"))
+        && args.any(|a| a == rec.id.as_bytes())
 }
 
 #[cfg(test)]
