@@ -166,3 +166,104 @@ async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyh
     common::remove_cgroup_tree(&format!("kelson-gctest-{}", std::process::id()));
     Ok(())
 }
+
+/// Every regular file under `dir`, relative paths (for "nothing left behind" checks).
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The image filesystem fills up during a pull: the pull fails with an error that says so,
+/// the store stays intact (earlier images listed and usable, no partial blob, snapshot or
+/// temp file left, the space given back), and the same pull succeeds once there is room.
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_on_a_full_disk_fails_cleanly_and_recovers() -> anyhow::Result<()> {
+    let registry = Registry::start(Default::default())?;
+    let p = Pusher::new(&registry)?;
+    p.image(
+        "test/standard",
+        "v1",
+        &TestImages::standard("amd64", false)?,
+    )
+    .await?;
+    let big = Image::new(
+        vec![
+            TestImages::data_layer(8 << 20, 1),
+            TestImages::data_layer(20 << 20, 2),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({"Cmd": ["/data"]}),
+    );
+    p.image("full/big", "v1", &big).await?;
+    let host = &registry.host;
+    let standard = format!("{host}/test/standard:v1");
+    let d = Daemon::start_opts(
+        Path::new(common::KELSOND),
+        "",
+        DaemonOptions {
+            root_tmpfs_mib: Some(24),
+            ..Default::default()
+        },
+    )?;
+    d.hosts(host, &registry.hosts_toml())?;
+    let mut c = d.cri().await?;
+    let standard_id = common::pull(&d, &standard).await?;
+    let before = files(&d.root);
+    let used = |root: &Path| {
+        let s = nix::sys::statvfs::statvfs(root).unwrap();
+        (s.blocks() - s.blocks_free()) as u64 * s.fragment_size() as u64
+    };
+    let used_before = used(&d.root);
+
+    // 28 MiB of layers cannot fit in 24 MiB, however the store keeps them.
+    let err = common::pull(&d, &format!("{host}/full/big:v1"))
+        .await
+        .expect_err("the pull cannot fit");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("image filesystem is full"),
+        "the error says why: {}",
+        err.message()
+    );
+    // Intact: the earlier image is there and usable, the failed one is not, and nothing of
+    // the failed pull stays on disk.
+    assert_eq!(common::pull(&d, &standard).await?, standard_id);
+    assert!(present(&mut c, &standard).await?);
+    assert!(!present(&mut c, &format!("{host}/full/big:v1")).await?);
+    assert_eq!(files(&d.root), before, "files left by the failed pull");
+    assert!(
+        used(&d.root) <= used_before + (64 << 10),
+        "space given back: {} then {}",
+        used_before,
+        used(&d.root)
+    );
+    c.image
+        .image_fs_info(cri::ImageFsInfoRequest {})
+        .await
+        .expect("ImageFsInfo still answers");
+
+    // Room again: the same pull completes.
+    nix::mount::mount(
+        None::<&str>,
+        &d.root,
+        None::<&str>,
+        nix::mount::MsFlags::MS_REMOUNT,
+        Some("size=96m"),
+    )?;
+    common::pull(&d, &format!("{host}/full/big:v1")).await?;
+    assert!(present(&mut c, &format!("{host}/full/big:v1")).await?);
+    Ok(())
+}

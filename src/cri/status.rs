@@ -19,6 +19,11 @@ pub fn unimplemented(method: &str) -> Status {
 
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
+        if e.is_no_space() {
+            let code = Code::ResourceExhausted;
+            log_error(code, &e);
+            return Status::new(code, format!("image filesystem is full: {e}"));
+        }
         let code = match &e {
             ImageError::Reference(_) | ImageError::Auth(_) => Code::InvalidArgument,
             ImageError::Hosts(_) => Code::FailedPrecondition,

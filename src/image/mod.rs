@@ -74,6 +74,34 @@ pub enum ImageError {
     Task(String),
 }
 
+impl ImageError {
+    /// The image filesystem (or its quota) is full: the caller can act on that (free space,
+    /// let image GC run) rather than on a broken image.
+    pub fn is_no_space(&self) -> bool {
+        fn io_full(e: &std::io::Error) -> bool {
+            matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ENOSPC | nix::libc::EDQUOT)
+            )
+        }
+        match self {
+            ImageError::Unpack { source, .. } => match source {
+                unpack::UnpackError::Archive(e) => io_full(e),
+                unpack::UnpackError::Fs { errno, .. } => {
+                    matches!(errno, nix::errno::Errno::ENOSPC | nix::errno::Errno::EDQUOT)
+                }
+                _ => false,
+            },
+            ImageError::Content(ContentError::Io { source, .. })
+            | ImageError::Snapshot(SnapshotError::Io { source, .. }) => io_full(source),
+            ImageError::Store(StoreError::Db { message, .. }) => {
+                message.contains("No space left") || message.contains("Disk quota exceeded")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// An image as the CRI edge reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageInfo {

@@ -189,6 +189,25 @@ impl ImageService {
         image: &str,
         creds: &Credentials,
     ) -> Result<String, ImageError> {
+        let result = self.pull_inner(image, creds).await;
+        if result.is_err() {
+            // A failed pull keeps nothing (as containerd's pull lease does on failure): the
+            // layers it completed are collected, which also gives the space back after a
+            // full disk. Layers another pull still holds stay (leases).
+            let this = Arc::clone(self);
+            let gc = tokio::task::spawn_blocking(move || this.collect_garbage()).await;
+            if let Ok(Err(e)) = gc {
+                tracing::warn!(error = %e, "collecting after a failed pull");
+            }
+        }
+        result
+    }
+
+    async fn pull_inner(
+        self: &Arc<Self>,
+        image: &str,
+        creds: &Credentials,
+    ) -> Result<String, ImageError> {
         let r = ImageRef::parse(image)?;
         let shown = r.to_string();
         let auth = creds.to_registry_auth()?;
@@ -400,6 +419,7 @@ impl ImageService {
 
         let what = format!("layer {}", desc.digest);
         let mut download_err: Option<ImageError> = None;
+        let mut unpacker_stopped = false;
         let mut hasher = Sha256::new();
         let mut n = 0u64;
         match reg.blob(r, desc).await {
@@ -429,7 +449,10 @@ impl ImageService {
                             }
                             hasher.update(&b);
                             if tx.send(Ok(b)).await.is_err() {
-                                break; // the unpacker stopped; its error is reported below
+                                // The unpacker stopped (full disk, bad entry): its error,
+                                // not the short download, is the reason.
+                                unpacker_stopped = true;
+                                break;
                             }
                         }
                         Err(source) => {
@@ -455,13 +478,16 @@ impl ImageService {
         if let Some(e) = download_err {
             return Err(e);
         }
-        if !complete {
-            return Err(ImageError::DigestMismatch {
-                image: shown.into(),
-                what,
-                expected: desc.digest.to_string(),
-                actual: format!("{actual} ({n} of {} bytes)", desc.size),
-            });
+        let mismatch = || ImageError::DigestMismatch {
+            image: shown.into(),
+            what: what.clone(),
+            expected: desc.digest.to_string(),
+            actual: format!("{actual} ({n} of {} bytes)", desc.size),
+        };
+        // A short download is the reason unless the unpacker stopped first with its own error.
+        let unpacker_failed_first = unpacker_stopped && unpacked.is_err();
+        if !complete && !unpacker_failed_first {
+            return Err(mismatch());
         }
         let too_large = |e: &io::Error| e.kind() == io::ErrorKind::FileTooLarge;
         let (diff, stats) = unpacked.map_err(|(ue, ioe)| match ue {
@@ -486,6 +512,9 @@ impl ImageService {
                 source: UnpackError::Archive(ioe),
             },
         })?;
+        if !complete {
+            return Err(mismatch());
+        }
         if &diff != diff_id {
             return Err(ImageError::DigestMismatch {
                 image: shown.into(),
