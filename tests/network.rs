@@ -13,19 +13,6 @@ use kelson_testkit::daemon::Cri;
 use kelson_testkit::{Daemon, DaemonOptions};
 use tonic::Code;
 
-fn bridge_conflist(data_dir: &Path, extra_plugin: Option<&str>) -> String {
-    let mut plugins = vec![
-        serde_json::json!({"type": "bridge", "bridge": "kbr0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data_dir}}),
-        serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}),
-    ];
-    if let Some(t) = extra_plugin {
-        plugins.push(serde_json::json!({"type": t}));
-    }
-    serde_json::json!({"cniVersion": "1.0.0", "name": "kelson-test", "plugins": plugins})
-        .to_string()
-}
-
 /// Run a command in kelsond's network namespace (the tests' "host").
 fn in_netns(d: &Daemon, args: &[&str]) -> String {
     let pid = d.pid().expect("kelsond running");
@@ -147,22 +134,6 @@ async fn remove_pod(c: &mut Cri, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Allocated IPs in host-local's store (one file per address).
-fn allocations(data_dir: &Path) -> usize {
-    std::fs::read_dir(data_dir.join("kelson-test"))
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
     if !Path::new("/usr/lib/cni/bridge").exists() {
@@ -195,7 +166,7 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
     }
     let opts = DaemonOptions {
         netns: false,
-        conflist: Some(bridge_conflist(ipam.path(), None)),
+        conflist: Some(common::bridge_conflist(ipam.path(), None)),
         extra_bin_dirs: vec![plugins.path().to_owned()],
         plugin_timeout: Some("2s".into()),
         ..Default::default()
@@ -274,12 +245,12 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
         via_host.contains("hello from a"),
         "hostPort 18080 did not reach pod a: {via_host}"
     );
-    assert_eq!(allocations(ipam.path()), 2);
+    assert_eq!(common::allocations(ipam.path()), 2);
     pod_stats_and_metrics(&mut c, &b, &client).await?;
     remove_pod(&mut c, &a).await?;
     remove_pod(&mut c, &b).await?;
     remove_pod(&mut c, &b).await?; // DEL again is fine
-    assert_eq!(allocations(ipam.path()), 0, "IPs released");
+    assert_eq!(common::allocations(ipam.path()), 0, "IPs released");
     let links = in_netns(&d, &["ip", "-o", "link"]);
     assert!(!links.contains("veth"), "veths left: {links}");
     let nat = in_netns(&d, &["iptables-save", "-t", "nat"]);
@@ -294,7 +265,7 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
         .await?;
         remove_pod(&mut c, &p).await?;
     }
-    assert_eq!(allocations(ipam.path()), 0);
+    assert_eq!(common::allocations(ipam.path()), 0);
     assert!(!in_netns(&d, &["ip", "-o", "link"]).contains("veth"));
     assert!(
         !in_netns(&d, &["iptables-save", "-t", "nat"]).contains("--dport 19"),
@@ -305,7 +276,7 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
     // A failing plugin after bridge: the error names it, and bridge's work is undone.
     std::fs::write(
         d.net_d.join("10-test.conflist"),
-        bridge_conflist(ipam.path(), Some("kelson-test-fail")),
+        common::bridge_conflist(ipam.path(), Some("kelson-test-fail")),
     )?;
     let err = run_pod(&mut c, pod_cfg("fails", logs.path(), None))
         .await
@@ -315,12 +286,12 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
             && err.message().contains("refused by test plugin"),
         "{err:?}"
     );
-    assert_eq!(allocations(ipam.path()), 0);
+    assert_eq!(common::allocations(ipam.path()), 0);
     assert!(!in_netns(&d, &["ip", "-o", "link"]).contains("veth"));
     // A hanging plugin is killed at the timeout, with the same cleanup.
     std::fs::write(
         d.net_d.join("10-test.conflist"),
-        bridge_conflist(ipam.path(), Some("kelson-test-hang")),
+        common::bridge_conflist(ipam.path(), Some("kelson-test-hang")),
     )?;
     let t = Instant::now();
     let err = run_pod(&mut c, pod_cfg("hangs", logs.path(), None))
@@ -332,7 +303,7 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
         err.message().contains("kelson-test-hang") && err.message().contains("did not finish"),
         "{err:?}"
     );
-    assert_eq!(allocations(ipam.path()), 0);
+    assert_eq!(common::allocations(ipam.path()), 0);
     assert!(
         c.runtime
             .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })

@@ -202,7 +202,12 @@ impl Store {
                     }
                 }
             }
-            if kept.repo_tags.is_empty() && kept.repo_digests.is_empty() {
+            // The last tag gone, the image goes (as CRI-O and containerd do): a repo digest
+            // alone does not keep an image the user removed by its name.
+            if kept.repo_tags.is_empty() {
+                for n in &kept.repo_digests {
+                    names.remove(n.as_str()).map_err(db_err("write"))?;
+                }
                 images.remove(id).map_err(db_err("write"))?;
             } else {
                 images
@@ -364,9 +369,18 @@ mod tests {
         s.put_image(&rec("b", &["x:1"])).unwrap();
         assert_eq!(s.image_id_by_name("x:1").unwrap().as_deref(), Some("b"));
         assert!(s.image("a").unwrap().unwrap().repo_tags.is_empty());
-        // removing one name keeps the image while it has others
+        s.put_image(&rec("b", &["x:1", "x:2"])).unwrap();
+        // removing one name keeps the image while it has other tags
         s.remove_image("b", Some("x:1")).unwrap();
         assert!(s.image("b").unwrap().is_some());
+        s.remove_image("b", Some("r@b")).unwrap();
+        assert!(s.image("b").unwrap().is_some());
+        // its last tag gone, the image goes with its digests
+        s.put_image(&rec("b", &["x:2"])).unwrap();
+        s.remove_image("b", Some("x:2")).unwrap();
+        assert!(s.image("b").unwrap().is_none());
+        assert!(s.image_id_by_name("r@b").unwrap().is_none());
+        s.put_image(&rec("b", &["x:1"])).unwrap();
         s.remove_image("b", None).unwrap();
         assert!(s.image("b").unwrap().is_none());
         assert!(s.image_id_by_name("r@b").unwrap().is_none());

@@ -97,3 +97,33 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// Debian's bridge + host-local (+ portmap) on `kbr0`, 10.77.0.0/24, IPAM state in `data_dir`.
+pub fn bridge_conflist(data_dir: &std::path::Path, extra_plugin: Option<&str>) -> String {
+    let mut plugins = vec![
+        serde_json::json!({"type": "bridge", "bridge": "kbr0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.77.0.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": data_dir}}),
+        serde_json::json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+    ];
+    if let Some(t) = extra_plugin {
+        plugins.push(serde_json::json!({"type": t}));
+    }
+    serde_json::json!({"cniVersion": "1.0.0", "name": "kelson-test", "plugins": plugins})
+        .to_string()
+}
+
+/// Allocated IPs in host-local's store (one file per address).
+pub fn allocations(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("kelson-test"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .parse::<std::net::IpAddr>()
+                        .is_ok()
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}

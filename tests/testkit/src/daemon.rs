@@ -25,6 +25,8 @@ pub struct Daemon {
     /// Run in a network namespace of its own (`unshare --net`): nothing it does to networking
     /// touches the machine's.
     netns: bool,
+    /// Run inside this (persistent) network namespace: it outlives kelsond, as a host's does.
+    netns_path: Option<PathBuf>,
 }
 
 /// A CNI config that only brings up the pods' loopback interface.
@@ -110,6 +112,7 @@ impl Daemon {
             net_d,
             config,
             netns: opts.netns,
+            netns_path: None,
         };
         d.spawn()?;
         Ok(d)
@@ -127,7 +130,13 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(self.dir.path().join("kelsond.log"))?;
-        let mut cmd = if self.netns {
+        let mut cmd = if let Some(ns) = &self.netns_path {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display()))
+                .arg("--")
+                .arg(&self.bin);
+            c
+        } else if self.netns {
             let mut c = Command::new("unshare");
             c.args(["--net", "--"]).arg(&self.bin);
             c
@@ -170,6 +179,12 @@ impl Daemon {
     /// Run in a network namespace of its own from the next (re)start on.
     pub fn set_netns(&mut self, on: bool) {
         self.netns = on;
+    }
+
+    /// Run inside the network namespace at `path` from the next (re)start on (None: the
+    /// machine's).
+    pub fn set_netns_path(&mut self, path: Option<PathBuf>) {
+        self.netns_path = path;
     }
 
     pub fn log(&self) -> String {

@@ -7,8 +7,10 @@ pub mod daemon;
 pub mod fake_registry;
 pub mod images;
 pub mod measure;
+pub mod netns;
 pub mod registry;
 
 pub use daemon::{Daemon, DaemonOptions};
 pub use images::{Compression, Image, Layer, Pusher, TarBuilder, TestImages, sha256};
+pub use netns::NetNs;
 pub use registry::{Registry, RegistryOptions};
