@@ -189,7 +189,12 @@ impl Shim {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             if self.exit.is_some() && self.outputs.is_empty() && self.execs.is_empty() {
+                // No new callers (they find the exit record instead), then answer the ones
+                // already queued on the socket rather than resetting their connections.
                 let _ = std::fs::remove_file(&self.cfg.socket);
+                while let Ok((conn, _)) = listener.accept() {
+                    self.serve(conn);
+                }
                 std::process::exit(0);
             }
             let timeout = self

@@ -691,6 +691,13 @@ impl ContainerService {
             .await
         {
             Ok(_) | Err(ShimError::Gone { .. }) => Ok(()),
+            // The shim exits once the container has exited and its output is drained; a
+            // call that raced with that (connection reset or closed) finds the exit recorded.
+            Err(ShimError::Call { .. })
+                if shim::read_exit(&Path::new(&rec.state_dir).join("shim")).is_some() =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }

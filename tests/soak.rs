@@ -1,0 +1,342 @@
+//! Soak tests: what months on a node look like, compressed. 1000 container create/start/
+//! remove cycles must leave kelsond's memory, fds and the node's mounts, cgroups and shims
+//! flat; 100 running pods are polled for stats for minutes, every answer complete, memory and
+//! fds flat, the last polls no slower than the first (a ratio measured in one run).
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use kelson_testkit::daemon::Cri;
+use kelson_testkit::measure::rss_kib;
+
+fn fds(pid: u32) -> usize {
+    common::count(Path::new(&format!("/proc/{pid}/fd")))
+}
+
+/// Mounts below this daemon's dirs.
+fn mounts(d: &kelson_testkit::Daemon) -> usize {
+    let dir = d.dir.path().display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
+        .count()
+}
+
+/// Cgroup dirs (memory controller) under `top`, recursively.
+fn cgroups(top: &str) -> usize {
+    fn walk(p: &Path) -> usize {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| 1 + walk(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+    walk(&Path::new("/sys/fs/cgroup/memory").join(top))
+}
+
+fn pod_cfg(name: &str, top: &str, logs: &Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "soak".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.join(name).display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{top}/{name}"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn ctr_cfg(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &mut Cri, cfg: &cri::PodSandboxConfig) -> anyhow::Result<String> {
+    Ok(c.runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+async fn create_start(
+    c: &mut Cri,
+    pod: &str,
+    cfg: &cri::PodSandboxConfig,
+    ctr: cri::ContainerConfig,
+) -> anyhow::Result<String> {
+    let id = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ctr),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    Ok(id)
+}
+
+#[derive(Debug, PartialEq)]
+struct Counts {
+    fds: usize,
+    mounts: usize,
+    cgroups: usize,
+    container_dirs: usize,
+    containers: usize,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let d = &e.daemon;
+    let pid = d.pid().unwrap();
+    let mut c = d.cri().await?;
+    let logs = tempfile::tempdir()?;
+    let top = format!("kelson-soak1-{}", std::process::id());
+    let cfg = pod_cfg("cycles", &top, logs.path());
+    let pod = run_pod(&mut c, &cfg).await?;
+    let counts = |c: usize| Counts {
+        fds: fds(pid),
+        mounts: mounts(d),
+        cgroups: cgroups(&top),
+        container_dirs: common::count(&d.state.join("containers")),
+        containers: c,
+    };
+
+    const CYCLES: usize = 1000;
+    const WARM: usize = 100;
+    let mut warm = None;
+    let began = Instant::now();
+    for i in 0..CYCLES {
+        let id = create_start(
+            &mut c,
+            &pod,
+            &cfg,
+            ctr_cfg(&format!("c{}", i % 7), &image, &["/bin/true"]),
+        )
+        .await?;
+        // Mostly exited by itself, sometimes still running: both removal paths.
+        c.runtime
+            .remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await?;
+        if i + 1 == WARM {
+            let listed = c
+                .runtime
+                .list_containers(cri::ListContainersRequest { filter: None })
+                .await?
+                .into_inner()
+                .containers
+                .len();
+            warm = Some((counts(listed), rss_kib(pid)));
+        }
+    }
+    let listed = c
+        .runtime
+        .list_containers(cri::ListContainersRequest { filter: None })
+        .await?
+        .into_inner()
+        .containers
+        .len();
+    let (warm_counts, warm_rss) = warm.unwrap();
+    let end = counts(listed);
+    let rss = rss_kib(pid);
+    println!(
+        "{CYCLES} cycles in {:?}; after {WARM}: {warm_counts:?}, {warm_rss} KiB; after {CYCLES}: {end:?}, {rss} KiB",
+        began.elapsed()
+    );
+    assert_eq!(
+        end, warm_counts,
+        "fds, mounts, cgroups, container dirs flat"
+    );
+    assert_eq!(end.containers, 0);
+    // Memory: a little allocator noise, no per-cycle growth (900 cycles × even 4 KiB would
+    // be 3.5 MiB).
+    assert!(
+        rss <= warm_rss + warm_rss / 10 + 1024,
+        "kelsond RSS {warm_rss} KiB after {WARM} cycles, {rss} KiB after {CYCLES}"
+    );
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    assert_eq!(mounts(d), 0);
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+/// One round of the polls kubelet makes every 10 s: container and pod stats for everything.
+async fn poll(c: &mut Cri) -> anyhow::Result<(usize, usize, Duration)> {
+    let t = Instant::now();
+    let ctrs = c
+        .runtime
+        .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+        .await?
+        .into_inner()
+        .stats;
+    let pods = c
+        .runtime
+        .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+        .await?
+        .into_inner()
+        .stats;
+    let took = t.elapsed();
+    for s in &ctrs {
+        anyhow::ensure!(
+            s.cpu.is_some() && s.memory.is_some() && s.writable_layer.is_some(),
+            "incomplete container stats {s:?}"
+        );
+    }
+    for s in &pods {
+        let l = s.linux.as_ref().expect("linux pod stats");
+        anyhow::ensure!(
+            l.cpu.is_some() && l.memory.is_some() && l.containers.len() == 1,
+            "incomplete pod stats {s:?}"
+        );
+    }
+    Ok((ctrs.len(), pods.len(), took))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
+    const PODS: usize = 100;
+    let hold = Duration::from_secs(
+        std::env::var("KELSON_SOAK_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(120),
+    );
+    // Environment knobs for longer or denser runs by hand.
+    let interval = Duration::from_millis(
+        std::env::var("KELSON_SOAK_INTERVAL_MS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1000),
+    );
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let d = &e.daemon;
+    let pid = d.pid().unwrap();
+    let mut c = d.cri().await?;
+    let logs = tempfile::tempdir()?;
+    let top = format!("kelson-soak2-{}", std::process::id());
+    let mut pods = Vec::new();
+    for i in 0..PODS {
+        let cfg = pod_cfg(&format!("p{i}"), &top, logs.path());
+        let pod = run_pod(&mut c, &cfg).await?;
+        // A little work, so the stats move: a line every second.
+        create_start(
+            &mut c,
+            &pod,
+            &cfg,
+            ctr_cfg(
+                "app",
+                &image,
+                &["/bin/sh", "-c", "while :; do echo tick; sleep 1; done"],
+            ),
+        )
+        .await?;
+        pods.push(pod);
+    }
+
+    let first = poll(&mut c).await?;
+    assert_eq!((first.0, first.1), (PODS, PODS));
+    let (fds0, rss0) = (fds(pid), rss_kib(pid));
+    let mut early = Vec::new();
+    let mut late = Vec::new();
+    let began = Instant::now();
+    let mut rounds = 0;
+    while began.elapsed() < hold {
+        let (n_c, n_p, took) = poll(&mut c).await?;
+        assert_eq!((n_c, n_p), (PODS, PODS), "every poll complete");
+        if began.elapsed() < hold / 4 {
+            early.push(took);
+        } else if began.elapsed() > hold * 3 / 4 {
+            late.push(took);
+        }
+        rounds += 1;
+        if rounds % 50 == 0 {
+            println!(
+                "poll {rounds}: {took:?}, RSS {} KiB, fds {}",
+                rss_kib(pid),
+                fds(pid)
+            );
+        }
+        tokio::time::sleep(interval).await;
+    }
+    let (fds1, rss1) = (fds(pid), rss_kib(pid));
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (m_early, m_late) = (median(&mut early), median(&mut late));
+    println!(
+        "{PODS} pods, {rounds} polls over {hold:?}: poll median {m_early:?} early, {m_late:?} late; fds {fds0} -> {fds1}; RSS {rss0} -> {rss1} KiB"
+    );
+    assert!(fds1 <= fds0 + 2, "fds {fds0} -> {fds1}");
+    assert!(rss1 <= rss0 + rss0 / 10 + 1024, "RSS {rss0} -> {rss1} KiB");
+    assert!(
+        m_late.as_secs_f64() <= m_early.as_secs_f64() * 3.0,
+        "polls slowed down: {m_early:?} -> {m_late:?}"
+    );
+    // Every container still running.
+    let running = c
+        .runtime
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .containers
+        .len();
+    assert_eq!(running, PODS);
+    for p in pods {
+        c.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await?;
+    }
+    assert_eq!(mounts(d), 0);
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
