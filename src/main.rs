@@ -194,6 +194,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         .build()
         .context("starting tokio")?;
     rt.block_on(async move {
+        let began = std::time::Instant::now();
         let dirs = Dirs::new(&cfg.root, &cfg.state);
         dirs.create().with_context(|| format!("creating {} and {}", cfg.root.display(), cfg.state.display()))?;
         let store = Arc::new(Store::open(&dirs.database())?);
@@ -202,6 +203,7 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             let images = images.clone();
             tokio::task::spawn_blocking(move || images.recover()).await??;
         }
+        let images_ms = began.elapsed().as_secs_f64() * 1e3;
         let listener = kelson::server::bind(&cfg.grpc.address, cfg.grpc.gid)?;
         tracing::info!(address = %cfg.grpc.address.display(), root = %cfg.root.display(), state = %cfg.state.display(), version = env!("CARGO_PKG_VERSION"), "kelsond serving CRI");
         let cgroups = kelson::pod::cgroup::detect()?;
@@ -218,7 +220,10 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let shim = kelson::shim::locate(&cfg.shim_path);
         let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.container.clone()));
         let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default(), telemetry: Default::default() });
+        let pods_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms;
         kelson::cri::events::rearm(&shared).await;
+        let containers_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms - pods_ms;
+        tracing::info!(images_ms, pods_ms, containers_ms, "state recovered");
         if cfg.image.gc.enabled {
             let images = shared.images.clone();
             let every = cfg.image.gc.interval;

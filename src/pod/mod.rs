@@ -433,11 +433,12 @@ impl PodService {
     /// Start-up: a Ready pod whose namespaces are gone (reboot, someone unmounted them) is
     /// reported NotReady rather than trusted.
     pub fn recover(&self) -> Result<(), PodError> {
+        let pinned = namespaces::pinned_namespaces();
         for mut rec in self.store.list::<PodRecord>()? {
             let alive = [&rec.netns, &rec.ipcns, &rec.utsns, &rec.pidns]
                 .iter()
                 .filter(|p| !p.is_empty())
-                .all(|p| namespaces::is_pinned(&PathBuf::from(p)))
+                .all(|p| pinned.contains(p.as_str()))
                 && (rec.pidns.is_empty()
                     || namespaces::holder_pid(&PathBuf::from(&rec.pidns)).is_some());
             if rec.state == PodState::Ready && !alive {

@@ -242,14 +242,24 @@ fn unpin_all(req: &PinRequest) {
 
 /// Whether `path` is a live pinned namespace (an nsfs mount).
 pub fn is_pinned(path: &Path) -> bool {
+    pinned_namespaces().contains(&path.display().to_string())
+}
+
+/// Every nsfs mount point (pinned namespaces), from one read of mountinfo: the kernel formats
+/// every mount of the node for each read, so checks over many pods share one.
+pub fn pinned_namespaces() -> std::collections::HashSet<String> {
     let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
+        return Default::default();
     };
-    let p = path.display().to_string();
-    text.lines().any(|l| {
-        let mut f = l.split(' ');
-        f.nth(4) == Some(p.as_str()) && l.contains(" - nsfs ")
-    })
+    nsfs_mount_points(&text)
+}
+
+fn nsfs_mount_points(mountinfo: &str) -> std::collections::HashSet<String> {
+    mountinfo
+        .lines()
+        .filter(|l| l.contains(" - nsfs "))
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
 }
 
 /// Mount the pod's /dev/shm: a size-limited tmpfs.
@@ -279,5 +289,25 @@ pub fn unmount_dir(path: &Path) -> Result<(), NsError> {
             path: path.to_owned(),
             errno,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nsfs_mount_points_are_found_and_nothing_else() {
+        let text = "\
+42 27 0:39 / /run/kelson/pods/p1/shm rw,nosuid - tmpfs shm rw,size=65536k
+44 27 0:4 net:[4026532179] /run/kelson/pods/p1/netns rw - nsfs nsfs rw
+45 27 0:4 ipc:[4026532178] /run/kelson/pods/p1/ipcns rw - nsfs nsfs rw
+54 27 0:42 / /var/lib/kelson/containers/c1/rootfs rw - overlay overlay rw,lowerdir=/a
+";
+        let set = nsfs_mount_points(text);
+        assert_eq!(set.len(), 2);
+        assert!(set.contains("/run/kelson/pods/p1/netns"));
+        assert!(set.contains("/run/kelson/pods/p1/ipcns"));
+        assert!(!set.contains("/run/kelson/pods/p1/shm"));
     }
 }

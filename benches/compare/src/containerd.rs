@@ -17,6 +17,7 @@ pub struct Containerd {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub certs_d: PathBuf,
+    config: PathBuf,
 }
 
 /// The config: CRI plugin with runc v2 shims, cgroupfs (as kelson in this run), overlayfs,
@@ -78,33 +79,62 @@ impl Containerd {
             &cfg,
             config(dir.path(), &socket, pause_image, "/usr/sbin/runc"),
         )?;
-        let log = std::fs::File::create(dir.path().join("containerd.log"))?;
+        let mut c = Containerd {
+            child: None,
+            dir,
+            socket,
+            certs_d,
+            config: cfg,
+        };
+        c.spawn()?;
+        Ok(c)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("containerd.log"))?;
         let child = Command::new(CONTAINERD_BIN)
             .arg("--config")
-            .arg(&cfg)
+            .arg(&self.config)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting containerd")?;
-        let mut c = Containerd {
-            child: Some(child),
-            dir,
-            socket,
-            certs_d,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.socket.exists() || std::os::unix::net::UnixStream::connect(&c.socket).is_err() {
+        while !self.socket.exists()
+            || std::os::unix::net::UnixStream::connect(&self.socket).is_err()
+        {
             if Instant::now() > deadline {
-                bail!("containerd did not come up: {}", c.log());
+                bail!("containerd did not come up: {}", self.log());
             }
-            if let Some(s) = c.child.as_mut().and_then(|ch| ch.try_wait().ok().flatten()) {
-                c.child = None;
-                bail!("containerd exited with {s}: {}", c.log());
+            if let Some(s) = self
+                .child
+                .as_mut()
+                .and_then(|ch| ch.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!("containerd exited with {s}: {}", self.log());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(c)
+        Ok(())
+    }
+
+    /// SIGTERM, wait, start again (its shims and containers keep running).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.spawn()
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -47,15 +47,19 @@ enum Scenario {
     Log,
     /// Pull + unpack of the ~160 MB image, then remove it.
     Pull,
+    /// 100 pods running: ListContainerStats / ListPodSandboxStats latency, and the daemon's
+    /// restart-to-ready time (when the driver can restart it).
+    Scale100,
 }
 
-const ALL: [Scenario; 6] = [
+const ALL: [Scenario; 7] = [
     Scenario::Lifecycle,
     Scenario::Pods20,
     Scenario::Pods50,
     Scenario::Exec,
     Scenario::Log,
     Scenario::Pull,
+    Scenario::Scale100,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -108,6 +112,10 @@ enum Cmd {
         out: PathBuf,
         #[arg(long)]
         skip_conformance: bool,
+        /// Merge into the existing results.json: the scenarios run replace theirs, the
+        /// others stay (each merged figure names its run).
+        #[arg(long)]
+        merge: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -149,14 +157,23 @@ fn main() -> anyhow::Result<()> {
                 image,
                 big_image,
                 log_root,
-            );
+            )
+            .with_socket(endpoint.clone());
             scenarios::prepare(&target).await?;
             let mut results = new_results(common.runs);
             results
                 .runtimes
                 .insert(name.clone(), version(&target).await);
+            // No way to restart an arbitrary runtime's daemon from here.
+            let mut no_restart = |_: &str, _: Ctl| -> anyhow::Result<Option<u32>> { Ok(None) };
             for _ in 0..common.runs {
-                round(&mut results, &[&target], &scenarios_of(&common)).await?;
+                round(
+                    &mut results,
+                    &[&target],
+                    &scenarios_of(&common),
+                    &mut no_restart,
+                )
+                .await?;
             }
             std::fs::write(&json, serde_json::to_vec_pretty(&results)?)?;
             for m in &results.metrics {
@@ -173,8 +190,9 @@ fn main() -> anyhow::Result<()> {
             kelsond,
             out,
             skip_conformance,
+            merge,
             common,
-        } => rt.block_on(compare(kelsond, &out, skip_conformance, &common)),
+        } => rt.block_on(compare(kelsond, &out, skip_conformance, merge, &common)),
         Cmd::Report { out } => write_report(&load(&out)?, &out),
     }
 }
@@ -224,8 +242,26 @@ async fn version(t: &Target) -> String {
 
 const THIRD: Option<f64> = Some(1.0 / 3.0);
 
+/// What the driver can do to a target's daemon.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Ctl {
+    /// Ask whether it can stop and start it (answers without doing anything).
+    Can,
+    Stop,
+    Start,
+}
+
+/// Stop or start the daemon of the named target: `Ok(None)` when the driver cannot, else
+/// `Some(pid)` of the daemon afterwards (0 when stopped or unknown).
+type RestartFn<'a> = dyn FnMut(&str, Ctl) -> anyhow::Result<Option<u32>> + 'a;
+
 /// One round: every scenario, on every target in turn.
-async fn round(r: &mut Results, targets: &[&Target], which: &[Scenario]) -> anyhow::Result<()> {
+async fn round(
+    r: &mut Results,
+    targets: &[&Target],
+    which: &[Scenario],
+    restart: &mut RestartFn<'_>,
+) -> anyhow::Result<()> {
     for s in which {
         for t in targets {
             let n = t.name.as_str();
@@ -330,6 +366,52 @@ async fn round(r: &mut Results, targets: &[&Target], which: &[Scenario]) -> anyh
                         &[v],
                     );
                 }
+                Scenario::Scale100 => {
+                    let can = restart(n, Ctl::Can).ok().flatten().is_some();
+                    let mut hook = |start: bool| -> anyhow::Result<u32> {
+                        let ctl = if start { Ctl::Start } else { Ctl::Stop };
+                        restart(n, ctl)?.ok_or_else(|| anyhow::anyhow!("cannot restart {n}"))
+                    };
+                    let s = scenarios::scale(
+                        t,
+                        100,
+                        10,
+                        if can {
+                            Some(&mut hook as scenarios::Restart<'_>)
+                        } else {
+                            None
+                        },
+                    )
+                    .await?;
+                    r.add(
+                        "stats_100",
+                        "ListContainerStats, 100 containers running",
+                        "ms",
+                        None,
+                        n,
+                        &s.container_stats,
+                    );
+                    if !s.pod_stats.is_empty() {
+                        r.add(
+                            "pod_stats_100",
+                            "ListPodSandboxStats, 100 pods running",
+                            "ms",
+                            None,
+                            n,
+                            &s.pod_stats,
+                        );
+                    }
+                    if let Some(v) = s.restart_ready {
+                        r.add(
+                            "restart_100",
+                            "Daemon restart to ready, 100 containers running",
+                            "ms",
+                            None,
+                            n,
+                            &[v],
+                        );
+                    }
+                }
                 Scenario::Pull => {
                     let v = scenarios::pull(t).await?;
                     r.add(
@@ -386,6 +468,7 @@ async fn compare(
     kelsond: Option<PathBuf>,
     out: &Path,
     skip_conformance: bool,
+    merge: bool,
     common: &Common,
 ) -> anyhow::Result<()> {
     if !own_netns() {
@@ -420,7 +503,7 @@ async fn compare(
     let pause = format!("{}/bench/pause:v1", registry.host);
 
     let ipam = work.path().join("ipam");
-    let daemon = Daemon::start_opts(
+    let mut daemon = Daemon::start_opts(
         &kelsond,
         "",
         DaemonOptions {
@@ -430,7 +513,7 @@ async fn compare(
         },
     )?;
     daemon.hosts(&registry.host, &registry.hosts_toml())?;
-    let ctrd =
+    let mut ctrd =
         containerd::Containerd::start(&pause, &conflist(REFERENCE, "cb0", "10.89.0.0/16", &ipam))?;
     ctrd.plain_http_registry(&registry.host)?;
 
@@ -446,7 +529,8 @@ async fn compare(
         image.clone(),
         big.clone(),
         work.path().join("logs/kelson"),
-    );
+    )
+    .with_socket(daemon.socket.clone());
     let reference = Target::new(
         REFERENCE,
         kelson_conformance::connect(&ctrd.socket).await?,
@@ -459,7 +543,8 @@ async fn compare(
         image.clone(),
         big.clone(),
         work.path().join("logs/containerd"),
-    );
+    )
+    .with_socket(ctrd.socket.clone());
     let result = async {
         scenarios::prepare(&kelson).await?;
         scenarios::prepare(&reference).await?;
@@ -504,14 +589,41 @@ async fn compare(
             scenarios::cgroup_migration(20)?,
         );
         let which = scenarios_of(common);
+        let (daemon, ctrd) = (&mut daemon, &mut ctrd);
+        let mut restart = |name: &str, ctl: Ctl| -> anyhow::Result<Option<u32>> {
+            match (name == KELSON, ctl) {
+                (_, Ctl::Can) => {}
+                (true, Ctl::Stop) => {
+                    daemon.stop()?;
+                }
+                (true, Ctl::Start) => daemon.restart()?,
+                (false, Ctl::Stop) => ctrd.stop()?,
+                (false, Ctl::Start) => ctrd.start_again()?,
+            }
+            Ok(Some(
+                if name == KELSON {
+                    daemon.pid()
+                } else {
+                    ctrd.pid()
+                }
+                .unwrap_or(0),
+            ))
+        };
         for i in 0..common.runs {
             let order: [&Target; 2] = if i % 2 == 0 {
                 [&kelson, &reference]
             } else {
                 [&reference, &kelson]
             };
-            round(&mut results, &order, &which).await?;
+            round(&mut results, &order, &which, &mut restart).await?;
             eprintln!("round {} of {} done", i + 1, common.runs);
+        }
+        for l in daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("state recovered"))
+        {
+            eprintln!("kelsond: {l}");
         }
         anyhow::Ok(results)
     }
@@ -531,6 +643,11 @@ async fn compare(
     drop(daemon);
     kelson_testkit::cgroups::remove_tree(scenarios::CGROUP_TOP);
     std::fs::create_dir_all(out)?;
+    let results = if merge {
+        load(out)?.merge(results)
+    } else {
+        results
+    };
     std::fs::write(
         out.join("results.json"),
         serde_json::to_vec_pretty(&results)?,

@@ -37,6 +37,10 @@ pub struct Metric {
     pub target: Option<f64>,
     /// Runtime name → samples.
     pub samples: BTreeMap<String, Vec<f64>>,
+    /// The date of the run this metric came from, when it was merged in from a later run
+    /// than the file's (`compare --merge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -94,6 +98,26 @@ impl Metric {
 }
 
 impl Results {
+    /// `newer`'s metrics replace (or join) this file's, each marked with the run it came
+    /// from; its conformance results and baselines, when it has any, replace these.
+    pub fn merge(mut self, newer: Results) -> Results {
+        for mut m in newer.metrics {
+            if newer.date != self.date {
+                m.run = Some(format!("{}, {} rounds", newer.date, newer.runs));
+            }
+            match self.metrics.iter().position(|o| o.id == m.id) {
+                Some(i) => self.metrics[i] = m,
+                None => self.metrics.push(m),
+            }
+        }
+        if !newer.conformance.is_empty() {
+            self.conformance = newer.conformance;
+        }
+        self.baseline.extend(newer.baseline);
+        self.runtimes.extend(newer.runtimes);
+        self
+    }
+
     /// Record samples for `runtime` under metric `id` (created on first use).
     pub fn add(
         &mut self,
@@ -113,6 +137,7 @@ impl Results {
                     unit: unit.into(),
                     target,
                     samples: BTreeMap::new(),
+                    run: None,
                 });
                 self.metrics.len() - 1
             }
@@ -168,9 +193,13 @@ pub fn markdown(r: &Results) -> String {
          |---|---|---|---|---|---|\n",
     );
     for m in &r.metrics {
+        let title = match &m.run {
+            Some(run) => format!("{} (run of {run})", m.title),
+            None => m.title.clone(),
+        };
         o.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",
-            m.title,
+            title,
             fmt_summary(m.summary(KELSON), &m.unit),
             fmt_summary(m.summary(REFERENCE), &m.unit),
             m.ratio().map(|x| format!("{x:.2}")).unwrap_or("—".into()),
@@ -471,6 +500,27 @@ mod tests {
         assert_eq!(out, format!("# Bench\nkept\n{BEGIN}\nnew\n{END}\ntail\n"));
         let appended = splice("# Bench\n", "new\n");
         assert_eq!(appended, format!("# Bench\n{BEGIN}\nnew\n{END}\n"));
+    }
+
+    #[test]
+    fn merge_replaces_the_scenarios_run_and_names_their_run() {
+        let old = sample();
+        let mut newer = Results {
+            date: "2026-11-23".into(),
+            runs: 3,
+            ..Default::default()
+        };
+        newer.add("pod_start", "Pod start", "ms", None, KELSON, &[5.0]);
+        newer.add("stats_100", "Stats", "ms", None, KELSON, &[7.0]);
+        let n_old = old.metrics.len();
+        let m = old.merge(newer);
+        assert_eq!(m.metrics.len(), n_old + 1);
+        let ps = m.metric("pod_start").unwrap();
+        assert_eq!(ps.samples[KELSON], vec![5.0]);
+        assert_eq!(ps.run.as_deref(), Some("2026-11-23, 3 rounds"));
+        assert_eq!(m.date, "2026-11-22");
+        assert!(!m.conformance.is_empty() || sample().conformance.is_empty());
+        assert!(markdown(&m).contains("(run of 2026-11-23, 3 rounds)"));
     }
 
     #[test]

@@ -18,7 +18,8 @@ pub struct Target {
     /// "kelson" or "containerd": also the prefix of every pod name it gets.
     pub name: String,
     pub cri: Cri,
-    pub daemon_pid: Option<u32>,
+    /// 0 when unknown; changes when a scenario restarts the daemon.
+    pub daemon_pid: std::sync::atomic::AtomicU32,
     /// How this runtime's per-pod processes are recognised in /proc.
     pub procs: procs::Matcher,
     /// The small image containers run (busybox).
@@ -27,6 +28,8 @@ pub struct Target {
     pub big_image: String,
     /// Pod log directories go under here.
     pub log_root: PathBuf,
+    /// The CRI socket (to connect again after a restart).
+    pub socket: PathBuf,
     serial: AtomicUsize,
 }
 
@@ -48,13 +51,20 @@ impl Target {
         Target {
             name: name.to_owned(),
             cri,
-            daemon_pid,
+            daemon_pid: std::sync::atomic::AtomicU32::new(daemon_pid.unwrap_or(0)),
             procs,
             image,
             big_image,
             log_root,
+            socket: PathBuf::new(),
             serial: AtomicUsize::new(0),
         }
+    }
+
+    /// The CRI socket, for scenarios that connect again (after a restart).
+    pub fn with_socket(mut self, socket: PathBuf) -> Target {
+        self.socket = socket;
+        self
     }
 
     fn pod_name(&self, what: &str) -> String {
@@ -312,10 +322,10 @@ fn measure_memory(t: &Target, pods: usize) -> Memory {
         .sum();
     let shim_total: u64 = shims.iter().map(|s| s.0).sum();
     Memory {
-        daemon_rss_kib: t
-            .daemon_pid
-            .map(kelson_testkit::measure::rss_kib)
-            .unwrap_or(0),
+        daemon_rss_kib: match t.daemon_pid.load(Ordering::Relaxed) {
+            0 => 0,
+            pid => kelson_testkit::measure::rss_kib(pid),
+        },
         shims,
         per_pod_uss_kib: (shim_total + extra) as f64 / pods.max(1) as f64,
     }
@@ -517,6 +527,147 @@ pub fn cgroup_migration(n: usize) -> anyhow::Result<Vec<f64>> {
     }
     let _ = std::fs::remove_dir(&top);
     Ok(out)
+}
+
+/// What the scale scenario measured.
+pub struct Scale {
+    /// ListContainerStats round trips with every container running, ms.
+    pub container_stats: Vec<f64>,
+    /// ListPodSandboxStats round trips, ms (empty when the runtime does not implement it).
+    pub pod_stats: Vec<f64>,
+    /// From starting the stopped daemon again until it reports ready and lists every
+    /// container running, ms (None without a way to restart the daemon).
+    pub restart_ready: Option<f64>,
+}
+
+/// Stops (`false`) or starts (`true`) the target's daemon; returns its pid afterwards.
+pub type Restart<'a> = &'a mut dyn FnMut(bool) -> anyhow::Result<u32>;
+
+/// `n` pods with one running container each (started 10 at a time): stats latency over
+/// `polls` polls, then restart-to-ready with all of them running.
+pub async fn scale(
+    t: &Target,
+    n: usize,
+    polls: usize,
+    restart: Option<Restart<'_>>,
+) -> anyhow::Result<Scale> {
+    let mut running = Vec::new();
+    let mut result = async {
+        for _ in 0..n.div_ceil(10) {
+            let batch: Vec<_> = (0..10.min(n - running.len()))
+                .map(|_| t.pod_with_sleeper("scale"))
+                .collect();
+            for r in join_all(batch).await {
+                let (pod, id, _, _) = r?;
+                running.push((pod, id));
+            }
+        }
+        let mut out = Scale {
+            container_stats: Vec::new(),
+            pod_stats: Vec::new(),
+            restart_ready: None,
+        };
+        let mut rt = t.cri.runtime.clone();
+        for _ in 0..polls {
+            let s = Instant::now();
+            let got = rt
+                .list_container_stats(cri::ListContainerStatsRequest { filter: None })
+                .await
+                .with_context(|| format!("{}: ListContainerStats", t.name))?
+                .into_inner()
+                .stats
+                .len();
+            out.container_stats.push(ms(s.elapsed()));
+            if got < n {
+                bail!("{}: ListContainerStats gave {got} of {n}", t.name);
+            }
+            let s = Instant::now();
+            if rt
+                .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
+                .await
+                .is_ok()
+            {
+                out.pod_stats.push(ms(s.elapsed()));
+            }
+        }
+        if let Some(restart) = restart {
+            restart(false)?;
+            let s = Instant::now();
+            let pid = restart(true)?;
+            let socket_ms = ms(s.elapsed());
+            t.daemon_pid
+                .store(pid, std::sync::atomic::Ordering::Relaxed);
+            let c = kelson_conformance::connect(&t.socket).await?;
+            let mut rt = c.runtime.clone();
+            loop {
+                let ready = rt
+                    .status(cri::StatusRequest { verbose: false })
+                    .await
+                    .ok()
+                    .and_then(|r| r.into_inner().status)
+                    .is_some_and(|st| st.conditions.iter().all(|c| c.status));
+                let listed = rt
+                    .list_containers(cri::ListContainersRequest {
+                        filter: Some(cri::ContainerFilter {
+                            state: Some(cri::ContainerStateValue {
+                                state: cri::ContainerState::ContainerRunning as i32,
+                            }),
+                            ..Default::default()
+                        }),
+                    })
+                    .await
+                    .map(|r| r.into_inner().containers.len())
+                    .unwrap_or(0);
+                if ready && listed >= n {
+                    break;
+                }
+                if s.elapsed() > Duration::from_secs(120) {
+                    bail!("{}: not ready with {n} containers 2 minutes after restart ({listed} listed)", t.name);
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            out.restart_ready = Some(ms(s.elapsed()));
+            eprintln!(
+                "{}: restart: socket accepts after {socket_ms:.1} ms, ready with {n} containers after {:.1} ms",
+                t.name,
+                ms(s.elapsed())
+            );
+        }
+        anyhow::Ok(out)
+    }
+    .await;
+    // Tear down through a fresh connection (the old one may have died with the daemon).
+    let c = kelson_conformance::connect(&t.socket).await?;
+    let fresh = Target::new(
+        &t.name,
+        c,
+        None,
+        t.procs.clone(),
+        t.image.clone(),
+        t.big_image.clone(),
+        t.log_root.clone(),
+    )
+    .with_socket(t.socket.clone());
+    for chunk in running.chunks(10) {
+        let teardown: Vec<_> = chunk
+            .iter()
+            .map(|(pod, id)| {
+                let fresh = &fresh;
+                async move {
+                    fresh.remove_container(id).await?;
+                    fresh.remove_pod(pod).await
+                }
+            })
+            .collect();
+        for r in join_all(teardown).await {
+            if let Err(e) = r
+                && result.is_ok()
+            {
+                result = Err(e);
+            }
+        }
+    }
+    result
 }
 
 #[cfg(test)]
