@@ -33,6 +33,20 @@ impl Rng {
     }
 }
 
+/// `KELSON_FAULT_SEED` replays a failed run's crash points (as closely as timing allows).
+fn seed() -> anyhow::Result<u64> {
+    if let Some(s) = std::env::var("KELSON_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        return Ok(s);
+    }
+    Ok(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos() as u64
+        | 1)
+}
+
 fn cgroup_top() -> String {
     format!("kelson-ftest-{}", std::process::id())
 }
@@ -389,7 +403,11 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         image.clone(),
     )
     .await;
-    let span = began.elapsed().as_millis().max(50) as u64;
+    // `KELSON_FAULT_SPAN_MS` narrows the crash points to the start of the lifecycle.
+    let span = std::env::var("KELSON_FAULT_SPAN_MS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(began.elapsed().as_millis().max(50) as u64);
     assert_eq!(
         survey(&d, ipam.path()),
         baseline,
@@ -397,10 +415,7 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
     );
     let baseline_fds = fds(d.pid().unwrap());
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64
-        | 1;
+    let seed = seed()?;
     println!("crash points: seed {seed}, lifecycle span {span} ms");
     let mut rng = Rng(seed);
     let mut at = Vec::new();
@@ -536,10 +551,7 @@ async fn kelsond_killed_mid_pull_leaves_a_whole_image_or_none() -> anyhow::Resul
         .await?;
     assert_eq!(image_store(&d), baseline, "removal leaves the baseline");
 
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_nanos() as u64
-        | 1;
+    let seed = seed()?;
     println!("pull span {span} ms, seed {seed}");
     let mut rng = Rng(seed);
     for i in 0..8 {

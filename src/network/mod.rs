@@ -229,7 +229,7 @@ impl Network {
         let mut conf = plugin.clone();
         conf["name"] = json!(list.name);
         conf["cniVersion"] = json!(list.cni_version);
-        if let Some(p) = prev {
+        if let Some(p) = prev.filter(|p| !p.is_null()) {
             conf["prevResult"] = p.clone();
         }
         let rc = self.runtime_config(plugin, pod);
@@ -326,6 +326,13 @@ impl Network {
     /// deleted again (reverse order) and the error names the plugin.
     pub fn add(&self, pod: &PodNet) -> Result<(NetworkList, Value), NetworkError> {
         let list = self.config()?;
+        let result = self.add_with(&list, pod)?;
+        Ok((list, result))
+    }
+
+    /// ADD with a network list loaded before (and recorded by the caller).
+    pub fn add_with(&self, list: &NetworkList, pod: &PodNet) -> Result<Value, NetworkError> {
+        let list = list.clone();
         let mut prev: Option<Value> = None;
         for (i, p) in list.plugins.iter().enumerate() {
             match self.exec(&list, p, "ADD", pod, prev.as_ref()) {
@@ -340,7 +347,7 @@ impl Network {
                 }
             }
         }
-        Ok((list.clone(), prev.unwrap_or(json!({}))))
+        Ok(prev.unwrap_or(json!({})))
     }
 
     /// DEL through every plugin in reverse order with the last ADD result; idempotent (plugins

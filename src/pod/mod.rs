@@ -255,6 +255,32 @@ impl PodService {
             cgroup::validate(&linux.cgroup_parent)?
         };
         let dir = self.pod_dir(&id);
+        let req = PinRequest {
+            net: (!host_net).then(|| dir.join("netns")),
+            ipc: (!host_ipc).then(|| dir.join("ipcns")),
+            // A pod on the host network keeps the host's UTS namespace too, as kubelet expects.
+            uts: (!host_net).then(|| dir.join("utsns")),
+            // Only a pod that shares one PID namespace gets one (with a holder as its PID 1).
+            pid: shared_pid.then(|| dir.join("pidns")),
+            hostname: None,
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let network = if host_net {
+            None
+        } else {
+            Some(
+                self.network
+                    .config()
+                    .map_err(crate::network::NetworkError::from)?,
+            )
+        };
+        // The first record already names everything this call may make (cgroup, shm, pinned
+        // namespaces, the network list), so that after a crash at any point stop/remove find
+        // and release all of it; releasing what was never made is a no-op.
         let mut rec = PodRecord {
             id: id.clone(),
             name_key,
@@ -263,6 +289,18 @@ impl PodService {
             runtime_handler: handler.to_owned(),
             config: serde_json::to_value(&config).unwrap_or_default(),
             cgroup: cgroup.clone(),
+            cgroup_created: !self.cgroups.exists(&cgroup),
+            shm: if host_ipc {
+                String::new()
+            } else {
+                dir.join("shm").display().to_string()
+            },
+            netns: path(&req.net),
+            ipcns: path(&req.ipc),
+            utsns: path(&req.uts),
+            pidns: path(&req.pid),
+            network: network.as_ref().map(NetworkList::to_value),
+            network_released: host_net,
             ..Default::default()
         };
         // Reserve the name first: a duplicate fails before anything is made.
@@ -327,13 +365,8 @@ impl PodService {
             rec.shm = shm.display().to_string();
         }
         let req = PinRequest {
-            net: (!host_net).then(|| dir.join("netns")),
-            ipc: (!host_ipc).then(|| dir.join("ipcns")),
-            // A pod on the host network keeps the host's UTS namespace too, as kubelet expects.
-            uts: (!host_net).then(|| dir.join("utsns")),
-            // Only a pod that shares one PID namespace gets one (with a holder as its PID 1).
-            pid: shared_pid.then(|| dir.join("pidns")),
             hostname: (!host_net && !hostname.is_empty()).then(|| hostname.clone()),
+            ..req
         };
         namespaces::pin(&req)?;
         {
@@ -347,28 +380,18 @@ impl PodService {
                 }
             });
         }
-        let path = |p: &Option<PathBuf>| {
-            p.as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        };
-        rec.netns = path(&req.net);
-        rec.ipcns = path(&req.ipc);
-        rec.utsns = path(&req.uts);
-        rec.pidns = path(&req.pid);
-        if !host_net {
-            let (list, result) = self.network.add(&Self::pod_net(&rec, &config))?;
+        if let Some(list) = network {
+            let result = self
+                .network
+                .add_with(&list, &Self::pod_net(&rec, &config))?;
             rec.ips = serde_json::from_value::<crate::network::CniResult>(result.clone())
                 .map(|r| r.pod_ips())
                 .unwrap_or_default();
-            rec.network = Some(list.to_value());
             rec.network_result = result.clone();
             let (net, pod) = (self.network.clone(), Self::pod_net(&rec, &config));
             undo.push(move || {
                 let _ = net.del(&list, &pod, &result);
             });
-        } else {
-            rec.network_released = true;
         }
         self.store.update(&rec)?;
         undo.disarm();
