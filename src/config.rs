@@ -29,6 +29,7 @@ pub struct Config {
     pub registry: RegistryConfig,
     pub network: NetworkConfig,
     pub metrics: MetricsConfig,
+    pub streaming: StreamingConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +167,30 @@ pub struct MetricsConfig {
     pub address: String,
 }
 
+/// The streaming server for exec/attach/port-forward URLs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// `ip:port` to listen on; port 0 picks a free one. Loopback by default: kubelet, which
+    /// proxies the API server's streams to it, runs on the same node.
+    pub address: String,
+    /// How long a URL handed out by Exec/Attach/PortForward stays valid (each is single-use).
+    #[serde(with = "humantime_serde_compat")]
+    pub token_ttl: Duration,
+    /// Sessions at once; more are refused with 503 until one ends.
+    pub max_sessions: usize,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1:0".into(),
+            token_ttl: Duration::from_secs(60),
+            max_sessions: 128,
+        }
+    }
+}
+
 /// `"true"`/`"false"` on a pod or container turns the built-in init on or off for it.
 pub const INIT_ANNOTATION: &str = "kelson.io/init";
 
@@ -191,6 +216,7 @@ impl Default for Config {
             registry: RegistryConfig::default(),
             network: NetworkConfig::default(),
             metrics: MetricsConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -350,6 +376,23 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "metrics.address",
                 message: format!("{:?} is not an ip:port address", self.metrics.address),
+            });
+        }
+        if self
+            .streaming
+            .address
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+        {
+            return Err(ConfigError::Invalid {
+                key: "streaming.address",
+                message: format!("{:?} is not an ip:port address", self.streaming.address),
+            });
+        }
+        if self.streaming.token_ttl < Duration::from_secs(1) || self.streaming.max_sessions == 0 {
+            return Err(ConfigError::Invalid {
+                key: "streaming",
+                message: "token_ttl must be at least 1s and max_sessions at least 1".into(),
             });
         }
         if !valid_log_filter(&self.log_level) {

@@ -16,5 +16,6 @@ pub mod server;
 pub mod shim;
 pub mod stats;
 pub mod store;
+pub mod streaming;
 pub mod sys;
 pub mod telemetry;

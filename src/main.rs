@@ -219,7 +219,14 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         }
         let shim = kelson::shim::locate(&cfg.shim_path);
         let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.container.clone()));
-        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default(), telemetry: Default::default() });
+        let streaming_listener = kelson::streaming::server::bind(&cfg.streaming.address)
+            .await
+            .with_context(|| format!("streaming server on {}", cfg.streaming.address))?;
+        let streaming_addr = streaming_listener.local_addr()?;
+        let streaming = Arc::new(kelson::streaming::Streaming::new(format!("http://{streaming_addr}"), cfg.streaming.token_ttl));
+        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default(), telemetry: Default::default(), streaming });
+        tracing::info!(address = %streaming_addr, "streaming server listening");
+        tokio::spawn(kelson::streaming::server::serve(shared.clone(), streaming_listener, cfg.streaming.max_sessions));
         let pods_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms;
         kelson::cri::events::rearm(&shared).await;
         let containers_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms - pods_ms;

@@ -56,12 +56,28 @@ pub fn start(id: &str, root: &Path) -> Result<(), String> {
 }
 
 /// Run `args` inside the container and wait; returns its exit code. stdio as this process's.
-pub fn exec(id: &str, root: &Path, args: Vec<String>, pid_file: &Path) -> Result<i32, String> {
+/// With `stdin`, the command reads this process's stdin (a streaming session's pipe);
+/// otherwise /dev/null.
+pub fn exec(
+    id: &str,
+    root: &Path,
+    args: Vec<String>,
+    pid_file: &Path,
+    stdin: bool,
+) -> Result<i32, String> {
     let (null, out, errfd) = stdio()?;
+    let input: std::os::fd::OwnedFd = if stdin {
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err("dup stdin", e))?
+    } else {
+        null.into()
+    };
     let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| err("root path", e))?
-        .with_stdin(null)
+        .with_stdin(input)
         .with_stdout(out)
         .with_stderr(errfd)
         .as_tenant()

@@ -3,6 +3,7 @@
 //! ExecSync and log reopening. Run state comes from the shim (or its exit record when the shim
 //! is gone), never from a cached guess. Every multi-step create unwinds on failure.
 
+pub mod exec;
 pub mod resources;
 pub mod rootfs;
 pub mod spec;

@@ -229,6 +229,31 @@ pub async fn list(
     Ok(cri::ListContainersResponse { containers })
 }
 
+/// Exec: a single-use URL on the streaming server for this command.
+pub async fn exec(rt: &Shared, r: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
+    record("container", &r.container_id);
+    if r.cmd.is_empty() {
+        return Err(Status::invalid_argument("Exec: cmd is empty"));
+    }
+    if !(r.stdin || r.stdout || r.stderr) {
+        return Err(Status::invalid_argument(
+            "Exec: one of stdin, stdout or stderr must be requested",
+        ));
+    }
+    if r.tty && r.stderr {
+        return Err(Status::invalid_argument(
+            "Exec: tty and stderr cannot both be true (a terminal has one output)",
+        ));
+    }
+    // The container must exist now (the session checks that it still runs).
+    rt.containers.find(&r.container_id)?;
+    let url = rt
+        .streaming
+        .url(crate::streaming::Session::Exec(r))
+        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    Ok(cri::ExecResponse { url })
+}
+
 pub async fn exec_sync(
     rt: &Shared,
     req: cri::ExecSyncRequest,

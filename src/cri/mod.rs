@@ -34,6 +34,7 @@ pub struct Runtime {
     /// Previous CPU readings of pod cgroups (container readings live with the containers).
     pub pod_rates: crate::stats::Rates,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    pub streaming: Arc<crate::streaming::Streaming>,
 }
 
 pub type Shared = Arc<Runtime>;

@@ -251,9 +251,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     }
     async fn exec(
         &self,
-        _req: Request<cri::ExecRequest>,
+        req: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+        container::exec(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn attach(
         &self,

@@ -51,11 +51,16 @@ fn main() -> ExitCode {
                     .skip(1)
                     .cloned()
                     .collect();
+                let stdin = args
+                    .iter()
+                    .take_while(|a| *a != "--")
+                    .any(|a| a == "--stdin");
                 engine::exec(
                     &id,
                     Path::new(&need(&args, "--root")?),
                     rest,
                     Path::new(&need(&args, "--pid-file")?),
+                    stdin,
                 )
             })();
             return match r {

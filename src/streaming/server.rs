@@ -1,0 +1,175 @@
+//! The HTTP side of the streaming server: one path per URL handed out (`/<kind>/<token>`), the
+//! WebSocket handshake (RFC 6455, subprotocol negotiated from the client's offer), and the
+//! bounds: request heads must arrive within seconds, sessions are capped in number (a client
+//! past the cap gets 503 before anything starts), messages are capped in size.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::Session;
+use super::channel::Protocol;
+use crate::cri::Shared;
+
+/// Time a client gets to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest WebSocket message accepted from a client (stdin chunks are far smaller).
+pub const MAX_MESSAGE: usize = 256 * 1024;
+
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr:?}: {e}"))
+    })?;
+    TcpListener::bind(addr).await
+}
+
+fn reply(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    *r.status_mut() = status;
+    r
+}
+
+fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+async fn handle(
+    rt: Shared,
+    sessions: Arc<Semaphore>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let Some(session) = rt.streaming.take(req.uri().path()) else {
+        return Ok(reply(
+            StatusCode::NOT_FOUND,
+            "unknown, used or expired streaming URL",
+        ));
+    };
+    if !header_has(&req, header::UPGRADE, "websocket") {
+        let spdy = header_has(&req, header::UPGRADE, "SPDY/3.1");
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            if spdy {
+                "SPDY/3.1 is not served yet: connect with WebSocket (v5.channel.k8s.io)"
+            } else {
+                "a WebSocket upgrade is required"
+            },
+        ));
+    }
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec());
+    let version_ok = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let (Some(key), true) = (key, version_ok) else {
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            "WebSocket upgrade without Sec-WebSocket-Key or version 13",
+        ));
+    };
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let Some(proto) = Protocol::negotiate(offered.iter().map(String::as_str)) else {
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            "no supported subprotocol offered (v5.channel.k8s.io, v4.channel.k8s.io, v4.base64.channel.k8s.io, channel.k8s.io, base64.channel.k8s.io)",
+        ));
+    };
+    let Ok(permit) = sessions.try_acquire_owned() else {
+        return Ok(reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many streaming sessions at once; try again",
+        ));
+    };
+    let accept = derive_accept_key(&key);
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "streaming: upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_MESSAGE))
+            .max_frame_size(Some(MAX_MESSAGE));
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        match session {
+            Session::Exec(r) => super::exec::run(rt, r, proto, ws).await,
+            // Not handed out yet (the RPCs answer Unimplemented).
+            Session::Attach(_) | Session::PortForward(_) => {}
+        }
+        drop(permit);
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    h.insert(
+        header::SEC_WEBSOCKET_PROTOCOL,
+        HeaderValue::from_static(proto.name()),
+    );
+    Ok(r)
+}
+
+/// Serve until kelsond stops (the task is dropped with the runtime).
+pub async fn serve(rt: Shared, listener: TcpListener, max_sessions: usize) {
+    let sessions = Arc::new(Semaphore::new(max_sessions));
+    // Connections still in their HTTP phase (an upgraded session holds a session slot
+    // instead); more wait in the listen backlog.
+    let connections = Arc::new(Semaphore::new(max_sessions + 16));
+    loop {
+        let Ok(slot) = connections.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "streaming server: accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (rt, sessions) = (rt.clone(), sessions.clone());
+        tokio::spawn(async move {
+            let svc =
+                hyper::service::service_fn(move |req| handle(rt.clone(), sessions.clone(), req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "streaming connection");
+            }
+            drop(slot);
+        });
+    }
+}

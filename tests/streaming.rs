@@ -1,0 +1,313 @@
+//! The streaming server as kubectl reaches it: `Exec` returns a URL, a WebSocket client speaks
+//! the channel protocols to it. Round trips of stdin/stdout/stderr, exit codes as kubectl reads
+//! them, large transfers with checksums, single-use and expiring URLs, and a client that
+//! vanishes mid-session leaving no process behind.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1 as cri;
+use kelson_conformance::stream;
+use kelson_testkit::daemon::Cri;
+use sha2::{Digest, Sha256};
+
+const V5: &str = "v5.channel.k8s.io";
+const V4: &str = "v4.channel.k8s.io";
+const V4B64: &str = "v4.base64.channel.k8s.io";
+
+async fn running(c: &mut Cri, image: &str, top: &str) -> anyhow::Result<(String, String)> {
+    let logs = tempfile::tempdir()?.keep();
+    let cfg = cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "stream".into(),
+            uid: "uid-stream".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        log_directory: logs.display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: format!("/{top}/stream"),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = c
+        .runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id;
+    let id = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: "main".into(),
+                    attempt: 0,
+                }),
+                image: common::spec(image),
+                command: vec!["/bin/sleep".into(), "3600".into()],
+                log_path: "main.log".into(),
+                ..Default::default()
+            }),
+            sandbox_config: Some(cfg),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    Ok((pod, id))
+}
+
+async fn exec_url(
+    c: &mut Cri,
+    id: &str,
+    cmd: &[&str],
+    stdin: bool,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .exec(cri::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: false,
+            stdin,
+            stdout: true,
+            stderr: true,
+        })
+        .await?
+        .into_inner()
+        .url)
+}
+
+/// Processes whose command line contains `needle` (the exec'd command, or its engine).
+fn procs_with(needle: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            cmd.contains(needle).then_some(pid)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest-{}", std::process::id());
+    let (pod, id) = running(&mut c, &image, &top).await?;
+
+    // Requests that cannot work are refused by name before any URL is handed out.
+    for (req, want) in [
+        (
+            cri::ExecRequest {
+                container_id: id.clone(),
+                cmd: vec![],
+                stdout: true,
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            cri::ExecRequest {
+                container_id: id.clone(),
+                cmd: vec!["/bin/true".into()],
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            cri::ExecRequest {
+                container_id: id.clone(),
+                cmd: vec!["/bin/true".into()],
+                tty: true,
+                stdout: true,
+                stderr: true,
+                ..Default::default()
+            },
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            cri::ExecRequest {
+                container_id: "0".repeat(64),
+                cmd: vec!["/bin/true".into()],
+                stdout: true,
+                ..Default::default()
+            },
+            tonic::Code::NotFound,
+        ),
+    ] {
+        let err = c.runtime.exec(req).await.expect_err("refused");
+        assert_eq!(err.code(), want, "{err:?}");
+    }
+
+    // stdin → the command → stdout; stderr apart; the exit code on the error channel.
+    let url = exec_url(
+        &mut c,
+        &id,
+        &["/bin/sh", "-c", "cat; echo oops >&2; exit 3"],
+        true,
+    )
+    .await?;
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let mut s = stream::connect(&url, &[V5, V4]).await?;
+    assert_eq!(s.protocol, V5);
+    s.send(stream::STDIN, b"hello ").await?;
+    s.send(stream::STDIN, b"kelson\n").await?;
+    s.close_stdin().await?;
+    let out = s.collect(Duration::from_secs(30)).await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello kelson\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert_eq!(
+        out.exit_code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.error)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.error)?;
+    assert_eq!(status["reason"], "NonZeroExitCode");
+
+    // The URL was single-use.
+    let err = stream::connect(&url, &[V5])
+        .await
+        .err()
+        .expect("used URL refused");
+    assert!(err.to_string().contains("404"), "{err}");
+    // A forged one too.
+    let forged = format!(
+        "{}/exec/{}",
+        url.rsplitn(3, '/').nth(2).unwrap(),
+        "ab".repeat(32)
+    );
+    let err = stream::connect(&forged, &[V5])
+        .await
+        .err()
+        .expect("forged URL refused");
+    assert!(err.to_string().contains("404"), "{err}");
+
+    // v4 with base64 framing; success reads as exit code 0.
+    let url = exec_url(&mut c, &id, &["/bin/echo", "-n", "b64 works"], false).await?;
+    let s = stream::connect(&url, &[V4B64]).await?;
+    assert_eq!(s.protocol, V4B64);
+    let out = s.collect(Duration::from_secs(30)).await?;
+    assert_eq!(out.stdout, b"b64 works");
+    assert_eq!(out.exit_code(), Some(0));
+
+    // A large transfer both ways, checked end to end.
+    const BIG: usize = 32 << 20;
+    let url = exec_url(&mut c, &id, &["/bin/cat"], true).await?;
+    let s = stream::connect(&url, &[V5]).await?;
+    let data: Vec<u8> = (0..BIG).map(|i| (i * 7 % 251) as u8).collect();
+    let sent = Sha256::digest(&data);
+    let began = Instant::now();
+    // Send and receive at once (cat's pipes would fill otherwise).
+    let (mut tx, mut rx) = (s.tx, s.rx);
+    let sender = tokio::spawn(async move {
+        for ch in data.chunks(64 * 1024) {
+            tx.send(stream::STDIN, ch).await?;
+        }
+        tx.close_stdin().await?;
+        anyhow::Ok(tx)
+    });
+    let (mut n, mut got) = (0usize, Sha256::new());
+    while let Some((ch, d)) = rx.recv().await? {
+        if ch == stream::STDOUT {
+            n += d.len();
+            got.update(&d);
+        }
+    }
+    let _tx = sender.await??;
+    let reader = (n, got.finalize());
+    let secs = began.elapsed().as_secs_f64();
+    assert_eq!(reader.0, BIG);
+    assert_eq!(reader.1, sent, "what came back is what went in");
+    println!("{} MiB through cat both ways in {secs:.2} s", BIG >> 20);
+
+    // A client that vanishes mid-session: the command is killed, nothing stays behind.
+    let marker = "4242.5";
+    let url = exec_url(&mut c, &id, &["/bin/sleep", marker], true).await?;
+    let s = stream::connect(&url, &[V5]).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while procs_with(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!procs_with(marker).is_empty(), "the command runs");
+    s.abandon();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !procs_with(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        procs_with(marker).is_empty(),
+        "command and engine gone after the client vanished: {:?}\n{}",
+        procs_with(marker)
+            .iter()
+            .map(|p| std::fs::read_to_string(format!("/proc/{p}/status"))
+                .unwrap_or_default()
+                .lines()
+                .take(8)
+                .collect::<Vec<_>>()
+                .join(" | "))
+            .collect::<Vec<_>>(),
+        e.daemon
+            .log()
+            .lines()
+            .filter(|l| l.contains("exec"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_urls_expire() -> anyhow::Result<()> {
+    let e = common::env_config("[streaming]\ntoken_ttl = \"1s\"\n").await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest2-{}", std::process::id());
+    let (pod, id) = running(&mut c, &image, &top).await?;
+    let url = exec_url(&mut c, &id, &["/bin/true"], false).await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = stream::connect(&url, &[V5])
+        .await
+        .err()
+        .expect("expired URL refused");
+    assert!(err.to_string().contains("404"), "{err}");
+    // A fresh one works.
+    let url = exec_url(&mut c, &id, &["/bin/true"], false).await?;
+    let out = stream::connect(&url, &[V5])
+        .await?
+        .collect(Duration::from_secs(30))
+        .await?;
+    assert_eq!(out.exit_code(), Some(0));
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
