@@ -12,6 +12,7 @@
 pub mod channel;
 pub mod exec;
 pub mod server;
+pub mod spdy;
 pub mod tokens;
 
 use std::sync::Mutex;
