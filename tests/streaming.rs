@@ -281,6 +281,105 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same over SPDY/3.1, the protocol the API server and kubelet speak to the runtime.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
+    use stream::spdy;
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest3-{}", std::process::id());
+    let (pod, id) = running(&mut c, &image, &top).await?;
+
+    let url = exec_url(
+        &mut c,
+        &id,
+        &["/bin/sh", "-c", "cat; echo oops >&2; exit 3"],
+        true,
+    )
+    .await?;
+    let mut s = spdy::connect(
+        &url,
+        &["v4.channel.k8s.io", "v3.channel.k8s.io"],
+        true,
+        true,
+        true,
+    )
+    .await?;
+    assert_eq!(s.version, "v4.channel.k8s.io");
+    s.stdin(b"over ", false).await?;
+    s.stdin(b"spdy\n", true).await?;
+    let out = s.collect(Duration::from_secs(30)).await?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over spdy\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+    assert_eq!(
+        out.exit_code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.error)
+    );
+
+    // An older client (v3): success is an empty error stream, failure a message.
+    let url = exec_url(&mut c, &id, &["/bin/echo", "-n", "v3"], false).await?;
+    let s = spdy::connect(&url, &["v3.channel.k8s.io"], false, true, true).await?;
+    assert_eq!(s.version, "v3.channel.k8s.io");
+    let out = s.collect(Duration::from_secs(30)).await?;
+    assert_eq!(out.stdout, b"v3");
+    assert!(out.error.is_empty(), "{:?}", out.error);
+
+    // Nothing spoken in common: refused before any session starts.
+    let url = exec_url(&mut c, &id, &["/bin/true"], false).await?;
+    let err = spdy::connect(&url, &["v9.channel.k8s.io"], false, true, true)
+        .await
+        .err()
+        .expect("unknown version refused");
+    assert!(err.to_string().contains("403"), "{err}");
+
+    // Large transfer both ways, checked end to end.
+    const BIG: usize = 32 << 20;
+    let url = exec_url(&mut c, &id, &["/bin/cat"], true).await?;
+    let mut s = spdy::connect(&url, &["v4.channel.k8s.io"], true, true, true).await?;
+    let mut w = s.take_writer().expect("writer");
+    let data: Vec<u8> = (0..BIG).map(|i| (i * 13 % 253) as u8).collect();
+    let sent = Sha256::digest(&data);
+    let sender = tokio::spawn(async move {
+        for ch in data.chunks(32 * 1024) {
+            w.stdin(ch, false).await?;
+        }
+        w.stdin(&[], true).await?;
+        anyhow::Ok(w)
+    });
+    let out = s.collect(Duration::from_secs(120)).await?;
+    let _w = sender.await??;
+    assert_eq!(out.stdout.len(), BIG);
+    assert_eq!(Sha256::digest(&out.stdout), sent);
+    assert_eq!(out.exit_code(), Some(0));
+
+    // A client that vanishes: the command is killed.
+    let marker = "4343.5";
+    let url = exec_url(&mut c, &id, &["/bin/sleep", marker], true).await?;
+    let s = spdy::connect(&url, &["v4.channel.k8s.io"], true, true, true).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while procs_with(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !procs_with(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(procs_with(marker).is_empty(), "killed with its client gone");
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_urls_expire() -> anyhow::Result<()> {
     let e = common::env_config("[streaming]\ntoken_ttl = \"1s\"\n").await?;

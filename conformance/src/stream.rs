@@ -201,3 +201,211 @@ impl Receiver {
         Ok(out)
     }
 }
+
+/// The SPDY/3.1 transport, as kubectl and crictl (and the API server towards kubelet) speak
+/// it: an HTTP upgrade, then one SPDY stream per channel named by its `streamType`.
+pub mod spdy {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use anyhow::{Context, bail};
+    use bytes::BytesMut;
+    use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame, HeaderCodec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::Output;
+
+    pub struct Session {
+        rd: tokio::net::tcp::OwnedReadHalf,
+        /// Taken by `take_writer` for a sender in another task.
+        wr: Option<Writer>,
+        rx: HeaderCodec,
+        buf: BytesMut,
+        /// streamType → stream id.
+        pub streams: HashMap<&'static str, u32>,
+        /// The version the server chose.
+        pub version: String,
+    }
+
+    /// Upgrade to SPDY at `url` offering `versions`, and open the streams of an exec (error,
+    /// then stdin/stdout/stderr as asked), waiting for the server to accept each.
+    pub async fn connect(
+        url: &str,
+        versions: &[&str],
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> anyhow::Result<Session> {
+        let rest = url.strip_prefix("http://").context("http:// URL")?;
+        let (host, path) = rest.split_at(rest.find('/').context("URL without path")?);
+        let mut tcp = TcpStream::connect(host).await?;
+        let mut head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+        );
+        for v in versions {
+            head.push_str(&format!("X-Stream-Protocol-Version: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        tcp.write_all(head.as_bytes()).await?;
+        let mut buf = BytesMut::new();
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 16 * 1024 || tcp.read_buf(&mut buf).await? == 0 {
+                bail!("no HTTP response head");
+            }
+        };
+        let head = String::from_utf8_lossy(&buf.split_to(end)).into_owned();
+        let code: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        if code != 101 {
+            bail!("HTTP {code}");
+        }
+        let version = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case("x-stream-protocol-version")
+                    .then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default();
+        let (rd, wr) = tcp.into_split();
+        let mut s = Session {
+            rd,
+            wr: Some(Writer {
+                wr,
+                tx: HeaderCodec::new(),
+                stdin: 0,
+            }),
+            rx: HeaderCodec::new(),
+            buf,
+            streams: HashMap::new(),
+            version,
+        };
+        let mut kinds = vec!["error"];
+        if stdin {
+            kinds.push("stdin");
+        }
+        if stdout {
+            kinds.push("stdout");
+        }
+        if stderr {
+            kinds.push("stderr");
+        }
+        for (i, k) in kinds.iter().enumerate() {
+            let id = 1 + 2 * i as u32;
+            s.send(&Frame::SynStream {
+                stream_id: id,
+                associated: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), k.to_string())],
+            })
+            .await?;
+            s.streams.insert(k, id);
+        }
+        if let Some(w) = s.wr.as_mut() {
+            w.stdin = s.streams.get("stdin").copied().unwrap_or(0);
+        }
+        let mut replied = 0;
+        while replied < kinds.len() {
+            match s.next().await? {
+                Some(Frame::SynReply { .. }) => replied += 1,
+                Some(Frame::RstStream { stream_id, .. }) => bail!("stream {stream_id} refused"),
+                Some(_) => {}
+                None => bail!("connection closed while opening streams"),
+            }
+        }
+        Ok(s)
+    }
+
+    /// The sending half: frames to the server, stdin.
+    pub struct Writer {
+        wr: tokio::net::tcp::OwnedWriteHalf,
+        tx: HeaderCodec,
+        stdin: u32,
+    }
+
+    impl Writer {
+        pub async fn send(&mut self, f: &Frame) -> anyhow::Result<()> {
+            let mut out = Vec::new();
+            frame::write(f, &mut self.tx, &mut out);
+            self.wr.write_all(&out).await?;
+            Ok(())
+        }
+
+        pub async fn stdin(&mut self, data: &[u8], fin: bool) -> anyhow::Result<()> {
+            if self.stdin == 0 {
+                bail!("no stdin stream");
+            }
+            self.send(&Frame::Data {
+                stream_id: self.stdin,
+                flags: if fin { FLAG_FIN } else { 0 },
+                data: data.to_vec(),
+            })
+            .await
+        }
+    }
+
+    impl Session {
+        fn writer(&mut self) -> anyhow::Result<&mut Writer> {
+            self.wr.as_mut().context("the writer was taken")
+        }
+
+        pub async fn send(&mut self, f: &Frame) -> anyhow::Result<()> {
+            self.writer()?.send(f).await
+        }
+
+        /// The sending half, for another task (the session keeps reading).
+        pub fn take_writer(&mut self) -> Option<Writer> {
+            self.wr.take()
+        }
+
+        /// The next frame; None at EOF.
+        pub async fn next(&mut self) -> anyhow::Result<Option<Frame>> {
+            loop {
+                if let Some(f) = frame::parse(&mut self.buf, &mut self.rx)? {
+                    return Ok(Some(f));
+                }
+                if self.rd.read_buf(&mut self.buf).await? == 0 {
+                    return Ok(None);
+                }
+            }
+        }
+
+        pub async fn stdin(&mut self, data: &[u8], fin: bool) -> anyhow::Result<()> {
+            self.writer()?.stdin(data, fin).await
+        }
+
+        /// Read until the server ends the session (GOAWAY or EOF) or `within` passes.
+        pub async fn collect(mut self, within: Duration) -> anyhow::Result<Output> {
+            let mut out = Output::default();
+            let by_id: HashMap<u32, &str> = self.streams.iter().map(|(k, v)| (*v, *k)).collect();
+            tokio::time::timeout(within, async {
+                while let Some(f) = self.next().await? {
+                    match f {
+                        Frame::Data {
+                            stream_id, data, ..
+                        } => match by_id.get(&stream_id) {
+                            Some(&"stdout") => out.stdout.extend_from_slice(&data),
+                            Some(&"stderr") => out.stderr.extend_from_slice(&data),
+                            Some(&"error") => out.error.extend_from_slice(&data),
+                            _ => {}
+                        },
+                        Frame::GoAway { .. } => break,
+                        _ => {}
+                    }
+                }
+                anyhow::Ok(())
+            })
+            .await
+            .context("session did not end in time")??;
+            Ok(out)
+        }
+    }
+}

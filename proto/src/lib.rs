@@ -4,6 +4,8 @@
 //! one response per connection.
 
 pub mod shim;
+#[cfg(feature = "spdy")]
+pub mod spdy;
 
 use bytes::{Buf, BufMut, BytesMut};
 

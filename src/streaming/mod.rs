@@ -14,6 +14,7 @@ pub mod exec;
 pub mod server;
 pub mod spdy;
 pub mod tokens;
+pub mod ws;
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

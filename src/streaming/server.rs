@@ -59,15 +59,13 @@ async fn handle(
             "unknown, used or expired streaming URL",
         ));
     };
+    if header_has(&req, header::UPGRADE, "SPDY/3.1") {
+        return Ok(upgrade_spdy(rt, sessions, session, req));
+    }
     if !header_has(&req, header::UPGRADE, "websocket") {
-        let spdy = header_has(&req, header::UPGRADE, "SPDY/3.1");
         return Ok(reply(
             StatusCode::BAD_REQUEST,
-            if spdy {
-                "SPDY/3.1 is not served yet: connect with WebSocket (v5.channel.k8s.io)"
-            } else {
-                "a WebSocket upgrade is required"
-            },
+            "an upgrade to SPDY/3.1 or WebSocket is required",
         ));
     }
     let key = req
@@ -118,7 +116,7 @@ async fn handle(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         match session {
-            Session::Exec(r) => super::exec::run(rt, r, proto, ws).await,
+            Session::Exec(r) => super::ws::exec(rt, r, proto, ws).await,
             // Not handed out yet (the RPCs answer Unimplemented).
             Session::Attach(_) | Session::PortForward(_) => {}
         }
@@ -137,6 +135,57 @@ async fn handle(
         HeaderValue::from_static(proto.name()),
     );
     Ok(r)
+}
+
+/// The SPDY/3.1 upgrade: the remote-command version from `X-Stream-Protocol-Version`.
+fn upgrade_spdy(
+    rt: Shared,
+    sessions: Arc<Semaphore>,
+    session: Session,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all("x-stream-protocol-version")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    let Some(version) = super::spdy::negotiate(offered.iter().map(String::as_str)) else {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "no supported X-Stream-Protocol-Version offered (v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io)",
+        );
+    };
+    let Ok(permit) = sessions.try_acquire_owned() else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many streaming sessions at once; try again",
+        );
+    };
+    tokio::spawn(async move {
+        let upgraded = match hyper::upgrade::on(req).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "streaming: upgrade failed");
+                return;
+            }
+        };
+        match session {
+            Session::Exec(r) => super::spdy::exec(rt, r, version, TokioIo::new(upgraded)).await,
+            Session::Attach(_) | Session::PortForward(_) => {}
+        }
+        drop(permit);
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(
+        "x-stream-protocol-version",
+        HeaderValue::from_static(version),
+    );
+    r
 }
 
 /// Serve until kelsond stops (the task is dropped with the runtime).

@@ -1,0 +1,297 @@
+//! The SPDY/3.1 transport of a remote-command session, as the API server, kubelet, kubectl
+//! and crictl speak it (k8s.io/apimachinery httpstream/spdy, kubelet's remotecommand server):
+//! after the HTTP upgrade the client opens one SPDY stream per channel, each named by its
+//! `streamType` header (`error`, `stdin`, `stdout`, `stderr`, `resize`); the server accepts
+//! each with a SYN_REPLY, waits until every stream the request needs exists, runs the command,
+//! and ends with the exit Status on the error stream, FIN on its streams and GOAWAY.
+//!
+//! Flow control: the Kubernetes SPDY implementation (spdystream) neither sends nor honours
+//! WINDOW_UPDATE frames, so this side does not either; memory stays bounded by the session's
+//! queues and the frame size limit instead.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use k8s_cri::v1 as cri;
+use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame, HeaderCodec};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::channel::{self, Protocol};
+use super::exec::{self, Input, Output, QUEUE, STALL};
+use crate::cri::Shared;
+
+/// The remote-command versions spoken over SPDY, best first.
+pub const VERSIONS: [&str; 4] = [
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
+/// How long the client gets to open the streams its request needs (kubelet: 30 s).
+const STREAM_CREATION: Duration = Duration::from_secs(30);
+
+/// The client's first offered version this side speaks (`X-Stream-Protocol-Version`, in the
+/// client's order, possibly comma-joined).
+pub fn negotiate<'a>(offered: impl IntoIterator<Item = &'a str>) -> Option<&'static str> {
+    offered
+        .into_iter()
+        .flat_map(|h| h.split(','))
+        .find_map(|v| VERSIONS.iter().find(|s| **s == v.trim()).copied())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Error,
+    Stdin,
+    Stdout,
+    Stderr,
+    Resize,
+}
+
+fn kind(name: &str) -> Option<Kind> {
+    Some(match name {
+        "error" => Kind::Error,
+        "stdin" => Kind::Stdin,
+        "stdout" => Kind::Stdout,
+        "stderr" => Kind::Stderr,
+        "resize" => Kind::Resize,
+        _ => return None,
+    })
+}
+
+/// Frames to the client, each written whole (one header-compression context, in order).
+async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
+    let mut codec = HeaderCodec::new();
+    let mut buf = Vec::new();
+    while let Some(f) = rx.recv().await {
+        buf.clear();
+        let end = matches!(f, Frame::GoAway { .. });
+        frame::write(&f, &mut codec, &mut buf);
+        if !matches!(
+            tokio::time::timeout(STALL, w.write_all(&buf)).await,
+            Ok(Ok(()))
+        ) {
+            return;
+        }
+        if end {
+            let _ = w.shutdown().await;
+            return;
+        }
+    }
+}
+
+pub async fn exec<IO>(rt: Shared, req: cri::ExecRequest, version: &'static str, io: IO)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proto = if version == VERSIONS[0] {
+        Protocol::V4
+    } else {
+        Protocol::Channel
+    };
+    let (mut rd, wr) = tokio::io::split(io);
+    let (frames, frames_rx) = mpsc::channel::<Frame>(QUEUE * 2);
+    let writer = tokio::spawn(write_frames(wr, frames_rx));
+    let (in_tx, in_rx) = mpsc::channel::<Input>(QUEUE);
+    let (streams_tx, mut streams_rx) = mpsc::channel::<(Kind, u32)>(8);
+
+    // Everything from the client: stream set-up, stdin, resize, pings. Ends (dropping
+    // `in_tx`: "client gone") on EOF, GOAWAY, a reset stdin or a protocol error.
+    let reader = {
+        let frames = frames.clone();
+        tokio::spawn(async move {
+            let mut codec = HeaderCodec::new();
+            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let mut by_id: HashMap<u32, Kind> = HashMap::new();
+            let mut resize_buf: Vec<u8> = Vec::new();
+            loop {
+                let f = match frame::parse(&mut buf, &mut codec) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => match rd.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => continue,
+                    },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "SPDY session: bad frame; closing");
+                        let _ = frames
+                            .send(Frame::GoAway {
+                                last_good: 0,
+                                status: frame::PROTOCOL_ERROR,
+                            })
+                            .await;
+                        return;
+                    }
+                };
+                match f {
+                    Frame::SynStream {
+                        stream_id, headers, ..
+                    } => {
+                        let k = frame::header(&headers, "streamtype").and_then(kind);
+                        match k {
+                            Some(k) if !by_id.values().any(|v| *v == k) => {
+                                by_id.insert(stream_id, k);
+                                let _ = frames
+                                    .send(Frame::SynReply {
+                                        stream_id,
+                                        flags: 0,
+                                        headers: vec![],
+                                    })
+                                    .await;
+                                let _ = streams_tx.send((k, stream_id)).await;
+                            }
+                            _ => {
+                                let _ = frames
+                                    .send(Frame::RstStream {
+                                        stream_id,
+                                        status: frame::REFUSED_STREAM,
+                                    })
+                                    .await;
+                            }
+                        }
+                    }
+                    Frame::Data {
+                        stream_id,
+                        flags,
+                        data,
+                    } => match by_id.get(&stream_id) {
+                        Some(Kind::Stdin) => {
+                            if !data.is_empty() && in_tx.send(Input::Stdin(data)).await.is_err() {
+                                return;
+                            }
+                            if flags & FLAG_FIN != 0 && in_tx.send(Input::StdinEof).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Kind::Resize) => {
+                            resize_buf.extend_from_slice(&data);
+                            while let Some(i) = resize_buf.iter().position(|b| *b == b'\n') {
+                                let line: Vec<u8> = resize_buf.drain(..=i).collect();
+                                if let Some(size) = channel::parse_resize(&line) {
+                                    let _ = in_tx.send(Input::Resize(size)).await;
+                                }
+                            }
+                            if resize_buf.len() > 4096 {
+                                resize_buf.clear();
+                            }
+                        }
+                        _ => {}
+                    },
+                    Frame::Ping { id } => {
+                        let _ = frames.send(Frame::Ping { id }).await;
+                    }
+                    Frame::RstStream { stream_id, .. }
+                        if by_id.get(&stream_id) == Some(&Kind::Stdin) =>
+                    {
+                        let _ = in_tx.send(Input::StdinEof).await;
+                    }
+                    Frame::GoAway { .. } => return,
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    // Wait for the streams this request needs, as kubelet does.
+    let mut needed = vec![Kind::Error];
+    if req.stdin {
+        needed.push(Kind::Stdin);
+    }
+    if req.stdout {
+        needed.push(Kind::Stdout);
+    }
+    if req.stderr && !req.tty {
+        needed.push(Kind::Stderr);
+    }
+    let mut ids: HashMap<Kind, u32> = HashMap::new();
+    let ready = tokio::time::timeout(STREAM_CREATION, async {
+        while !needed.iter().all(|k| ids.contains_key(k)) {
+            match streams_rx.recv().await {
+                Some((k, id)) => {
+                    ids.insert(k, id);
+                }
+                None => return false,
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if !ready {
+        tracing::debug!("SPDY session: the client did not open the streams its request needs");
+        reader.abort();
+        let _ = frames
+            .send(Frame::GoAway {
+                last_good: 0,
+                status: 0,
+            })
+            .await;
+        drop(frames);
+        let _ = writer.await;
+        return;
+    }
+
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(QUEUE);
+    let session = tokio::spawn(exec::run(rt, req, proto, in_rx, out_tx));
+    let data = |id: Option<&u32>, data: Vec<u8>, flags: u8| {
+        id.map(|id| Frame::Data {
+            stream_id: *id,
+            flags,
+            data,
+        })
+    };
+    while let Some(o) = out_rx.recv().await {
+        let (f, last) = match o {
+            Output::Stdout(d) => (data(ids.get(&Kind::Stdout), d, 0), false),
+            Output::Stderr(d) => (data(ids.get(&Kind::Stderr), d, 0), false),
+            Output::Exit(d) if d.is_empty() => (None, true),
+            Output::Exit(d) => (data(ids.get(&Kind::Error), d, 0), true),
+        };
+        if let Some(f) = f
+            && frames.send(f).await.is_err()
+        {
+            break;
+        }
+        if last {
+            break;
+        }
+    }
+    // The end: FIN on every stream this side writes, then GOAWAY (the writer closes).
+    for k in [Kind::Stdout, Kind::Stderr, Kind::Error] {
+        if let Some(f) = data(ids.get(&k), vec![], FLAG_FIN) {
+            let _ = frames.send(f).await;
+        }
+    }
+    let _ = frames
+        .send(Frame::GoAway {
+            last_good: 0,
+            status: 0,
+        })
+        .await;
+    reader.abort();
+    drop(out_rx);
+    drop(frames);
+    let _ = session.await;
+    let _ = writer.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_picked_in_the_clients_order() {
+        assert_eq!(
+            negotiate(["v4.channel.k8s.io", "v3.channel.k8s.io"]),
+            Some("v4.channel.k8s.io")
+        );
+        assert_eq!(
+            negotiate(["v9.channel.k8s.io, v2.channel.k8s.io"]),
+            Some("v2.channel.k8s.io")
+        );
+        assert_eq!(negotiate(["portforward.k8s.io"]), None);
+        assert_eq!(negotiate([]), None);
+    }
+}
