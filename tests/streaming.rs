@@ -410,3 +410,133 @@ async fn streaming_urls_expire() -> anyhow::Result<()> {
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// Port-forward over SPDY (`portforward.k8s.io`): connections to servers listening on the
+/// pod's loopback, one pair of streams each; ports not asked for and ports nobody listens on
+/// are reported on the error stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<()> {
+    use stream::spdy;
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest4-{}", std::process::id());
+    let (pod, _) = running(&mut c, &image, &top).await?;
+    for (name, cmd) in [
+        (
+            "hello",
+            vec![
+                "/bin/nc",
+                "-ll",
+                "-p",
+                "8080",
+                "-e",
+                "/bin/echo",
+                "hello from the pod",
+            ],
+        ),
+        (
+            "echo",
+            vec!["/bin/nc", "-ll", "-p", "8081", "-e", "/bin/cat"],
+        ),
+    ] {
+        let id = c
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cri::ContainerConfig {
+                    metadata: Some(cri::ContainerMetadata {
+                        name: name.into(),
+                        attempt: 0,
+                    }),
+                    image: common::spec(&image),
+                    command: cmd.iter().map(|s| s.to_string()).collect(),
+                    log_path: format!("{name}.log"),
+                    ..Default::default()
+                }),
+                sandbox_config: None,
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        c.runtime
+            .start_container(cri::StartContainerRequest { container_id: id })
+            .await?;
+    }
+    // Refused by name before any URL: a port out of range, an unknown pod.
+    for (req, want) in [
+        (
+            cri::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![70000],
+            },
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            cri::PortForwardRequest {
+                pod_sandbox_id: "0".repeat(64),
+                port: vec![8080],
+            },
+            tonic::Code::NotFound,
+        ),
+    ] {
+        let err = c.runtime.port_forward(req).await.expect_err("refused");
+        assert_eq!(err.code(), want, "{err:?}");
+    }
+
+    let url = c
+        .runtime
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080, 8081, 8099],
+        })
+        .await?
+        .into_inner()
+        .url;
+    let mut s = spdy::connect_portforward(&url).await?;
+    // The servers take a moment to listen: retry the first connection.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let hello = loop {
+        let f = s.forward(8080, b"", Duration::from_secs(10)).await?;
+        if !f.data.is_empty() || Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(String::from_utf8_lossy(&hello.data), "hello from the pod\n");
+    // A second connection in the same session, both directions.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let echo = loop {
+        let f = s
+            .forward(8081, b"ping through the tunnel", Duration::from_secs(10))
+            .await?;
+        if !f.data.is_empty() || Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(echo.data, b"ping through the tunnel");
+    // Nobody listens on 8099; 9999 was not asked for.
+    let f = s.forward(8099, b"", Duration::from_secs(20)).await?;
+    assert!(
+        String::from_utf8_lossy(&f.error).contains("connecting to port 8099"),
+        "{:?}",
+        String::from_utf8_lossy(&f.error)
+    );
+    let f = s.forward(9999, b"", Duration::from_secs(20)).await?;
+    assert!(
+        String::from_utf8_lossy(&f.error).contains("not requested"),
+        "{:?}",
+        String::from_utf8_lossy(&f.error)
+    );
+    drop(s);
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

@@ -224,6 +224,8 @@ pub mod spdy {
         buf: BytesMut,
         /// streamType → stream id.
         pub streams: HashMap<&'static str, u32>,
+        /// Highest stream id used by `forward` so far (+1).
+        next_id: u32,
         /// The version the server chose.
         pub version: String,
     }
@@ -237,6 +239,46 @@ pub mod spdy {
         stdout: bool,
         stderr: bool,
     ) -> anyhow::Result<Session> {
+        let mut s = upgrade(url, versions).await?;
+        let mut kinds = vec!["error"];
+        if stdin {
+            kinds.push("stdin");
+        }
+        if stdout {
+            kinds.push("stdout");
+        }
+        if stderr {
+            kinds.push("stderr");
+        }
+        for (i, k) in kinds.iter().enumerate() {
+            let id = 1 + 2 * i as u32;
+            s.send(&Frame::SynStream {
+                stream_id: id,
+                associated: 0,
+                priority: 0,
+                flags: 0,
+                headers: vec![("streamtype".into(), k.to_string())],
+            })
+            .await?;
+            s.streams.insert(k, id);
+        }
+        if let Some(w) = s.wr.as_mut() {
+            w.stdin = s.streams.get("stdin").copied().unwrap_or(0);
+        }
+        let mut replied = 0;
+        while replied < kinds.len() {
+            match s.next().await? {
+                Some(Frame::SynReply { .. }) => replied += 1,
+                Some(Frame::RstStream { stream_id, .. }) => bail!("stream {stream_id} refused"),
+                Some(_) => {}
+                None => bail!("connection closed while opening streams"),
+            }
+        }
+        Ok(s)
+    }
+
+    /// The HTTP upgrade to SPDY/3.1, offering `versions`.
+    async fn upgrade(url: &str, versions: &[&str]) -> anyhow::Result<Session> {
         let rest = url.strip_prefix("http://").context("http:// URL")?;
         let (host, path) = rest.split_at(rest.find('/').context("URL without path")?);
         let mut tcp = TcpStream::connect(host).await?;
@@ -275,7 +317,7 @@ pub mod spdy {
             })
             .unwrap_or_default();
         let (rd, wr) = tcp.into_split();
-        let mut s = Session {
+        let s = Session {
             rd,
             wr: Some(Writer {
                 wr,
@@ -285,42 +327,9 @@ pub mod spdy {
             rx: HeaderCodec::new(),
             buf,
             streams: HashMap::new(),
+            next_id: 0,
             version,
         };
-        let mut kinds = vec!["error"];
-        if stdin {
-            kinds.push("stdin");
-        }
-        if stdout {
-            kinds.push("stdout");
-        }
-        if stderr {
-            kinds.push("stderr");
-        }
-        for (i, k) in kinds.iter().enumerate() {
-            let id = 1 + 2 * i as u32;
-            s.send(&Frame::SynStream {
-                stream_id: id,
-                associated: 0,
-                priority: 0,
-                flags: 0,
-                headers: vec![("streamtype".into(), k.to_string())],
-            })
-            .await?;
-            s.streams.insert(k, id);
-        }
-        if let Some(w) = s.wr.as_mut() {
-            w.stdin = s.streams.get("stdin").copied().unwrap_or(0);
-        }
-        let mut replied = 0;
-        while replied < kinds.len() {
-            match s.next().await? {
-                Some(Frame::SynReply { .. }) => replied += 1,
-                Some(Frame::RstStream { stream_id, .. }) => bail!("stream {stream_id} refused"),
-                Some(_) => {}
-                None => bail!("connection closed while opening streams"),
-            }
-        }
         Ok(s)
     }
 
@@ -352,7 +361,93 @@ pub mod spdy {
         }
     }
 
+    /// Upgrade to SPDY for port-forwarding (`portforward.k8s.io`); no stream is opened yet.
+    pub async fn connect_portforward(url: &str) -> anyhow::Result<Session> {
+        upgrade(url, &["portforward.k8s.io"]).await
+    }
+
+    /// What one forwarded connection delivered.
+    #[derive(Debug, Default)]
+    pub struct Forwarded {
+        pub data: Vec<u8>,
+        pub error: Vec<u8>,
+    }
+
     impl Session {
+        /// Forward one connection to `port`: open the error and data streams of `request_id`,
+        /// send `send` then FIN, and read until the server ends the data stream.
+        pub async fn forward(
+            &mut self,
+            port: u16,
+            send: &[u8],
+            within: Duration,
+        ) -> anyhow::Result<Forwarded> {
+            // Fresh stream ids and request id for every connection (SPDY never reuses ids).
+            self.next_id += 4;
+            let (err_id, data_id) = (self.next_id - 3, self.next_id - 1);
+            let request_id = self.next_id / 4;
+            for (id, kind) in [(err_id, "error"), (data_id, "data")] {
+                self.send(&Frame::SynStream {
+                    stream_id: id,
+                    associated: 0,
+                    priority: 0,
+                    flags: 0,
+                    headers: vec![
+                        ("streamtype".into(), kind.into()),
+                        ("port".into(), port.to_string()),
+                        ("requestid".into(), request_id.to_string()),
+                    ],
+                })
+                .await?;
+            }
+            if !send.is_empty() {
+                self.send(&Frame::Data {
+                    stream_id: data_id,
+                    flags: 0,
+                    data: send.to_vec(),
+                })
+                .await?;
+            }
+            self.send(&Frame::Data {
+                stream_id: data_id,
+                flags: FLAG_FIN,
+                data: vec![],
+            })
+            .await?;
+            let mut out = Forwarded::default();
+            let (mut data_done, mut err_done) = (false, false);
+            tokio::time::timeout(within, async {
+                while !(data_done && err_done) {
+                    match self.next().await? {
+                        Some(Frame::Data {
+                            stream_id,
+                            flags,
+                            data,
+                        }) => {
+                            if stream_id == data_id {
+                                out.data.extend_from_slice(&data);
+                                data_done |= flags & FLAG_FIN != 0;
+                            } else if stream_id == err_id {
+                                out.error.extend_from_slice(&data);
+                                err_done |= flags & FLAG_FIN != 0;
+                            }
+                        }
+                        Some(Frame::RstStream { stream_id, .. })
+                            if stream_id == data_id || stream_id == err_id =>
+                        {
+                            bail!("stream {stream_id} refused")
+                        }
+                        Some(_) => {}
+                        None => bail!("connection closed"),
+                    }
+                }
+                anyhow::Ok(())
+            })
+            .await
+            .context("forwarded connection did not end in time")??;
+            Ok(out)
+        }
+
         fn writer(&mut self) -> anyhow::Result<&mut Writer> {
             self.wr.as_mut().context("the writer was taken")
         }

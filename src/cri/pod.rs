@@ -163,6 +163,31 @@ pub async fn remove(rt: &Shared, id: String) -> Result<cri::RemovePodSandboxResp
     Ok(cri::RemovePodSandboxResponse {})
 }
 
+/// PortForward: a single-use URL on the streaming server for the ready pod's ports.
+pub async fn port_forward(
+    rt: &Shared,
+    req: cri::PortForwardRequest,
+) -> Result<cri::PortForwardResponse, Status> {
+    tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
+    if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+        return Err(Status::invalid_argument(format!(
+            "PortForward: port {p} is not 1-65535"
+        )));
+    }
+    let pod = rt.pods.find(&req.pod_sandbox_id)?;
+    if pod.state != PodState::Ready {
+        return Err(Status::failed_precondition(format!(
+            "PortForward: pod sandbox {} is not ready",
+            pod.id
+        )));
+    }
+    let url = rt
+        .streaming
+        .url(crate::streaming::Session::PortForward(req))
+        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    Ok(cri::PortForwardResponse { url })
+}
+
 pub async fn status(
     rt: &Shared,
     req: cri::PodSandboxStatusRequest,

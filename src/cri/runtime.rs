@@ -265,9 +265,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     }
     async fn port_forward(
         &self,
-        _req: Request<cri::PortForwardRequest>,
+        req: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+        pod::port_forward(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn container_stats(
         &self,

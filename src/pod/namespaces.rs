@@ -262,6 +262,27 @@ fn nsfs_mount_points(mountinfo: &str) -> std::collections::HashSet<String> {
         .collect()
 }
 
+/// A TCP connection to `port` on the loopback of the network namespace pinned at `netns`
+/// (IPv4, then IPv6), as port-forwarding needs. A short-lived thread enters the namespace
+/// (`setns` changes only the calling thread); the socket stays in the namespace it was made
+/// in when the thread ends.
+pub fn connect_tcp_in(netns: &Path, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let ns = std::fs::File::open(netns)?;
+    std::thread::Builder::new()
+        .name("netns-connect".into())
+        .spawn(move || -> std::io::Result<std::net::TcpStream> {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+            let timeout = std::time::Duration::from_secs(10);
+            let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            std::net::TcpStream::connect_timeout(&v4, timeout).or_else(|e| {
+                let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+                std::net::TcpStream::connect_timeout(&v6, timeout).map_err(|_| e)
+            })
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
+}
+
 /// Mount the pod's /dev/shm: a size-limited tmpfs.
 pub fn mount_shm(path: &Path, bytes: u64) -> Result<(), NsError> {
     std::fs::create_dir_all(path)

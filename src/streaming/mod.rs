@@ -1,16 +1,19 @@
 //! The streaming server: `Exec`, `Attach` and `PortForward` answer with a URL here, carrying a
 //! single-use token; kubelet's caller (the API server, or crictl) connects to it and upgrades
-//! the connection to a stream protocol. This slice speaks the WebSocket remote-command
-//! protocols (`v5`/`v4.channel.k8s.io` and the base64 variants) for exec; SPDY/3.1, TTYs,
-//! attach and port-forward follow (issue #6).
+//! the connection to a stream protocol: exec over SPDY/3.1 and WebSocket (the remote-command
+//! channel protocols), port-forward over SPDY/3.1. TTYs, attach and WebSocket port-forward
+//! follow (issue #6).
 //!
 //! - `tokens`: the single-use, expiring tokens;
 //! - `channel`: the channel framing and the Status messages kubectl reads;
 //! - `server`: the HTTP server, the WebSocket handshake and the bounds on sessions;
-//! - `exec`: one exec session — the command in the container, its stdio pumped both ways.
+//! - `exec`: one exec session — the command in the container, its stdio pumped both ways;
+//! - `ws`, `spdy`: the two transports of a remote-command session;
+//! - `portforward`: port-forward sessions over SPDY.
 
 pub mod channel;
 pub mod exec;
+pub mod portforward;
 pub mod server;
 pub mod spdy;
 pub mod tokens;

@@ -62,6 +62,12 @@ async fn handle(
     if header_has(&req, header::UPGRADE, "SPDY/3.1") {
         return Ok(upgrade_spdy(rt, sessions, session, req));
     }
+    if matches!(session, Session::PortForward(_)) {
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            "port-forward is served over SPDY/3.1 (portforward.k8s.io); WebSocket port-forward is not served yet",
+        ));
+    }
     if !header_has(&req, header::UPGRADE, "websocket") {
         return Ok(reply(
             StatusCode::BAD_REQUEST,
@@ -150,10 +156,18 @@ fn upgrade_spdy(
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect();
-    let Some(version) = super::spdy::negotiate(offered.iter().map(String::as_str)) else {
+    let version = match session {
+        Session::PortForward(_) => offered
+            .iter()
+            .flat_map(|h| h.split(','))
+            .any(|v| v.trim() == super::portforward::PROTOCOL)
+            .then_some(super::portforward::PROTOCOL),
+        _ => super::spdy::negotiate(offered.iter().map(String::as_str)),
+    };
+    let Some(version) = version else {
         return reply(
             StatusCode::FORBIDDEN,
-            "no supported X-Stream-Protocol-Version offered (v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io)",
+            "no supported X-Stream-Protocol-Version offered (exec: v4.channel.k8s.io, v3.channel.k8s.io, v2.channel.k8s.io, channel.k8s.io; port-forward: portforward.k8s.io)",
         );
     };
     let Ok(permit) = sessions.try_acquire_owned() else {
@@ -172,7 +186,10 @@ fn upgrade_spdy(
         };
         match session {
             Session::Exec(r) => super::spdy::exec(rt, r, version, TokioIo::new(upgraded)).await,
-            Session::Attach(_) | Session::PortForward(_) => {}
+            Session::PortForward(r) => {
+                super::portforward::spdy(rt, r, TokioIo::new(upgraded)).await
+            }
+            Session::Attach(_) => {}
         }
         drop(permit);
     });

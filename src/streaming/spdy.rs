@@ -63,7 +63,7 @@ fn kind(name: &str) -> Option<Kind> {
 }
 
 /// Frames to the client, each written whole (one header-compression context, in order).
-async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
+pub(super) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
     let mut codec = HeaderCodec::new();
     let mut buf = Vec::new();
     while let Some(f) = rx.recv().await {
