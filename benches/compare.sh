@@ -3,7 +3,7 @@
 # packages) with everything else kelson needs, builds kelson in release mode, and runs
 # `kelson-bench compare` in a network namespace of its own (no packet leaves the machine).
 # Writes docs/bench/results.json, docs/bench/*.svg and the table in docs/benchmarks.md.
-#   benches/compare.sh [--runs N] [--scenarios lifecycle,pods20,pods50,exec,log,pull,scale100]
+#   benches/compare.sh [--runs N] [--scenarios lifecycle,pods20,pods50,exec,log,pull,scale100,stream]
 #                      [--skip-conformance] [--merge]   (--merge: keep the other scenarios' figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -209,7 +209,7 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
     assert_eq!(out.exit_code(), Some(0));
 
     // A large transfer both ways, checked end to end.
-    const BIG: usize = 32 << 20;
+    const BIG: usize = 100 << 20;
     let url = exec_url(&mut c, &id, &["/bin/cat"], true).await?;
     let s = stream::connect(&url, &[V5]).await?;
     let data: Vec<u8> = (0..BIG).map(|i| (i * 7 % 251) as u8).collect();
@@ -337,7 +337,7 @@ async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
     assert!(err.to_string().contains("403"), "{err}");
 
     // Large transfer both ways, checked end to end.
-    const BIG: usize = 32 << 20;
+    const BIG: usize = 100 << 20;
     let url = exec_url(&mut c, &id, &["/bin/cat"], true).await?;
     let mut s = spdy::connect(&url, &["v4.channel.k8s.io"], true, true, true).await?;
     let mut w = s.take_writer().expect("writer");

@@ -50,9 +50,11 @@ enum Scenario {
     /// 100 pods running: ListContainerStats / ListPodSandboxStats latency, and the daemon's
     /// restart-to-ready time (when the driver can restart it).
     Scale100,
+    /// Exec over the streaming server (SPDY): round trips, and 100 MB through `cat`.
+    Stream,
 }
 
-const ALL: [Scenario; 7] = [
+const ALL: [Scenario; 8] = [
     Scenario::Lifecycle,
     Scenario::Pods20,
     Scenario::Pods50,
@@ -60,6 +62,7 @@ const ALL: [Scenario; 7] = [
     Scenario::Log,
     Scenario::Pull,
     Scenario::Scale100,
+    Scenario::Stream,
 ];
 
 #[derive(clap::Args, Clone)]
@@ -411,6 +414,25 @@ async fn round(
                             &[v],
                         );
                     }
+                }
+                Scenario::Stream => {
+                    let (trips, transfer) = scenarios::exec_stream(t, 20).await?;
+                    r.add(
+                        "exec_stream",
+                        "Exec round trip over SPDY (/bin/true: Exec, upgrade, streams, exit)",
+                        "ms",
+                        None,
+                        n,
+                        &trips,
+                    );
+                    r.add(
+                        "exec_stream_100mb",
+                        "Exec stream: 100 MB through cat, both ways (SPDY)",
+                        "ms",
+                        None,
+                        n,
+                        &[transfer],
+                    );
                 }
                 Scenario::Pull => {
                     let v = scenarios::pull(t).await?;

@@ -369,6 +369,86 @@ pub async fn exec_sync(t: &Target, n: usize) -> anyhow::Result<Vec<f64>> {
     result.map(|_| out)
 }
 
+/// Bytes pushed through `cat` in the stream throughput measurement.
+pub const STREAM_BYTES: usize = 100_000_000;
+
+/// Exec over the streaming server, as kubectl does it through the API server (SPDY/3.1,
+/// `v4.channel.k8s.io`): `n` round trips of `/bin/true` (Exec RPC, upgrade, streams, exit
+/// status), then `STREAM_BYTES` through `cat` both ways. Returns (round trips in ms, the
+/// transfer in ms).
+pub async fn exec_stream(t: &Target, n: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+    use kelson_conformance::stream::spdy;
+    let (pod, id, _, _) = t.pod_with_sleeper("stream").await?;
+    let url = |cmd: &str, stdin: bool| {
+        let mut rt = t.cri.runtime.clone();
+        let id = id.clone();
+        let cmd = cmd.to_owned();
+        async move {
+            anyhow::Ok(
+                rt.exec(cri::ExecRequest {
+                    container_id: id,
+                    cmd: vec![cmd],
+                    tty: false,
+                    stdin,
+                    stdout: true,
+                    stderr: true,
+                })
+                .await?
+                .into_inner()
+                .url,
+            )
+        }
+    };
+    let result = async {
+        let mut trips = Vec::new();
+        for _ in 0..n {
+            let s = Instant::now();
+            let u = url("/bin/true", false).await?;
+            let out = spdy::connect(&u, &["v4.channel.k8s.io"], false, true, true)
+                .await?
+                .collect(Duration::from_secs(30))
+                .await?;
+            if out.exit_code() != Some(0) {
+                bail!(
+                    "{}: exec /bin/true: {:?}",
+                    t.name,
+                    String::from_utf8_lossy(&out.error)
+                );
+            }
+            trips.push(ms(s.elapsed()));
+        }
+        let data = vec![0x5au8; 64 * 1024];
+        let s = Instant::now();
+        let u = url("/bin/cat", true).await?;
+        let mut sess = spdy::connect(&u, &["v4.channel.k8s.io"], true, true, true).await?;
+        let mut w = sess.take_writer().context("writer")?;
+        let sender = tokio::spawn(async move {
+            let mut left = STREAM_BYTES;
+            while left > 0 {
+                let n = left.min(data.len());
+                w.stdin(&data[..n], false).await?;
+                left -= n;
+            }
+            w.stdin(&[], true).await?;
+            anyhow::Ok(w)
+        });
+        let out = sess.collect(Duration::from_secs(300)).await?;
+        let _w = sender.await??;
+        if out.stdout.len() != STREAM_BYTES {
+            bail!(
+                "{}: cat returned {} of {STREAM_BYTES} bytes",
+                t.name,
+                out.stdout.len()
+            );
+        }
+        anyhow::Ok((trips, ms(s.elapsed())))
+    }
+    .await;
+    t.remove_container(&id).await?;
+    t.remove_pod(&pod).await?;
+    result
+}
+
 /// Counts the bytes a container wrote, from a CRI log file read incrementally: the content of
 /// every complete line, plus its newline when the tag is `F` (a `P` line is a split line).
 #[derive(Default)]
