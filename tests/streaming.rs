@@ -381,8 +381,8 @@ async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn streaming_urls_expire() -> anyhow::Result<()> {
-    let e = common::env_config("[streaming]\ntoken_ttl = \"1s\"\n").await?;
+async fn streaming_urls_expire_sessions_are_bounded_and_garbage_ends_them() -> anyhow::Result<()> {
+    let e = common::env_config("[streaming]\ntoken_ttl = \"1s\"\nmax_sessions = 1\n").await?;
     let image = format!("{}/test/standard:v1", e.registry.host);
     common::pull(&e.daemon, &image).await?;
     let mut c = e.daemon.cri().await?;
@@ -401,6 +401,43 @@ async fn streaming_urls_expire() -> anyhow::Result<()> {
         .await?
         .collect(Duration::from_secs(30))
         .await?;
+    assert_eq!(out.exit_code(), Some(0));
+
+    // One session at a time here: a second is refused with 503 while the first runs.
+    let marker = "4444.5";
+    let url = exec_url(&mut c, &id, &["/bin/sleep", marker], true).await?;
+    let mut first = stream::connect(&url, &[V5]).await?;
+    let url2 = exec_url(&mut c, &id, &["/bin/true"], false).await?;
+    let err = stream::connect(&url2, &[V5])
+        .await
+        .err()
+        .expect("second session refused");
+    assert!(err.to_string().contains("503"), "{err}");
+    // Garbage (a text message on a binary protocol) ends the session; the command dies.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while procs_with(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!procs_with(marker).is_empty(), "the command runs");
+    first.tx.send_raw_text("not a channel frame").await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !procs_with(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(procs_with(marker).is_empty(), "garbage ended the session");
+    drop(first);
+    // The slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let url = exec_url(&mut c, &id, &["/bin/true"], false).await?;
+        match stream::connect(&url, &[V5]).await {
+            Ok(s) => break s.collect(Duration::from_secs(30)).await?,
+            Err(e) if Instant::now() < deadline && e.to_string().contains("503") => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     assert_eq!(out.exit_code(), Some(0));
     c.runtime
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {

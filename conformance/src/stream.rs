@@ -151,6 +151,12 @@ impl Sender {
         Ok(())
     }
 
+    /// A text message as is, whatever the protocol (to test how a server treats garbage).
+    pub async fn send_raw_text(&mut self, text: &str) -> anyhow::Result<()> {
+        self.sink.send(Message::text(text.to_owned())).await?;
+        Ok(())
+    }
+
     /// v5: no more stdin.
     pub async fn close_stdin(&mut self) -> anyhow::Result<()> {
         if !self.protocol.starts_with("v5.") {
