@@ -1,5 +1,6 @@
-//! The only `unsafe` in kelson: allocator settings that neither std nor nix exposes. Every
-//! other system call goes through nix.
+//! The only `unsafe` in kelson: allocator settings that neither std nor nix exposes, taking
+//! ownership of a file descriptor received over a unix socket, and the terminal-size ioctl.
+//! Every other system call goes through nix.
 #![allow(unsafe_code)]
 
 /// Cap glibc malloc at `n` arenas. By default glibc gives every thread that allocates an arena of
@@ -32,6 +33,70 @@ pub fn trim_heap() {
     }
 }
 
+/// Receive one file descriptor sent with SCM_RIGHTS on `sock` (a pty master from the
+/// container library, for a TTY exec). Blocking.
+pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut received: Vec<std::os::fd::OwnedFd> = Vec::new();
+    for c in msg.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // SAFETY: SCM_RIGHTS installs each passed descriptor as a new fd in this process,
+                // open and owned by nobody else; wrapping it at once gives it exactly one owner
+                // (closed on drop, also the extra ones a peer may have sent).
+                received.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    received
+        .into_iter()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no file descriptor in the message"))
+}
+
+/// Register an owned, non-blocking fd (a pty master) with tokio's reactor.
+pub fn async_fd(
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>> {
+    // SAFETY: the OwnedFd is a valid open descriptor owned only by the AsyncFd from here on;
+    // nothing replaces or closes it while it is registered (it is closed when the AsyncFd,
+    // and with it the registration, is dropped).
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+
+/// Set a terminal's size (a pty master), which sends SIGWINCH to its foreground processes.
+pub fn set_window_size(
+    fd: std::os::fd::BorrowedFd<'_>,
+    cols: u16,
+    rows: u16,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which points at a live local of
+    // exactly that type; the fd is borrowed, so it stays open for the call.
+    unsafe { tiocswinsz(fd.as_raw_fd(), &ws) }
+        .map(drop)
+        .map_err(std::io::Error::from)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -39,5 +104,39 @@ mod tests {
         #[cfg(target_env = "gnu")]
         assert!(super::limit_malloc_arenas(2));
         super::trim_heap();
+    }
+
+    #[test]
+    fn a_pty_gets_its_size_and_fds_pass_over_a_socket() {
+        use std::os::fd::AsFd;
+        let pty = nix::pty::openpty(None, None).unwrap();
+        super::set_window_size(pty.master.as_fd(), 132, 43).unwrap();
+        let ws = nix::sys::termios::tcgetattr(&pty.slave).map(|_| ()).is_ok();
+        assert!(ws);
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        use std::os::fd::AsRawFd;
+        nix::sys::socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &[std::io::IoSlice::new(b"x")],
+            &[nix::sys::socket::ControlMessage::ScmRights(&[pty
+                .master
+                .as_raw_fd()])],
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let got = super::recv_fd(&b).unwrap();
+        assert_ne!(got.as_raw_fd(), pty.master.as_raw_fd());
+        // The received fd is the same terminal: its size reads back.
+        let mut ws = libc::winsize {
+            ws_row: 0,
+            ws_col: 0,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
+        // SAFETY: test only: TIOCGWINSZ writes one winsize into a live local.
+        unsafe { tiocgwinsz(got.as_raw_fd(), &mut ws) }.unwrap();
+        assert_eq!((ws.ws_col, ws.ws_row), (132, 43));
     }
 }

@@ -577,3 +577,79 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// `kubectl exec -it`: a terminal of the container's own — resize reaches it, it is the
+/// command's controlling terminal (^C interrupts the foreground job), stdin and output go
+/// through it, the exit code comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_with_a_terminal() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest5-{}", std::process::id());
+    let (pod, id) = running(&mut c, &image, &top).await?;
+    let tty_url = |c: &mut Cri, cmd: &[&str]| {
+        let req = cri::ExecRequest {
+            container_id: id.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: true,
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        };
+        let mut rt = c.runtime.clone();
+        async move { anyhow::Ok(rt.exec(req).await?.into_inner().url) }
+    };
+
+    // The size set by a resize message, and a real terminal device.
+    let url = tty_url(
+        &mut c,
+        &[
+            "/bin/sh",
+            "-c",
+            "sleep 0.5; /bin/busybox stty size; /bin/busybox tty",
+        ],
+    )
+    .await?;
+    let mut s = stream::connect(&url, &[V5]).await?;
+    s.send(stream::RESIZE, br#"{"Width":123,"Height":45}"#)
+        .await?;
+    let out = s.collect(Duration::from_secs(30)).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("45 123"), "{text:?}");
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert_eq!(out.exit_code(), Some(0));
+
+    // An interactive shell: input echoed by the terminal, the exit code returned.
+    let url = tty_url(&mut c, &["/bin/sh"]).await?;
+    let mut s = stream::connect(&url, &[V5]).await?;
+    s.send(stream::STDIN, b"echo hi-$((40+2))\n").await?;
+    s.send(stream::STDIN, b"exit 7\n").await?;
+    let out = s.collect(Duration::from_secs(30)).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("hi-42"), "{text:?}");
+    assert_eq!(out.exit_code(), Some(7), "{text:?}");
+
+    // ^C reaches the foreground job through the terminal (it is the controlling one).
+    let url = tty_url(
+        &mut c,
+        &["/bin/sh", "-c", "sleep 300; echo not-interrupted"],
+    )
+    .await?;
+    let mut s = stream::connect(&url, &[V5]).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.send(stream::STDIN, b"\x03").await?;
+    let out = s.collect(Duration::from_secs(30)).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("not-interrupted"), "{text:?}");
+    assert_eq!(out.exit_code(), Some(130), "{text:?}");
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

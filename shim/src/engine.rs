@@ -98,6 +98,64 @@ pub fn exec(
     }
 }
 
+/// Run `args` in the container on a terminal of its own (`kubectl exec -it`): the process
+/// spec is the container's own (user, env, cwd, capabilities) with these args and
+/// `terminal: true`; libcontainer makes the pty inside the container, makes it the process's
+/// controlling terminal, and sends the master to `console_socket` (kelsond listens there).
+/// Detached as libcontainer requires for a console socket, so this process becomes a child
+/// subreaper first: the command is re-parented here, waited for, and its exit status is this
+/// process's.
+pub fn exec_tty(
+    id: &str,
+    root: &Path,
+    args: Vec<String>,
+    pid_file: &Path,
+    console_socket: &Path,
+) -> Result<i32, String> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(|e| err("child subreaper", e))?;
+    let container = Container::load(root.join(id)).map_err(|e| err("load", e))?;
+    let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
+        .map_err(|e| err("container spec", e))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or("container spec without a process")?;
+    process.set_args(Some(args)).set_terminal(Some(true));
+    let process_file = root
+        .join(id)
+        .join(format!("exec-tty-{}.json", std::process::id()));
+    std::fs::write(
+        &process_file,
+        serde_json::to_vec(&process).map_err(|e| err("process spec", e))?,
+    )
+    .map_err(|e| err("writing process spec", e))?;
+    let (null, out, errfd) = stdio()?;
+    let built = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(root)
+        .map_err(|e| err("root path", e))?
+        .with_console_socket(Some(console_socket))
+        .with_stdin(null)
+        .with_stdout(out)
+        .with_stderr(errfd)
+        .as_tenant()
+        .with_process(Some(&process_file))
+        .with_detach(true)
+        .build();
+    let _ = std::fs::remove_file(&process_file);
+    let pid = built.map_err(|e| err("exec", e))?;
+    let _ = std::fs::write(pid_file, pid.as_raw().to_string());
+    use nix::sys::wait::{WaitStatus, waitpid};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err("wait exec", e)),
+        }
+    }
+}
+
 /// Remove the container's runtime state and cgroup (it must have stopped; `force` kills first).
 pub fn delete(id: &str, root: &Path) -> Result<(), String> {
     match Container::load(root.join(id)) {

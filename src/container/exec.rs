@@ -9,8 +9,11 @@ use std::process::Stdio;
 use super::{ContainerError, ContainerService, RunState};
 
 pub struct ExecProcess {
-    /// The engine: stdin (when asked for), stdout and stderr are the command's.
+    /// The engine: stdin (when asked for), stdout and stderr are the command's (without a
+    /// terminal; with one, the engine's own output is only its errors).
     pub child: tokio::process::Child,
+    /// With a terminal: the pty master (the command's stdin, stdout and stderr).
+    pub pty: Option<std::os::fd::OwnedFd>,
     pid_file: PathBuf,
 }
 
@@ -100,6 +103,109 @@ impl ContainerService {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| ContainerError::Internal(format!("exec: starting the engine: {e}")))?;
-        Ok(ExecProcess { child, pid_file })
+        Ok(ExecProcess {
+            child,
+            pty: None,
+            pid_file,
+        })
+    }
+
+    /// Start `cmd` in running container `id` on a terminal of its own: the container library
+    /// makes the pty inside the container and sends its master here over a unix socket
+    /// (root-only, in kelsond's state dir, removed once used).
+    pub async fn exec_tty_process(
+        &self,
+        id: &str,
+        cmd: &[String],
+    ) -> Result<ExecProcess, ContainerError> {
+        use std::os::unix::fs::PermissionsExt;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("exec: cmd is empty".into()));
+        }
+        let rec = self.find(id)?;
+        if self.view(rec.clone()).await.state != RunState::Running {
+            return Err(ContainerError::WrongState {
+                id: rec.id.clone(),
+                state: "not running",
+                op: "exec",
+            });
+        }
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            ContainerError::Internal(format!("exec with a terminal: {what}: {e}"))
+        };
+        let mut raw = [0u8; 8];
+        getrandom::fill(&mut raw).map_err(|e| internal("random", &e))?;
+        let name = hex::encode(raw);
+        let dir = self.dirs.state.join("tty");
+        std::fs::create_dir_all(&dir).map_err(|e| internal("socket dir", &e))?;
+        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        let sock = dir.join(format!("{name}.sock"));
+        let listener =
+            tokio::net::UnixListener::bind(&sock).map_err(|e| internal("console socket", &e))?;
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let _cleanup = Remove(sock.clone());
+        let pid_file = PathBuf::from(&rec.state_dir).join(format!("stream-exec-{name}.pid"));
+        let mut child =
+            tokio::process::Command::new(self.shim_binary.with_file_name("kelson-shim-engine"))
+                .args(["exec", "--id", &rec.id])
+                .arg("--root")
+                .arg(self.engine_root())
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg("--console-socket")
+                .arg(&sock)
+                .arg("--")
+                .args(cmd)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| internal("starting the engine", &e))?;
+        // The container's side connects and sends the master; an engine that fails first
+        // says why on stderr.
+        let accepted = tokio::select! {
+            a = tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept()) => a,
+            st = child.wait() => {
+                let mut msg = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use tokio::io::AsyncReadExt;
+                    let _ = e.read_to_string(&mut msg).await;
+                }
+                return Err(internal(
+                    "the engine exited",
+                    &format!("{}: {}", st.map(|s| s.to_string()).unwrap_or_default(), msg.trim()),
+                ));
+            }
+        };
+        let conn = match accepted {
+            Ok(Ok((c, _))) => c,
+            Ok(Err(e)) => return Err(internal("accepting the console", &e)),
+            Err(_) => return Err(internal("console", &"no terminal within 30 s")),
+        };
+        let conn = conn
+            .into_std()
+            .and_then(|c| {
+                c.set_nonblocking(false)?;
+                c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+                Ok(c)
+            })
+            .map_err(|e| internal("console connection", &e))?;
+        let master = tokio::task::spawn_blocking(move || crate::sys::recv_fd(&conn))
+            .await
+            .map_err(|e| internal("console task", &e))?
+            .map_err(|e| internal("receiving the terminal", &e))?;
+        Ok(ExecProcess {
+            child,
+            pty: Some(master),
+            pid_file,
+        })
     }
 }

@@ -12,6 +12,9 @@
 use std::time::Duration;
 
 use k8s_cri::v1 as cri;
+use std::os::fd::{AsFd, OwnedFd};
+
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -60,13 +63,7 @@ pub async fn run(
         })
     };
     if req.tty {
-        let _ = output
-            .send(fail(
-                "exec with a TTY is not served yet by kelson's streaming server".into(),
-                "BadRequest",
-            ))
-            .await;
-        return;
+        return run_tty(rt, req, proto, input, output).await;
     }
     let mut proc = match rt
         .containers
@@ -159,6 +156,138 @@ pub async fn run(
         Err(_) => 255,
     };
     writer.abort();
+    reader.abort();
+    proc.cleanup();
+    let _ = tokio::time::timeout(
+        STALL,
+        output.send(Output::Exit(channel::exit_status(proto, code, &req.cmd))),
+    )
+    .await;
+    tracing::info!(container = %req.container_id, exit_code = code, "exec session ended");
+}
+
+/// Read from a non-blocking fd through the reactor; `Ok(0)` at EOF (EIO on a pty master whose
+/// last slave closed counts as EOF).
+async fn read_fd(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        let mut guard = fd.readable().await?;
+        match guard.try_io(|f| nix::unistd::read(f.get_ref(), buf).map_err(std::io::Error::from)) {
+            Ok(Err(e)) if e.raw_os_error() == Some(nix::libc::EIO) => return Ok(0),
+            Ok(r) => return r,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+async fn write_fd(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
+    while !data.is_empty() {
+        let mut guard = fd.writable().await?;
+        match guard.try_io(|f| nix::unistd::write(f.get_ref(), data).map_err(std::io::Error::from))
+        {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
+
+/// A session on a terminal: the pty master carries stdin and the merged output; resize
+/// events set the terminal's size (the command gets SIGWINCH).
+async fn run_tty(
+    rt: Shared,
+    req: cri::ExecRequest,
+    proto: Protocol,
+    mut input: mpsc::Receiver<Input>,
+    output: mpsc::Sender<Output>,
+) {
+    let fail = |msg: String| {
+        Output::Exit(if proto.status_json() {
+            channel::failure_status(&msg, "InternalError", None)
+        } else {
+            msg.into_bytes()
+        })
+    };
+    let mut proc = match rt
+        .containers
+        .exec_tty_process(&req.container_id, &req.cmd)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = output.send(fail(e.to_string())).await;
+            return;
+        }
+    };
+    let master = match proc.pty.take().map(|m| {
+        nix::fcntl::fcntl(
+            &m,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|_| crate::sys::async_fd(m))
+    }) {
+        Some(Ok(m)) => std::sync::Arc::new(m),
+        _ => {
+            proc.kill().await;
+            proc.cleanup();
+            let _ = output.send(fail("exec: no terminal".into())).await;
+            return;
+        }
+    };
+    tracing::info!(container = %req.container_id, cmd = ?req.cmd, "exec session on a terminal started");
+    let want_stdin = req.stdin;
+    let mut reader = {
+        let master = master.clone();
+        tokio::spawn(async move {
+            while let Some(i) = input.recv().await {
+                match i {
+                    Input::Stdin(data) if want_stdin => {
+                        // A failed write means the terminal is gone (the command ended):
+                        // keep draining the client until the session ends.
+                        let _ = write_fd(&master, &data).await;
+                    }
+                    Input::Resize(size) => {
+                        let _ = crate::sys::set_window_size(
+                            master.get_ref().as_fd(),
+                            size.width,
+                            size.height,
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let mut buf = vec![0u8; CHUNK];
+    let mut client_gone = false;
+    loop {
+        let n = tokio::select! {
+            r = read_fd(&master, &mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = &mut reader => { client_gone = true; break; }
+        };
+        match tokio::time::timeout(STALL, output.send(Output::Stdout(buf[..n].to_vec()))).await {
+            Ok(Ok(())) => {}
+            _ => {
+                client_gone = true;
+                break;
+            }
+        }
+    }
+    if client_gone {
+        tracing::info!(container = %req.container_id, "exec session: client gone; killing the command");
+        proc.kill().await;
+        reader.abort();
+        proc.cleanup();
+        return;
+    }
+    let code = match proc.child.wait().await {
+        Ok(st) => st.code().unwrap_or(128 + 9),
+        Err(_) => 255,
+    };
     reader.abort();
     proc.cleanup();
     let _ = tokio::time::timeout(

@@ -44,24 +44,33 @@ fn main() -> ExitCode {
             .and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
         "exec" => {
             let r = (|| {
-                let id = need(&args, "--id")?;
+                // Options come before `--`; the command after it is never read as options.
+                let opts: Vec<String> = args.iter().take_while(|a| *a != "--").cloned().collect();
                 let rest: Vec<String> = args
                     .iter()
                     .skip_while(|a| *a != "--")
                     .skip(1)
                     .cloned()
                     .collect();
-                let stdin = args
-                    .iter()
-                    .take_while(|a| *a != "--")
-                    .any(|a| a == "--stdin");
-                engine::exec(
-                    &id,
-                    Path::new(&need(&args, "--root")?),
-                    rest,
-                    Path::new(&need(&args, "--pid-file")?),
-                    stdin,
-                )
+                let id = need(&opts, "--id")?;
+                let root = need(&opts, "--root")?;
+                let pid_file = need(&opts, "--pid-file")?;
+                match arg(&opts, "--console-socket") {
+                    Some(sock) => engine::exec_tty(
+                        &id,
+                        Path::new(&root),
+                        rest,
+                        Path::new(&pid_file),
+                        Path::new(&sock),
+                    ),
+                    None => engine::exec(
+                        &id,
+                        Path::new(&root),
+                        rest,
+                        Path::new(&pid_file),
+                        opts.iter().any(|a| a == "--stdin"),
+                    ),
+                }
             })();
             return match r {
                 Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
