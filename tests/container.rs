@@ -873,6 +873,11 @@ async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
 
     let host = tempfile::tempdir()?;
     std::fs::write(host.path().join("in.txt"), "from host\n")?;
+    // The container runs as nobody (the image's USER): let it write here.
+    std::fs::set_permissions(
+        host.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )?;
     let shared = tempfile::tempdir()?;
     // Propagation needs a shared mount on the host side (as kubelet documents for
     // HostToContainer): make the directory its own shared mount point.
@@ -935,6 +940,13 @@ async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
         cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
         timeout: 10,
     };
+    // Exec runs as the container does (the image's USER, nobody): it is nobody writing.
+    let r = c.runtime.exec_sync(sh("id -u")).await?.into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "65534\n",
+        "exec runs as the container's user"
+    );
     let r = c.runtime.exec_sync(sh("cat /data/in.txt; echo written > /data/out.txt; echo x > /ro/fail.txt || echo ro-refused")).await?.into_inner();
     assert_eq!(
         String::from_utf8_lossy(&r.stdout),

@@ -65,6 +65,9 @@ pub fn exec(
     pid_file: &Path,
     stdin: bool,
 ) -> Result<i32, String> {
+    // The container's own process spec (user, groups, env, cwd, capabilities, no_new_privs)
+    // with these args: an exec runs as the container runs, not as root by default.
+    let process_file = process_spec(id, root, args, false)?;
     let (null, out, errfd) = stdio()?;
     let input: std::os::fd::OwnedFd = if stdin {
         std::io::stdin()
@@ -81,10 +84,11 @@ pub fn exec(
         .with_stdout(out)
         .with_stderr(errfd)
         .as_tenant()
-        .with_container_args(args)
+        .with_process(Some(&process_file))
         .with_detach(false)
-        .build()
-        .map_err(|e| err("exec", e))?;
+        .build();
+    let _ = std::fs::remove_file(&process_file);
+    let pid = pid.map_err(|e| err("exec", e))?;
     let _ = std::fs::write(pid_file, pid.as_raw().to_string());
     use nix::sys::wait::{WaitStatus, waitpid};
     loop {
@@ -96,6 +100,33 @@ pub fn exec(
             Err(e) => return Err(err("wait exec", e)),
         }
     }
+}
+
+/// Write the container's process spec with `args` (and `terminal`) for a tenant process;
+/// returns its path (the caller removes it).
+fn process_spec(
+    id: &str,
+    root: &Path,
+    args: Vec<String>,
+    terminal: bool,
+) -> Result<std::path::PathBuf, String> {
+    let container = Container::load(root.join(id)).map_err(|e| err("load", e))?;
+    let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
+        .map_err(|e| err("container spec", e))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or("container spec without a process")?;
+    process.set_args(Some(args)).set_terminal(Some(terminal));
+    let file = root
+        .join(id)
+        .join(format!("exec-{}.json", std::process::id()));
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&process).map_err(|e| err("process spec", e))?,
+    )
+    .map_err(|e| err("writing process spec", e))?;
+    Ok(file)
 }
 
 /// Run `args` in the container on a terminal of its own (`kubectl exec -it`): the process
@@ -113,22 +144,7 @@ pub fn exec_tty(
     console_socket: &Path,
 ) -> Result<i32, String> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| err("child subreaper", e))?;
-    let container = Container::load(root.join(id)).map_err(|e| err("load", e))?;
-    let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
-        .map_err(|e| err("container spec", e))?;
-    let mut process = spec
-        .process()
-        .clone()
-        .ok_or("container spec without a process")?;
-    process.set_args(Some(args)).set_terminal(Some(true));
-    let process_file = root
-        .join(id)
-        .join(format!("exec-tty-{}.json", std::process::id()));
-    std::fs::write(
-        &process_file,
-        serde_json::to_vec(&process).map_err(|e| err("process spec", e))?,
-    )
-    .map_err(|e| err("writing process spec", e))?;
+    let process_file = process_spec(id, root, args, true)?;
     let (null, out, errfd) = stdio()?;
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
