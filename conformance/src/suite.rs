@@ -55,6 +55,8 @@ pub fn cases() -> Vec<Case> {
         case!(pod_sandbox_lifecycle),
         case!(container_lifecycle_logs_and_exec),
         case!(container_exit_code_and_reason),
+        case!(exec_streams_over_spdy_and_websocket),
+        case!(port_forward_over_spdy),
     ]
 }
 
@@ -659,4 +661,146 @@ async fn container_exit_code_and_reason(c: &Cri, o: &Options) -> anyhow::Result<
         .remove_container(cri::RemoveContainerRequest { container_id: id })
         .await?;
     remove_pod(c, &pod).await
+}
+
+/// A running container in its own pod, started from `script`.
+async fn running(
+    c: &Cri,
+    o: &Options,
+    pod_name: &str,
+    script: &str,
+) -> anyhow::Result<(String, String)> {
+    pull(c, &o.image).await?;
+    let (pod, pod_cfg) = run_pod(c, o, pod_name).await?;
+    let mut cc = c.clone();
+    let id = cc
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(o, "main", script)),
+            sandbox_config: Some(pod_cfg),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    cc.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    Ok((pod, id))
+}
+
+/// Exec through the streaming server as kubectl does: SPDY/3.1 (`v4.channel.k8s.io`, what the
+/// API server speaks to the runtime) with stdin, stdout, stderr and the exit Status, then
+/// WebSocket (v5 or v4, whichever the runtime speaks).
+async fn exec_streams_over_spdy_and_websocket(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    use crate::stream;
+    let (pod, id) = running(
+        c,
+        o,
+        "stream",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    )
+    .await?;
+    let mut cc = c.clone();
+    let url = |stdin: bool, cmd: &str| cri::ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
+        tty: false,
+        stdin,
+        stdout: true,
+        stderr: true,
+    };
+    let result = async {
+        let u = cc
+            .runtime
+            .exec(url(true, "cat; echo err >&2; exit 3"))
+            .await?
+            .into_inner()
+            .url;
+        let mut s = stream::spdy::connect(
+            &u,
+            &["v4.channel.k8s.io", "v3.channel.k8s.io"],
+            true,
+            true,
+            true,
+        )
+        .await?;
+        s.stdin(b"through spdy\n", true).await?;
+        let out = s.collect(std::time::Duration::from_secs(30)).await?;
+        ensure!(
+            out.stdout == b"through spdy\n" && out.stderr == b"err\n" && out.exit_code() == Some(3),
+            "SPDY exec gave {:?} {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.error)
+        );
+        let u = cc
+            .runtime
+            .exec(url(false, "echo over websocket"))
+            .await?
+            .into_inner()
+            .url;
+        let out = stream::connect(&u, &["v5.channel.k8s.io", "v4.channel.k8s.io"])
+            .await?
+            .collect(std::time::Duration::from_secs(30))
+            .await?;
+        ensure!(
+            out.stdout == b"over websocket\n" && out.exit_code() == Some(0),
+            "WebSocket exec gave {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.error)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    remove_pod(c, &pod).await?;
+    result
+}
+
+/// PortForward over SPDY (`portforward.k8s.io`) to a server listening on the pod's loopback.
+async fn port_forward_over_spdy(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    use crate::stream;
+    let (pod, _) = running(
+        c,
+        o,
+        "portfwd",
+        "exec nc -ll -p 18089 -e /bin/echo forwarded",
+    )
+    .await?;
+    let mut cc = c.clone();
+    let result = async {
+        let u = cc
+            .runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![18089],
+            })
+            .await?
+            .into_inner()
+            .url;
+        let mut s = stream::spdy::connect_portforward(&u).await?;
+        // The server takes a moment to listen.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let f = s
+                .forward(18089, b"", std::time::Duration::from_secs(10))
+                .await?;
+            if f.data == b"forwarded\n" {
+                return anyhow::Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "port-forward gave {:?}, error {:?}",
+                    String::from_utf8_lossy(&f.data),
+                    String::from_utf8_lossy(&f.error)
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    .await;
+    remove_pod(c, &pod).await?;
+    result
 }
