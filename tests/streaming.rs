@@ -569,6 +569,50 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     );
     drop(s);
 
+    // The same over WebSocket (kubelet's portforward.k8s.io): ports in the query, channels
+    // 2i (data) and 2i+1 (error), each opening with its port number.
+    let url = c
+        .runtime
+        .port_forward(cri::PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![8080, 8081],
+        })
+        .await?
+        .into_inner()
+        .url;
+    let mut ws = stream::connect(
+        &format!("{url}?port=8080&port=8081"),
+        &["portforward.k8s.io"],
+    )
+    .await?;
+    assert_eq!(ws.protocol, "portforward.k8s.io");
+    ws.send(2, b"ws ping").await?;
+    let mut got: std::collections::HashMap<u8, Vec<u8>> = Default::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let done = got
+            .get(&0)
+            .is_some_and(|d| d.ends_with(b"hello from the pod\n"))
+            && got.get(&2).is_some_and(|d| d.ends_with(b"ws ping"));
+        if done {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), ws.recv()).await {
+            Ok(Ok(Some((ch, data)))) => got.entry(ch).or_default().extend_from_slice(&data),
+            _ => break,
+        }
+    }
+    for (ch, port) in [(0u8, 8080u16), (1, 8080), (2, 8081), (3, 8081)] {
+        assert!(
+            got.get(&ch)
+                .is_some_and(|d| d.starts_with(&port.to_le_bytes())),
+            "channel {ch} opens with port {port}: {got:?}"
+        );
+    }
+    assert!(got[&0].ends_with(b"hello from the pod\n"), "{got:?}");
+    assert!(got[&2].ends_with(b"ws ping"), "{got:?}");
+    drop(ws);
+
     c.runtime
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
             pod_sandbox_id: pod,

@@ -1,15 +1,15 @@
 //! The streaming server: `Exec`, `Attach` and `PortForward` answer with a URL here, carrying a
 //! single-use token; kubelet's caller (the API server, or crictl) connects to it and upgrades
 //! the connection to a stream protocol: exec over SPDY/3.1 and WebSocket (the remote-command
-//! channel protocols, with or without a terminal), port-forward over SPDY/3.1. Attach and
-//! WebSocket port-forward follow (issue #6).
+//! channel protocols, with or without a terminal), port-forward over SPDY/3.1 and WebSocket.
+//! Attach follows (issue #6).
 //!
 //! - `tokens`: the single-use, expiring tokens;
 //! - `channel`: the channel framing and the Status messages kubectl reads;
 //! - `server`: the HTTP server, the WebSocket handshake and the bounds on sessions;
 //! - `exec`: one exec session — the command in the container, its stdio pumped both ways;
 //! - `ws`, `spdy`: the two transports of a remote-command session;
-//! - `portforward`: port-forward sessions over SPDY.
+//! - `portforward`: port-forward sessions over SPDY and WebSocket.
 
 pub mod channel;
 pub mod exec;

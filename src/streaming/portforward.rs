@@ -247,3 +247,160 @@ async fn forward(
         .await;
     let _ = up.await;
 }
+
+/// The WebSocket port-forward protocols (kubelet's `portforward.k8s.io` and its base64
+/// variant): one connection per requested port for the session; port `i` has data channel
+/// `2i` and error channel `2i+1`, and each channel opens with the port number (2 bytes,
+/// little-endian).
+pub const WS_PROTOCOLS: [&str; 2] = ["portforward.k8s.io", "base64.portforward.k8s.io"];
+
+pub async fn websocket<S>(
+    rt: Shared,
+    req: cri::PortForwardRequest,
+    ports: Vec<u16>,
+    base64: bool,
+    ws: tokio_tungstenite::WebSocketStream<S>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use super::channel::{self, Frame as WsFrame, Protocol};
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let framing = if base64 {
+        Protocol::V4Base64
+    } else {
+        Protocol::V4
+    };
+    let netns = match rt.pods.find(&req.pod_sandbox_id) {
+        Ok(p) => PathBuf::from(p.netns),
+        Err(_) => return,
+    };
+    let (mut sink, mut source) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<(u8, Vec<u8>)>(QUEUE * 4);
+    let writer = tokio::spawn(async move {
+        while let Some((ch, data)) = out_rx.recv().await {
+            let msg = match channel::encode(framing, ch, &data) {
+                WsFrame::Binary(v) => Message::binary(v),
+                WsFrame::Text(t) => Message::text(t),
+            };
+            if !matches!(
+                tokio::time::timeout(super::exec::STALL, sink.send(msg)).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
+        let _ = sink.close().await;
+    });
+    let mut inbound = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, port) in ports.iter().copied().enumerate() {
+        let (data_ch, err_ch) = ((2 * i) as u8, (2 * i + 1) as u8);
+        for ch in [data_ch, err_ch] {
+            let _ = out_tx.send((ch, port.to_le_bytes().to_vec())).await;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        inbound.push(tx);
+        let (out, netns, allowed) = (out_tx.clone(), netns.clone(), req.port.clone());
+        tasks.spawn(async move {
+            // Adapt the SPDY connection's frames to channel messages.
+            let (frames, mut frames_rx) = mpsc::channel::<Frame>(QUEUE);
+            let relay = tokio::spawn(async move {
+                while let Some(f) = frames_rx.recv().await {
+                    if let Frame::Data {
+                        stream_id, data, ..
+                    } = f
+                        && !data.is_empty()
+                    {
+                        let ch = if stream_id == 1 { err_ch } else { data_ch };
+                        if out.send((ch, data)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            forward(netns, port, allowed, 1, 2, rx, frames).await;
+            let _ = relay.await;
+        });
+    }
+    drop(out_tx);
+    while let Some(msg) = source.next().await {
+        let frame = match msg {
+            Ok(Message::Binary(b)) => WsFrame::Binary(b.to_vec()),
+            Ok(Message::Text(t)) => WsFrame::Text(t.to_string()),
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => continue,
+        };
+        match channel::decode(framing, frame) {
+            Ok((ch, data)) if ch % 2 == 0 && (ch as usize / 2) < inbound.len() => {
+                if !data.is_empty() && inbound[ch as usize / 2].send(Some(data)).await.is_err() {
+                    continue;
+                }
+            }
+            Ok(_) | Err(channel::DecodeError::Empty) => {}
+            Err(_) => break,
+        }
+    }
+    // The client left: its connections end with it.
+    tasks.shutdown().await;
+    drop(inbound);
+    let _ = writer.await;
+}
+
+/// The ports of a WebSocket port-forward: `port=` query parameters (as kubectl sends them),
+/// else the ports of the PortForward request. At most 64; each 1–65535.
+pub fn ws_ports(query: Option<&str>, req: &cri::PortForwardRequest) -> Result<Vec<u16>, String> {
+    let mut ports = Vec::new();
+    for pair in query.unwrap_or("").split('&') {
+        if let Some(v) = pair.strip_prefix("port=") {
+            let p = v
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("port {v:?} is not 1-65535"))?;
+            ports.push(p);
+        }
+    }
+    if ports.is_empty() {
+        for p in &req.port {
+            ports.push(
+                u16::try_from(*p)
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| format!("port {p} is not 1-65535"))?,
+            );
+        }
+    }
+    if ports.is_empty() {
+        return Err("no port to forward (query parameter \"port\" or the request's ports)".into());
+    }
+    if ports.len() > 64 {
+        return Err("more than 64 ports in one port-forward session".into());
+    }
+    Ok(ports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_ports_come_from_the_query_or_the_request() {
+        let req = cri::PortForwardRequest {
+            pod_sandbox_id: "p".into(),
+            port: vec![80, 443],
+        };
+        assert_eq!(
+            ws_ports(Some("port=8080&port=9090"), &req),
+            Ok(vec![8080, 9090])
+        );
+        assert_eq!(ws_ports(None, &req), Ok(vec![80, 443]));
+        assert!(ws_ports(Some("port=0"), &req).is_err());
+        assert!(ws_ports(Some("port=70000"), &req).is_err());
+        let none = cri::PortForwardRequest::default();
+        assert!(ws_ports(None, &none).is_err());
+        let many: String = (1..=65).map(|p| format!("port={p}&")).collect();
+        assert!(ws_ports(Some(&many), &none).is_err());
+    }
+}

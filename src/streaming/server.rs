@@ -62,12 +62,6 @@ async fn handle(
     if header_has(&req, header::UPGRADE, "SPDY/3.1") {
         return Ok(upgrade_spdy(rt, sessions, session, req));
     }
-    if matches!(session, Session::PortForward(_)) {
-        return Ok(reply(
-            StatusCode::BAD_REQUEST,
-            "port-forward is served over SPDY/3.1 (portforward.k8s.io); WebSocket port-forward is not served yet",
-        ));
-    }
     if !header_has(&req, header::UPGRADE, "websocket") {
         return Ok(reply(
             StatusCode::BAD_REQUEST,
@@ -94,11 +88,38 @@ async fn handle(
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect();
-    let Some(proto) = Protocol::negotiate(offered.iter().map(String::as_str)) else {
-        return Ok(reply(
-            StatusCode::BAD_REQUEST,
-            "no supported subprotocol offered (v5.channel.k8s.io, v4.channel.k8s.io, v4.base64.channel.k8s.io, channel.k8s.io, base64.channel.k8s.io)",
-        ));
+    // Port-forward: kubelet's WebSocket protocol, ports from the query (as kubectl sends them).
+    let forward = match &session {
+        Session::PortForward(r) => {
+            let Some(name) = offered
+                .iter()
+                .flat_map(|h| h.split(','))
+                .map(str::trim)
+                .find_map(|p| super::portforward::WS_PROTOCOLS.iter().find(|s| **s == p))
+            else {
+                return Ok(reply(
+                    StatusCode::BAD_REQUEST,
+                    "no supported subprotocol offered (portforward.k8s.io, base64.portforward.k8s.io)",
+                ));
+            };
+            match super::portforward::ws_ports(req.uri().query(), r) {
+                Ok(ports) => Some((*name, ports)),
+                Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, &e)),
+            }
+        }
+        _ => None,
+    };
+    let (proto, chosen) = match &forward {
+        Some((name, _)) => (None, *name),
+        None => match Protocol::negotiate(offered.iter().map(String::as_str)) {
+            Some(p) => (Some(p), p.name()),
+            None => {
+                return Ok(reply(
+                    StatusCode::BAD_REQUEST,
+                    "no supported subprotocol offered (v5.channel.k8s.io, v4.channel.k8s.io, v4.base64.channel.k8s.io, channel.k8s.io, base64.channel.k8s.io)",
+                ));
+            }
+        },
     };
     let Ok(permit) = sessions.try_acquire_owned() else {
         return Ok(reply(
@@ -121,10 +142,14 @@ async fn handle(
         let ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        match session {
-            Session::Exec(r) => super::ws::exec(rt, r, proto, ws).await,
-            // Not handed out yet (the RPCs answer Unimplemented).
-            Session::Attach(_) | Session::PortForward(_) => {}
+        match (session, proto, forward) {
+            (Session::Exec(r), Some(proto), _) => super::ws::exec(rt, r, proto, ws).await,
+            (Session::PortForward(r), _, Some((name, ports))) => {
+                let base64 = name.starts_with("base64.");
+                super::portforward::websocket(rt, r, ports, base64, ws).await
+            }
+            // Attach is not handed out yet (the RPC answers Unimplemented).
+            _ => {}
         }
         drop(permit);
     });
@@ -138,7 +163,7 @@ async fn handle(
     }
     h.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
-        HeaderValue::from_static(proto.name()),
+        HeaderValue::from_static(chosen),
     );
     Ok(r)
 }
