@@ -90,9 +90,15 @@ pub fn exec(
     let _ = std::fs::remove_file(&process_file);
     let pid = pid.map_err(|e| err("exec", e))?;
     let _ = std::fs::write(pid_file, pid.as_raw().to_string());
+    wait_exit(pid.as_raw())
+}
+
+/// Wait for `pid` (a child, or re-parented here as a subreaper): its exit code, or 128 + the
+/// signal that ended it.
+fn wait_exit(pid: i32) -> Result<i32, String> {
     use nix::sys::wait::{WaitStatus, waitpid};
     loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
+        match waitpid(nix::unistd::Pid::from_raw(pid), None) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
             Ok(_) => continue,
@@ -160,16 +166,7 @@ pub fn exec_tty(
     let _ = std::fs::remove_file(&process_file);
     let pid = built.map_err(|e| err("exec", e))?;
     let _ = std::fs::write(pid_file, pid.as_raw().to_string());
-    use nix::sys::wait::{WaitStatus, waitpid};
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(pid.as_raw()), None) {
-            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
-            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(err("wait exec", e)),
-        }
-    }
+    wait_exit(pid.as_raw())
 }
 
 /// Remove the container's runtime state and cgroup (it must have stopped; `force` kills first).

@@ -3,10 +3,11 @@
 //! and waits for the command, so its exit status is the command's; it writes the command's
 //! pid to a file so that a session that ends early can kill the command itself.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::{ContainerError, ContainerService, RunState};
+use crate::store::ContainerRecord;
 
 pub struct ExecProcess {
     /// The engine: stdin (when asked for), stdout and stderr are the command's (without a
@@ -59,13 +60,12 @@ impl ExecProcess {
 }
 
 impl ContainerService {
-    /// Start `cmd` in running container `id`, stdin piped when `stdin`.
-    pub async fn exec_process(
+    /// The running container `cmd` is for, a fresh name for the session, and its pid file.
+    async fn exec_target(
         &self,
         id: &str,
         cmd: &[String],
-        stdin: bool,
-    ) -> Result<ExecProcess, ContainerError> {
+    ) -> Result<(ContainerRecord, String, PathBuf), ContainerError> {
         if cmd.is_empty() {
             return Err(ContainerError::Invalid("exec: cmd is empty".into()));
         }
@@ -80,27 +80,44 @@ impl ContainerService {
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw)
             .map_err(|e| ContainerError::Internal(format!("exec: random: {e}")))?;
-        let pid_file =
-            PathBuf::from(&rec.state_dir).join(format!("stream-exec-{}.pid", hex::encode(raw)));
+        let name = hex::encode(raw);
+        let pid_file = PathBuf::from(&rec.state_dir).join(format!("stream-exec-{name}.pid"));
+        Ok((rec, name, pid_file))
+    }
+
+    /// `kelson-shim-engine exec` for `rec`, options before the command still to add.
+    fn engine_exec(&self, rec: &ContainerRecord, pid_file: &Path) -> tokio::process::Command {
         let mut c =
             tokio::process::Command::new(self.shim_binary.with_file_name("kelson-shim-engine"));
         c.args(["exec", "--id", &rec.id])
             .arg("--root")
             .arg(self.engine_root())
             .arg("--pid-file")
-            .arg(&pid_file);
+            .arg(pid_file)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Start `cmd` in running container `id`, stdin piped when `stdin`.
+    pub async fn exec_process(
+        &self,
+        id: &str,
+        cmd: &[String],
+        stdin: bool,
+    ) -> Result<ExecProcess, ContainerError> {
+        let (rec, _, pid_file) = self.exec_target(id, cmd).await?;
+        let mut c = self.engine_exec(&rec, &pid_file);
         if stdin {
             c.arg("--stdin");
         }
         let child = c
             .arg("--")
             .args(cmd)
-            .env_clear()
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|e| ContainerError::Internal(format!("exec: starting the engine: {e}")))?;
         Ok(ExecProcess {
@@ -119,23 +136,10 @@ impl ContainerService {
         cmd: &[String],
     ) -> Result<ExecProcess, ContainerError> {
         use std::os::unix::fs::PermissionsExt;
-        if cmd.is_empty() {
-            return Err(ContainerError::Invalid("exec: cmd is empty".into()));
-        }
-        let rec = self.find(id)?;
-        if self.view(rec.clone()).await.state != RunState::Running {
-            return Err(ContainerError::WrongState {
-                id: rec.id.clone(),
-                state: "not running",
-                op: "exec",
-            });
-        }
+        let (rec, name, pid_file) = self.exec_target(id, cmd).await?;
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             ContainerError::Internal(format!("exec with a terminal: {what}: {e}"))
         };
-        let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw).map_err(|e| internal("random", &e))?;
-        let name = hex::encode(raw);
         let dir = self.dirs.state.join("tty");
         std::fs::create_dir_all(&dir).map_err(|e| internal("socket dir", &e))?;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
@@ -149,26 +153,17 @@ impl ContainerService {
             }
         }
         let _cleanup = Remove(sock.clone());
-        let pid_file = PathBuf::from(&rec.state_dir).join(format!("stream-exec-{name}.pid"));
-        let mut child =
-            tokio::process::Command::new(self.shim_binary.with_file_name("kelson-shim-engine"))
-                .args(["exec", "--id", &rec.id])
-                .arg("--root")
-                .arg(self.engine_root())
-                .arg("--pid-file")
-                .arg(&pid_file)
-                .arg("--console-socket")
-                .arg(&sock)
-                .arg("--")
-                .args(cmd)
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .map_err(|e| internal("starting the engine", &e))?;
+        let mut child = self
+            .engine_exec(&rec, &pid_file)
+            .arg("--console-socket")
+            .arg(&sock)
+            .arg("--")
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| internal("starting the engine", &e))?;
         // The container's side connects and sends the master; an engine that fails first
         // says why on stderr.
         let accepted = tokio::select! {

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::channel::{self, Protocol, Size};
+use crate::container::exec::ExecProcess;
 use crate::cri::Shared;
 
 /// A client that accepts no output for this long is gone.
@@ -55,13 +56,6 @@ pub async fn run(
     mut input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Output>,
 ) {
-    let fail = |msg: String, reason: &str| {
-        Output::Exit(if proto.status_json() {
-            channel::failure_status(&msg, reason, None)
-        } else {
-            msg.into_bytes()
-        })
-    };
     if req.tty {
         return run_tty(rt, req, proto, input, output).await;
     }
@@ -72,7 +66,9 @@ pub async fn run(
     {
         Ok(p) => p,
         Err(e) => {
-            let _ = output.send(fail(e.to_string(), "InternalError")).await;
+            let _ = output
+                .send(failure(proto, e.to_string(), "InternalError"))
+                .await;
             return;
         }
     };
@@ -143,27 +139,50 @@ pub async fn run(
             }
         }
     }
-    if client_gone {
+    finish(proc, &req, proto, &output, client_gone, &[&reader, &writer]).await;
+}
+
+/// The end of a session: with the client gone the command is killed; otherwise its exit is
+/// waited for and reported. Either way the session's tasks stop and the pid file goes.
+async fn finish(
+    mut proc: ExecProcess,
+    req: &cri::ExecRequest,
+    proto: Protocol,
+    output: &mpsc::Sender<Output>,
+    client_gone: bool,
+    tasks: &[&tokio::task::JoinHandle<()>],
+) {
+    let code = if client_gone {
         tracing::info!(container = %req.container_id, "exec session: client gone; killing the command");
         proc.kill().await;
-        reader.abort();
-        writer.abort();
-        proc.cleanup();
-        return;
-    }
-    let code = match proc.child.wait().await {
-        Ok(st) => st.code().unwrap_or(128 + 9),
-        Err(_) => 255,
+        None
+    } else {
+        Some(match proc.child.wait().await {
+            Ok(st) => st.code().unwrap_or(128 + 9),
+            Err(_) => 255,
+        })
     };
-    writer.abort();
-    reader.abort();
+    for t in tasks {
+        t.abort();
+    }
     proc.cleanup();
-    let _ = tokio::time::timeout(
-        STALL,
-        output.send(Output::Exit(channel::exit_status(proto, code, &req.cmd))),
-    )
-    .await;
-    tracing::info!(container = %req.container_id, exit_code = code, "exec session ended");
+    if let Some(code) = code {
+        let _ = tokio::time::timeout(
+            STALL,
+            output.send(Output::Exit(channel::exit_status(proto, code, &req.cmd))),
+        )
+        .await;
+        tracing::info!(container = %req.container_id, exit_code = code, "exec session ended");
+    }
+}
+
+/// A Failure Status (or text, on the old protocols) as the session's last word.
+fn failure(proto: Protocol, msg: String, reason: &str) -> Output {
+    Output::Exit(if proto.status_json() {
+        channel::failure_status(&msg, reason, None)
+    } else {
+        msg.into_bytes()
+    })
 }
 
 /// Read from a non-blocking fd through the reactor; `Ok(0)` at EOF (EIO on a pty master whose
@@ -201,13 +220,6 @@ async fn run_tty(
     mut input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Output>,
 ) {
-    let fail = |msg: String| {
-        Output::Exit(if proto.status_json() {
-            channel::failure_status(&msg, "InternalError", None)
-        } else {
-            msg.into_bytes()
-        })
-    };
     let mut proc = match rt
         .containers
         .exec_tty_process(&req.container_id, &req.cmd)
@@ -215,7 +227,9 @@ async fn run_tty(
     {
         Ok(p) => p,
         Err(e) => {
-            let _ = output.send(fail(e.to_string())).await;
+            let _ = output
+                .send(failure(proto, e.to_string(), "InternalError"))
+                .await;
             return;
         }
     };
@@ -231,7 +245,9 @@ async fn run_tty(
         _ => {
             proc.kill().await;
             proc.cleanup();
-            let _ = output.send(fail("exec: no terminal".into())).await;
+            let _ = output
+                .send(failure(proto, "exec: no terminal".into(), "InternalError"))
+                .await;
             return;
         }
     };
@@ -277,23 +293,5 @@ async fn run_tty(
             }
         }
     }
-    if client_gone {
-        tracing::info!(container = %req.container_id, "exec session: client gone; killing the command");
-        proc.kill().await;
-        reader.abort();
-        proc.cleanup();
-        return;
-    }
-    let code = match proc.child.wait().await {
-        Ok(st) => st.code().unwrap_or(128 + 9),
-        Err(_) => 255,
-    };
-    reader.abort();
-    proc.cleanup();
-    let _ = tokio::time::timeout(
-        STALL,
-        output.send(Output::Exit(channel::exit_status(proto, code, &req.cmd))),
-    )
-    .await;
-    tracing::info!(container = %req.container_id, exit_code = code, "exec session ended");
+    finish(proc, &req, proto, &output, client_gone, &[&reader]).await;
 }

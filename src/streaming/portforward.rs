@@ -8,9 +8,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use bytes::BytesMut;
 use k8s_cri::v1 as cri;
-use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame, HeaderCodec};
+use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
@@ -40,22 +39,18 @@ where
         Err(_) => return,
     };
     let allowed: Vec<i32> = req.port.clone();
-    let (mut rd, wr) = tokio::io::split(io);
+    let (rd, wr) = tokio::io::split(io);
     let (frames, frames_rx) = mpsc::channel::<Frame>(QUEUE * 4);
     let writer = tokio::spawn(super::spdy::write_frames(wr, frames_rx));
-    let mut codec = HeaderCodec::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut frames_in = super::spdy::FrameReader::new(rd);
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Data stream id → the connection's inbound queue (None once the client sent FIN).
     let mut inbound: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
-        let f = match frame::parse(&mut buf, &mut codec) {
+        let f = match frames_in.next().await {
             Ok(Some(f)) => f,
-            Ok(None) => match rd.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => continue,
-            },
+            Ok(None) => break,
             Err(e) => {
                 tracing::debug!(error = %e, "port-forward session: bad frame; closing");
                 break;

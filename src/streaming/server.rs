@@ -14,7 +14,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -122,26 +122,14 @@ async fn handle(
         },
     };
     let Ok(permit) = sessions.try_acquire_owned() else {
-        return Ok(reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many streaming sessions at once; try again",
-        ));
+        return Ok(busy());
     };
     let accept = derive_accept_key(&key);
-    tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "streaming: upgrade failed");
-                return;
-            }
-        };
+    on_upgrade(req, permit, move |io| async move {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_MESSAGE))
             .max_frame_size(Some(MAX_MESSAGE));
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match (session, proto, forward) {
             (Session::Exec(r), Some(proto), _) => super::ws::exec(rt, r, proto, ws).await,
             (Session::PortForward(r), _, Some((name, ports))) => {
@@ -151,7 +139,6 @@ async fn handle(
             // Attach is not handed out yet (the RPC answers Unimplemented).
             _ => {}
         }
-        drop(permit);
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -166,6 +153,29 @@ async fn handle(
         HeaderValue::from_static(chosen),
     );
     Ok(r)
+}
+
+fn busy() -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many streaming sessions at once; try again",
+    )
+}
+
+/// After the 101 answer: run `session` on the upgraded connection in a task that holds the
+/// session slot until it ends.
+fn on_upgrade<F, Fut>(req: Request<Incoming>, permit: OwnedSemaphorePermit, session: F)
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(u) => session(TokioIo::new(u)).await,
+            Err(e) => tracing::debug!(error = %e, "streaming: upgrade failed"),
+        }
+        drop(permit);
+    });
 }
 
 /// The SPDY/3.1 upgrade: the remote-command version from `X-Stream-Protocol-Version`.
@@ -196,27 +206,14 @@ fn upgrade_spdy(
         );
     };
     let Ok(permit) = sessions.try_acquire_owned() else {
-        return reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many streaming sessions at once; try again",
-        );
+        return busy();
     };
-    tokio::spawn(async move {
-        let upgraded = match hyper::upgrade::on(req).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "streaming: upgrade failed");
-                return;
-            }
-        };
+    on_upgrade(req, permit, move |io| async move {
         match session {
-            Session::Exec(r) => super::spdy::exec(rt, r, version, TokioIo::new(upgraded)).await,
-            Session::PortForward(r) => {
-                super::portforward::spdy(rt, r, TokioIo::new(upgraded)).await
-            }
+            Session::Exec(r) => super::spdy::exec(rt, r, version, io).await,
+            Session::PortForward(r) => super::portforward::spdy(rt, r, io).await,
             Session::Attach(_) => {}
         }
-        drop(permit);
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -64,6 +64,36 @@ fn kind(name: &str) -> Option<Kind> {
     })
 }
 
+/// Frames from the client: bytes read as needed, one header-decompression context.
+pub(super) struct FrameReader<R> {
+    rd: R,
+    buf: BytesMut,
+    codec: HeaderCodec,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(super) fn new(rd: R) -> FrameReader<R> {
+        FrameReader {
+            rd,
+            buf: BytesMut::with_capacity(64 * 1024),
+            codec: HeaderCodec::new(),
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the connection ended (EOF or a read error).
+    pub(super) async fn next(&mut self) -> Result<Option<Frame>, frame::FrameError> {
+        loop {
+            if let Some(f) = frame::parse(&mut self.buf, &mut self.codec)? {
+                return Ok(Some(f));
+            }
+            match self.rd.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
 /// Frames to the client, each written whole (one header-compression context, in order).
 pub(super) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
     let mut codec = HeaderCodec::new();
@@ -94,7 +124,7 @@ where
     } else {
         Protocol::Channel
     };
-    let (mut rd, wr) = tokio::io::split(io);
+    let (rd, wr) = tokio::io::split(io);
     let (frames, frames_rx) = mpsc::channel::<Frame>(QUEUE * 2);
     let writer = tokio::spawn(write_frames(wr, frames_rx));
     let (in_tx, in_rx) = mpsc::channel::<Input>(QUEUE);
@@ -105,17 +135,13 @@ where
     let reader = {
         let frames = frames.clone();
         tokio::spawn(async move {
-            let mut codec = HeaderCodec::new();
-            let mut buf = BytesMut::with_capacity(64 * 1024);
+            let mut frames_in = FrameReader::new(rd);
             let mut by_id: HashMap<u32, Kind> = HashMap::new();
             let mut resize_buf: Vec<u8> = Vec::new();
             loop {
-                let f = match frame::parse(&mut buf, &mut codec) {
+                let f = match frames_in.next().await {
                     Ok(Some(f)) => f,
-                    Ok(None) => match rd.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => continue,
-                    },
+                    Ok(None) => return,
                     Err(e) => {
                         tracing::debug!(error = %e, "SPDY session: bad frame; closing");
                         let _ = frames
