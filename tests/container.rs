@@ -108,16 +108,6 @@ async fn setup() -> anyhow::Result<(common::Env, String)> {
     Ok((e, image))
 }
 
-/// Mounts below this daemon's dirs (other tests mount concurrently elsewhere).
-fn mounts(d: &kelson_testkit::Daemon) -> usize {
-    let dir = d.dir.path().display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
-        .count()
-}
-
 fn cgroup_dir(p: &Pod, id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/memory").join(&p.cgroup).join(id)
 }
@@ -483,7 +473,7 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
     let (mut e, image) = setup().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "edge").await?;
-    let before_mounts = mounts(&e.daemon);
+    let before_mounts = common::mounts_of(&e.daemon);
     let err = create(&mut c, &p, ctr("x", "127.0.0.1:1/nope:v1", &["/bin/true"]))
         .await
         .unwrap_err();
@@ -532,7 +522,7 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
         Code::AlreadyExists
     );
     // Nothing from the failed creates: one rootfs mount (the good container) more than before.
-    assert_eq!(mounts(&e.daemon), before_mounts + 1);
+    assert_eq!(common::mounts_of(&e.daemon), before_mounts + 1);
     assert_eq!(common::count(&e.daemon.root.join("containers")), 1);
 
     // kelsond restarts (and crashes) while the container runs: it keeps running.
@@ -575,7 +565,11 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
             pod_sandbox_id: p.id.clone(),
         })
         .await?;
-    assert_eq!(mounts(&e.daemon), 0, "pod and container mounts all gone");
+    assert_eq!(
+        common::mounts_of(&e.daemon),
+        0,
+        "pod and container mounts all gone"
+    );
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
@@ -720,7 +714,7 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
             pod_sandbox_id: p.id.clone(),
         })
         .await?;
-    assert_eq!(mounts(&e.daemon), 0);
+    assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
@@ -1084,7 +1078,7 @@ async fn shim_killed() -> anyhow::Result<()> {
             pod_sandbox_id: p.id.clone(),
         })
         .await?;
-    assert_eq!(mounts(&e.daemon), 0);
+    assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
@@ -1249,7 +1243,7 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
             pod_sandbox_id: p.id.clone(),
         })
         .await?;
-    assert_eq!(mounts(&e.daemon), 0);
+    assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
@@ -1358,7 +1352,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
             pod_sandbox_id: p.id.clone(),
         })
         .await?;
-    assert_eq!(mounts(&e.daemon), 0);
+    assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }

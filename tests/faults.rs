@@ -52,37 +52,7 @@ fn cgroup_top() -> String {
 }
 
 fn pod_cfg(name: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "faults".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.join(name).display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{}/{name}", cgroup_top()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn ctr_cfg(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
+    common::pod_config(name, "faults", &format!("/{}/{name}", cgroup_top()), logs)
 }
 
 /// One pod's whole life as kubelet drives it. Run against a kelsond that gets killed
@@ -104,7 +74,11 @@ async fn lifecycle(socket: PathBuf, name: String, logs: PathBuf, image: String) 
             .runtime
             .create_container(cri::CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(ctr_cfg("work", &image, &["/bin/sleep", "3600"])),
+                config: Some(common::container_config(
+                    "work",
+                    &image,
+                    &["/bin/sleep", "3600"],
+                )),
                 sandbox_config: Some(cfg),
             })
             .await?
@@ -313,10 +287,6 @@ async fn listed(c: &mut Cri) -> anyhow::Result<(HashSet<String>, HashSet<String>
     Ok((pods, ctrs.into_iter().map(|c| c.id).collect()))
 }
 
-fn fds(pid: u32) -> usize {
-    common::count(Path::new(&format!("/proc/{pid}/fd")))
-}
-
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| !s.contains("State:\tZ"))
 }
@@ -368,7 +338,11 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         .runtime
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: sentinel_pod.clone(),
-            config: Some(ctr_cfg("sentinel", &image, &["/bin/sleep", "3600"])),
+            config: Some(common::container_config(
+                "sentinel",
+                &image,
+                &["/bin/sleep", "3600"],
+            )),
             sandbox_config: Some(cfg),
         })
         .await?
@@ -413,7 +387,7 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         baseline,
         "a full lifecycle without a crash leaves the baseline"
     );
-    let baseline_fds = fds(d.pid().unwrap());
+    let baseline_fds = common::fds(d.pid().unwrap());
 
     let seed = seed()?;
     println!("crash points: seed {seed}, lifecycle span {span} ms");
@@ -477,7 +451,7 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         }
         let after = survey(&d, ipam.path());
         assert_eq!(after, baseline, "{ctx}: back to the baseline");
-        let n = fds(d.pid().unwrap());
+        let n = common::fds(d.pid().unwrap());
         assert!(
             n <= baseline_fds + 4,
             "{ctx}: kelsond holds {n} fds, {baseline_fds} before"

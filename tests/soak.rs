@@ -12,20 +12,6 @@ use k8s_cri::v1 as cri;
 use kelson_testkit::daemon::Cri;
 use kelson_testkit::measure::rss_kib;
 
-fn fds(pid: u32) -> usize {
-    common::count(Path::new(&format!("/proc/{pid}/fd")))
-}
-
-/// Mounts below this daemon's dirs.
-fn mounts(d: &kelson_testkit::Daemon) -> usize {
-    let dir = d.dir.path().display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
-        .count()
-}
-
 /// Cgroup dirs (memory controller) under `top`, recursively.
 fn cgroups(top: &str) -> usize {
     fn walk(p: &Path) -> usize {
@@ -39,74 +25,6 @@ fn cgroups(top: &str) -> usize {
             .unwrap_or(0)
     }
     walk(&Path::new("/sys/fs/cgroup/memory").join(top))
-}
-
-fn pod_cfg(name: &str, top: &str, logs: &Path) -> cri::PodSandboxConfig {
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "soak".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.join(name).display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{top}/{name}"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn ctr_cfg(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
-async fn run_pod(c: &mut Cri, cfg: &cri::PodSandboxConfig) -> anyhow::Result<String> {
-    Ok(c.runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id)
-}
-
-async fn create_start(
-    c: &mut Cri,
-    pod: &str,
-    cfg: &cri::PodSandboxConfig,
-    ctr: cri::ContainerConfig,
-) -> anyhow::Result<String> {
-    let id = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(ctr),
-            sandbox_config: Some(cfg.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    Ok(id)
 }
 
 #[derive(Debug, PartialEq)]
@@ -128,11 +46,11 @@ async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
     let mut c = d.cri().await?;
     let logs = tempfile::tempdir()?;
     let top = format!("kelson-soak1-{}", std::process::id());
-    let cfg = pod_cfg("cycles", &top, logs.path());
-    let pod = run_pod(&mut c, &cfg).await?;
+    let cfg = common::pod_config("cycles", "soak", &format!("/{top}/cycles"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
     let counts = |c: usize| Counts {
-        fds: fds(pid),
-        mounts: mounts(d),
+        fds: common::fds(pid),
+        mounts: common::mounts_of(d),
         cgroups: cgroups(&top),
         container_dirs: common::count(&d.state.join("containers")),
         containers: c,
@@ -143,11 +61,11 @@ async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
     let mut warm = None;
     let began = Instant::now();
     for i in 0..CYCLES {
-        let id = create_start(
+        let id = common::create_start(
             &mut c,
             &pod,
             &cfg,
-            ctr_cfg(&format!("c{}", i % 7), &image, &["/bin/true"]),
+            common::container_config(&format!("c{}", i % 7), &image, &["/bin/true"]),
         )
         .await?;
         // Mostly exited by itself, sometimes still running: both removal paths.
@@ -195,7 +113,7 @@ async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
             pod_sandbox_id: pod,
         })
         .await?;
-    assert_eq!(mounts(d), 0);
+    assert_eq!(common::mounts_of(d), 0);
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -258,14 +176,15 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
     let top = format!("kelson-soak2-{}", std::process::id());
     let mut pods = Vec::new();
     for i in 0..PODS {
-        let cfg = pod_cfg(&format!("p{i}"), &top, logs.path());
-        let pod = run_pod(&mut c, &cfg).await?;
+        let name = format!("p{i}");
+        let cfg = common::pod_config(&name, "soak", &format!("/{top}/{name}"), logs.path());
+        let pod = common::run_pod(&mut c, &cfg).await?;
         // A little work, so the stats move: a line every second.
-        create_start(
+        common::create_start(
             &mut c,
             &pod,
             &cfg,
-            ctr_cfg(
+            common::container_config(
                 "app",
                 &image,
                 &["/bin/sh", "-c", "while :; do echo tick; sleep 1; done"],
@@ -277,7 +196,7 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
 
     let first = poll(&mut c).await?;
     assert_eq!((first.0, first.1), (PODS, PODS));
-    let (fds0, rss0) = (fds(pid), rss_kib(pid));
+    let (fds0, rss0) = (common::fds(pid), rss_kib(pid));
     let mut early = Vec::new();
     let mut late = Vec::new();
     let began = Instant::now();
@@ -295,12 +214,12 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
             println!(
                 "poll {rounds}: {took:?}, RSS {} KiB, fds {}",
                 rss_kib(pid),
-                fds(pid)
+                common::fds(pid)
             );
         }
         tokio::time::sleep(interval).await;
     }
-    let (fds1, rss1) = (fds(pid), rss_kib(pid));
+    let (fds1, rss1) = (common::fds(pid), rss_kib(pid));
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
@@ -336,7 +255,7 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
             .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
             .await?;
     }
-    assert_eq!(mounts(d), 0);
+    assert_eq!(common::mounts_of(d), 0);
     common::remove_cgroup_tree(&top);
     Ok(())
 }

@@ -18,53 +18,10 @@ const V4B64: &str = "v4.base64.channel.k8s.io";
 
 async fn running(c: &mut Cri, image: &str, top: &str) -> anyhow::Result<(String, String)> {
     let logs = tempfile::tempdir()?.keep();
-    let cfg = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: "stream".into(),
-            uid: "uid-stream".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        log_directory: logs.display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{top}/stream"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let pod = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let id = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "main".into(),
-                    attempt: 0,
-                }),
-                image: common::spec(image),
-                command: vec!["/bin/sleep".into(), "3600".into()],
-                log_path: "main.log".into(),
-                ..Default::default()
-            }),
-            sandbox_config: Some(cfg),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    let cfg = common::pod_config("stream", "default", &format!("/{top}/stream"), &logs);
+    let pod = common::run_pod(c, &cfg).await?;
+    let ctr = common::container_config("main", image, &["/bin/sleep", "3600"]);
+    let id = common::create_start(c, &pod, &cfg, ctr).await?;
     Ok((pod, id))
 }
 

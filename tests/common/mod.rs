@@ -127,3 +127,100 @@ pub fn allocations(data_dir: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A pod named `name` (uid `uid-<name>`) in `namespace`, its cgroup at `cgroup_parent`, its
+/// logs under `logs/<name>`.
+pub fn pod_config(
+    name: &str,
+    namespace: &str,
+    cgroup_parent: &str,
+    logs: &std::path::Path,
+) -> k8s_cri::v1::PodSandboxConfig {
+    use k8s_cri::v1 as cri;
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: namespace.into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.join(name).display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: cgroup_parent.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container `name` running `cmd` from `image`, logging to `<name>.log`.
+pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> k8s_cri::v1::ContainerConfig {
+    use k8s_cri::v1 as cri;
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: spec(image),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// RunPodSandbox: the pod's id.
+pub async fn run_pod(
+    c: &mut kelson_testkit::daemon::Cri,
+    cfg: &k8s_cri::v1::PodSandboxConfig,
+) -> anyhow::Result<String> {
+    Ok(c.runtime
+        .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
+            config: Some(cfg.clone()),
+            runtime_handler: String::new(),
+        })
+        .await?
+        .into_inner()
+        .pod_sandbox_id)
+}
+
+/// CreateContainer + StartContainer: the container's id.
+pub async fn create_start(
+    c: &mut kelson_testkit::daemon::Cri,
+    pod: &str,
+    cfg: &k8s_cri::v1::PodSandboxConfig,
+    ctr: k8s_cri::v1::ContainerConfig,
+) -> anyhow::Result<String> {
+    use k8s_cri::v1 as cri;
+    let id = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ctr),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    Ok(id)
+}
+
+/// Open file descriptors of process `pid`.
+pub fn fds(pid: u32) -> usize {
+    count(std::path::Path::new(&format!("/proc/{pid}/fd")))
+}
+
+/// Mounts below this daemon's dirs (other tests mount concurrently elsewhere).
+pub fn mounts_of(d: &Daemon) -> usize {
+    let dir = d.dir.path().display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
+        .count()
+}
