@@ -61,34 +61,9 @@ async fn lifecycle(socket: PathBuf, name: String, logs: PathBuf, image: String) 
     let run = async {
         let mut c = kelson_conformance::connect(&socket).await?;
         let cfg = pod_cfg(&name, &logs);
-        let pod = c
-            .runtime
-            .run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(cfg.clone()),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
-        let id = c
-            .runtime
-            .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(common::container_config(
-                    "work",
-                    &image,
-                    &["/bin/sleep", "3600"],
-                )),
-                sandbox_config: Some(cfg),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        c.runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
+        let pod = common::run_pod(&mut c, &cfg).await?;
+        let ctr = common::container_config("work", &image, &["/bin/sleep", "3600"]);
+        let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
         c.runtime
             .stop_container(cri::StopContainerRequest {
                 container_id: id.clone(),
@@ -325,34 +300,9 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
 
     // The container that must live through every crash.
     let cfg = pod_cfg("sentinel", logs.path());
-    let sentinel_pod = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let sentinel = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: sentinel_pod.clone(),
-            config: Some(common::container_config(
-                "sentinel",
-                &image,
-                &["/bin/sleep", "3600"],
-            )),
-            sandbox_config: Some(cfg),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: sentinel.clone(),
-        })
-        .await?;
+    let sentinel_pod = common::run_pod(&mut c, &cfg).await?;
+    let ctr = common::container_config("sentinel", &image, &["/bin/sleep", "3600"]);
+    let sentinel = common::create_start(&mut c, &sentinel_pod, &cfg, ctr).await?;
     let sentinel_init: i32 = std::fs::read_to_string(
         d.state
             .join("containers")
