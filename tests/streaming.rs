@@ -7,6 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use k8s_cri::v1 as cri;
 use kelson_conformance::stream;
 use kelson_testkit::daemon::Cri;
@@ -645,6 +647,245 @@ async fn exec_with_a_terminal() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains("not-interrupted"), "{text:?}");
     assert_eq!(out.exit_code(), Some(130), "{text:?}");
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+/// Stdout and stderr of a WebSocket session until `needle` has appeared in stdout.
+async fn read_until(
+    s: &mut stream::Session,
+    needle: &str,
+    within: Duration,
+) -> anyhow::Result<(String, String)> {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    tokio::time::timeout(within, async {
+        while !String::from_utf8_lossy(&out).contains(needle) {
+            match s.recv().await? {
+                Some((stream::STDOUT, d)) => out.extend_from_slice(&d),
+                Some((stream::STDERR, d)) => err.extend_from_slice(&d),
+                Some(_) => {}
+                None => anyhow::bail!("session ended before {needle:?}"),
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "no {needle:?} within {within:?}; stdout so far {:?}",
+            String::from_utf8_lossy(&out)
+        )
+    })??;
+    Ok((
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    ))
+}
+
+async fn attach_url(
+    c: &mut Cri,
+    id: &str,
+    stdin: bool,
+    stderr: bool,
+    tty: bool,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .attach(cri::AttachRequest {
+            container_id: id.into(),
+            stdin,
+            tty,
+            stdout: true,
+            stderr,
+        })
+        .await?
+        .into_inner()
+        .url)
+}
+
+async fn container_state(c: &mut Cri, id: &str) -> anyhow::Result<(i32, i32)> {
+    let s = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .ok_or_else(|| anyhow::anyhow!("no status"))?;
+    Ok((s.state, s.exit_code))
+}
+
+async fn wait_exited(c: &mut Cri, id: &str) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (state, code) = container_state(c, id).await?;
+        if state == cri::ContainerState::ContainerExited as i32 {
+            return Ok(code);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "container {id} did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `kubectl attach` / `crictl attach`: several attachers at once on both transports, detaching
+/// (by leaving or closing stdin) keeps the container running, its exit ends every session,
+/// `stdin_once`, a container on a terminal (resize, TERM), and bad requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_to_running_containers() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest6-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("attach", "default", &format!("/{top}/attach"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    let start = |c: &mut Cri, name: &str, cmd: &[&str], stdin_once: bool, tty: bool| {
+        let mut ctr = common::container_config(name, &image, cmd);
+        ctr.stdin = true;
+        ctr.stdin_once = stdin_once;
+        ctr.tty = tty;
+        let (mut c, pod, cfg) = (c.clone(), pod.clone(), cfg.clone());
+        async move { common::create_start(&mut c, &pod, &cfg, ctr).await }
+    };
+
+    // A shell reading lines from its stdin, answering on stdout and stderr.
+    let script = r#"echo ready; while read l; do [ "$l" = quit ] && break; echo "got:$l"; echo "err:$l" >&2; done; echo bye; exit 3"#;
+    let id = start(&mut c, "reader", &["/bin/sh", "-c", script], false, false).await?;
+
+    // Bad requests first.
+    let none = c
+        .runtime
+        .attach(cri::AttachRequest {
+            container_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::InvalidArgument, "{none:?}");
+    let missing = attach_url(&mut c, "0123456789abcdef", true, true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+
+    // Attacher A (WebSocket, all streams) and attacher B (SPDY, output only) at once.
+    let mut a = stream::connect(&attach_url(&mut c, &id, true, true, false).await?, &[V5]).await?;
+    let b_url = attach_url(&mut c, &id, false, false, false).await?;
+    let mut b = stream::spdy::connect(&b_url, &["v4.channel.k8s.io"], false, true, false).await?;
+    let b_writer = b.take_writer();
+    // Let both join before the first line (output from before an attach is in the log only).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.send(stream::STDIN, b"one\n").await?;
+    let (out, _) = read_until(&mut a, "got:one", Duration::from_secs(20)).await?;
+    assert!(out.contains("got:one"), "{out:?}");
+    // A leaves without a word: the container keeps running, stdin stays open for the next.
+    a.abandon();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        container_state(&mut c, &id).await?.0,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let mut a2 = stream::connect(&attach_url(&mut c, &id, true, true, false).await?, &[V5]).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a2.send(stream::STDIN, b"two\n").await?;
+    let (out, err) = read_until(&mut a2, "got:two", Duration::from_secs(20)).await?;
+    assert!(
+        out.contains("got:two") && !out.contains("got:one"),
+        "{out:?}"
+    );
+    // Closing stdin without stdin_once detaches this session (Success), the container runs on.
+    a2.close_stdin().await?;
+    let rest = a2.collect(Duration::from_secs(20)).await.context("a2")?;
+    assert_eq!(
+        rest.exit_code(),
+        Some(0),
+        "{:?}",
+        String::from_utf8_lossy(&rest.error)
+    );
+    let all_err = format!("{err}{}", String::from_utf8_lossy(&rest.stderr));
+    assert!(all_err.contains("err:two"), "{all_err:?}");
+    assert_eq!(
+        container_state(&mut c, &id).await?.0,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    // The container's exit ends every session, after its last output.
+    let mut a3 =
+        stream::connect(&attach_url(&mut c, &id, true, false, false).await?, &[V4]).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a3.send(stream::STDIN, b"quit\n").await?;
+    let end = a3.collect(Duration::from_secs(20)).await.context("a3")?;
+    assert!(String::from_utf8_lossy(&end.stdout).contains("bye"));
+    assert_eq!(
+        end.exit_code(),
+        Some(0),
+        "attach reports Success, not the container's code"
+    );
+    let seen_by_b = b.collect(Duration::from_secs(20)).await.context("b")?;
+    drop(b_writer);
+    let text = String::from_utf8_lossy(&seen_by_b.stdout);
+    for want in ["got:one", "got:two", "bye"] {
+        assert!(text.contains(want), "B missed {want}: {text:?}");
+    }
+    assert!(seen_by_b.stderr.is_empty(), "B did not ask for stderr");
+    assert_eq!(wait_exited(&mut c, &id).await?, 3);
+    // The log has everything, whoever was attached.
+    let log = std::fs::read_to_string(logs.path().join("attach/reader.log"))?;
+    for want in [
+        "stdout F ready",
+        "stdout F got:one",
+        "stderr F err:two",
+        "stdout F bye",
+    ] {
+        assert!(log.contains(want), "log lacks {want:?}: {log}");
+    }
+    // Attaching to an exited container is refused.
+    let gone = attach_url(&mut c, &id, false, true, false)
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::FailedPrecondition, "{gone:?}");
+
+    // stdin_once: the first attacher's end of stdin is the container's.
+    let id = start(&mut c, "once", &["/bin/busybox", "cat"], true, false).await?;
+    let mut s = stream::connect(&attach_url(&mut c, &id, true, true, false).await?, &[V5]).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.send(stream::STDIN, b"abc\n").await?;
+    s.close_stdin().await?;
+    let out = s.collect(Duration::from_secs(20)).await.context("s")?;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "abc\n");
+    assert_eq!(wait_exited(&mut c, &id).await?, 0, "cat saw EOF and ended");
+
+    // A container on a terminal: resize, TERM, the terminal's echo; leaving keeps it running.
+    let id = start(&mut c, "term", &["/bin/sh"], false, true).await?;
+    let mut t = stream::connect(&attach_url(&mut c, &id, true, false, true).await?, &[V5]).await?;
+    t.send(stream::RESIZE, br#"{"Width":100,"Height":33}"#)
+        .await?;
+    t.send(
+        stream::STDIN,
+        b"echo size=$(/bin/busybox stty size) term=$TERM\n",
+    )
+    .await?;
+    let (out, _) = read_until(&mut t, "term=xterm", Duration::from_secs(20)).await?;
+    assert!(out.contains("size=33 100"), "{out:?}");
+    t.abandon();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        container_state(&mut c, &id).await?.0,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let mut t = stream::connect(&attach_url(&mut c, &id, true, false, true).await?, &[V5]).await?;
+    t.send(stream::STDIN, b"exit 5\n").await?;
+    let out = t.collect(Duration::from_secs(20)).await.context("t")?;
+    assert_eq!(out.exit_code(), Some(0), "{out:?}");
+    assert_eq!(wait_exited(&mut c, &id).await?, 5);
+    let log = std::fs::read_to_string(logs.path().join("attach/term.log"))?;
+    assert!(log.contains("term=xterm"), "{log}");
 
     c.runtime
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {

@@ -56,6 +56,7 @@ pub fn cases() -> Vec<Case> {
         case!(container_lifecycle_logs_and_exec),
         case!(container_exit_code_and_reason),
         case!(exec_streams_over_spdy_and_websocket),
+        case!(attach_to_a_running_container),
         case!(port_forward_over_spdy),
     ]
 }
@@ -752,6 +753,115 @@ async fn exec_streams_over_spdy_and_websocket(c: &Cri, o: &Options) -> anyhow::R
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.error)
         );
+        anyhow::Ok(())
+    }
+    .await;
+    remove_pod(c, &pod).await?;
+    result
+}
+
+/// Attach (`kubectl attach -i`) to a container created with stdin: a line sent over SPDY comes
+/// back on stdout; leaving the session keeps the container running; a second attacher (over
+/// WebSocket) finds stdin still open.
+async fn attach_to_a_running_container(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    use crate::stream;
+    use kelson_proto::spdy::frame::Frame;
+    use std::time::Duration;
+    pull(c, &o.image).await?;
+    let (pod, pod_cfg) = run_pod(c, o, "attach").await?;
+    let mut cc = c.clone();
+    let result = async {
+        let mut cfg = container_config(o, "main", r#"while read l; do echo "got:$l"; done"#);
+        cfg.stdin = true;
+        let id = cc
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        cc.runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+        let attach = |id: &str| cri::AttachRequest {
+            container_id: id.into(),
+            stdin: true,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        };
+        let u = cc.runtime.attach(attach(&id)).await?.into_inner().url;
+        let mut s = stream::spdy::connect(&u, &["v4.channel.k8s.io"], true, true, true).await?;
+        let stdout_id = s.streams.get("stdout").copied().unwrap_or(0);
+        // Joining is asynchronous on every runtime: send until the answer shows up.
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut next_send = std::time::Instant::now();
+        while !String::from_utf8_lossy(&seen).contains("got:over-spdy") {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no echo over SPDY attach; stdout {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            if std::time::Instant::now() >= next_send {
+                s.stdin(b"over-spdy\n", false).await?;
+                next_send = std::time::Instant::now() + Duration::from_secs(2);
+            }
+            if let Ok(f) = tokio::time::timeout(Duration::from_millis(200), s.next()).await {
+                match f? {
+                    Some(Frame::Data {
+                        stream_id, data, ..
+                    }) if stream_id == stdout_id => seen.extend_from_slice(&data),
+                    Some(_) => {}
+                    None => bail!("SPDY attach ended early"),
+                }
+            }
+        }
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let st = cc
+            .runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: id.clone(),
+                verbose: false,
+            })
+            .await?
+            .into_inner()
+            .status
+            .unwrap_or_default();
+        ensure!(
+            st.state == cri::ContainerState::ContainerRunning as i32,
+            "leaving an attach session stopped the container (state {})",
+            st.state
+        );
+        let u = cc.runtime.attach(attach(&id)).await?.into_inner().url;
+        let mut s = stream::connect(&u, &["v5.channel.k8s.io", "v4.channel.k8s.io"]).await?;
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut next_send = std::time::Instant::now();
+        while !String::from_utf8_lossy(&seen).contains("got:over-websocket") {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no echo over WebSocket attach; stdout {:?}",
+                String::from_utf8_lossy(&seen)
+            );
+            if std::time::Instant::now() >= next_send {
+                s.send(stream::STDIN, b"over-websocket\n").await?;
+                next_send = std::time::Instant::now() + Duration::from_secs(2);
+            }
+            if let Ok(r) = tokio::time::timeout(Duration::from_millis(200), s.recv()).await {
+                match r? {
+                    Some((stream::STDOUT, d)) => seen.extend_from_slice(&d),
+                    Some(_) => {}
+                    None => bail!("WebSocket attach ended early"),
+                }
+            }
+        }
         anyhow::Ok(())
     }
     .await;

@@ -3,7 +3,7 @@
 /// What the daemon asks.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
-    #[prost(oneof = "request::Kind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "request::Kind", tags = "1, 2, 3, 4, 5, 6, 7, 8")]
     pub kind: Option<request::Kind>,
 }
 
@@ -31,7 +31,57 @@ pub mod request {
         /// Answer (with the state) once the container has exited.
         #[prost(message, tag = "7")]
         Wait(super::Empty),
+        /// Join the running container's stdio. After the (empty) answer the connection carries
+        /// `AttachFrame`s both ways until the container exits or either side leaves.
+        #[prost(message, tag = "8")]
+        Attach(super::Attach),
     }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Attach {
+    /// Send stdin (the container must have been created with stdin; otherwise it is ignored).
+    #[prost(bool, tag = "1")]
+    pub stdin: bool,
+    #[prost(bool, tag = "2")]
+    pub stdout: bool,
+    #[prost(bool, tag = "3")]
+    pub stderr: bool,
+}
+
+/// One message on an attach connection.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AttachFrame {
+    #[prost(oneof = "attach_frame::Kind", tags = "1, 2, 3, 4, 5")]
+    pub kind: Option<attach_frame::Kind>,
+}
+
+pub mod attach_frame {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// Attacher → shim: bytes for the container's stdin.
+        #[prost(bytes = "vec", tag = "1")]
+        Stdin(Vec<u8>),
+        /// Attacher → shim: no more stdin from this attacher.
+        #[prost(message, tag = "2")]
+        StdinClose(super::Empty),
+        /// Attacher → shim: the terminal's new size (containers with a terminal).
+        #[prost(message, tag = "3")]
+        Resize(super::Resize),
+        /// Shim → attacher: container output (on a terminal, everything is stdout).
+        #[prost(bytes = "vec", tag = "4")]
+        Stdout(Vec<u8>),
+        #[prost(bytes = "vec", tag = "5")]
+        Stderr(Vec<u8>),
+    }
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Resize {
+    #[prost(uint32, tag = "1")]
+    pub width: u32,
+    #[prost(uint32, tag = "2")]
+    pub height: u32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -29,14 +29,32 @@ fn stdio() -> Result<(std::fs::File, std::os::fd::OwnedFd, std::os::fd::OwnedFd)
 }
 
 /// Create the container from `bundle/config.json`; its init waits for `start`. The container's
-/// stdout and stderr are this process's (the shim passed its pipes); stdin is /dev/null.
-/// Writes the init's pid to `pid_file`.
-pub fn create(id: &str, root: &Path, bundle: &Path, pid_file: &Path) -> Result<(), String> {
+/// stdout and stderr are this process's (the shim passed its pipes); stdin is this process's
+/// with `stdin` (the shim's pipe, for attach), else /dev/null. A container whose spec asks for a
+/// terminal gets one made inside it by libcontainer, which sends the master to
+/// `console_socket` (the shim listens there). Writes the init's pid to `pid_file`.
+pub fn create(
+    id: &str,
+    root: &Path,
+    bundle: &Path,
+    pid_file: &Path,
+    stdin: bool,
+    console_socket: Option<&Path>,
+) -> Result<(), String> {
     let (null, out, errfd) = stdio()?;
+    let input: std::os::fd::OwnedFd = if stdin {
+        std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err("dup stdin", e))?
+    } else {
+        null.into()
+    };
     let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| err("root path", e))?
-        .with_stdin(null)
+        .with_console_socket(console_socket)
+        .with_stdin(input)
         .with_stdout(out)
         .with_stderr(errfd)
         .validate_id()

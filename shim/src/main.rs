@@ -8,6 +8,8 @@
 //! long-lived shim, which keeps its private memory small.
 #![forbid(unsafe_code)]
 
+mod attach;
+mod console;
 mod exit;
 mod log;
 mod server;
@@ -116,6 +118,9 @@ fn serve(args: &[String]) -> Result<(), String> {
         dir: server::shim_dir(Path::new(&need(args, "--dir")?)),
         socket: PathBuf::from(need(args, "--socket")?),
         log: PathBuf::from(need(args, "--log")?),
+        stdin: args.iter().any(|a| a == "--stdin"),
+        stdin_once: args.iter().any(|a| a == "--stdin-once"),
+        tty: args.iter().any(|a| a == "--tty"),
     };
     let sigfd = server::sigchld_fd()?;
     let shim = match server::Shim::create(cfg) {

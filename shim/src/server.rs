@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use kelson_proto::shim::{self as msg, request::Kind};
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -20,6 +20,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::attach::{Attacher, Event};
 use crate::exit::Exit;
 use crate::log::{LogFile, Splitter, Stream, record};
 
@@ -29,6 +30,15 @@ const MAX_REQUEST: usize = 1 << 20;
 pub const MAX_EXEC_OUTPUT: u64 = 16 << 20;
 /// How long a control client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the creator may take to send a terminal's master.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attachers at once.
+pub const MAX_ATTACHERS: usize = 32;
+/// Attachers' stdin buffered for the container; past it, attachers with stdin are not read
+/// until the container takes some (backpressure instead of memory).
+const STDIN_BUFFER: usize = 1 << 20;
+/// How long attachers get to take their last output when the container has exited.
+const ATTACH_DRAIN: Duration = Duration::from_secs(2);
 
 pub struct Config {
     pub id: String,
@@ -38,6 +48,12 @@ pub struct Config {
     /// Control socket; kept short (unix socket paths are limited to 108 bytes).
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// Keep the container's stdin open for attachers.
+    pub stdin: bool,
+    /// Close the container's stdin when the first attacher with stdin leaves.
+    pub stdin_once: bool,
+    /// The container runs on a terminal (its spec says `terminal: true`).
+    pub tty: bool,
 }
 
 fn now_ns() -> i64 {
@@ -86,6 +102,15 @@ pub struct Shim {
     exec_seq: u64,
     /// Connections waiting for the container to exit.
     waiters: Vec<UnixStream>,
+    attachers: Vec<Attacher>,
+    /// The container's stdin (a pipe, or the terminal) when it was created with stdin.
+    stdin: Option<OwnedFd>,
+    /// Attachers' stdin not yet taken by the container (bounded by `STDIN_BUFFER`).
+    stdin_buf: BytesMut,
+    /// Close stdin once `stdin_buf` is written (`stdin_once`).
+    stdin_eof: bool,
+    /// The terminal's master, for resizes (containers with a terminal).
+    term: Option<OwnedFd>,
 }
 
 fn wait_code(s: WaitStatus) -> Option<(i32, i32)> {
@@ -123,23 +148,68 @@ impl Shim {
         nonblocking(&out_r)
             .and(nonblocking(&err_r))
             .map_err(|e| format!("fcntl: {e}"))?;
+        // stdin for attach: a pipe kept open by the shim (a terminal carries it instead).
+        let (stdin_r, stdin_w) = if cfg.stdin && !cfg.tty {
+            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            nonblocking(&w).map_err(|e| format!("fcntl: {e}"))?;
+            (Some(r), Some(w))
+        } else {
+            (None, None)
+        };
+        // Beside the control socket, whose path is kept short (sun_path holds 108 bytes).
+        let console_path = cfg.socket.with_extension("console");
+        let console = if cfg.tty {
+            Some(crate::console::listen(&console_path)?)
+        } else {
+            None
+        };
         let pid_file = cfg.dir.join("init.pid");
         let err_file = cfg.dir.join("create.err");
-        let status = Command::new(engine_exe())
-            .args(["create", "--id", &cfg.id])
-            .arg("--root")
-            .arg(&cfg.root)
-            .arg("--bundle")
-            .arg(&cfg.bundle)
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg("--error-file")
-            .arg(&err_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w))
-            .status()
-            .map_err(|e| format!("spawning creator: {e}"))?;
+        let mut creator = {
+            let mut cmd = Command::new(engine_exe());
+            cmd.args(["create", "--id", &cfg.id])
+                .arg("--root")
+                .arg(&cfg.root)
+                .arg("--bundle")
+                .arg(&cfg.bundle)
+                .arg("--pid-file")
+                .arg(&pid_file)
+                .arg("--error-file")
+                .arg(&err_file)
+                .stdout(Stdio::from(out_w))
+                .stderr(Stdio::from(err_w));
+            match stdin_r {
+                Some(r) => cmd.arg("--stdin").stdin(Stdio::from(r)),
+                None => cmd.stdin(Stdio::null()),
+            };
+            if console.is_some() {
+                cmd.arg("--console-socket").arg(&console_path);
+            }
+            // The command (and with it this side's copies of the pipe ends) is dropped here,
+            // so the container's output reaches EOF when the container's side closes.
+            cmd.spawn().map_err(|e| format!("spawning creator: {e}"))?
+        };
+        let master = match &console {
+            Some(l) => match crate::console::receive(l, &mut creator, CREATE_TIMEOUT) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    let _ = creator.kill();
+                    let _ = creator.wait();
+                    let _ = std::fs::remove_file(&console_path);
+                    let why = std::fs::read_to_string(&err_file).unwrap_or(e);
+                    return Err(why.trim().to_owned());
+                }
+            },
+            None => None,
+        };
+        drop(console);
+        let _ = std::fs::remove_file(&console_path);
+        let status = loop {
+            match creator.wait() {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => break r.map_err(|e| format!("waiting for the creator: {e}"))?,
+            }
+        };
         if !status.success() {
             let why = std::fs::read_to_string(&err_file)
                 .unwrap_or_else(|_| format!("creator exited with {status}"));
@@ -149,6 +219,25 @@ impl Shim {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or("creator wrote no init pid")?;
+        let mut outputs = vec![
+            (Stream::Stdout, out_r, Splitter::default()),
+            (Stream::Stderr, err_r, Splitter::default()),
+        ];
+        let (stdin, term) = match master {
+            Some(m) => {
+                nonblocking(&m).map_err(|e| format!("fcntl: {e}"))?;
+                let dup = m.try_clone().map_err(|e| format!("dup terminal: {e}"))?;
+                // On a terminal everything the container writes is one stream: stdout.
+                outputs.push((Stream::Stdout, m, Splitter::default()));
+                let stdin = if cfg.stdin {
+                    Some(dup.try_clone().map_err(|e| format!("dup terminal: {e}"))?)
+                } else {
+                    None
+                };
+                (stdin, Some(dup))
+            }
+            None => (stdin_w, None),
+        };
         Ok(Shim {
             cfg,
             log,
@@ -156,14 +245,16 @@ impl Shim {
             status: msg::Status::Created,
             started_at: 0,
             exit: None,
-            outputs: vec![
-                (Stream::Stdout, out_r, Splitter::default()),
-                (Stream::Stderr, err_r, Splitter::default()),
-            ],
+            outputs,
             execs: Vec::new(),
             reaped: HashMap::new(),
             exec_seq: 0,
             waiters: Vec::new(),
+            attachers: Vec::new(),
+            stdin,
+            stdin_buf: BytesMut::new(),
+            stdin_eof: false,
+            term,
         })
     }
 
@@ -195,6 +286,10 @@ impl Shim {
                 while let Ok((conn, _)) = listener.accept() {
                     self.serve(conn);
                 }
+                // Attachers get the container's last output, then their connection closes.
+                for a in std::mem::take(&mut self.attachers) {
+                    a.finish(ATTACH_DRAIN);
+                }
                 std::process::exit(0);
             }
             let timeout = self
@@ -212,20 +307,40 @@ impl Shim {
                     .unwrap_or(PollTimeout::NONE)
                 })
                 .unwrap_or(PollTimeout::NONE);
-            let (ready_listener, ready_sig, ready_out, ready_exec) = {
-                let mut fds = vec![
-                    PollFd::new(listener.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-                ];
-                for (_, fd, _) in &self.outputs {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+            let ready: Vec<Slot> = {
+                let mut fds = Vec::new();
+                let mut slots = Vec::new();
+                macro_rules! watch {
+                    ($fd:expr, $flags:expr, $slot:expr) => {{
+                        fds.push(PollFd::new($fd, $flags));
+                        slots.push($slot);
+                    }};
                 }
-                let mut exec_index = Vec::new();
+                watch!(listener.as_fd(), PollFlags::POLLIN, Slot::Listener);
+                watch!(sigfd.as_fd(), PollFlags::POLLIN, Slot::Signal);
+                for (i, (_, fd, _)) in self.outputs.iter().enumerate() {
+                    watch!(fd.as_fd(), PollFlags::POLLIN, Slot::Output(i));
+                }
                 for (i, e) in self.execs.iter().enumerate() {
                     for fd in [&e.out, &e.err].into_iter().flatten() {
-                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                        exec_index.push((i, fd.as_raw_fd()));
+                        watch!(fd.as_fd(), PollFlags::POLLIN, Slot::Exec(i, fd.as_raw_fd()));
                     }
+                }
+                let stdin_full = self.stdin_buf.len() >= STDIN_BUFFER;
+                for (i, a) in self.attachers.iter().enumerate() {
+                    let mut flags = PollFlags::empty();
+                    if !(a.closing || (a.stdin && stdin_full)) {
+                        flags |= PollFlags::POLLIN;
+                    }
+                    if a.wants_write() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    watch!(a.conn().as_fd(), flags, Slot::Attacher(i));
+                }
+                if let Some(fd) = &self.stdin
+                    && !self.stdin_buf.is_empty()
+                {
+                    watch!(fd.as_fd(), PollFlags::POLLOUT, Slot::Stdin);
                 }
                 match poll(&mut fds, timeout) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -234,27 +349,35 @@ impl Shim {
                         std::process::exit(1);
                     }
                 }
-                let hit = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
-                let n_out = self.outputs.len();
-                let ready_out: Vec<usize> = (0..n_out).filter(|i| hit(&fds[2 + i])).collect();
-                let ready_exec: Vec<(usize, i32)> = exec_index
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| hit(&fds[2 + n_out + k]))
-                    .map(|(_, v)| *v)
-                    .collect();
-                (hit(&fds[0]), hit(&fds[1]), ready_out, ready_exec)
+                fds.iter()
+                    .zip(slots)
+                    .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+                    .map(|(_, s)| s)
+                    .collect()
             };
-            if ready_sig {
-                let mut drain = [0u8; 64];
-                while matches!(sigfd.read(&mut drain), Ok(n) if n > 0) {}
-                self.reap();
+            let mut ready_listener = false;
+            let mut ready_out = Vec::new();
+            let mut ready_attachers = Vec::new();
+            for slot in ready {
+                match slot {
+                    Slot::Listener => ready_listener = true,
+                    Slot::Signal => {
+                        let mut drain = [0u8; 64];
+                        while matches!(sigfd.read(&mut drain), Ok(n) if n > 0) {}
+                        self.reap();
+                    }
+                    Slot::Output(i) => ready_out.push(i),
+                    Slot::Exec(i, raw) => self.pump_exec(i, raw, &mut buf),
+                    Slot::Attacher(i) => ready_attachers.push(i),
+                    Slot::Stdin => self.write_stdin(),
+                }
             }
+            // Outputs (and attachers) are removed as they end: highest index first.
             for i in ready_out.into_iter().rev() {
                 self.pump(i, &mut buf);
             }
-            for (i, raw) in ready_exec {
-                self.pump_exec(i, raw, &mut buf);
+            for i in ready_attachers.into_iter().rev() {
+                self.serve_attacher(i, &mut buf);
             }
             if ready_listener {
                 while let Ok((conn, _)) = listener.accept() {
@@ -262,6 +385,87 @@ impl Shim {
                 }
             }
             self.finish_execs();
+        }
+    }
+
+    /// What an attacher sent, and its output queue.
+    fn serve_attacher(&mut self, i: usize, buf: &mut [u8]) {
+        let Some(a) = self.attachers.get_mut(i) else {
+            return;
+        };
+        let mut gone = a.flush().is_err();
+        let events = if gone || a.closing {
+            vec![]
+        } else {
+            a.read(buf)
+        };
+        let detach_means_eof = self.cfg.stdin_once && !self.cfg.tty;
+        for ev in events {
+            match ev {
+                Event::Stdin(data) => {
+                    if self.attachers[i].stdin && self.stdin.is_some() && !self.stdin_eof {
+                        self.stdin_buf.extend_from_slice(&data);
+                    }
+                }
+                // stdin_once: the container's stdin ends with the first attacher's; the
+                // attacher stays for the output. Otherwise the attacher detaches, and the
+                // container's stdin stays open for the next one.
+                Event::StdinClose if detach_means_eof => self.stdin_eof = true,
+                Event::StdinClose => self.attachers[i].closing = true,
+                Event::Resize(w, h) => {
+                    if let Some(t) = &self.term
+                        && let Err(e) = crate::console::set_size(t, w, h)
+                    {
+                        eprintln!("kelson-shim: resizing the terminal: {e}");
+                    }
+                }
+                Event::Gone => gone = true,
+            }
+        }
+        if !self.stdin_buf.is_empty() {
+            self.write_stdin();
+        }
+        let a = &self.attachers[i];
+        if gone || (a.closing && !a.wants_write()) {
+            let a = self.attachers.remove(i);
+            if a.stdin && detach_means_eof {
+                self.stdin_eof = true;
+            }
+            if a.dropped > 0 {
+                eprintln!(
+                    "kelson-shim: an attacher missed {} bytes of output (it did not keep up)",
+                    a.dropped
+                );
+            }
+        }
+        self.close_stdin_if_done();
+    }
+
+    /// Hand buffered stdin to the container without blocking.
+    fn write_stdin(&mut self) {
+        let Some(fd) = &self.stdin else {
+            self.stdin_buf.clear();
+            return;
+        };
+        while !self.stdin_buf.is_empty() {
+            match nix::unistd::write(fd, &self.stdin_buf) {
+                Ok(n) => self.stdin_buf.advance(n),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                // The container closed its stdin (or exited): nothing more goes in.
+                Err(_) => {
+                    self.stdin = None;
+                    self.stdin_buf.clear();
+                    break;
+                }
+            }
+        }
+        self.close_stdin_if_done();
+    }
+
+    fn close_stdin_if_done(&mut self) {
+        if self.stdin_eof && self.stdin_buf.is_empty() && self.stdin.is_some() {
+            self.stdin = None;
         }
     }
 
@@ -294,6 +498,8 @@ impl Shim {
         }
         self.exit = Some(e);
         self.status = msg::Status::Exited;
+        self.stdin = None;
+        self.stdin_buf.clear();
         for w in std::mem::take(&mut self.waiters) {
             respond(
                 w,
@@ -325,6 +531,7 @@ impl Shim {
 
     fn pump(&mut self, i: usize, buf: &mut [u8]) {
         let log = &mut self.log;
+        let attachers = &mut self.attachers;
         let (stream, fd, splitter) = &mut self.outputs[i];
         let stream = *stream;
         let mut emit = |content: &[u8], full: bool| {
@@ -336,7 +543,13 @@ impl Shim {
         for _ in 0..PUMP_READS {
             match read_some(fd, buf) {
                 Ok(Some(0)) => return,
-                Ok(Some(n)) => splitter.push(&buf[..n], &mut emit),
+                Ok(Some(n)) => {
+                    splitter.push(&buf[..n], &mut emit);
+                    for a in attachers.iter_mut() {
+                        a.offer(stream, &buf[..n]);
+                    }
+                }
+                // EOF; on a terminal, EIO once the container's side is closed.
                 Ok(None) | Err(_) => {
                     splitter.finish(&mut emit);
                     self.outputs.remove(i);
@@ -458,6 +671,27 @@ impl Shim {
                     state: Some(self.state()),
                     ..Default::default()
                 }
+            }
+            Some(Kind::Attach(a)) => {
+                if self.status != msg::Status::Running || self.exit.is_some() {
+                    return respond(conn, error("container is not running".into()));
+                }
+                if self.attachers.len() >= MAX_ATTACHERS {
+                    return respond(
+                        conn,
+                        error(format!(
+                            "{MAX_ATTACHERS} attachers already; try again later"
+                        )),
+                    );
+                }
+                if write_response(&mut conn, msg::Response::default()).is_err() {
+                    return;
+                }
+                match Attacher::new(conn, &a) {
+                    Ok(at) => self.attachers.push(at),
+                    Err(e) => eprintln!("kelson-shim: attach: {e}"),
+                }
+                return;
             }
             Some(Kind::Shutdown(_)) => {
                 respond(conn, msg::Response::default());
@@ -606,11 +840,26 @@ fn read_request(conn: &mut UnixStream) -> Result<msg::Request, String> {
 }
 
 fn respond(mut conn: UnixStream, r: msg::Response) {
+    let _ = write_response(&mut conn, r);
+}
+
+fn write_response(conn: &mut UnixStream, r: msg::Response) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    if kelson_proto::encode(&r, &mut out).is_ok() {
-        let _ = conn.set_write_timeout(Some(REQUEST_TIMEOUT));
-        let _ = conn.write_all(&out);
-    }
+    kelson_proto::encode(&r, &mut out)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    conn.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+    conn.write_all(&out)
+}
+
+/// What a polled fd is.
+#[derive(Clone, Copy)]
+enum Slot {
+    Listener,
+    Signal,
+    Output(usize),
+    Exec(usize, i32),
+    Attacher(usize),
+    Stdin,
 }
 
 /// A socket that becomes readable on SIGCHLD (signal-hook's self-pipe). A handler rather than a

@@ -204,3 +204,25 @@ impl ContainerService {
         })
     }
 }
+
+impl ContainerService {
+    /// Join running container `id`'s stdio through its shim (an attach session). Returns the
+    /// shim connection and whether the container runs on a terminal.
+    pub async fn attach(
+        &self,
+        id: &str,
+        a: crate::shim::msg::Attach,
+    ) -> Result<(crate::shim::Connection, bool), ContainerError> {
+        let rec = self.find(id)?;
+        if self.view(rec.clone()).await.state != RunState::Running {
+            return Err(ContainerError::WrongState {
+                id: rec.id.clone(),
+                state: "not running",
+                op: "attach",
+            });
+        }
+        let tty = rec.config["tty"].as_bool().unwrap_or(false);
+        let conn = self.client(&rec).attach(a).await?;
+        Ok((conn, tty))
+    }
+}

@@ -518,6 +518,9 @@ impl ContainerService {
             dir: &state_dir.join("shim"),
             socket: &socket,
             log: &log_file,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
         })
         .await?;
         // Where the time went (rootfs, spec and store vs the shim and engine), for operators and

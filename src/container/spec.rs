@@ -236,7 +236,11 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     if i.init.is_some() {
         args.splice(0..0, [INIT_IN_CONTAINER.to_owned(), "--".to_owned()]);
     }
-    let env = env(&i.image.env, &c.envs)?;
+    let mut env = env(&i.image.env, &c.envs)?;
+    // On a terminal, programs need to know what it is (as containerd and CRI-O set it).
+    if c.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
     let cwd = if !c.working_dir.is_empty() {
         c.working_dir.clone()
     } else if !i.image.working_dir.is_empty() {
@@ -379,7 +383,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     }
 
     let mut process = json!({
-        "terminal": false,
+        "terminal": c.tty,
         "user": {"uid": i.user.0, "gid": i.user.1, "additionalGids": i.user.2},
         "args": args,
         "env": env,

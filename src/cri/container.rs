@@ -254,6 +254,30 @@ pub async fn exec(rt: &Shared, r: cri::ExecRequest) -> Result<cri::ExecResponse,
     Ok(cri::ExecResponse { url })
 }
 
+pub async fn attach(rt: &Shared, r: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
+    record("container", &r.container_id);
+    if !(r.stdin || r.stdout || r.stderr) {
+        return Err(Status::invalid_argument(
+            "Attach: one of stdin, stdout or stderr must be requested",
+        ));
+    }
+    // The container must run now, as containerd requires (the session checks again).
+    let rec = rt.containers.find(&r.container_id)?;
+    if rt.containers.view(rec.clone()).await.state != RunState::Running {
+        return Err(crate::container::ContainerError::WrongState {
+            id: rec.id,
+            state: "not running",
+            op: "attach",
+        }
+        .into());
+    }
+    let url = rt
+        .streaming
+        .url(crate::streaming::Session::Attach(r))
+        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    Ok(cri::AttachResponse { url })
+}
+
 pub async fn exec_sync(
     rt: &Shared,
     req: cri::ExecSyncRequest,

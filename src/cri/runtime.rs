@@ -259,9 +259,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     }
     async fn attach(
         &self,
-        _req: Request<cri::AttachRequest>,
+        req: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+        container::attach(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
     }
     async fn port_forward(
         &self,

@@ -55,12 +55,24 @@ pub struct Spawn<'a> {
     pub dir: &'a Path,
     pub socket: &'a Path,
     pub log: &'a Path,
+    /// The container's stdin stays open for attachers (CRI `stdin`).
+    pub stdin: bool,
+    /// … and closes when the first attacher with stdin leaves (CRI `stdin_once`).
+    pub stdin_once: bool,
+    /// The container runs on a terminal (CRI `tty`).
+    pub tty: bool,
 }
 
 /// Start a shim, which creates the container. Returns the container's init pid.
 pub async fn spawn(s: Spawn<'_>) -> Result<u32, ShimError> {
+    let flags = [
+        (s.stdin, "--stdin"),
+        (s.stdin_once, "--stdin-once"),
+        (s.tty, "--tty"),
+    ];
     let out = tokio::process::Command::new(s.binary)
         .arg("spawn")
+        .args(flags.iter().filter(|(on, _)| *on).map(|(_, f)| *f))
         .args(["--id", s.id])
         .arg("--root")
         .arg(s.root)
@@ -128,6 +140,12 @@ pub fn read_exit(dir: &Path) -> Option<ExitRecord> {
     serde_json::from_slice(&std::fs::read(dir.join("exit.json")).ok()?).ok()
 }
 
+/// A control connection that goes on after its answer (attach), with what was read beyond it.
+pub struct Connection {
+    pub conn: tokio::net::UnixStream,
+    pub buf: BytesMut,
+}
+
 pub struct Client {
     pub id: String,
     pub socket: PathBuf,
@@ -142,6 +160,16 @@ impl Client {
     }
 
     pub async fn call(&self, kind: Kind, timeout: Duration) -> Result<msg::Response, ShimError> {
+        self.open(kind, timeout).await.map(|(r, _)| r)
+    }
+
+    /// One request and its answer; the connection (with anything read past the answer) is
+    /// returned for requests that go on as a stream (attach).
+    async fn open(
+        &self,
+        kind: Kind,
+        timeout: Duration,
+    ) -> Result<(msg::Response, Connection), ShimError> {
         let id = self.id.clone();
         let call_err = |reason: String| ShimError::Call {
             id: id.clone(),
@@ -164,7 +192,7 @@ impl Client {
                 if let Some(r) = kelson_proto::decode::<msg::Response>(&mut buf)
                     .map_err(|e| call_err(e.to_string()))?
                 {
-                    return Ok(r);
+                    return Ok((r, Connection { conn, buf }));
                 }
                 if buf.len() > MAX_RESPONSE {
                     return Err(call_err("response too large".into()));
@@ -178,13 +206,20 @@ impl Client {
                 }
             }
         };
-        let r = tokio::time::timeout(timeout, fut)
+        let (r, conn) = tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| call_err(format!("no answer within {timeout:?}")))??;
         if !r.error.is_empty() {
             return Err(ShimError::Remote(r.error));
         }
-        Ok(r)
+        Ok((r, conn))
+    }
+
+    /// Join the container's stdio: frames both ways on the returned connection.
+    pub async fn attach(&self, a: msg::Attach) -> Result<Connection, ShimError> {
+        self.open(Kind::Attach(a), Duration::from_secs(5))
+            .await
+            .map(|(_, c)| c)
     }
 
     pub async fn state(&self) -> Result<msg::State, ShimError> {

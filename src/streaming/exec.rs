@@ -177,7 +177,7 @@ async fn finish(
 }
 
 /// A Failure Status (or text, on the old protocols) as the session's last word.
-fn failure(proto: Protocol, msg: String, reason: &str) -> Output {
+pub(super) fn failure(proto: Protocol, msg: String, reason: &str) -> Output {
     Output::Exit(if proto.status_json() {
         channel::failure_status(&msg, reason, None)
     } else {

@@ -1,16 +1,18 @@
 //! The streaming server: `Exec`, `Attach` and `PortForward` answer with a URL here, carrying a
 //! single-use token; kubelet's caller (the API server, or crictl) connects to it and upgrades
 //! the connection to a stream protocol: exec over SPDY/3.1 and WebSocket (the remote-command
-//! channel protocols, with or without a terminal), port-forward over SPDY/3.1 and WebSocket.
-//! Attach follows (issue #6).
+//! channel protocols, with or without a terminal), attach over the same protocols, and
+//! port-forward over SPDY/3.1 and WebSocket.
 //!
 //! - `tokens`: the single-use, expiring tokens;
 //! - `channel`: the channel framing and the Status messages kubectl reads;
 //! - `server`: the HTTP server, the WebSocket handshake and the bounds on sessions;
 //! - `exec`: one exec session — the command in the container, its stdio pumped both ways;
+//! - `attach`: one attach session — joined to a running container's stdio through its shim;
 //! - `ws`, `spdy`: the two transports of a remote-command session;
 //! - `portforward`: port-forward sessions over SPDY and WebSocket.
 
+pub mod attach;
 pub mod channel;
 pub mod exec;
 pub mod portforward;
@@ -38,6 +40,55 @@ impl Session {
             Session::Exec(_) => "exec",
             Session::Attach(_) => "attach",
             Session::PortForward(_) => "portforward",
+        }
+    }
+}
+
+/// A remote-command session: exec and attach share the wire protocols.
+#[derive(Debug)]
+pub enum Remote {
+    Exec(cri::ExecRequest),
+    Attach(cri::AttachRequest),
+}
+
+/// The streams a remote-command session uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Streams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
+}
+
+impl Remote {
+    pub fn streams(&self) -> Streams {
+        match self {
+            Remote::Exec(r) => Streams {
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                tty: r.tty,
+            },
+            Remote::Attach(r) => Streams {
+                stdin: r.stdin,
+                stdout: r.stdout,
+                stderr: r.stderr,
+                tty: r.tty,
+            },
+        }
+    }
+
+    /// Run the session with the client behind `input`/`output` (see `exec::run`).
+    pub async fn run(
+        self,
+        rt: crate::cri::Shared,
+        proto: channel::Protocol,
+        input: tokio::sync::mpsc::Receiver<exec::Input>,
+        output: tokio::sync::mpsc::Sender<exec::Output>,
+    ) {
+        match self {
+            Remote::Exec(r) => exec::run(rt, r, proto, input, output).await,
+            Remote::Attach(r) => attach::run(rt, r, proto, input, output).await,
         }
     }
 }

@@ -19,8 +19,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::Session;
 use super::channel::Protocol;
+use super::{Remote, Session};
 use crate::cri::Shared;
 
 /// Time a client gets to send its request head.
@@ -131,12 +131,16 @@ async fn handle(
             .max_frame_size(Some(MAX_MESSAGE));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match (session, proto, forward) {
-            (Session::Exec(r), Some(proto), _) => super::ws::exec(rt, r, proto, ws).await,
+            (Session::Exec(r), Some(proto), _) => {
+                super::ws::remote(rt, Remote::Exec(r), proto, ws).await
+            }
+            (Session::Attach(r), Some(proto), _) => {
+                super::ws::remote(rt, Remote::Attach(r), proto, ws).await
+            }
             (Session::PortForward(r), _, Some((name, ports))) => {
                 let base64 = name.starts_with("base64.");
                 super::portforward::websocket(rt, r, ports, base64, ws).await
             }
-            // Attach is not handed out yet (the RPC answers Unimplemented).
             _ => {}
         }
     });
@@ -210,9 +214,9 @@ fn upgrade_spdy(
     };
     on_upgrade(req, permit, move |io| async move {
         match session {
-            Session::Exec(r) => super::spdy::exec(rt, r, version, io).await,
+            Session::Exec(r) => super::spdy::remote(rt, Remote::Exec(r), version, io).await,
+            Session::Attach(r) => super::spdy::remote(rt, Remote::Attach(r), version, io).await,
             Session::PortForward(r) => super::portforward::spdy(rt, r, io).await,
-            Session::Attach(_) => {}
         }
     });
     let mut r = Response::new(Full::new(Bytes::new()));

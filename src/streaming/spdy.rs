@@ -1,4 +1,4 @@
-//! The SPDY/3.1 transport of a remote-command session, as the API server, kubelet, kubectl
+//! The SPDY/3.1 transport of a remote-command session (exec or attach), as the API server, kubelet, kubectl
 //! and crictl speak it (k8s.io/apimachinery httpstream/spdy, kubelet's remotecommand server):
 //! after the HTTP upgrade the client opens one SPDY stream per channel, each named by its
 //! `streamType` header (`error`, `stdin`, `stdout`, `stderr`, `resize`); the server accepts
@@ -15,13 +15,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use k8s_cri::v1 as cri;
 use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame, HeaderCodec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::Remote;
 use super::channel::{self, Protocol};
-use super::exec::{self, Input, Output, QUEUE, STALL};
+use super::exec::{Input, Output, QUEUE, STALL};
 use crate::cri::Shared;
 
 /// The remote-command versions spoken over SPDY, best first.
@@ -115,7 +115,7 @@ pub(super) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::
     }
 }
 
-pub async fn exec<IO>(rt: Shared, req: cri::ExecRequest, version: &'static str, io: IO)
+pub async fn remote<IO>(rt: Shared, cmd: Remote, version: &'static str, io: IO)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -223,6 +223,7 @@ where
     };
 
     // Wait for the streams this request needs, as kubelet does.
+    let req = cmd.streams();
     let mut needed = vec![Kind::Error];
     if req.stdin {
         needed.push(Kind::Stdin);
@@ -262,7 +263,7 @@ where
     }
 
     let (out_tx, mut out_rx) = mpsc::channel::<Output>(QUEUE);
-    let session = tokio::spawn(exec::run(rt, req, proto, in_rx, out_tx));
+    let session = tokio::spawn(cmd.run(rt, proto, in_rx, out_tx));
     let data = |id: Option<&u32>, data: Vec<u8>, flags: u8| {
         id.map(|id| Frame::Data {
             stream_id: *id,

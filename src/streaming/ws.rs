@@ -1,15 +1,15 @@
-//! The WebSocket transport of a remote-command session: channel-framed messages (see
+//! The WebSocket transport of a remote-command session (exec or attach): channel-framed messages (see
 //! `channel`) to and from `exec::Input`/`exec::Output`.
 
 use futures::{SinkExt, StreamExt};
-use k8s_cri::v1 as cri;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::Remote;
 use super::channel::{self, Frame, Protocol};
-use super::exec::{self, Input, Output, QUEUE, STALL};
+use super::exec::{Input, Output, QUEUE, STALL};
 use crate::cri::Shared;
 
 fn to_message(f: Frame) -> Message {
@@ -19,14 +19,14 @@ fn to_message(f: Frame) -> Message {
     }
 }
 
-pub async fn exec<S>(rt: Shared, req: cri::ExecRequest, proto: Protocol, ws: WebSocketStream<S>)
+pub async fn remote<S>(rt: Shared, cmd: Remote, proto: Protocol, ws: WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sink, mut source) = ws.split();
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     let (out_tx, mut out_rx) = mpsc::channel(QUEUE);
-    let session = tokio::spawn(exec::run(rt, req, proto, in_rx, out_tx));
+    let session = tokio::spawn(cmd.run(rt, proto, in_rx, out_tx));
     // Client → session; ends (dropping `in_tx`: "client gone") on close, reset or garbage.
     let reader = tokio::spawn(async move {
         while let Some(msg) = source.next().await {

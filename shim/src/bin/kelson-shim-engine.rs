@@ -31,6 +31,8 @@ fn main() -> ExitCode {
                     Path::new(&need(&args, "--root")?),
                     Path::new(&need(&args, "--bundle")?),
                     Path::new(&need(&args, "--pid-file")?),
+                    args.iter().any(|a| a == "--stdin"),
+                    arg(&args, "--console-socket").as_deref().map(Path::new),
                 )
             })();
             if let (Err(e), Some(f)) = (&r, arg(&args, "--error-file")) {
