@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod resources;
 pub mod rootfs;
+pub mod security;
 pub mod spec;
 pub mod user;
 
@@ -207,6 +208,105 @@ fn host_devices(reqs: &[cri::Device]) -> Result<Vec<spec::Device>, ContainerErro
             })
         })
         .collect()
+}
+
+/// The host's cgroup v1 hierarchies (`/sys/fs/cgroup/<name>`), read once. The container
+/// library mounts a container's v1 hierarchies writable whatever the spec says (runc remounts
+/// them read-only); kelson lists them as read-only paths so root in a container cannot lift
+/// its own limits. Empty on a cgroup v2 host, where the spec's `ro` is honoured.
+fn v1_cgroup_dirs() -> &'static [String] {
+    static DIRS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    DIRS.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut dirs: Vec<String> = text
+            .lines()
+            .filter_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                let point = pre.split_whitespace().nth(4)?;
+                (post.split_whitespace().next()? == "cgroup"
+                    && point.starts_with("/sys/fs/cgroup/"))
+                .then(|| point.to_owned())
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    })
+}
+
+/// kelsond's own effective capabilities: all a container can be given (a host may withhold
+/// some, e.g. CAP_SYS_RESOURCE; containerd takes its current set the same way).
+fn own_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The host's device nodes under /dev (not the per-container ones: pts, shm, mqueue), for a
+/// privileged container. Symlinks are not followed.
+fn all_host_devices() -> Vec<spec::Device> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = Vec::new();
+    let mut dirs = vec![PathBuf::from("/dev")];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let ft = m.file_type();
+            if ft.is_dir() {
+                if !["/dev/pts", "/dev/shm", "/dev/mqueue"].contains(&path.to_str().unwrap_or(""))
+                    && path.components().count() < 6
+                {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let kind = if ft.is_char_device() {
+                'c'
+            } else if ft.is_block_device() {
+                'b'
+            } else {
+                continue;
+            };
+            // Every container gets its own of these (the runtime's default devices, its
+            // terminal, its devpts).
+            if matches!(
+                path.to_str(),
+                Some(
+                    "/dev/null"
+                        | "/dev/zero"
+                        | "/dev/full"
+                        | "/dev/random"
+                        | "/dev/urandom"
+                        | "/dev/tty"
+                        | "/dev/ptmx"
+                        | "/dev/console"
+                )
+            ) {
+                continue;
+            }
+            out.push(spec::Device {
+                container_path: path.display().to_string(),
+                kind,
+                major: nix::sys::stat::major(m.rdev()),
+                minor: nix::sys::stat::minor(m.rdev()),
+                mode: m.mode() & 0o7777,
+                access: "rwm".into(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.container_path.cmp(&b.container_path));
+    out
 }
 
 /// The image's STOPSIGNAL ("SIGQUIT", "QUIT" or a number), SIGTERM when absent or unknown.
@@ -464,6 +564,20 @@ impl ContainerService {
                 p.display()
             )));
         }
+        let pod_linux = pod_cfg.linux.clone().unwrap_or_default();
+        let privileged = linux
+            .security_context
+            .as_ref()
+            .is_some_and(|s| s.privileged);
+        let mut devices = host_devices(&config.devices)?;
+        if privileged {
+            // Every device node of the host, as containerd gives a privileged container.
+            for d in all_host_devices() {
+                if !devices.iter().any(|r| r.container_path == d.container_path) {
+                    devices.push(d);
+                }
+            }
+        }
         let input = spec::Input {
             id: &id,
             config: &config,
@@ -473,7 +587,14 @@ impl ContainerService {
             user: uid_gid,
             own_oom_score_adj: own_oom,
             init,
-            devices: host_devices(&config.devices)?,
+            devices,
+            host_caps: own_caps(),
+            cgroup_v1_dirs: v1_cgroup_dirs(),
+            sysctls: &pod_linux.sysctls,
+            pod_privileged: pod_linux
+                .security_context
+                .as_ref()
+                .is_some_and(|s| s.privileged),
         };
         let (spec, warnings) = spec::generate(&input)?;
         for w in warnings {

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use k8s_cri::v1 as cri;
 use serde_json::{Value, json};
 
+use super::security;
+
 /// containerd's default capability set for CRI containers.
 pub const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
@@ -123,8 +125,18 @@ pub struct Input<'a> {
     pub own_oom_score_adj: i64,
     /// The static init binary to run as PID 1 in front of the process, when enabled.
     pub init: Option<PathBuf>,
-    /// Host devices the request maps in, already looked up on the host.
+    /// Host devices the request maps in, already looked up on the host (for a privileged
+    /// container: every device node of the host).
     pub devices: Vec<Device>,
+    /// The capabilities kelsond itself has (bit n = capability n): all a container can get.
+    pub host_caps: u64,
+    /// The host's cgroup v1 hierarchy dirs, made read-only paths in unprivileged containers
+    /// (the container library mounts them writable).
+    pub cgroup_v1_dirs: &'a [String],
+    /// The pod's sysctls (PodSandboxConfig.linux.sysctls), applied in every container.
+    pub sysctls: &'a HashMap<String, String>,
+    /// The pod itself is privileged (a privileged container needs that).
+    pub pod_privileged: bool,
 }
 
 /// A host device node to create in the container (`CreateContainer`'s `devices`).
@@ -252,14 +264,37 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     let linux = c.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
     let res = linux.resources.clone().unwrap_or_default();
+    if sc.privileged && !i.pod_privileged {
+        return Err(invalid(
+            "security_context.privileged",
+            "a privileged container needs a privileged pod sandbox",
+        ));
+    }
+    let capabilities =
+        security::capabilities(sc.capabilities.as_ref(), sc.privileged, i.host_caps)?;
+    let (masked_paths, mut readonly_paths) = security::masked_and_readonly(&sc)?;
+    if !sc.privileged && !i.cgroup_v1_dirs.is_empty() {
+        readonly_paths.push("/sys/fs/cgroup".into());
+        readonly_paths.extend(i.cgroup_v1_dirs.iter().cloned());
+    }
+    let sysctls = security::sysctls(
+        i.sysctls,
+        security::OwnNamespaces {
+            net: !i.pod.netns.is_empty(),
+            ipc: !i.pod.ipcns.is_empty(),
+            uts: !i.pod.utsns.is_empty(),
+        },
+    )?;
+    // Privileged: /sys and the cgroup tree writable, as the other runtimes mount them.
+    let sys_mode = if sc.privileged { "rw" } else { "ro" };
 
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
-        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
-        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", sys_mode]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", sys_mode]}),
     ];
     if i.pod.shm.is_empty() {
         mounts.push(json!({"destination": "/dev/shm", "type": "bind", "source": "/dev/shm", "options": ["rbind", "rprivate", "rw"]}));
@@ -330,7 +365,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         }
     }
 
-    let mut device_rules = vec![json!({"allow": false, "access": "rwm"})];
+    let mut device_rules = vec![json!({"allow": sc.privileged, "access": "rwm"})];
     let mut devices = Vec::new();
     for d in &i.devices {
         abs_clean("devices.container_path", &d.container_path)?;
@@ -388,7 +423,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "args": args,
         "env": env,
         "cwd": cwd,
-        "capabilities": {"bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS},
+        "capabilities": capabilities,
         "noNewPrivileges": sc.no_new_privs,
     });
     if res.oom_score_adj != 0 {
@@ -413,8 +448,9 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             "cgroupsPath": format!("/{}/{}", i.pod.cgroup, i.id),
             "devices": devices,
             "resources": resources,
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
+            "maskedPaths": masked_paths,
+            "readonlyPaths": readonly_paths,
+            "sysctl": sysctls,
         },
     });
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
@@ -493,8 +529,15 @@ mod tests {
             own_oom_score_adj: 0,
             init: None,
             devices: vec![],
+            host_caps: (1 << 41) - 1,
+            cgroup_v1_dirs: &[],
+            sysctls: &NO_SYSCTLS,
+            pod_privileged: false,
         }
     }
+
+    static NO_SYSCTLS: std::sync::LazyLock<HashMap<String, String>> =
+        std::sync::LazyLock::new(HashMap::new);
 
     #[test]
     fn spec_joins_pod_namespaces_and_limits() {

@@ -243,6 +243,16 @@ impl PodService {
         let host_net = mode(ns.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
         let shared_pid = mode(ns.pid) == cri::NamespaceMode::Pod;
+        // Sysctls apply in every container of the pod: refuse bad ones before anything exists.
+        crate::container::security::sysctls(
+            &linux.sysctls,
+            crate::container::security::OwnNamespaces {
+                net: !host_net,
+                ipc: !host_ipc,
+                uts: !host_net,
+            },
+        )
+        .map_err(|e| PodError::Invalid(e.to_string()))?;
 
         let id = ids::generate()?;
         let name_key = format!(

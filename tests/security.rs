@@ -1,0 +1,289 @@
+//! Security contexts on real containers: capability sets as containerd derives them, privileged
+//! containers (and the privileged pod they need), masked and read-only paths, and sysctls —
+//! namespaced ones applied, node-wide and smuggled ones refused by name.
+
+mod common;
+
+use anyhow::Context;
+use k8s_cri::v1 as cri;
+use kelson_testkit::daemon::Cri;
+
+/// A capability set from /proc/<pid>/status (`CapBnd:\t000001ffffffffff`).
+fn cap_set(status: &str, which: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{which}:")))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no {which} in {status}"))
+}
+
+const CAP_CHOWN: u64 = 1 << 0;
+const CAP_NET_BIND_SERVICE: u64 = 1 << 10;
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const CAP_SYS_ADMIN: u64 = 1 << 21;
+
+async fn exec_out(c: &mut Cri, id: &str, cmd: &[&str]) -> anyhow::Result<String> {
+    let r = c
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(
+        r.exit_code == 0,
+        "{cmd:?} exited {}: {}",
+        r.exit_code,
+        String::from_utf8_lossy(&r.stderr)
+    );
+    Ok(String::from_utf8_lossy(&r.stdout).into_owned())
+}
+
+fn as_root(ctr: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
+    let linux = ctr.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    sc.run_as_user = Some(cri::Int64Value { value: 0 });
+    sc
+}
+
+fn caps(add: &[&str], drop: &[&str]) -> Option<cri::Capability> {
+    Some(cri::Capability {
+        add_capabilities: add.iter().map(|s| s.to_string()).collect(),
+        drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
+        add_ambient_capabilities: vec![],
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-sectest-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let mut cfg = common::pod_config("sec", "default", &format!("/{top}/sec"), logs.path());
+    cfg.linux.as_mut().unwrap().sysctls = [
+        ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+        ("kernel/msgmax".to_string(), "12345".to_string()),
+    ]
+    .into();
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    let sleeper = |name: &str| common::container_config(name, &image, &["/bin/sleep", "3600"]);
+    let status = ["/bin/busybox", "cat", "/proc/self/status"];
+
+    // containerd's default set: CHOWN yes, NET_ADMIN and SYS_ADMIN no.
+    let mut ctr = sleeper("default");
+    as_root(&mut ctr);
+    let id = common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .with_context(|| format!("line {}", line!()))?;
+    let st = exec_out(&mut c, &id, &status).await?;
+    let bnd = cap_set(&st, "CapBnd");
+    assert!(
+        bnd & CAP_CHOWN != 0 && bnd & (CAP_NET_ADMIN | CAP_SYS_ADMIN) == 0,
+        "{bnd:x}"
+    );
+    assert_eq!(cap_set(&st, "CapEff"), bnd, "root has its bounding set");
+    assert_eq!(cap_set(&st, "CapInh"), 0, "no inheritable capabilities");
+    // The pod's namespaced sysctls reach the container; the host keeps its own.
+    let v = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "cat", "/proc/sys/kernel/shm_rmid_forced"],
+    )
+    .await?;
+    assert_eq!(v.trim(), "1");
+    let v = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "cat", "/proc/sys/kernel/msgmax"],
+    )
+    .await?;
+    assert_eq!(v.trim(), "12345");
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax")?.trim(),
+        "12345"
+    );
+    // Default masked paths: /proc/keys hides behind /dev/null (this kernel has no
+    // /proc/kcore), /proc/sys is read-only.
+    let mi = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
+    )
+    .await?;
+    assert!(mi.lines().any(|l| l.contains(" /proc/keys ")), "{mi}");
+    assert!(
+        mi.lines().any(|l| l.contains(" /proc/sys ")
+            && l.split_whitespace()
+                .nth(5)
+                .is_some_and(|o| o.starts_with("ro"))),
+        "{mi}"
+    );
+    assert!(
+        mi.lines()
+            .any(|l| l.contains(" /sys ") && l.contains(" ro,")),
+        "{mi}"
+    );
+    // The cgroup tree is read-only inside (the topmost mount at each point): root in the
+    // container cannot lift its own limits.
+    let mut top_mounts = std::collections::BTreeMap::new();
+    for l in mi.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 5 && f[4].starts_with("/sys/fs/cgroup") {
+            top_mounts.insert(f[4].to_string(), f[5].to_string());
+        }
+    }
+    assert!(!top_mounts.is_empty(), "{mi}");
+    for (point, opts) in &top_mounts {
+        assert!(
+            opts.starts_with("ro"),
+            "writable cgroup mount {point} ({opts}): {mi}"
+        );
+    }
+    let r = c
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: [
+                "/bin/sh",
+                "-c",
+                "echo 9999999999 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            timeout: 20,
+        })
+        .await?
+        .into_inner();
+    assert_ne!(
+        r.exit_code, 0,
+        "root in the container rewrote its memory limit"
+    );
+
+    // add NET_ADMIN, drop CHOWN.
+    let mut ctr = sleeper("added");
+    as_root(&mut ctr).capabilities = caps(&["NET_ADMIN"], &["CHOWN"]);
+    ctr.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .masked_paths = vec!["/proc/timer_list".into()];
+    let id = common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .with_context(|| format!("line {}", line!()))?;
+    let st = exec_out(&mut c, &id, &status).await?;
+    let bnd = cap_set(&st, "CapBnd");
+    assert!(bnd & CAP_NET_ADMIN != 0 && bnd & CAP_CHOWN == 0, "{bnd:x}");
+    // A masked-path list of the request's own replaces the defaults.
+    let mi = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
+    )
+    .await?;
+    assert!(mi.lines().any(|l| l.contains(" /proc/timer_list ")), "{mi}");
+    assert!(!mi.lines().any(|l| l.contains(" /proc/keys ")), "{mi}");
+
+    // drop ALL, add back one.
+    let mut ctr = sleeper("minimal");
+    as_root(&mut ctr).capabilities = caps(&["NET_BIND_SERVICE"], &["ALL"]);
+    let id = common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .with_context(|| format!("line {}", line!()))?;
+    let st = exec_out(&mut c, &id, &status).await?;
+    assert_eq!(cap_set(&st, "CapBnd"), CAP_NET_BIND_SERVICE);
+
+    // Refused by name, leaving nothing behind: an unknown capability, a privileged container
+    // in a pod that is not privileged.
+    let mut ctr = sleeper("bogus");
+    as_root(&mut ctr).capabilities = caps(&["TAKE_OVER"], &[]);
+    let err = common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .unwrap_err();
+    let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("TAKE_OVER"), "{s:?}");
+    let mut ctr = sleeper("priv");
+    as_root(&mut ctr).privileged = true;
+    let err = common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .unwrap_err();
+    let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("privileged pod"), "{s:?}");
+
+    // Node-wide and smuggled sysctls are refused.
+    for (k, v) in [
+        ("kernel.core_pattern", "|/tmp/x"),
+        ("kernel.shm_rmid_forced", "1+kernel.core_pattern=|/tmp/x"),
+    ] {
+        let mut bad =
+            common::pod_config("badsys", "default", &format!("/{top}/badsys"), logs.path());
+        bad.linux.as_mut().unwrap().sysctls = [(k.to_string(), v.to_string())].into();
+        let r = match common::run_pod(&mut c, &bad).await {
+            Ok(p) => {
+                let r = common::create_start(&mut c, &p, &bad, sleeper("x")).await;
+                c.runtime
+                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+                    .await?;
+                r.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        let err = r.expect_err("a bad sysctl was accepted");
+        let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("sysctl"), "{s:?}");
+    }
+    assert!(!std::fs::read_to_string("/proc/sys/kernel/core_pattern")?.contains("/tmp/x"));
+
+    // A privileged pod and container: every capability, /sys writable, nothing masked, the
+    // host's devices.
+    let mut pcfg = common::pod_config("priv", "default", &format!("/{top}/priv"), logs.path());
+    pcfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        privileged: true,
+        ..Default::default()
+    });
+    let ppod = common::run_pod(&mut c, &pcfg).await?;
+    let mut ctr = sleeper("priv");
+    as_root(&mut ctr).privileged = true;
+    let id = common::create_start(&mut c, &ppod, &pcfg, ctr)
+        .await
+        .with_context(|| format!("line {}", line!()))?;
+    let st = exec_out(&mut c, &id, &status).await?;
+    // Every capability kelsond has (this host withholds CAP_SYS_RESOURCE from it).
+    let own = cap_set(&std::fs::read_to_string("/proc/self/status")?, "CapEff");
+    assert_eq!(cap_set(&st, "CapBnd"), own);
+    let mi = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
+    )
+    .await?;
+    assert!(!mi.lines().any(|l| l.contains(" /proc/keys ")), "{mi}");
+    assert!(
+        mi.lines()
+            .any(|l| l.contains(" /sys ") && l.contains(" rw,")),
+        "{mi}"
+    );
+    let host_dev = ["/dev/vda", "/dev/loop0", "/dev/kmsg"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("a device node on the host");
+    exec_out(&mut c, &id, &["/bin/busybox", "test", "-e", host_dev]).await?;
+
+    for p in [pod, ppod] {
+        c.runtime
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await?;
+    }
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
