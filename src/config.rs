@@ -125,6 +125,8 @@ pub struct ContainerConfig {
     pub init_path: String,
     /// Pod/container annotations kelson acts on; any other `kelson.io/*` annotation is data only.
     pub allowed_annotations: Vec<String>,
+    /// Where `Localhost` seccomp profiles may be read from (kubelet's seccomp root).
+    pub seccomp_profile_root: PathBuf,
 }
 
 impl Default for ContainerConfig {
@@ -133,6 +135,7 @@ impl Default for ContainerConfig {
             init: false,
             init_path: String::new(),
             allowed_annotations: vec![INIT_ANNOTATION.to_owned()],
+            seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
         }
     }
 }

@@ -287,3 +287,151 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// The container's log once it holds `needle`.
+async fn log_with(path: &std::path::Path, needle: &str) -> anyhow::Result<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(text);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no {needle:?} in {}: {text}",
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Seccomp on the container's process (and all it starts): RuntimeDefault blocks what
+/// containerd's default blocks (a new user namespace, which needs no capability, is refused),
+/// Unconfined does not, a Localhost profile from the configured root applies, and a missing or
+/// escaping profile is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_profiles() -> anyhow::Result<()> {
+    let profiles = tempfile::tempdir()?;
+    std::fs::write(
+        profiles.path().join("no-mkdir.json"),
+        br#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+    )?;
+    let e = common::env_config(&format!(
+        "[container]\nseccomp_profile_root = {:?}\n",
+        profiles.path().display().to_string()
+    ))
+    .await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-sectest2-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("seccomp", "default", &format!("/{top}/sc"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    // The container tries a user namespace and a mkdir, reports both, and stays up.
+    let script = "/bin/busybox unshare -U /bin/busybox true; echo userns=$?; \
+                  /bin/busybox mkdir /tmp/d; echo mkdir=$?; exec /bin/sleep 3600";
+    let with = |name: &str, profile: Option<cri::SecurityProfile>| {
+        let mut ctr = common::container_config(name, &image, &["/bin/sh", "-c", script]);
+        as_root(&mut ctr).seccomp = profile;
+        ctr
+    };
+    use cri::security_profile::ProfileType;
+    let profile = |t: ProfileType, r: &str| {
+        Some(cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        })
+    };
+    let log = |name: &str| logs.path().join("seccomp").join(format!("{name}.log"));
+    let seccomp_mode = |c: &mut Cri, id: String| {
+        let mut c = c.clone();
+        async move {
+            let st = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/1/status"]).await?;
+            anyhow::Ok(
+                st.lines()
+                    .find_map(|l| l.strip_prefix("Seccomp:"))
+                    .map(|v| v.trim().to_owned())
+                    .unwrap_or_default(),
+            )
+        }
+    };
+
+    let id = common::create_start(
+        &mut c,
+        &pod,
+        &cfg,
+        with("unconfined", profile(ProfileType::Unconfined, "")),
+    )
+    .await
+    .context("unconfined")?;
+    let text = log_with(&log("unconfined"), "mkdir=").await?;
+    assert!(
+        text.contains("userns=0") && text.contains("mkdir=0"),
+        "{text}"
+    );
+    assert_eq!(seccomp_mode(&mut c, id).await?, "0");
+
+    let id = common::create_start(
+        &mut c,
+        &pod,
+        &cfg,
+        with("default", profile(ProfileType::RuntimeDefault, "")),
+    )
+    .await
+    .context("runtime default")?;
+    let text = log_with(&log("default"), "mkdir=").await?;
+    assert!(
+        !text.contains("userns=0"),
+        "RuntimeDefault let a user namespace be made: {text}"
+    );
+    assert!(text.contains("mkdir=0"), "ordinary work goes on: {text}");
+    assert_eq!(seccomp_mode(&mut c, id).await?, "2", "filter mode");
+
+    common::create_start(
+        &mut c,
+        &pod,
+        &cfg,
+        with("local", profile(ProfileType::Localhost, "no-mkdir.json")),
+    )
+    .await
+    .context("localhost")?;
+    let text = log_with(&log("local"), "mkdir=").await?;
+    assert!(
+        text.contains("userns=0") && !text.contains("mkdir=0"),
+        "{text}"
+    );
+    let abs = profiles.path().join("no-mkdir.json").display().to_string();
+    common::create_start(
+        &mut c,
+        &pod,
+        &cfg,
+        with("local-abs", profile(ProfileType::Localhost, &abs)),
+    )
+    .await
+    .context("localhost by absolute path")?;
+    let text = log_with(&log("local-abs"), "mkdir=").await?;
+    assert!(!text.contains("mkdir=0"), "{text}");
+
+    for bad in ["missing.json", "../../etc/passwd", "/etc/passwd"] {
+        let err = common::create_start(
+            &mut c,
+            &pod,
+            &cfg,
+            with("bad", profile(ProfileType::Localhost, bad)),
+        )
+        .await
+        .unwrap_err();
+        let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains(bad), "{s:?}");
+    }
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

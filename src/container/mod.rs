@@ -6,6 +6,7 @@
 pub mod exec;
 pub mod resources;
 pub mod rootfs;
+pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod user;
@@ -578,6 +579,20 @@ impl ContainerService {
                 }
             }
         }
+        // A Localhost seccomp profile is read here (I/O); the rest is decided in the spec.
+        let localhost_seccomp = match linux
+            .security_context
+            .as_ref()
+            .map(seccomp::choose)
+            .transpose()
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?
+        {
+            Some(seccomp::Choice::Localhost(r)) => Some(
+                seccomp::read_localhost(&r, &self.config.seccomp_profile_root)
+                    .map_err(|e| ContainerError::Invalid(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let input = spec::Input {
             id: &id,
             config: &config,
@@ -590,6 +605,7 @@ impl ContainerService {
             devices,
             host_caps: own_caps(),
             cgroup_v1_dirs: v1_cgroup_dirs(),
+            localhost_seccomp,
             sysctls: &pod_linux.sysctls,
             pod_privileged: pod_linux
                 .security_context

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use k8s_cri::v1 as cri;
 use serde_json::{Value, json};
 
-use super::security;
+use super::{seccomp, security};
 
 /// containerd's default capability set for CRI containers.
 pub const DEFAULT_CAPS: &[&str] = &[
@@ -133,6 +133,8 @@ pub struct Input<'a> {
     /// The host's cgroup v1 hierarchy dirs, made read-only paths in unprivileged containers
     /// (the container library mounts them writable).
     pub cgroup_v1_dirs: &'a [String],
+    /// The Localhost seccomp profile the security context names, already read and checked.
+    pub localhost_seccomp: Option<Value>,
     /// The pod's sysctls (PodSandboxConfig.linux.sysctls), applied in every container.
     pub sysctls: &'a HashMap<String, String>,
     /// The pod itself is privileged (a privileged container needs that).
@@ -285,6 +287,19 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             uts: !i.pod.utsns.is_empty(),
         },
     )?;
+    let seccomp = match seccomp::choose(&sc).map_err(|e| invalid("seccomp", e.to_string()))? {
+        seccomp::Choice::Unconfined => None,
+        seccomp::Choice::RuntimeDefault => {
+            let bounding: Vec<String> =
+                serde_json::from_value(capabilities["bounding"].clone()).unwrap_or_default();
+            Some(seccomp::runtime_default(&bounding, std::env::consts::ARCH))
+        }
+        seccomp::Choice::Localhost(r) => {
+            Some(i.localhost_seccomp.clone().ok_or_else(|| {
+                invalid("seccomp", format!("Localhost profile {r:?} was not read"))
+            })?)
+        }
+    };
     // Privileged: /sys and the cgroup tree writable, as the other runtimes mount them.
     let sys_mode = if sc.privileged { "rw" } else { "ro" };
 
@@ -424,8 +439,13 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "env": env,
         "cwd": cwd,
         "capabilities": capabilities,
-        "noNewPrivileges": sc.no_new_privs,
     });
+    // Only when set: libcontainer reads a present `false` as "set" and then loads the seccomp
+    // filter after dropping capabilities, where the kernel refuses it (no CAP_SYS_ADMIN and
+    // no no_new_privs).
+    if sc.no_new_privs {
+        process["noNewPrivileges"] = json!(true);
+    }
     if res.oom_score_adj != 0 {
         if res.oom_score_adj < i.own_oom_score_adj {
             // Lowering needs CAP_SYS_RESOURCE, which some hosts withhold: keep kelsond's value.
@@ -453,6 +473,10 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             "sysctl": sysctls,
         },
     });
+    let mut spec = spec;
+    if let Some(profile) = seccomp {
+        spec["linux"]["seccomp"] = profile;
+    }
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| invalid("spec", e.to_string()))?;
     Ok((spec, warnings))
@@ -531,6 +555,7 @@ mod tests {
             devices: vec![],
             host_caps: (1 << 41) - 1,
             cgroup_v1_dirs: &[],
+            localhost_seccomp: None,
             sysctls: &NO_SYSCTLS,
             pod_privileged: false,
         }
