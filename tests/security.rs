@@ -435,3 +435,62 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// runc CVE-2024-21626's class: a working directory through /proc's fd links is refused, and
+/// neither the container's process nor an exec'd one holds any fd from the host side (only its
+/// stdio, pipes and sockets the shim gave it, and /dev/null).
+#[tokio::test(flavor = "multi_thread")]
+async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-sectest3-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("fds", "default", &format!("/{top}/fds"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+
+    for cwd in ["/proc/self/fd/7", "/proc/1/cwd", "/proc/thread-self/fd/3"] {
+        let mut ctr = common::container_config("leak", &image, &["/bin/sleep", "3600"]);
+        ctr.working_dir = cwd.into();
+        let err = common::create_start(&mut c, &pod, &cfg, ctr)
+            .await
+            .unwrap_err();
+        let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        assert!(s.message().contains("magic link"), "{s:?}");
+    }
+
+    let mut ctr = common::container_config("main", &image, &["/bin/sleep", "3600"]);
+    as_root(&mut ctr);
+    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    // Every fd of the container's init and of an exec'd process, with its target.
+    let script = "for p in 1 self; do for f in /proc/$p/fd/*; do \
+                  echo \"$p $f $(/bin/busybox readlink $f)\"; done; done";
+    let out = exec_out(&mut c, &id, &["/bin/sh", "-c", script]).await?;
+    let mut seen = 0;
+    for line in out.lines() {
+        let target = line.split_whitespace().nth(2).unwrap_or("");
+        seen += 1;
+        // (An empty target: the shell's own directory fd, closed by the time readlink ran.)
+        let fine = target.is_empty()
+            || target.starts_with("pipe:")
+            || target.starts_with("socket:")
+            || target == "/dev/null"
+            || target.starts_with("/proc/")
+            || target.starts_with("/dev/pts/");
+        assert!(fine, "a container process holds {line:?}: {out}");
+    }
+    assert!(seen >= 6, "{out}");
+    // The init holds exactly its stdio.
+    let init: Vec<&str> = out.lines().filter(|l| l.starts_with("1 ")).collect();
+    assert_eq!(init.len(), 3, "{out}");
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

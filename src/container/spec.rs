@@ -235,6 +235,29 @@ fn abs_clean(field: &str, p: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A path through one of /proc's magic links (`/proc/self/fd/N`, `/proc/1/cwd`, …): as a working
+/// directory it can resolve to a directory on the host through an fd the runtime still holds
+/// (runc CVE-2024-21626).
+fn through_proc_magic_link(p: &str) -> bool {
+    let parts: Vec<&str> = p
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    match parts.as_slice() {
+        ["proc", who, link, ..] => {
+            let process = *who == "self"
+                || *who == "thread-self"
+                || (!who.is_empty() && who.bytes().all(|b| b.is_ascii_digit()));
+            process
+                && matches!(
+                    *link,
+                    "fd" | "cwd" | "root" | "exe" | "map_files" | "task" | "fdinfo"
+                )
+        }
+        _ => false,
+    }
+}
+
 fn propagation(p: i32) -> &'static str {
     match cri::MountPropagation::try_from(p).unwrap_or(cri::MountPropagation::PropagationPrivate) {
         cri::MountPropagation::PropagationPrivate => "rprivate",
@@ -263,6 +286,12 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "/".into()
     };
     abs_clean("working_dir", &cwd)?;
+    if through_proc_magic_link(&cwd) {
+        return Err(invalid(
+            "working_dir",
+            format!("{cwd:?} goes through a /proc magic link"),
+        ));
+    }
     let linux = c.linux.clone().unwrap_or_default();
     let sc = linux.security_context.clone().unwrap_or_default();
     let res = linux.resources.clone().unwrap_or_default();
@@ -493,6 +522,28 @@ mod tests {
                 attempt: 0,
             }),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn working_dirs_through_proc_magic_links_are_refused() {
+        for bad in [
+            "/proc/self/fd/7",
+            "/proc/thread-self/fd/3",
+            "/proc/1/cwd",
+            "//proc/./self/root/etc",
+            "/proc/42/task/42/cwd",
+        ] {
+            assert!(through_proc_magic_link(bad), "{bad}");
+        }
+        for ok in [
+            "/proc",
+            "/proc/sys",
+            "/app",
+            "/procfs/self/fd",
+            "/home/proc/self/fd",
+        ] {
+            assert!(!through_proc_magic_link(ok), "{ok}");
         }
     }
 
