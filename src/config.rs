@@ -182,6 +182,10 @@ pub struct StreamingConfig {
     pub token_ttl: Duration,
     /// Sessions at once; more are refused with 503 until one ends.
     pub max_sessions: usize,
+    /// PEM certificate chain and private key: serve HTTPS (URLs are `https://…`). Both or
+    /// neither; empty: plain HTTP (on loopback by default).
+    pub tls_cert_file: PathBuf,
+    pub tls_key_file: PathBuf,
 }
 
 impl Default for StreamingConfig {
@@ -190,6 +194,8 @@ impl Default for StreamingConfig {
             address: "127.0.0.1:0".into(),
             token_ttl: Duration::from_secs(60),
             max_sessions: 128,
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
         }
     }
 }
@@ -349,6 +355,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "state",
                 message: "must differ from root".into(),
+            });
+        }
+        let st = &self.streaming;
+        if st.tls_cert_file.as_os_str().is_empty() != st.tls_key_file.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "streaming.tls_cert_file",
+                message: "tls_cert_file and tls_key_file go together".into(),
             });
         }
         let gc = &self.image.gc;

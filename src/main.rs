@@ -223,10 +223,16 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("streaming server on {}", cfg.streaming.address))?;
         let streaming_addr = streaming_listener.local_addr()?;
-        let streaming = Arc::new(kelson::streaming::Streaming::new(format!("http://{streaming_addr}"), cfg.streaming.token_ttl));
+        let streaming_tls = if cfg.streaming.tls_cert_file.as_os_str().is_empty() {
+            None
+        } else {
+            Some(kelson::streaming::server::tls_acceptor(&cfg.streaming.tls_cert_file, &cfg.streaming.tls_key_file).map_err(|e| anyhow::anyhow!("streaming TLS: {e}"))?)
+        };
+        let scheme = if streaming_tls.is_some() { "https" } else { "http" };
+        let streaming = Arc::new(kelson::streaming::Streaming::new(format!("{scheme}://{streaming_addr}"), cfg.streaming.token_ttl));
         let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default(), telemetry: Default::default(), streaming });
         tracing::info!(address = %streaming_addr, "streaming server listening");
-        tokio::spawn(kelson::streaming::server::serve(shared.clone(), streaming_listener, cfg.streaming.max_sessions));
+        tokio::spawn(kelson::streaming::server::serve(shared.clone(), streaming_listener, cfg.streaming.max_sessions, streaming_tls));
         let pods_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms;
         kelson::cri::events::rearm(&shared).await;
         let containers_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms - pods_ms;

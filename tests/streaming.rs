@@ -895,3 +895,54 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// The streaming server over TLS (`streaming.tls_cert_file` / `tls_key_file`): URLs are
+/// `https://`, exec works over `wss://` for a client trusting the CA, and a plain-HTTP client
+/// gets nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_over_tls() -> anyhow::Result<()> {
+    let certs = tempfile::tempdir()?;
+    let (ca, cert, key) = kelson_testkit::registry::self_signed(certs.path())?;
+    let e = common::env_config(&format!(
+        "[streaming]\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    ))
+    .await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest7-{}", std::process::id());
+    let (pod, id) = running(&mut c, &image, &top).await?;
+
+    let url = exec_url(
+        &mut c,
+        &id,
+        &["/bin/sh", "-c", "echo over-tls; exit 4"],
+        false,
+    )
+    .await?;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let out = stream::connect_tls(&url, &[V5], &ca)
+        .await?
+        .collect(Duration::from_secs(30))
+        .await?;
+    assert_eq!(out.stdout, b"over-tls\n");
+    assert_eq!(out.exit_code(), Some(4));
+    // Plain HTTP to the TLS port: no upgrade, no session.
+    let url = exec_url(&mut c, &id, &["/bin/true"], false).await?;
+    let plain = url.replacen("https://", "http://", 1);
+    assert!(stream::connect(&plain, &[V5]).await.is_err());
+    // A client that does not trust the certificate gets no session either.
+    let other = tempfile::tempdir()?;
+    let (other_ca, _, _) = kelson_testkit::registry::self_signed(other.path())?;
+    assert!(stream::connect_tls(&url, &[V5], &other_ca).await.is_err());
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

@@ -15,7 +15,11 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
-type Ws = WebSocketStream<TcpStream>;
+/// A byte stream: TCP, or TLS over TCP (`https://` URLs).
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 pub const STDIN: u8 = 0;
 pub const STDOUT: u8 = 1;
@@ -72,7 +76,41 @@ impl Output {
 /// Connect to `url` (http://…) offering `protocols`, best first. Errors carry the HTTP status
 /// when the server refuses the upgrade (404 for a used or expired URL).
 pub async fn connect(url: &str, protocols: &[&str]) -> anyhow::Result<Session> {
-    let ws_url = url.replacen("http://", "ws://", 1);
+    connect_with(url, protocols, None).await
+}
+
+/// `connect` to an `https://` URL, trusting the CA certificates in `ca_pem`.
+pub async fn connect_tls(
+    url: &str,
+    protocols: &[&str],
+    ca_pem: &std::path::Path,
+) -> anyhow::Result<Session> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca_pem)? {
+        roots.add(c?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    connect_with(url, protocols, Some(config)).await
+}
+
+async fn connect_with(
+    url: &str,
+    protocols: &[&str],
+    tls: Option<tokio_rustls::rustls::ClientConfig>,
+) -> anyhow::Result<Session> {
+    let ws_url = if tls.is_some() {
+        url.replacen("https://", "wss://", 1)
+    } else {
+        url.replacen("http://", "ws://", 1)
+    };
     let mut req = ws_url.as_str().into_client_request()?;
     req.headers_mut().insert(
         "Sec-WebSocket-Protocol",
@@ -85,7 +123,20 @@ pub async fn connect(url: &str, protocols: &[&str]) -> anyhow::Result<Session> {
         .as_str()
         .to_owned();
     let tcp = TcpStream::connect(&host).await?;
-    let (ws, resp) = client_async(req, tcp).await.map_err(|e| match e {
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::try_from(
+                host.rsplit_once(':')
+                    .map(|(h, _)| h)
+                    .unwrap_or(&host)
+                    .to_owned(),
+            )?;
+            let conn = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+            Box::new(conn.connect(name, tcp).await?)
+        }
+    };
+    let (ws, resp) = client_async(req, io).await.map_err(|e| match e {
         tokio_tungstenite::tungstenite::Error::Http(r) => {
             anyhow::anyhow!("HTTP {}", r.status().as_u16())
         }

@@ -231,8 +231,53 @@ fn upgrade_spdy(
     r
 }
 
-/// Serve until kelsond stops (the task is dropped with the runtime).
-pub async fn serve(rt: Shared, listener: TcpListener, max_sessions: usize) {
+/// The TLS side of the server from a PEM certificate chain and key (`streaming.tls_*`).
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        tokio_rustls::rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("certificate and key: {e}"))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve_connection<IO>(io: IO, rt: Shared, sessions: Arc<Semaphore>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| handle(rt.clone(), sessions.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "streaming connection");
+    }
+}
+
+/// Serve until kelsond stops (the task is dropped with the runtime); over TLS when `tls`.
+pub async fn serve(
+    rt: Shared,
+    listener: TcpListener,
+    max_sessions: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let sessions = Arc::new(Semaphore::new(max_sessions));
     // Connections still in their HTTP phase (an upgraded session holds a session slot
     // instead); more wait in the listen backlog.
@@ -249,17 +294,18 @@ pub async fn serve(rt: Shared, listener: TcpListener, max_sessions: usize) {
                 continue;
             }
         };
-        let (rt, sessions) = (rt.clone(), sessions.clone());
+        let (rt, sessions, tls) = (rt.clone(), sessions.clone(), tls.clone());
         tokio::spawn(async move {
-            let svc =
-                hyper::service::service_fn(move |req| handle(rt.clone(), sessions.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "streaming connection");
+            match tls {
+                None => serve_connection(stream, rt, sessions).await,
+                // The handshake gets the same time as a request head.
+                Some(acceptor) => {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => serve_connection(s, rt, sessions).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "streaming: TLS handshake"),
+                        Err(_) => tracing::debug!("streaming: TLS handshake timed out"),
+                    }
+                }
             }
             drop(slot);
         });

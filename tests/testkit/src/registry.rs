@@ -35,7 +35,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// A throwaway CA and a leaf certificate for 127.0.0.1 signed by it (rustls refuses a CA
 /// certificate used as the server's own).
-fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
+/// Returns (CA PEM, certificate PEM, key PEM) paths in `dir`.
+pub fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {
     let ca = dir.join("ca.pem");
     let ca_key = dir.join("ca.key");
     let cert = dir.join("cert.pem");
