@@ -946,3 +946,62 @@ async fn streaming_over_tls() -> anyhow::Result<()> {
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// Concurrent sessions: 16 exec sessions at once, each pushing its own 2 MiB through `cat`,
+/// every one gets exactly its own bytes back and its exit code.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_exec_sessions() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest8-{}", std::process::id());
+    let (pod, id) = running(&mut c, &image, &top).await?;
+    let mut sessions = Vec::new();
+    for n in 0..16u8 {
+        let url = exec_url(
+            &mut c,
+            &id,
+            &["/bin/sh", "-c", &format!("/bin/busybox cat; exit {n}")],
+            true,
+        )
+        .await?;
+        sessions.push(tokio::spawn(async move {
+            let payload: Vec<u8> = (0..2 << 20).map(|i: usize| (i as u8) ^ n).collect();
+            let s = stream::connect(&url, &[V5]).await?;
+            let (mut tx, rx) = (s.tx, s.rx);
+            let data = payload.clone();
+            let writer = tokio::spawn(async move {
+                for chunk in data.chunks(64 * 1024) {
+                    tx.send(stream::STDIN, chunk).await?;
+                }
+                tx.close_stdin().await?;
+                anyhow::Ok(tx)
+            });
+            let out = rx.collect(Duration::from_secs(120)).await?;
+            let _tx = writer.await??;
+            anyhow::ensure!(
+                Sha256::digest(&out.stdout) == Sha256::digest(&payload),
+                "session {n}: {} bytes back, not its own {}",
+                out.stdout.len(),
+                payload.len()
+            );
+            anyhow::ensure!(
+                out.exit_code() == Some(n as i32),
+                "session {n}: {:?}",
+                out.exit_code()
+            );
+            anyhow::Ok(())
+        }));
+    }
+    for s in sessions {
+        s.await??;
+    }
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
