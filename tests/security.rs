@@ -494,3 +494,76 @@ async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// runc CVE-2019-5736's class: the processes of the engine that enter a container (a created
+/// container's init waiting for start, exec'd processes before they exec) run from a sealed
+/// in-memory copy, so `/proc/<pid>/exe` inside the container leads to nothing writable and
+/// never to the host's binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-sectest4-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("exe", "default", &format!("/{top}/exe"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    let id = c
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(common::container_config(
+                "main",
+                &image,
+                &["/bin/sleep", "3600"],
+            )),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id;
+    // The created container's init: the engine, waiting in the container for start.
+    let procs =
+        std::fs::read_to_string(format!("/sys/fs/cgroup/pids/{top}/exe/{id}/cgroup.procs"))?;
+    let init: i32 = procs
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no process in the created container: {procs:?}"))?;
+    let exe = std::fs::read_link(format!("/proc/{init}/exe"))?;
+    assert!(
+        exe.to_string_lossy()
+            .starts_with("/memfd:kelson-shim-engine"),
+        "the created container's init runs {}",
+        exe.display()
+    );
+    let w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{init}/exe"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"));
+    assert!(
+        w.is_err(),
+        "the engine's image was writable through /proc/<pid>/exe"
+    );
+    c.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    // After start the container runs its own program, not the engine.
+    let exe = std::fs::read_link(format!("/proc/{init}/exe"))?;
+    assert!(
+        !exe.to_string_lossy().contains("kelson"),
+        "{}",
+        exe.display()
+    );
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

@@ -111,6 +111,10 @@ fn spawn(args: &[String]) -> Result<(), String> {
 
 fn serve(args: &[String]) -> Result<(), String> {
     let _ = nix::unistd::setsid();
+    if let Err(e) = server::set_engine(arg(args, "--engine").as_deref()) {
+        println!("error: {e}");
+        return Err(e);
+    }
     let cfg = server::Config {
         id: need(args, "--id")?,
         root: PathBuf::from(need(args, "--root")?),

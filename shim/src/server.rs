@@ -68,11 +68,36 @@ fn nonblocking(fd: &OwnedFd) -> nix::Result<()> {
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map(drop)
 }
 
-/// The engine binary, installed next to the shim.
-pub fn engine_exe() -> PathBuf {
+/// The engine kelsond gave (`--engine`): its sealed in-memory copy, opened here once and run as
+/// `/proc/self/fd/N` (see kelsond's `shim::engine`); kept open for the shim's life.
+static ENGINE: std::sync::OnceLock<(Option<std::fs::File>, PathBuf)> = std::sync::OnceLock::new();
+
+pub fn set_engine(given: Option<&str>) -> Result<(), String> {
+    let entry = match given {
+        Some(p) if p.starts_with("/proc/") => {
+            let f = std::fs::File::open(p).map_err(|e| format!("opening the engine {p}: {e}"))?;
+            let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+            (Some(f), path)
+        }
+        Some(p) => (None, PathBuf::from(p)),
+        None => (None, default_engine()),
+    };
+    let _ = ENGINE.set(entry);
+    Ok(())
+}
+
+fn default_engine() -> PathBuf {
     std::env::current_exe()
         .map(|e| e.with_file_name("kelson-shim-engine"))
         .unwrap_or_else(|_| PathBuf::from("kelson-shim-engine"))
+}
+
+/// The engine binary: kelsond's sealed copy, else the one installed next to the shim.
+pub fn engine_exe() -> PathBuf {
+    ENGINE
+        .get()
+        .map(|(_, p)| p.clone())
+        .unwrap_or_else(default_engine)
 }
 
 struct ExecSession {

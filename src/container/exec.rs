@@ -87,8 +87,7 @@ impl ContainerService {
 
     /// `kelson-shim-engine exec` for `rec`, options before the command still to add.
     fn engine_exec(&self, rec: &ContainerRecord, pid_file: &Path) -> tokio::process::Command {
-        let mut c =
-            tokio::process::Command::new(self.shim_binary.with_file_name("kelson-shim-engine"));
+        let mut c = tokio::process::Command::new(self.engine.path());
         c.args(["exec", "--id", &rec.id])
             .arg("--root")
             .arg(self.engine_root())

@@ -132,6 +132,8 @@ pub struct ContainerService {
     pods: Arc<PodService>,
     dirs: Dirs,
     shim_binary: PathBuf,
+    /// The engine, run from a sealed copy (see `shim::engine`).
+    engine: shim::engine::Engine,
     init_binary: PathBuf,
     config: crate::config::ContainerConfig,
     /// Last (time, cumulative CPU ns) per container, for the nano-cores rate.
@@ -345,11 +347,13 @@ impl ContainerService {
         } else {
             PathBuf::from(&config.init_path)
         };
+        let engine = shim::engine::Engine::new(shim_binary.with_file_name("kelson-shim-engine"));
         ContainerService {
             store,
             images,
             pods,
             dirs,
+            engine,
             shim_binary,
             init_binary,
             config,
@@ -637,9 +641,9 @@ impl ContainerService {
         }
         {
             // If anything after this fails, the engine may hold a created container: delete it.
-            let (bin, id, root) = (self.shim_binary.clone(), id.clone(), self.engine_root());
+            let (engine, id, root) = (self.engine.path(), id.clone(), self.engine_root());
             undo.push(move || {
-                let _ = std::process::Command::new(bin.with_file_name("kelson-shim-engine"))
+                let _ = std::process::Command::new(engine)
                     .args(["delete", "--id", &id])
                     .arg("--root")
                     .arg(root)
@@ -658,6 +662,7 @@ impl ContainerService {
             stdin: config.stdin,
             stdin_once: config.stdin_once,
             tty: config.tty,
+            engine: &self.engine.for_shim(),
         })
         .await?;
         // Where the time went (rootfs, spec and store vs the shim and engine), for operators and
@@ -925,7 +930,7 @@ impl ContainerService {
         self.stop(&rec.id, Duration::ZERO).await?;
         // A created-but-never-started container has an init parked in the engine: SIGKILL above
         // ended it; the engine's delete removes its state and cgroup.
-        shim::delete(&self.shim_binary, &rec.id, &self.engine_root()).await?;
+        shim::delete(&self.engine.path(), &rec.id, &self.engine_root()).await?;
         let root = PathBuf::from(&rec.root_dir);
         {
             let r = root.clone();

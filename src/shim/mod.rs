@@ -2,6 +2,8 @@
 //! the shim detached in its own session) and a client for its control socket. The exit record
 //! the shim writes is read here too, so kelsond learns exits that happened while it was down.
 
+pub mod engine;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +63,8 @@ pub struct Spawn<'a> {
     pub stdin_once: bool,
     /// The container runs on a terminal (CRI `tty`).
     pub tty: bool,
+    /// The engine for the shim to open at start (`Engine::for_shim`).
+    pub engine: &'a Path,
 }
 
 /// Start a shim, which creates the container. Returns the container's init pid.
@@ -84,6 +88,8 @@ pub async fn spawn(s: Spawn<'_>) -> Result<u32, ShimError> {
         .arg(s.socket)
         .arg("--log")
         .arg(s.log)
+        .arg("--engine")
+        .arg(s.engine)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(std::process::Stdio::null())
@@ -106,9 +112,9 @@ pub async fn spawn(s: Spawn<'_>) -> Result<u32, ShimError> {
     ))
 }
 
-/// Delete a container's engine state and cgroup (`kelson-shim-engine delete`, next to the shim).
-pub async fn delete(binary: &Path, id: &str, root: &Path) -> Result<(), ShimError> {
-    let out = tokio::process::Command::new(binary.with_file_name("kelson-shim-engine"))
+/// Delete a container's engine state and cgroup (`kelson-shim-engine delete`).
+pub async fn delete(engine: &Path, id: &str, root: &Path) -> Result<(), ShimError> {
+    let out = tokio::process::Command::new(engine)
         .args(["delete", "--id", id])
         .arg("--root")
         .arg(root)
@@ -116,7 +122,7 @@ pub async fn delete(binary: &Path, id: &str, root: &Path) -> Result<(), ShimErro
         .output()
         .await
         .map_err(|e| ShimError::Spawn {
-            path: binary.to_owned(),
+            path: engine.to_owned(),
             reason: e.to_string(),
         })?;
     if out.status.success() {
