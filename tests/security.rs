@@ -200,6 +200,46 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
     let st = exec_out(&mut c, &id, &status).await?;
     assert_eq!(cap_set(&st, "CapBnd"), CAP_NET_BIND_SERVICE);
 
+    // Supplemental groups (Strict: the request's only), reported in the status as kubelet
+    // shows them, and what the process really has.
+    let mut ctr = sleeper("groups");
+    {
+        let sc = ctr
+            .linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default);
+        sc.supplemental_groups = vec![3001, 3000];
+        sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+    }
+    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    let st = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .unwrap_or_default();
+    let user = st
+        .user
+        .and_then(|u| u.linux)
+        .expect("status reports the user");
+    assert_eq!((user.uid, user.gid), (65534, 65534), "the image's USER");
+    assert_eq!(user.supplemental_groups, [3000, 3001]);
+    let groups = exec_out(&mut c, &id, &["/bin/busybox", "id", "-G"]).await?;
+    assert_eq!(groups.trim(), "65534 3000 3001");
+    let features = c
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await?
+        .into_inner()
+        .features
+        .unwrap_or_default();
+    assert!(features.supplemental_groups_policy);
+
     // Refused by name, leaving nothing behind: an unknown capability, a privileged container
     // in a pod that is not privileged.
     let mut ctr = sleeper("bogus");

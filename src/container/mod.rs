@@ -541,7 +541,11 @@ impl ContainerService {
             sc.run_as_user.map(|v| v.value),
             &sc.run_as_username,
             sc.run_as_group.map(|v| v.value),
-            &sc.supplemental_groups,
+            user::Supplemental {
+                groups: &sc.supplemental_groups,
+                strict: sc.supplemental_groups_policy
+                    == cri::SupplementalGroupsPolicy::Strict as i32,
+            },
         )?;
         let own_oom = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()

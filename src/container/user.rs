@@ -87,6 +87,13 @@ fn member_groups(group: &str, user: &str) -> Vec<u32> {
 
 /// Resolve the container user from the request (run_as_user/run_as_group/run_as_username,
 /// supplemental groups) or the image's `User` ("name", "uid", "uid:gid", "name:group").
+/// The request's supplemental groups and its `supplemental_groups_policy` (Strict or Merge).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Supplemental<'a> {
+    pub groups: &'a [i64],
+    pub strict: bool,
+}
+
 pub fn resolve(
     passwd: Option<&str>,
     group: Option<&str>,
@@ -94,7 +101,7 @@ pub fn resolve(
     run_as_user: Option<i64>,
     run_as_username: &str,
     run_as_group: Option<i64>,
-    supplemental: &[i64],
+    supplemental: Supplemental<'_>,
 ) -> Result<(u32, u32, Vec<u32>), UserError> {
     let (passwd, group) = (passwd.unwrap_or(""), group.unwrap_or(""));
     let (user_part, group_part) = match image_user.split_once(':') {
@@ -137,8 +144,13 @@ pub fn resolve(
     if let Some(g) = run_as_group {
         gid = check(g)?;
     }
-    let mut gids: Vec<u32> = name.map(|n| member_groups(group, &n)).unwrap_or_default();
-    for g in supplemental {
+    // Merge: the user's groups from the image's /etc/group too; Strict: only the request's.
+    let mut gids: Vec<u32> = if supplemental.strict {
+        Vec::new()
+    } else {
+        name.map(|n| member_groups(group, &n)).unwrap_or_default()
+    };
+    for g in supplemental.groups {
         gids.push(check(*g)?);
     }
     gids.sort_unstable();
@@ -169,7 +181,42 @@ mod tests {
         g: Option<i64>,
         sup: &[i64],
     ) -> Result<(u32, u32, Vec<u32>), UserError> {
-        resolve(Some(PASSWD), Some(GROUP), img, u, name, g, sup)
+        resolve(
+            Some(PASSWD),
+            Some(GROUP),
+            img,
+            u,
+            name,
+            g,
+            Supplemental {
+                groups: sup,
+                strict: false,
+            },
+        )
+    }
+
+    #[test]
+    fn strict_policy_leaves_out_the_images_groups() {
+        let strict = |img: &str, sup: &[i64]| {
+            resolve(
+                Some(PASSWD),
+                Some(GROUP),
+                img,
+                None,
+                "",
+                None,
+                Supplemental {
+                    groups: sup,
+                    strict: true,
+                },
+            )
+        };
+        assert_eq!(strict("web", &[]).unwrap(), (1000, 1001, vec![]));
+        assert_eq!(strict("web", &[3000]).unwrap(), (1000, 1001, vec![3000]));
+        assert_eq!(
+            r("web", None, "", None, &[3000]).unwrap(),
+            (1000, 1001, vec![2000, 3000])
+        );
     }
 
     #[test]

@@ -112,8 +112,26 @@ pub fn to_status(rt: &Shared, v: &View) -> cri::ContainerStatus {
                 windows: None,
             }),
         image_id: v.rec.image_id.clone(),
-        user: None,
+        user: container_user(&v.rec),
     }
+}
+
+/// The identity the container's process started with (kubelet shows the effective groups),
+/// from the spec the container was created with.
+fn container_user(rec: &ContainerRecord) -> Option<cri::ContainerUser> {
+    let path = std::path::Path::new(&rec.state_dir).join("bundle/config.json");
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let u = &spec["process"]["user"];
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: u["uid"].as_i64()?,
+            gid: u["gid"].as_i64()?,
+            supplemental_groups: u["additionalGids"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|g| g.as_i64()).collect())
+                .unwrap_or_default(),
+        }),
+    })
 }
 
 pub fn matches(v: &View, f: &cri::ContainerFilter) -> bool {

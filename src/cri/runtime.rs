@@ -112,7 +112,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
                 }),
             }],
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         }))
     }
