@@ -607,3 +607,185 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// Hostile root filesystems (runc CVE-2019-19921, CVE-2021-30465 and kin): an image whose
+/// `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, `/dev`, `/dev/shm` and `/proc` are
+/// symlinks pointing at the host — absolute, relative with `..`, and through /proc's magic
+/// links — cannot make kelson mount or write anything outside the container: every target
+/// resolves inside the rootfs or the container is refused, and the host's files stay as they
+/// were.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
+    use kelson_testkit::{Compression, Image, Layer, Pusher, TarBuilder, TestImages};
+    let e = common::env().await?;
+    let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
+    let b = bait.path().display().to_string();
+    for f in ["hosts", "resolv", "hostname"] {
+        std::fs::write(bait.path().join(f), b"host file\n")?;
+    }
+    for d in ["dev", "proc", "shm"] {
+        std::fs::create_dir(bait.path().join(d))?;
+    }
+    let up = "../../../../../../../../../..";
+    // One image per kind of trap: the files kelson bind-mounts, and the directories the
+    // container library mounts filesystems on.
+    let etc = |path: &str, target: String| {
+        TarBuilder::new()
+            .dir("etc", 0o755)
+            .link(tar::EntryType::Symlink, path, &target)
+            .finish()
+    };
+    let traps = [
+        ("hosts-abs", etc("etc/hosts", format!("{b}/hosts"))),
+        (
+            "resolv-rel",
+            etc("etc/resolv.conf", format!("{up}{b}/resolv")),
+        ),
+        (
+            "hostname-magic",
+            etc("etc/hostname", format!("/proc/self/root{b}/hostname")),
+        ),
+        (
+            "proc",
+            TarBuilder::new()
+                .link(tar::EntryType::Symlink, "proc", &format!("{b}/proc"))
+                .finish(),
+        ),
+        (
+            "dev",
+            TarBuilder::new()
+                .link(tar::EntryType::Symlink, "dev", &format!("{up}{b}/dev"))
+                .finish(),
+        ),
+    ];
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-sectest5-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("hostile", "default", &format!("/{top}/h"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    for (name, layer) in traps {
+        let img = Image::new(
+            vec![
+                TestImages::busybox_layer()?,
+                TestImages::etc_layer(),
+                Layer::new(layer, Compression::Gzip),
+            ],
+            "amd64",
+            false,
+            serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
+        );
+        Pusher::new(&e.registry)?
+            .image("test/hostile", name, &img)
+            .await?;
+        let image = format!("{}/test/hostile:{name}", e.registry.host);
+        common::pull(&e.daemon, &image).await?;
+        let ctr = common::container_config(name, &image, &["/bin/sleep", "3600"]);
+        let r = common::create_start(&mut c, &pod, &cfg, ctr).await;
+        println!(
+            "hostile rootfs {name}: {:?}",
+            r.as_ref().map_err(|e| e.to_string())
+        );
+        match &r {
+            // Started: the files kelson mounted are inside the container.
+            Ok(id) => {
+                let hosts = exec_out(&mut c, id, &["/bin/busybox", "cat", "/etc/hosts"]).await?;
+                assert!(!hosts.contains("host file"), "{hosts}");
+            }
+            // Refusing is fine, as long as it is a clear refusal and not a crash.
+            Err(err) => {
+                let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+                assert_ne!(s.code(), tonic::Code::Unknown, "{s:?}");
+            }
+        }
+        // Nothing was mounted over the bait, and it is unchanged.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+        assert!(
+            !mounts.lines().any(|l| l.contains(&b)),
+            "{name}: a mount landed on the host: {}",
+            mounts
+                .lines()
+                .filter(|l| l.contains(&b))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        for f in ["hosts", "resolv", "hostname"] {
+            assert_eq!(
+                std::fs::read(bait.path().join(f))?,
+                b"host file\n",
+                "{name}: {f} was written"
+            );
+        }
+        for d in ["dev", "proc", "shm"] {
+            assert_eq!(
+                std::fs::read_dir(bait.path().join(d))?.count(),
+                0,
+                "{name}: {d} was filled"
+            );
+        }
+    }
+    // What real images do must still work: in-root symlinks, relative (/etc/resolv.conf →
+    // ../run/…) and absolute (/var/run → /run, under which kubelet mounts the service account).
+    let benign = TarBuilder::new()
+        .dir("etc", 0o755)
+        .dir("run", 0o755)
+        .file("run/resolv.conf", 0o644, b"# image\n")
+        .link(
+            tar::EntryType::Symlink,
+            "etc/resolv.conf",
+            "../run/resolv.conf",
+        )
+        .dir("var", 0o755)
+        .link(tar::EntryType::Symlink, "var/run", "/run")
+        .finish();
+    let img = Image::new(
+        vec![
+            TestImages::busybox_layer()?,
+            TestImages::etc_layer(),
+            Layer::new(benign, Compression::Gzip),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
+    );
+    Pusher::new(&e.registry)?
+        .image("test/hostile", "benign", &img)
+        .await?;
+    let image = format!("{}/test/hostile:benign", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let secrets = tempfile::tempdir()?;
+    std::fs::write(secrets.path().join("token"), b"sa-token")?;
+    let mut ctr = common::container_config("benign", &image, &["/bin/sleep", "3600"]);
+    ctr.mounts = vec![cri::Mount {
+        container_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+        host_path: secrets.path().display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    let id = common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .context("an image with in-root symlinks")?;
+    let token = exec_out(
+        &mut c,
+        &id,
+        &[
+            "/bin/busybox",
+            "cat",
+            "/var/run/secrets/kubernetes.io/serviceaccount/token",
+        ],
+    )
+    .await?;
+    assert_eq!(token, "sa-token");
+    let resolv = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/etc/resolv.conf"]).await?;
+    assert!(
+        !resolv.contains("# image"),
+        "the pod's resolv.conf is not in place: {resolv}"
+    );
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
