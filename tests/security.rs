@@ -259,6 +259,30 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
     assert!(s.message().contains("privileged pod"), "{s:?}");
 
+    // This host has neither AppArmor nor SELinux: as containerd on such a host, an AppArmor
+    // profile other than Unconfined is refused, SELinux options are ignored.
+    let mut ctr = sleeper("apparmor");
+    as_root(&mut ctr).apparmor = Some(cri::SecurityProfile {
+        profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    let err = common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .unwrap_err();
+    let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    assert!(s.message().contains("apparmor is not supported"), "{s:?}");
+    let mut ctr = sleeper("selinux");
+    as_root(&mut ctr).selinux_options = Some(cri::SeLinuxOption {
+        user: "system_u".into(),
+        role: "system_r".into(),
+        r#type: "container_t".into(),
+        level: "s0:c1,c2".into(),
+    });
+    common::create_start(&mut c, &pod, &cfg, ctr)
+        .await
+        .context("SELinux options on a host without SELinux")?;
+
     // Node-wide and smuggled sysctls are refused.
     for (k, v) in [
         ("kernel.core_pattern", "|/tmp/x"),

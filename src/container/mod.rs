@@ -237,6 +237,16 @@ fn v1_cgroup_dirs() -> &'static [String] {
     })
 }
 
+/// Whether the host runs AppArmor (read once). SELinux labels are not applied: like containerd
+/// on a host without SELinux, `selinux_options` are accepted and ignored.
+fn apparmor_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|s| s.trim_start().starts_with('Y'))
+    })
+}
+
 /// kelsond's own effective capabilities: all a container can be given (a host may withhold
 /// some, e.g. CAP_SYS_RESOURCE; containerd takes its current set the same way).
 fn own_caps() -> u64 {
@@ -614,6 +624,7 @@ impl ContainerService {
             host_caps: own_caps(),
             cgroup_v1_dirs: v1_cgroup_dirs(),
             localhost_seccomp,
+            apparmor_host: apparmor_enabled(),
             sysctls: &pod_linux.sysctls,
             pod_privileged: pod_linux
                 .security_context

@@ -188,6 +188,66 @@ pub fn masked_and_readonly(
     ))
 }
 
+/// The AppArmor profile for the process (`process.apparmorProfile`), as containerd decides
+/// it. On a host without AppArmor (like this project's CI machine) containerd refuses any
+/// profile but Unconfined ("apparmor is not supported") and so does kelson. With AppArmor, a
+/// Localhost profile (which the node's admin loads) is applied by name; kelson ships no
+/// RuntimeDefault profile yet, and says so instead of running the container unconfined.
+/// Privileged containers and requests without a profile run unconfined.
+#[allow(deprecated)] // `apparmor_profile`: what kubelets before the field send
+pub fn apparmor(
+    sc: &cri::LinuxContainerSecurityContext,
+    host_has_apparmor: bool,
+) -> Result<Option<String>, SpecError> {
+    use cri::security_profile::ProfileType;
+    let field = "apparmor";
+    let requested: Option<(ProfileType, String)> = match &sc.apparmor {
+        Some(p) => Some((
+            ProfileType::try_from(p.profile_type)
+                .map_err(|_| invalid(field, format!("unknown profile type {}", p.profile_type)))?,
+            p.localhost_ref.clone(),
+        )),
+        None => match sc.apparmor_profile.as_str() {
+            "" => None,
+            "unconfined" => Some((ProfileType::Unconfined, String::new())),
+            "runtime/default" => Some((ProfileType::RuntimeDefault, String::new())),
+            other => match other.strip_prefix("localhost/") {
+                Some(name) => Some((ProfileType::Localhost, name.to_owned())),
+                None => {
+                    return Err(invalid(
+                        "apparmor_profile",
+                        format!(
+                            "unknown profile {:?}",
+                            other.chars().take(120).collect::<String>()
+                        ),
+                    ));
+                }
+            },
+        },
+    };
+    let Some((kind, name)) = requested else {
+        return Ok(None);
+    };
+    if kind == ProfileType::Unconfined || sc.privileged {
+        return Ok(None);
+    }
+    if !host_has_apparmor {
+        return Err(invalid(field, "apparmor is not supported on this host"));
+    }
+    match kind {
+        ProfileType::Localhost => {
+            if name.is_empty() || name.len() > 256 || name.chars().any(|c| c.is_control()) {
+                return Err(invalid(field, "a Localhost profile needs a profile name"));
+            }
+            Ok(Some(name))
+        }
+        _ => Err(invalid(
+            field,
+            "kelson has no RuntimeDefault AppArmor profile yet; use a Localhost profile or Unconfined",
+        )),
+    }
+}
+
 /// The namespaces a pod does not share with the host (sysctls may only touch those).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OwnNamespaces {
@@ -332,6 +392,43 @@ mod tests {
         assert_eq!(a["ambient"], json!(["CAP_NET_BIND_SERVICE"]));
         assert_eq!(a["inheritable"], json!(["CAP_NET_BIND_SERVICE"]));
         assert_eq!(bounding(&a), ["CAP_NET_BIND_SERVICE"]);
+    }
+
+    #[test]
+    #[allow(deprecated)]
+    fn apparmor_follows_containerd() {
+        use cri::security_profile::ProfileType;
+        let with = |t: ProfileType, r: &str| cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: t as i32,
+                localhost_ref: r.into(),
+            }),
+            ..Default::default()
+        };
+        let none = cri::LinuxContainerSecurityContext::default();
+        // No AppArmor on the host: nothing asked or Unconfined is fine, anything else refused.
+        assert_eq!(apparmor(&none, false).unwrap(), None);
+        assert_eq!(
+            apparmor(&with(ProfileType::Unconfined, ""), false).unwrap(),
+            None
+        );
+        let e = apparmor(&with(ProfileType::RuntimeDefault, ""), false).unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+        assert!(apparmor(&with(ProfileType::Localhost, "p"), false).is_err());
+        let legacy = cri::LinuxContainerSecurityContext {
+            apparmor_profile: "runtime/default".into(),
+            ..Default::default()
+        };
+        assert!(apparmor(&legacy, false).is_err());
+        // With AppArmor: a Localhost profile by name; privileged runs unconfined.
+        assert_eq!(
+            apparmor(&with(ProfileType::Localhost, "my-profile"), true).unwrap(),
+            Some("my-profile".into())
+        );
+        let mut p = with(ProfileType::Localhost, "my-profile");
+        p.privileged = true;
+        assert_eq!(apparmor(&p, true).unwrap(), None);
+        assert!(apparmor(&with(ProfileType::Localhost, ""), true).is_err());
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Input<'a> {
     pub cgroup_v1_dirs: &'a [String],
     /// The Localhost seccomp profile the security context names, already read and checked.
     pub localhost_seccomp: Option<Value>,
+    /// The host runs AppArmor.
+    pub apparmor_host: bool,
     /// The pod's sysctls (PodSandboxConfig.linux.sysctls), applied in every container.
     pub sysctls: &'a HashMap<String, String>,
     /// The pod itself is privileged (a privileged container needs that).
@@ -469,6 +471,9 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "cwd": cwd,
         "capabilities": capabilities,
     });
+    if let Some(profile) = security::apparmor(&sc, i.apparmor_host)? {
+        process["apparmorProfile"] = json!(profile);
+    }
     // Only when set: libcontainer reads a present `false` as "set" and then loads the seccomp
     // filter after dropping capabilities, where the kernel refuses it (no CAP_SYS_ADMIN and
     // no no_new_privs).
@@ -607,6 +612,7 @@ mod tests {
             host_caps: (1 << 41) - 1,
             cgroup_v1_dirs: &[],
             localhost_seccomp: None,
+            apparmor_host: false,
             sysctls: &NO_SYSCTLS,
             pod_privileged: false,
         }
