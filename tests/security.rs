@@ -450,9 +450,47 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
         "RuntimeDefault let a user namespace be made: {text}"
     );
     assert!(text.contains("mkdir=0"), "ordinary work goes on: {text}");
-    assert_eq!(seccomp_mode(&mut c, id).await?, "2", "filter mode");
+    assert_eq!(seccomp_mode(&mut c, id.clone()).await?, "2", "filter mode");
+    // Exec'd processes are filtered too (libcontainer leaves them unfiltered; kelson-init loads
+    // the container's filter in front of them), and ordinary exec work goes on.
+    let exec = |c: &mut Cri, id: &str, cmd: &[&str]| {
+        let req = cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        };
+        let mut rt = c.runtime.clone();
+        async move { anyhow::Ok(rt.exec_sync(req).await?.into_inner()) }
+    };
+    let r = exec(
+        &mut c,
+        &id,
+        &["/bin/busybox", "unshare", "-U", "/bin/busybox", "true"],
+    )
+    .await?;
+    assert_ne!(
+        r.exit_code, 0,
+        "an exec'd process made a user namespace under RuntimeDefault"
+    );
+    let st = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/self/status"]).await?;
+    assert!(
+        st.contains("Seccomp:\t2"),
+        "exec'd process unfiltered: {st}"
+    );
+    assert!(!st.contains("KELSON_SECCOMP_BPF"));
+    let env = exec_out(&mut c, &id, &["/bin/busybox", "env"]).await?;
+    assert!(
+        !env.contains("KELSON_SECCOMP_BPF"),
+        "the filter variable leaked: {env}"
+    );
+    assert_eq!(
+        exec_out(&mut c, &id, &["/bin/busybox", "echo", "hi"]).await?,
+        "hi\n"
+    );
+    let r = exec(&mut c, &id, &["/no/such/command"]).await?;
+    assert_eq!(r.exit_code, 127, "{}", String::from_utf8_lossy(&r.stderr));
 
-    common::create_start(
+    let id = common::create_start(
         &mut c,
         &pod,
         &cfg,
@@ -464,6 +502,11 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
     assert!(
         text.contains("userns=0") && !text.contains("mkdir=0"),
         "{text}"
+    );
+    let r = exec(&mut c, &id, &["/bin/busybox", "mkdir", "/tmp/by-exec"]).await?;
+    assert_ne!(
+        r.exit_code, 0,
+        "the Localhost profile did not apply to an exec'd process"
     );
     let abs = profiles.path().join("no-mkdir.json").display().to_string();
     common::create_start(

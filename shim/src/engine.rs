@@ -126,6 +126,110 @@ fn wait_exit(pid: i32) -> Result<i32, String> {
     }
 }
 
+/// Where the built-in init is mounted in every container (kelsond's `spec::INIT_IN_CONTAINER`).
+const INIT_IN_CONTAINER: &str = "/.kelson/init";
+/// The variable kelson-init reads an exec'd process's filter from.
+const BPF_ENV: &str = "KELSON_SECCOMP_BPF";
+
+/// The container's seccomp profile (OCI JSON) compiled to BPF, as hex of the kernel's
+/// `sock_filter` records. libcontainer filters a container's init but not processes exec'd
+/// into it; kelson-init loads this in front of each of them.
+fn compile_seccomp(profile: &serde_json::Value) -> Result<String, String> {
+    use libseccomp::{
+        ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+    };
+    use std::str::FromStr;
+    let bad = |what: &str| format!("seccomp profile: {what}");
+    let action = |name: &str, errno: Option<u64>| -> Result<ScmpAction, String> {
+        Ok(match name {
+            "SCMP_ACT_ALLOW" => ScmpAction::Allow,
+            "SCMP_ACT_ERRNO" => ScmpAction::Errno(errno.unwrap_or(1) as i32),
+            "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => ScmpAction::KillThread,
+            "SCMP_ACT_KILL_PROCESS" => ScmpAction::KillProcess,
+            "SCMP_ACT_TRAP" => ScmpAction::Trap,
+            "SCMP_ACT_TRACE" => ScmpAction::Trace(errno.unwrap_or(1) as u16),
+            "SCMP_ACT_LOG" => ScmpAction::Log,
+            other => {
+                return Err(bad(&format!(
+                    "action {other} cannot apply to an exec'd process"
+                )));
+            }
+        })
+    };
+    let default = action(
+        profile["defaultAction"]
+            .as_str()
+            .ok_or_else(|| bad("no defaultAction"))?,
+        profile["defaultErrnoRet"].as_u64(),
+    )?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(|e| bad(&e.to_string()))?;
+    for a in profile["architectures"].as_array().into_iter().flatten() {
+        let arch =
+            ScmpArch::from_str(a.as_str().unwrap_or_default()).map_err(|e| bad(&e.to_string()))?;
+        ctx.add_arch(arch).map_err(|e| bad(&e.to_string()))?;
+    }
+    for rule in profile["syscalls"].as_array().into_iter().flatten() {
+        let act = action(
+            rule["action"].as_str().unwrap_or_default(),
+            rule["errnoRet"].as_u64(),
+        )?;
+        if act == default {
+            continue; // redundant, and libseccomp refuses it
+        }
+        let mut conds = Vec::new();
+        let mut indices = std::collections::HashSet::new();
+        let mut repeated = false;
+        for arg in rule["args"].as_array().into_iter().flatten() {
+            let index = arg["index"]
+                .as_u64()
+                .ok_or_else(|| bad("arg without index"))? as u32;
+            let value = arg["value"].as_u64().unwrap_or(0);
+            let two = arg["valueTwo"].as_u64().unwrap_or(0);
+            let (op, datum) = match arg["op"].as_str().unwrap_or_default() {
+                "SCMP_CMP_NE" => (ScmpCompareOp::NotEqual, value),
+                "SCMP_CMP_LT" => (ScmpCompareOp::Less, value),
+                "SCMP_CMP_LE" => (ScmpCompareOp::LessOrEqual, value),
+                "SCMP_CMP_EQ" => (ScmpCompareOp::Equal, value),
+                "SCMP_CMP_GE" => (ScmpCompareOp::GreaterEqual, value),
+                "SCMP_CMP_GT" => (ScmpCompareOp::Greater, value),
+                // OCI: value is the mask, valueTwo what the masked argument must equal.
+                "SCMP_CMP_MASKED_EQ" => (ScmpCompareOp::MaskedEqual(value), two),
+                other => return Err(bad(&format!("operator {other:?}"))),
+            };
+            repeated |= !indices.insert(index);
+            conds.push(ScmpArgCompare::new(index, op, datum));
+        }
+        for name in rule["names"].as_array().into_iter().flatten() {
+            // Names this libseccomp does not know are skipped, as when the init was filtered.
+            let Ok(sc) = ScmpSyscall::from_name(name.as_str().unwrap_or_default()) else {
+                continue;
+            };
+            let r = if conds.is_empty() {
+                ctx.add_rule(act, sc).map(drop)
+            } else if !repeated {
+                ctx.add_rule_conditional(act, sc, &conds).map(drop)
+            } else {
+                // Several conditions on one argument: one rule each (as runc does).
+                conds.iter().try_for_each(|c| {
+                    ctx.add_rule_conditional(act, sc, std::slice::from_ref(c))
+                        .map(drop)
+                })
+            };
+            r.map_err(|e| bad(&format!("{}: {e}", name.as_str().unwrap_or_default())))?;
+        }
+    }
+    // Exported into an in-memory file (a pipe could fill up with a large profile).
+    let fd = nix::sys::memfd::memfd_create("seccomp-bpf", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(|e| bad(&e.to_string()))?;
+    ctx.export_bpf(&fd).map_err(|e| bad(&e.to_string()))?;
+    let mut file = std::fs::File::from(fd);
+    let mut bpf = Vec::new();
+    std::io::Seek::rewind(&mut file)
+        .and_then(|_| std::io::Read::read_to_end(&mut file, &mut bpf))
+        .map_err(|e| bad(&e.to_string()))?;
+    Ok(bpf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// Write the container's process spec with `args` (and `terminal`) for a tenant process;
 /// returns its path (the caller removes it).
 fn process_spec(
@@ -141,6 +245,35 @@ fn process_spec(
         .process()
         .clone()
         .ok_or("container spec without a process")?;
+    let mut args = args;
+    // A container with a seccomp profile: the exec'd process loads it first, through the
+    // built-in init every container has mounted (libcontainer would run it unfiltered).
+    let raw: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(container.bundle().join("config.json"))
+            .map_err(|e| err("container spec", e))?,
+    )
+    .map_err(|e| err("container spec", e))?;
+    if let Some(profile) = raw["linux"]["seccomp"].as_object() {
+        let has_init = raw["mounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["destination"] == INIT_IN_CONTAINER));
+        if !has_init {
+            return Err(format!(
+                "exec into a container with a seccomp profile needs kelson-init mounted at {INIT_IN_CONTAINER}"
+            ));
+        }
+        let bpf = compile_seccomp(&serde_json::Value::Object(profile.clone()))?;
+        let mut env = process.env().clone().unwrap_or_default();
+        env.push(format!("{BPF_ENV}={bpf}"));
+        process.set_env(Some(env));
+        let mut wrapped = vec![
+            INIT_IN_CONTAINER.to_owned(),
+            "--seccomp-exec".to_owned(),
+            "--".to_owned(),
+        ];
+        wrapped.append(&mut args);
+        args = wrapped;
+    }
     process.set_args(Some(args)).set_terminal(Some(terminal));
     let file = root
         .join(id)

@@ -625,6 +625,7 @@ impl ContainerService {
             cgroup_v1_dirs: v1_cgroup_dirs(),
             localhost_seccomp,
             apparmor_host: apparmor_enabled(),
+            init_mount: self.init_binary.is_file().then(|| self.init_binary.clone()),
             sysctls: &pod_linux.sysctls,
             pod_privileged: pod_linux
                 .security_context

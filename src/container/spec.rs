@@ -137,6 +137,9 @@ pub struct Input<'a> {
     pub localhost_seccomp: Option<Value>,
     /// The host runs AppArmor.
     pub apparmor_host: bool,
+    /// The built-in init's binary, mounted read-only even when the container does not run
+    /// under it (it applies seccomp to exec'd processes).
+    pub init_mount: Option<PathBuf>,
     /// The pod's sysctls (PodSandboxConfig.linux.sysctls), applied in every container.
     pub sysctls: &'a HashMap<String, String>,
     /// The pod itself is privileged (a privileged container needs that).
@@ -355,7 +358,9 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             mounts.push(json!({"destination": dest, "type": "bind", "source": i.pod.dir.join(f), "options": ["rbind", "rprivate", ro]}));
         }
     }
-    if let Some(init) = &i.init {
+    // Mounted in every container when installed: it is also what loads the container's
+    // seccomp filter in front of exec'd processes.
+    if let Some(init) = i.init.as_ref().or(i.init_mount.as_ref()) {
         // Read-only and separate from any runtime binary, so a container cannot rewrite it
         // (runc CVE-2019-5736's class).
         mounts.push(json!({"destination": INIT_IN_CONTAINER, "type": "bind", "source": init, "options": ["rbind", "rprivate", "ro", "nodev", "nosuid"]}));
@@ -613,6 +618,7 @@ mod tests {
             cgroup_v1_dirs: &[],
             localhost_seccomp: None,
             apparmor_host: false,
+            init_mount: None,
             sysctls: &NO_SYSCTLS,
             pod_privileged: false,
         }

@@ -2,8 +2,15 @@
 //! It starts the real process, forwards the signals a process manager forwards, and reaps every
 //! child it inherits, so orphaned grandchildren never pile up as zombies. It exits with the real
 //! process's status. No dependencies on the image: it is a static binary.
+//!
+//! `kelson-init --seccomp-exec -- COMMAND…`: the first step of a process exec'd into a container
+//! with a seccomp profile. The container library does not filter exec'd processes, so the
+//! engine compiles the container's profile to BPF and passes it in `KELSON_SECCOMP_BPF`; this
+//! loads it (with no_new_privs, which loading needs without CAP_SYS_ADMIN) and becomes the
+//! command.
 #![forbid(unsafe_code)]
 
+use std::os::unix::process::CommandExt;
 use std::process::{Command, ExitCode};
 
 use nix::sys::signal::{Signal, kill};
@@ -50,9 +57,59 @@ fn pause() -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The variable carrying the filter: hex of `struct sock_filter` records (8 bytes each, in the
+/// machine's byte order, as libseccomp exports them).
+const BPF_ENV: &str = "KELSON_SECCOMP_BPF";
+
+fn parse_bpf(hex: &str) -> Option<Vec<seccompiler::sock_filter>> {
+    let bytes: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<_>>()?;
+    if bytes.is_empty() || !bytes.len().is_multiple_of(8) {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(8)
+            .map(|c| seccompiler::sock_filter {
+                code: u16::from_ne_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect(),
+    )
+}
+
+fn seccomp_exec() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        eprintln!("kelson-init: usage: kelson-init --seccomp-exec -- COMMAND [ARGS…]");
+        return ExitCode::from(126);
+    };
+    let Some(filter) = std::env::var(BPF_ENV).ok().as_deref().and_then(parse_bpf) else {
+        eprintln!("kelson-init: no valid seccomp filter in {BPF_ENV}");
+        return ExitCode::from(126);
+    };
+    if let Err(e) = seccompiler::apply_filter(&filter) {
+        eprintln!("kelson-init: loading the container's seccomp filter: {e}");
+        return ExitCode::from(126);
+    }
+    let e = Command::new(cmd).args(rest).env_remove(BPF_ENV).exec();
+    eprintln!("kelson-init: {cmd}: {e}");
+    ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    })
+}
+
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("--pause") {
-        return pause();
+    match std::env::args().nth(1).as_deref() {
+        Some("--pause") => return pause(),
+        Some("--seccomp-exec") => return seccomp_exec(),
+        _ => {}
     }
     let args: Vec<String> = std::env::args().skip_while(|a| a != "--").skip(1).collect();
     let Some((cmd, rest)) = args.split_first() else {
