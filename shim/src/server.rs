@@ -32,6 +32,8 @@ pub const MAX_EXEC_OUTPUT: u64 = 16 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the creator may take to send a terminal's master.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a creator that sent no terminal may take to exit with its own error message.
+const CREATOR_ERROR_GRACE: Duration = Duration::from_secs(5);
 /// Attachers at once.
 pub const MAX_ATTACHERS: usize = 32;
 /// Attachers' stdin buffered for the container; past it, attachers with stdin are not read
@@ -218,10 +220,20 @@ impl Shim {
             Some(l) => match crate::console::receive(l, &mut creator, CREATE_TIMEOUT) {
                 Ok(m) => Some(m),
                 Err(e) => {
+                    // A creator that failed inside the container says why in its error file
+                    // as it exits: give it a moment to, then make sure it is gone.
+                    let deadline = Instant::now() + CREATOR_ERROR_GRACE;
+                    while matches!(creator.try_wait(), Ok(None)) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                     let _ = creator.kill();
                     let _ = creator.wait();
                     let _ = std::fs::remove_file(&console_path);
-                    let why = std::fs::read_to_string(&err_file).unwrap_or(e);
+                    // The creator's own account when it left one, else what went wrong here.
+                    let why = std::fs::read_to_string(&err_file)
+                        .ok()
+                        .filter(|w| !w.trim().is_empty())
+                        .unwrap_or(e);
                     return Err(why.trim().to_owned());
                 }
             },
@@ -237,7 +249,9 @@ impl Shim {
         };
         if !status.success() {
             let why = std::fs::read_to_string(&err_file)
-                .unwrap_or_else(|_| format!("creator exited with {status}"));
+                .ok()
+                .filter(|w| !w.trim().is_empty())
+                .unwrap_or_else(|| format!("creator exited with {status}"));
             return Err(why.trim().to_owned());
         }
         let init: i32 = std::fs::read_to_string(&pid_file)
