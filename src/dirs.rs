@@ -65,7 +65,13 @@ impl Dirs {
                 .mode(0o700)
                 .create(d)?;
         }
-        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711))?;
+        // Traversable, not listable: the container library prepares a user-namespaced pod's
+        // containers as the pod's root — an unprivileged id on the host — and must reach the
+        // pod's pinned namespaces, files and volume clones by path. Everything private below
+        // stays 0700/0600.
+        for d in [&self.root, &self.state] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+        }
         Ok(())
     }
 }

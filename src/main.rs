@@ -65,6 +65,28 @@ enum Command {
         pid: Option<PathBuf>,
         #[arg(long)]
         hostname: Option<String>,
+        /// Pin a user namespace here and make the others inside it.
+        #[arg(long, requires_all = ["uid_map", "gid_map"])]
+        user: Option<PathBuf>,
+        /// `container:host:length[,…]`
+        #[arg(long)]
+        uid_map: Option<String>,
+        #[arg(long)]
+        gid_map: Option<String>,
+    },
+    /// Internal: the pin helper's child that makes a pod's namespaces inside its user namespace.
+    #[command(hide = true)]
+    UsernsChild {
+        #[arg(long)]
+        net: bool,
+        #[arg(long)]
+        ipc: bool,
+        #[arg(long)]
+        uts: bool,
+        #[arg(long)]
+        pid: bool,
+        #[arg(long)]
+        hostname: Option<String>,
     },
     /// Internal: PID 1 of a pod's shared PID namespace (reaps orphans).
     #[command(hide = true)]
@@ -92,7 +114,14 @@ fn main() -> std::process::ExitCode {
     if let Some(Command::PodHolder) = &cli.command {
         kelson::pod::namespaces::hold();
     }
-    if let Some(Command::PinNs {
+    let helper_exit = |r: Result<(), kelson::pod::namespaces::NsError>| match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::ExitCode::FAILURE
+        }
+    };
+    if let Some(Command::UsernsChild {
         net,
         ipc,
         uts,
@@ -100,20 +129,45 @@ fn main() -> std::process::ExitCode {
         hostname,
     }) = &cli.command
     {
+        return helper_exit(kelson::pod::namespaces::userns_child(
+            *net,
+            *ipc,
+            *uts,
+            *pid,
+            hostname.as_deref(),
+        ));
+    }
+    if let Some(Command::PinNs {
+        net,
+        ipc,
+        uts,
+        pid,
+        hostname,
+        user,
+        uid_map,
+        gid_map,
+    }) = &cli.command
+    {
+        use kelson::pod::userns;
+        let user = match (user, uid_map, gid_map) {
+            (Some(p), Some(u), Some(g)) => match (userns::parse_arg(u), userns::parse_arg(g)) {
+                (Some(uids), Some(gids)) => Some((p.clone(), userns::UserNs { uids, gids })),
+                _ => {
+                    eprintln!("pin-ns: bad --uid-map or --gid-map");
+                    return std::process::ExitCode::FAILURE;
+                }
+            },
+            _ => None,
+        };
         let req = kelson::pod::namespaces::PinRequest {
             net: net.clone(),
             ipc: ipc.clone(),
             uts: uts.clone(),
             pid: pid.clone(),
             hostname: hostname.clone(),
+            user,
         };
-        return match kelson::pod::namespaces::pin_here(&req) {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return helper_exit(kelson::pod::namespaces::pin_here(&req));
     }
     let cfg = match load(&cli) {
         Ok(c) => c,
@@ -129,7 +183,9 @@ fn main() -> std::process::ExitCode {
         }
         Some(Command::RepairDb { rebuild }) => repair_db(&cfg, rebuild),
         Some(Command::Serve) | None => run(cfg),
-        Some(Command::PinNs { .. }) | Some(Command::PodHolder) => Ok(()),
+        Some(Command::PinNs { .. })
+        | Some(Command::UsernsChild { .. })
+        | Some(Command::PodHolder) => Ok(()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

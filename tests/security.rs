@@ -856,3 +856,653 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
     common::remove_cgroup_tree(&top);
     Ok(())
 }
+
+/// The host pid of a container's init (from verbose ContainerStatus).
+async fn init_pid(c: &mut Cri, id: &str) -> anyhow::Result<u32> {
+    let st = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(st.info.get("info").context("no info")?)?;
+    info["pid"]
+        .as_u64()
+        .map(|p| p as u32)
+        .with_context(|| format!("no pid in {info}"))
+}
+
+/// An exec that must fail: its stderr.
+async fn exec_fails(c: &mut Cri, id: &str, cmd: &[&str]) -> anyhow::Result<String> {
+    let r = c
+        .runtime
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        })
+        .await?
+        .into_inner();
+    anyhow::ensure!(r.exit_code != 0, "{cmd:?} succeeded");
+    Ok(String::from_utf8_lossy(&r.stderr).into_owned())
+}
+
+/// kubelet's mapping for a pod with `hostUsers: false`: 65536 ids at a multiple of 65536.
+const USERNS_HOST_BASE: u32 = 65536 * 47;
+
+fn userns_options(host: u32) -> cri::NamespaceOption {
+    let map = vec![cri::IdMapping {
+        host_id: host,
+        container_id: 0,
+        length: 65536,
+    }];
+    cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
+        userns_options: Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: map.clone(),
+            gids: map,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    // kubelet reads the feature from Status before it sends user namespaces.
+    let status = c
+        .runtime
+        .status(cri::StatusRequest { verbose: false })
+        .await?
+        .into_inner();
+    let features = status.runtime_handlers[0].features.unwrap();
+    assert!(features.user_namespaces && features.recursive_read_only_mounts);
+
+    let top = format!("kelson-userns-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let mut cfg = common::pod_config("userns", "default", &format!("/{top}/u"), logs.path());
+    {
+        let linux = cfg.linux.as_mut().unwrap();
+        linux.security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(userns_options(USERNS_HOST_BASE)),
+            ..Default::default()
+        });
+        // A net sysctl works only when the pod's network namespace belongs to its user one.
+        linux.sysctls = [(
+            "net.ipv4.ping_group_range".to_string(),
+            "0 65535".to_string(),
+        )]
+        .into();
+    }
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    let mounts_before = common::mounts_of(&e.daemon);
+
+    // A volume with a file of host root's, and a submount to show idmapping goes all the way.
+    let vol = tempfile::Builder::new().prefix("kelson-vol-").tempdir()?;
+    std::fs::write(vol.path().join("from-host"), b"host data\n")?;
+    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    as_root(&mut ctr).namespace_options = Some(userns_options(USERNS_HOST_BASE));
+    ctr.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: vol.path().display().to_string(),
+        ..Default::default()
+    }];
+    let id = match common::create_start(&mut c, &pod, &cfg, ctr).await {
+        Ok(id) => id,
+        Err(err) => {
+            println!("{}", e.daemon.log());
+            return Err(err.context("a container in a user-namespaced pod"));
+        }
+    };
+
+    // Root inside, an unprivileged id on the host.
+    assert_eq!(
+        exec_out(&mut c, &id, &["/bin/busybox", "id", "-u"])
+            .await?
+            .trim(),
+        "0"
+    );
+    let map = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/self/uid_map"]).await?;
+    assert_eq!(
+        map.split_whitespace().collect::<Vec<_>>(),
+        ["0", &USERNS_HOST_BASE.to_string(), "65536"]
+    );
+    let pid = init_pid(&mut c, &id).await?;
+    let host_status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let uids = host_status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .context("no Uid line")?;
+    assert!(
+        uids.split_whitespace()
+            .all(|u| u == USERNS_HOST_BASE.to_string()),
+        "the container's init runs as {uids} on the host"
+    );
+    // The image's files are root's inside (idmapped layers, nothing chowned) ...
+    let owner = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "stat", "-c", "%u:%g", "/bin/busybox"],
+    )
+    .await?;
+    assert_eq!(owner.trim(), "0:0");
+    let snapshots = e.daemon.dir.path().join("root/snapshots");
+    assert!(
+        walk_owners(&snapshots)
+            .iter()
+            .all(|u| *u != USERNS_HOST_BASE),
+        "a shared snapshot was chowned"
+    );
+    // ... and what root writes in the rootfs lands as the pod's id on the host.
+    exec_out(&mut c, &id, &["/bin/busybox", "touch", "/written"]).await?;
+    let upper = e
+        .daemon
+        .dir
+        .path()
+        .join("root/containers")
+        .join(&id)
+        .join("upper/written");
+    assert_eq!(std::fs::metadata(&upper)?.uid(), USERNS_HOST_BASE);
+    // The volume is idmapped: host root's file is root's inside, and root's writes are host
+    // root's files again (as without a user namespace).
+    let owner = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "stat", "-c", "%u", "/data/from-host"],
+    )
+    .await?;
+    assert_eq!(owner.trim(), "0");
+    exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "sh", "-c", "echo pod > /data/from-pod"],
+    )
+    .await?;
+    let m = std::fs::metadata(vol.path().join("from-pod"))?;
+    assert_eq!((m.uid(), m.gid()), (0, 0));
+    // Capabilities are the namespace's, not the host's: no device nodes, no host sysctls.
+    let err = exec_fails(
+        &mut c,
+        &id,
+        &["/bin/busybox", "mknod", "/tmp/null", "c", "1", "3"],
+    )
+    .await?;
+    assert!(err.contains("not permitted"), "{err}");
+    let range = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "cat", "/proc/sys/net/ipv4/ping_group_range"],
+    )
+    .await?;
+    assert_eq!(range.split_whitespace().collect::<Vec<_>>(), ["0", "65535"]);
+    // The pod's files and /dev/shm are its root's.
+    exec_out(
+        &mut c,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo x >> /etc/hosts && /bin/busybox touch /dev/shm/x",
+        ],
+    )
+    .await?;
+    // The shared PID namespace's holder runs unprivileged too.
+    let one = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/1/cmdline"]).await?;
+    assert!(one.contains("pod-holder"), "{one:?}");
+
+    // Ids outside the mapping, or a container asking for other mappings, are refused.
+    let mut bad = common::container_config("unmapped", &image, &["/bin/true"]);
+    let sc = as_root(&mut bad);
+    sc.run_as_user = Some(cri::Int64Value { value: 70000 });
+    let err = create(&mut c, &pod, &cfg, bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("not mapped"), "{err:?}");
+    let mut other = common::container_config("other", &image, &["/bin/true"]);
+    as_root(&mut other).namespace_options = Some(userns_options(USERNS_HOST_BASE + 65536));
+    let err = create(&mut c, &pod, &cfg, other).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+
+    // Removing the container releases every idmapped mount and leaves the volume whole.
+    c.runtime
+        .remove_container(cri::RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await?;
+    assert_eq!(common::mounts_of(&e.daemon), mounts_before);
+    assert_eq!(std::fs::read(vol.path().join("from-host"))?, b"host data\n");
+    assert_eq!(std::fs::read(vol.path().join("from-pod"))?, b"pod\n");
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    assert_eq!(common::mounts_of(&e.daemon), 0, "a pin or mount was left");
+
+    // Pods that would defeat the namespace are refused before anything is made.
+    for (name, mutate) in [
+        (
+            "hostnet",
+            (|n: &mut cri::NamespaceOption| n.network = cri::NamespaceMode::Node as i32)
+                as fn(&mut cri::NamespaceOption),
+        ),
+        ("hostroot", |n| {
+            n.userns_options.as_mut().unwrap().uids[0].host_id = 0
+        }),
+        ("nomap", |n| n.userns_options.as_mut().unwrap().gids.clear()),
+        ("container-mode", |n| {
+            n.userns_options.as_mut().unwrap().mode = cri::NamespaceMode::Container as i32
+        }),
+    ] {
+        let mut cfg = common::pod_config(name, "default", &format!("/{top}/{name}"), logs.path());
+        let mut ns = userns_options(USERNS_HOST_BASE);
+        mutate(&mut ns);
+        cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(ns),
+            ..Default::default()
+        });
+        let err = common::run_pod(&mut c, &cfg).await.unwrap_err();
+        let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{name}: {s:?}");
+    }
+    assert_eq!(common::mounts_of(&e.daemon), 0);
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+/// Owners of every file under `dir`.
+fn walk_owners(dir: &std::path::Path) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if let Ok(m) = e.path().symlink_metadata() {
+                out.push(m.uid());
+                if m.is_dir() {
+                    todo.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn create(
+    c: &mut Cri,
+    pod: &str,
+    cfg: &cri::PodSandboxConfig,
+    ctr: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ctr),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-rro-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("rro", "default", &format!("/{top}/r"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    // A host dir with a writable filesystem mounted inside it.
+    let vol = tempfile::Builder::new().prefix("kelson-rro-").tempdir()?;
+    let sub = vol.path().join("sub");
+    std::fs::create_dir(&sub)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )?;
+    let host = vol.path().display().to_string();
+    let mount = |path: &str, rro| cri::Mount {
+        container_path: path.into(),
+        host_path: host.clone(),
+        readonly: true,
+        recursive_read_only: rro,
+        ..Default::default()
+    };
+    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    as_root(&mut ctr);
+    ctr.mounts = vec![mount("/ro", false), mount("/rro", true)];
+    let result = async {
+        let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+        // Plain read-only: the top is read-only, the submount under it is not (what KEP-3857 fixes).
+        exec_fails(&mut c, &id, &["/bin/busybox", "touch", "/ro/x"]).await?;
+        exec_out(&mut c, &id, &["/bin/busybox", "touch", "/ro/sub/plain"]).await?;
+        // Recursive read-only: read-only all the way down.
+        let err = exec_fails(&mut c, &id, &["/bin/busybox", "touch", "/rro/sub/x"]).await?;
+        assert!(err.contains("Read-only"), "{err}");
+        assert!(sub.join("plain").exists() && !sub.join("x").exists());
+        // Asked with a writable mount or with propagation, it is refused by name.
+        let mut bad = common::container_config("bad", &image, &["/bin/true"]);
+        bad.mounts = vec![cri::Mount {
+            readonly: false,
+            ..mount("/rro", true)
+        }];
+        let err = create(&mut c, &pod, &cfg, bad).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("recursive_read_only"), "{err:?}");
+        let mut bad = common::container_config("bad2", &image, &["/bin/true"]);
+        bad.mounts = vec![cri::Mount {
+            propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+            ..mount("/rro", true)
+        }];
+        let err = create(&mut c, &pod, &cfg, bad).await.unwrap_err();
+        assert!(err.message().contains("propagation"), "{err:?}");
+        anyhow::Ok(())
+    }
+    .await;
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH)?;
+    common::remove_cgroup_tree(&top);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_volumes_stay_inside_the_rootfs() -> anyhow::Result<()> {
+    use kelson_testkit::{Compression, Image, Layer, Pusher, TarBuilder, TestImages};
+    let e = common::env().await?;
+    let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
+    let b = bait.path().display().to_string();
+    let traps = TarBuilder::new()
+        .link(tar::EntryType::Symlink, "abs", &b)
+        .link(
+            tar::EntryType::Symlink,
+            "up",
+            &format!("../../../../../../../..{b}"),
+        )
+        .finish();
+    let (registry, daemon) = (&e.registry, &e.daemon);
+    let push = |tag: &'static str, volumes: serde_json::Value| {
+        let traps = traps.clone();
+        async move {
+            let img = Image::new(
+                vec![
+                    TestImages::busybox_layer()?,
+                    TestImages::etc_layer(),
+                    Layer::new(traps, Compression::Gzip),
+                ],
+                "amd64",
+                false,
+                serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"], "Volumes": volumes}),
+            );
+            Pusher::new(registry)?
+                .image("test/volumes", tag, &img)
+                .await?;
+            let image = format!("{}/test/volumes:{tag}", registry.host);
+            common::pull(daemon, &image).await?;
+            anyhow::Ok(image)
+        }
+    };
+    let image = push(
+        "traps",
+        serde_json::json!({"/data/cache": {}, "/abs/escape": {}, "/up/escape": {}, "/etc": {}}),
+    )
+    .await?;
+    let hostile = push("dotdot", serde_json::json!({"/../../escape": {}})).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-volumes-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("volumes", "default", &format!("/{top}/v"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    ctr.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 4242 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    // The volume the image declares is there, the container user's; the ones aimed at the host
+    // through symlinks (absolute, or `..` past the root) made nothing on the host.
+    let owner = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "stat", "-c", "%u", "/data/cache"],
+    )
+    .await?;
+    assert_eq!(owner.trim(), "4242");
+    assert_eq!(
+        std::fs::read_dir(bait.path())?.count(),
+        0,
+        "a volume was made on the host"
+    );
+    assert!(!std::path::Path::new(&format!("{b}/escape")).exists());
+    // An image volume the image already has keeps its content and owner.
+    let etc = exec_out(
+        &mut c,
+        &id,
+        &["/bin/busybox", "stat", "-c", "%u", "/etc/passwd"],
+    )
+    .await?;
+    assert_eq!(etc.trim(), "0");
+    // A `..` path is refused by name, before anything runs.
+    let err = create(
+        &mut c,
+        &pod,
+        &cfg,
+        common::container_config("dotdot", &hostile, &["/bin/true"]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("image volume"), "{err:?}");
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    assert_eq!(common::mounts_of(&e.daemon), 0);
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+/// Lines of this process's mountinfo naming `path`.
+fn mounts_on(path: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(path))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
+    use kelson_testkit::{Compression, Image, Layer, Pusher, TarBuilder, TestImages};
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
+    let b = bait.path().display().to_string();
+    for f in ["null", "console", "ptmx"] {
+        std::fs::write(bait.path().join(f), b"host file\n")?;
+    }
+    std::fs::create_dir(bait.path().join("dir"))?;
+    let untouched = |what: &str| {
+        for f in ["null", "console", "ptmx"] {
+            assert_eq!(
+                std::fs::read(bait.path().join(f)).unwrap(),
+                b"host file\n",
+                "{what}: {f} written"
+            );
+        }
+        assert_eq!(
+            std::fs::read_dir(bait.path().join("dir")).unwrap().count(),
+            0,
+            "{what}: the bait dir was filled"
+        );
+        let on = mounts_on(&b);
+        assert!(on.is_empty(), "{what}: a mount landed on the host: {on:?}");
+    };
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-devtraps-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = common::pod_config("devtraps", "default", &format!("/{top}/d"), logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
+
+    // 1. An image whose /dev/null, /dev/console and /dev/pts/ptmx point at host files (runc
+    // CVE-2025-31133/52565): the runtime's own /dev hides them, a terminal still works, the
+    // masked paths are still masked.
+    let traps = TarBuilder::new()
+        .dir("dev", 0o755)
+        .dir("dev/pts", 0o755)
+        .link(tar::EntryType::Symlink, "dev/null", &format!("{b}/null"))
+        .link(
+            tar::EntryType::Symlink,
+            "dev/console",
+            &format!("{b}/console"),
+        )
+        .link(
+            tar::EntryType::Symlink,
+            "dev/pts/ptmx",
+            &format!("{b}/ptmx"),
+        )
+        .link(tar::EntryType::Symlink, "dev/ptmx", &format!("{b}/ptmx"))
+        .finish();
+    let img = Image::new(
+        vec![
+            TestImages::busybox_layer()?,
+            TestImages::etc_layer(),
+            Layer::new(traps, Compression::Gzip),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
+    );
+    Pusher::new(&e.registry)?
+        .image("test/devtraps", "v1", &img)
+        .await?;
+    let trap_image = format!("{}/test/devtraps:v1", e.registry.host);
+    common::pull(&e.daemon, &trap_image).await?;
+    let mut ctr = common::container_config("img", &trap_image, &["/bin/sleep", "3600"]);
+    ctr.tty = true;
+    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    let keys = exec_out(&mut c, &id, &["/bin/busybox", "sh", "-c", "echo x > /dev/null; echo y > /dev/console; /bin/busybox cat /proc/keys; /bin/busybox stat -c %t:%T /dev/null"]).await?;
+    assert_eq!(
+        keys.trim(),
+        "1:3",
+        "/proc/keys masked by the real /dev/null: {keys:?}"
+    );
+    untouched("image /dev traps");
+
+    // 2. A volume mounted over /dev whose device names point at host files (what another
+    // container of the pod could leave in a shared emptyDir): creating the container either
+    // refuses clearly or leaves the host alone.
+    let devdir = tempfile::Builder::new()
+        .prefix("kelson-devvol-")
+        .tempdir()?;
+    std::fs::create_dir(devdir.path().join("pts"))?;
+    for (name, target) in [
+        ("null", "null"),
+        ("console", "console"),
+        ("ptmx", "ptmx"),
+        ("pts/ptmx", "ptmx"),
+    ] {
+        std::os::unix::fs::symlink(bait.path().join(target), devdir.path().join(name))?;
+    }
+    let mut ctr = common::container_config("devvol", &image, &["/bin/sleep", "3600"]);
+    ctr.tty = true;
+    ctr.mounts = vec![cri::Mount {
+        container_path: "/dev".into(),
+        host_path: devdir.path().display().to_string(),
+        ..Default::default()
+    }];
+    let r = common::create_start(&mut c, &pod, &cfg, ctr).await;
+    println!(
+        "hostile /dev volume: {:?}",
+        r.as_ref().map_err(|e| e.to_string())
+    );
+    if let Err(err) = &r {
+        let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+        // It says what failed (it once said only "error:").
+        assert!(s.message().contains("tty"), "{s:?}");
+    }
+    untouched("a hostile /dev volume");
+
+    // 3. A mount target inside a shared volume swapped for a symlink to the host while the
+    // container is made (runc CVE-2021-30465): every attempt either mounts inside the
+    // container or fails; none lands on the host.
+    let shared = tempfile::Builder::new()
+        .prefix("kelson-shared-")
+        .tempdir()?;
+    let source = tempfile::Builder::new().prefix("kelson-src-").tempdir()?;
+    std::fs::write(source.path().join("payload"), b"payload")?;
+    let swap = format!(
+        "while :; do /bin/busybox rm -rf /v/t; /bin/busybox mkdir /v/t; /bin/busybox rm -rf /v/t; /bin/busybox ln -s {b}/dir /v/t; /bin/busybox rm -rf /v/t; /bin/busybox ln -s ../../../../../../../..{b}/dir /v/t; done"
+    );
+    let mut swapper =
+        common::container_config("swapper", &image, &["/bin/busybox", "sh", "-c", &swap]);
+    swapper.mounts = vec![cri::Mount {
+        container_path: "/v".into(),
+        host_path: shared.path().display().to_string(),
+        ..Default::default()
+    }];
+    common::create_start(&mut c, &pod, &cfg, swapper).await?;
+    let (mut made, mut refused) = (0, 0);
+    for i in 0..24 {
+        let mut victim =
+            common::container_config(&format!("victim{i}"), &image, &["/bin/sleep", "3600"]);
+        victim.mounts = vec![
+            cri::Mount {
+                container_path: "/mnt".into(),
+                host_path: shared.path().display().to_string(),
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/mnt/t".into(),
+                host_path: source.path().display().to_string(),
+                ..Default::default()
+            },
+        ];
+        match create(&mut c, &pod, &cfg, victim).await {
+            Ok(id) => {
+                made += 1;
+                c.runtime
+                    .remove_container(cri::RemoveContainerRequest { container_id: id })
+                    .await?;
+            }
+            Err(s) => {
+                assert_ne!(s.code(), tonic::Code::Unknown, "{s:?}");
+                refused += 1;
+            }
+        }
+        untouched(&format!("swap race, attempt {i}"));
+    }
+    println!("mount-target race: {made} created, {refused} refused");
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    assert_eq!(common::mounts_of(&e.daemon), 0);
+    untouched("after the pod");
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

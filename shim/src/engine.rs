@@ -283,7 +283,31 @@ fn process_spec(
         serde_json::to_vec(&process).map_err(|e| err("process spec", e))?,
     )
     .map_err(|e| err("writing process spec", e))?;
+    join_user_namespace(&raw)?;
     Ok(file)
+}
+
+/// A container of a user-namespaced pod: enter its user namespace before the library builds
+/// the exec'd process. libcontainer 0.7 joins a tenant's ipc/uts/net/pid/mnt/cgroup
+/// namespaces but never its user namespace, so an exec'd process would otherwise run as real
+/// root on the host inside the pod's other namespaces. Entered first (this process is
+/// single-threaded and still host root, the owner of the pod's namespace), every later step
+/// happens inside it: the process's ids are the container's ids there and its capabilities
+/// only the namespace's. Files this process still reads are host root's, readable as their
+/// owner; cgroup files likewise.
+fn join_user_namespace(spec: &serde_json::Value) -> Result<(), String> {
+    let Some(path) = spec["linux"]["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["type"] == "user")
+        .and_then(|n| n["path"].as_str())
+    else {
+        return Ok(());
+    };
+    let ns = std::fs::File::open(path).map_err(|e| err("open user namespace", e))?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| err("enter user namespace", e))
 }
 
 /// Run `args` in the container on a terminal of its own (`kubectl exec -it`): the process

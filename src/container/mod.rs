@@ -4,12 +4,14 @@
 //! is gone), never from a cached guess. Every multi-step create unwinds on failure.
 
 pub mod exec;
+pub mod idmap;
 pub mod resources;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;
 pub mod spec;
 pub mod user;
+pub mod volumes;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use crate::ids::{self, IdError};
 use crate::image::ImageService;
 use crate::image::digest::Digest;
 use crate::pod::PodService;
+use crate::pod::userns::UserNs;
 use crate::rollback::Rollback;
 use crate::shim::{self, Client, ShimError, msg};
 use crate::store::{ContainerRecord, ExitInfo, PodRecord, PodState, Store, StoreError};
@@ -68,6 +71,8 @@ pub enum ContainerError {
     User(#[from] user::UserError),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    Idmap(#[from] idmap::IdmapError),
     #[error(transparent)]
     Shim(#[from] ShimError),
     #[error(transparent)]
@@ -322,6 +327,65 @@ fn all_host_devices() -> Vec<spec::Device> {
     out
 }
 
+/// The user namespace a container runs in: its pod's (every container of a pod shares it).
+/// A container asking for one its pod does not have, or for other mappings, is refused.
+fn pod_user_ns(
+    pod: &PodRecord,
+    pod_linux: &cri::LinuxPodSandboxConfig,
+    config: &cri::ContainerConfig,
+) -> Result<Option<UserNs>, ContainerError> {
+    let ns_of = |o: Option<&cri::NamespaceOption>| {
+        crate::pod::userns::from_cri(o.and_then(|n| n.userns_options.as_ref()))
+            .map_err(|e| ContainerError::Invalid(e.to_string()))
+    };
+    let pod_ns = if pod.userns.is_empty() {
+        None
+    } else {
+        ns_of(
+            pod_linux
+                .security_context
+                .as_ref()
+                .and_then(|s| s.namespace_options.as_ref()),
+        )?
+    };
+    let own = ns_of(
+        config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.as_ref()),
+    )?;
+    match (&pod_ns, own) {
+        (None, Some(_)) => Err(ContainerError::Invalid(
+            "userns_options: the container asks for a user namespace its pod sandbox does not have"
+                .into(),
+        )),
+        (Some(p), Some(c)) if *p != c => Err(ContainerError::Invalid(
+            "userns_options: the container's mappings differ from its pod sandbox's".into(),
+        )),
+        _ => Ok(pod_ns),
+    }
+}
+
+/// Every id the container starts with must exist in its user namespace.
+fn check_mapped(u: &UserNs, ids: &(u32, u32, Vec<u32>)) -> Result<(), ContainerError> {
+    use crate::pod::userns::to_host;
+    let unmapped = |what: &str, id: u32| {
+        ContainerError::Invalid(format!(
+            "{what} {id} is not mapped in the pod's user namespace"
+        ))
+    };
+    if to_host(&u.uids, ids.0).is_none() {
+        return Err(unmapped("user id", ids.0));
+    }
+    for g in std::iter::once(&ids.1).chain(&ids.2) {
+        if to_host(&u.gids, *g).is_none() {
+            return Err(unmapped("group id", *g));
+        }
+    }
+    Ok(())
+}
+
 /// The image's STOPSIGNAL ("SIGQUIT", "QUIT" or a number), SIGTERM when absent or unknown.
 pub fn stop_signal(image_config: &serde_json::Value) -> i32 {
     let s = image_config["config"]["StopSignal"]
@@ -527,15 +591,33 @@ impl ContainerService {
                     .map_err(|e| ContainerError::Internal(e.to_string()))
             })
             .collect::<Result<_, _>>()?;
+        let pod_cfg_linux = pod_cfg.linux.clone().unwrap_or_default();
+        let user_ns = pod_user_ns(&pod, &pod_cfg_linux, &config)?;
+        let userns_file = match &user_ns {
+            Some(_) => Some(idmap::open_userns(Path::new(&pod.userns))?),
+            None => None,
+        };
         let rootfs = {
             let (lowers, dir) = (lowers.clone(), root_dir.clone());
-            tokio::task::spawn_blocking(move || rootfs::mount_rootfs(&lowers, &dir))
-                .await
-                .map_err(|e| ContainerError::Internal(e.to_string()))??
+            let userns = userns_file
+                .as_ref()
+                .map(|f| f.try_clone().map_err(io_err(Path::new(&pod.userns))))
+                .transpose()?;
+            let root = user_ns.as_ref().map(|u| u.root_on_host());
+            tokio::task::spawn_blocking(move || {
+                let idmap = userns
+                    .as_ref()
+                    .zip(root)
+                    .map(|(userns, root)| rootfs::Idmapped { userns, root });
+                rootfs::mount_rootfs(&lowers, &dir, idmap)
+            })
+            .await
+            .map_err(|e| ContainerError::Internal(e.to_string()))??
         };
         {
             let dir = root_dir.clone();
             undo.push(move || {
+                idmap::release(&idmap::volume_clones(&dir));
                 let _ = rootfs::unmount_rootfs(&dir);
             });
         }
@@ -557,6 +639,25 @@ impl ContainerService {
                     == cri::SupplementalGroupsPolicy::Strict as i32,
             },
         )?;
+        if let Some(u) = &user_ns {
+            check_mapped(u, &uid_gid)?;
+        }
+        // The image's VOLUMEs kubelet does not mount over: directories in the rootfs.
+        let image_volumes = volumes::from_config(&image_config)
+            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        let owner = match &user_ns {
+            Some(u) => (
+                crate::pod::userns::to_host(&u.uids, uid_gid.0).unwrap_or(uid_gid.0),
+                crate::pod::userns::to_host(&u.gids, uid_gid.1).unwrap_or(uid_gid.1),
+            ),
+            None => (uid_gid.0, uid_gid.1),
+        };
+        for v in image_volumes
+            .iter()
+            .filter(|v| !config.mounts.iter().any(|m| m.container_path == **v))
+        {
+            volumes::make(&rootfs, v, owner);
+        }
         let own_oom = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -570,6 +671,8 @@ impl ContainerService {
             shm: pod.shm.clone(),
             dir: pod_dir,
             cgroup: pod.cgroup.clone(),
+            userns: pod.userns.clone(),
+            user_maps: user_ns.clone(),
         };
         let run = spec::ImageRun::from_config(&image_config);
         let init = self
@@ -583,7 +686,7 @@ impl ContainerService {
                 p.display()
             )));
         }
-        let pod_linux = pod_cfg.linux.clone().unwrap_or_default();
+        let pod_linux = pod_cfg_linux;
         let privileged = linux
             .security_context
             .as_ref()
@@ -611,9 +714,26 @@ impl ContainerService {
             ),
             _ => None,
         };
+        // Missing bind sources are created as directories, as containerd does.
+        for m in &config.mounts {
+            if std::fs::symlink_metadata(&m.host_path).is_err() {
+                std::fs::create_dir_all(&m.host_path).map_err(io_err(Path::new(&m.host_path)))?;
+            }
+        }
+        // In a user-namespaced pod every volume is an idmapped clone, mounted under the
+        // container's dir; the spec binds the clone.
+        let mut spec_config = config.clone();
+        if let Some(userns) = &userns_file {
+            let clones = idmap::volume_clones(&root_dir);
+            for (i, m) in spec_config.mounts.iter_mut().enumerate() {
+                let target = clones.join(i.to_string());
+                idmap::clone_idmapped(Path::new(&m.host_path), &target, userns, true)?;
+                m.host_path = target.display().to_string();
+            }
+        }
         let input = spec::Input {
             id: &id,
-            config: &config,
+            config: &spec_config,
             image: &run,
             pod: &ctx,
             rootfs: rootfs.clone(),
@@ -631,16 +751,11 @@ impl ContainerService {
                 .security_context
                 .as_ref()
                 .is_some_and(|s| s.privileged),
+            kernel_rro: crate::sys::mount_setattr_supported(),
         };
         let (spec, warnings) = spec::generate(&input)?;
         for w in warnings {
             tracing::warn!(container = %id, "{w}");
-        }
-        // Missing bind sources are created as directories, as containerd does.
-        for m in &config.mounts {
-            if std::fs::symlink_metadata(&m.host_path).is_err() {
-                std::fs::create_dir_all(&m.host_path).map_err(io_err(Path::new(&m.host_path)))?;
-            }
         }
         let bundle = state_dir.join("bundle");
         let cfg_path = bundle.join("config.json");
@@ -950,9 +1065,13 @@ impl ContainerService {
         let root = PathBuf::from(&rec.root_dir);
         {
             let r = root.clone();
-            tokio::task::spawn_blocking(move || rootfs::unmount_rootfs(&r))
-                .await
-                .map_err(|e| ContainerError::Internal(e.to_string()))??;
+            tokio::task::spawn_blocking(move || {
+                // Before anything under the dir is deleted: these are the pod's volumes.
+                idmap::release(&idmap::volume_clones(&r));
+                rootfs::unmount_rootfs(&r)
+            })
+            .await
+            .map_err(|e| ContainerError::Internal(e.to_string()))??;
         }
         for d in [&root, &PathBuf::from(&rec.state_dir)] {
             match std::fs::remove_dir_all(d) {

@@ -1,5 +1,7 @@
 //! The container's root filesystem: an overlay of the image's layer snapshots (read-only lower
-//! dirs, top layer first) with a per-container upper and work dir.
+//! dirs, top layer first) with a per-container upper and work dir. In a user-namespaced pod
+//! the lower dirs are idmapped clones of the snapshots (see `idmap`) and the upper dir belongs
+//! to the pod's root, so the shared snapshots are never chowned.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +14,8 @@ pub const MAX_MOUNT_OPTIONS: usize = 4095;
 pub enum RootfsError {
     #[error("image has too many layers for one overlay mount option string ({0} bytes)")]
     TooManyLayers(usize),
+    #[error(transparent)]
+    Idmap(#[from] super::idmap::IdmapError),
     #[error("rootfs {path}: {op}: {reason}")]
     Fs {
         path: PathBuf,
@@ -43,27 +47,62 @@ pub fn overlay_options(
     Ok(opts)
 }
 
+/// The pod's user namespace and the host ids of its root, for a user-namespaced pod.
+pub struct Idmapped<'a> {
+    pub userns: &'a std::fs::File,
+    pub root: (u32, u32),
+}
+
+/// Where the idmapped clones of the layers are mounted while the overlay is made (short: the
+/// overlay's option string holds every one of them).
+fn layer_clones(dir: &Path) -> PathBuf {
+    dir.join("l")
+}
+
 /// Mount the overlay at `dir/rootfs`, with `dir/upper` and `dir/work`.
-pub fn mount_rootfs(lowers: &[PathBuf], dir: &Path) -> Result<PathBuf, RootfsError> {
+pub fn mount_rootfs(
+    lowers: &[PathBuf],
+    dir: &Path,
+    idmap: Option<Idmapped>,
+) -> Result<PathBuf, RootfsError> {
     let (upper, work, target) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"));
-    for d in [&upper, &work, &target] {
-        std::fs::create_dir_all(d).map_err(|e| RootfsError::Fs {
-            path: d.clone(),
-            op: "create",
+    let fs_err = |path: &Path, op: &'static str| {
+        let path = path.to_owned();
+        move |e: std::io::Error| RootfsError::Fs {
+            path,
+            op,
             reason: e.to_string(),
-        })?;
+        }
+    };
+    for d in [&upper, &work, &target] {
+        std::fs::create_dir_all(d).map_err(fs_err(d, "create"))?;
     }
+    let mut lowers = lowers.to_vec();
     if lowers.is_empty() {
         // An image without layers: an empty read-only lower dir keeps overlay happy.
         let empty = dir.join("empty");
-        std::fs::create_dir_all(&empty).map_err(|e| RootfsError::Fs {
-            path: empty.clone(),
-            op: "create",
-            reason: e.to_string(),
-        })?;
-        return mount_rootfs_with(&[empty], &upper, &work, &target);
+        std::fs::create_dir_all(&empty).map_err(fs_err(&empty, "create"))?;
+        lowers.push(empty);
     }
-    mount_rootfs_with(lowers, &upper, &work, &target)
+    let Some(idmap) = idmap else {
+        return mount_rootfs_with(&lowers, &upper, &work, &target);
+    };
+    std::os::unix::fs::chown(&upper, Some(idmap.root.0), Some(idmap.root.1))
+        .map_err(fs_err(&upper, "chown"))?;
+    let clones = layer_clones(dir);
+    let mapped = lowers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let t = clones.join(i.to_string());
+            super::idmap::clone_idmapped(l, &t, idmap.userns, false)?;
+            Ok(t)
+        })
+        .collect::<Result<Vec<_>, RootfsError>>();
+    let mounted = mapped.and_then(|m| mount_rootfs_with(&m, &upper, &work, &target));
+    // The overlay holds private clones of its layers: these mounts are no longer needed.
+    super::idmap::release(&clones);
+    mounted
 }
 
 fn mount_rootfs_with(
@@ -90,6 +129,8 @@ fn mount_rootfs_with(
 
 /// Unmount (idempotent).
 pub fn unmount_rootfs(dir: &Path) -> Result<(), RootfsError> {
+    // Left only by a crash between cloning the layers and mounting the overlay.
+    super::idmap::release(&layer_clones(dir));
     let target = dir.join("rootfs");
     match umount2(&target, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),

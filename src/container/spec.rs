@@ -111,6 +111,9 @@ pub struct PodContext {
     pub shm: String,
     pub dir: PathBuf,
     pub cgroup: String,
+    /// The pod's pinned user namespace (empty: the host's) and its mappings.
+    pub userns: String,
+    pub user_maps: Option<crate::pod::userns::UserNs>,
 }
 
 pub struct Input<'a> {
@@ -144,6 +147,8 @@ pub struct Input<'a> {
     pub sysctls: &'a HashMap<String, String>,
     /// The pod itself is privileged (a privileged container needs that).
     pub pod_privileged: bool,
+    /// The kernel makes recursive read-only mounts (`mount_setattr`, Linux 5.12+).
+    pub kernel_rro: bool,
 }
 
 /// A host device node to create in the container (`CreateContainer`'s `devices`).
@@ -377,10 +382,29 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             if m.readonly { "ro" } else { "rw" },
         ];
         if m.recursive_read_only {
-            return Err(invalid(
-                "mounts.recursive_read_only",
-                "not supported by this runtime handler yet",
-            ));
+            // KEP-3857, as containerd checks it: read-only every level down needs the mount
+            // itself read-only, no propagation (a later submount would arrive writable), and
+            // a kernel that can do it — never silently a plain read-only mount.
+            let what = |reason: &str| {
+                invalid(
+                    "mounts.recursive_read_only",
+                    format!("{}: {reason}", m.container_path),
+                )
+            };
+            if !m.readonly {
+                return Err(what("a recursive read-only mount must also be read-only"));
+            }
+            if propagation(m.propagation) != "rprivate" {
+                return Err(what(
+                    "a recursive read-only mount needs private propagation",
+                ));
+            }
+            if !i.kernel_rro {
+                return Err(what(
+                    "the kernel cannot make recursive read-only mounts (mount_setattr, Linux 5.12+)",
+                ));
+            }
+            opts.push("rro");
         }
         opts.dedup();
         mounts.push(json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": opts}));
@@ -407,6 +431,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         _ => namespaces.push(json!({"type": "pid"})),
     }
     for (kind, path) in [
+        ("user", &i.pod.userns),
         ("network", &i.pod.netns),
         ("ipc", &i.pod.ipcns),
         ("uts", &i.pod.utsns),
@@ -513,6 +538,11 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         },
     });
     let mut spec = spec;
+    if let (false, Some(maps)) = (i.pod.userns.is_empty(), &i.pod.user_maps) {
+        // Joined by path; the mappings say what the namespace holds (as containerd writes them).
+        spec["linux"]["uidMappings"] = crate::pod::userns::oci(&maps.uids);
+        spec["linux"]["gidMappings"] = crate::pod::userns::oci(&maps.gids);
+    }
     if let Some(profile) = seccomp {
         spec["linux"]["seccomp"] = profile;
     }
@@ -621,6 +651,7 @@ mod tests {
             init_mount: None,
             sysctls: &NO_SYSCTLS,
             pod_privileged: false,
+            kernel_rro: true,
         }
     }
 
@@ -655,6 +686,7 @@ mod tests {
             dir: "/s".into(),
             cgroup: "kubepods/pod1".into(),
             pidns: "/s/pidns".into(),
+            ..Default::default()
         };
         let img = ImageRun::default();
         let (s, warnings) = generate(&input(&c, &img, &pod)).unwrap();
@@ -771,6 +803,75 @@ mod tests {
                 .any(|m| m["destination"] == "/.kelson/init"
                     && m["options"].as_array().unwrap().contains(&json!("ro")))
         );
+    }
+
+    #[test]
+    fn recursive_read_only_mounts_follow_kep_3857() {
+        let mut c = cfg();
+        c.command = vec!["/x".into()];
+        let m = |readonly, propagation| cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv".into(),
+            readonly,
+            recursive_read_only: true,
+            propagation,
+            ..Default::default()
+        };
+        let (img, pod) = (ImageRun::default(), PodContext::default());
+        c.mounts = vec![m(true, 0)];
+        let (s, _) = generate(&input(&c, &img, &pod)).unwrap();
+        let data = s["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["destination"] == "/data")
+            .cloned()
+            .unwrap();
+        assert_eq!(data["options"], json!(["rbind", "rprivate", "ro", "rro"]));
+        for (bad, why) in [
+            (m(false, 0), "also be read-only"),
+            (m(true, 1), "private propagation"),
+        ] {
+            c.mounts = vec![bad];
+            let e = generate(&input(&c, &img, &pod)).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
+        c.mounts = vec![m(true, 0)];
+        let mut i = input(&c, &img, &pod);
+        i.kernel_rro = false;
+        assert!(generate(&i).unwrap_err().to_string().contains("kernel"));
+    }
+
+    #[test]
+    fn user_namespaced_pods_are_joined_with_their_mappings() {
+        use crate::pod::userns::{IdMap, UserNs};
+        let mut c = cfg();
+        c.command = vec!["/x".into()];
+        let maps = vec![IdMap {
+            container: 0,
+            host: 131072,
+            len: 65536,
+        }];
+        let pod = PodContext {
+            userns: "/s/userns".into(),
+            netns: "/s/netns".into(),
+            user_maps: Some(UserNs {
+                uids: maps.clone(),
+                gids: maps,
+            }),
+            ..Default::default()
+        };
+        let img = ImageRun::default();
+        let (s, _) = generate(&input(&c, &img, &pod)).unwrap();
+        let ns = s["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.contains(&json!({"type": "user", "path": "/s/userns"})));
+        assert_eq!(
+            s["linux"]["uidMappings"],
+            json!([{"containerID": 0, "hostID": 131072, "size": 65536}])
+        );
+        // The host's user namespace: nothing about users in the spec.
+        let (s, _) = generate(&input(&c, &img, &PodContext::default())).unwrap();
+        assert!(s["linux"].get("uidMappings").is_none());
     }
 
     #[test]

@@ -28,10 +28,16 @@ impl From<ContainerError> for Status {
                 Code::FailedPrecondition
             }
             E::Shim(crate::shim::ShimError::Create(_)) => Code::FailedPrecondition,
+            // A volume (or the image store) on a filesystem without idmapped mounts.
+            E::Idmap(crate::container::idmap::IdmapError::NotSupported { .. })
+            | E::Rootfs(crate::container::rootfs::RootfsError::Idmap(
+                crate::container::idmap::IdmapError::NotSupported { .. },
+            )) => Code::FailedPrecondition,
             E::Resources(crate::container::resources::ResourceError::BadUnifiedKey(_)) => {
                 Code::InvalidArgument
             }
             E::Rootfs(_)
+            | E::Idmap(_)
             | E::Shim(_)
             | E::Io { .. }
             | E::Store(_)

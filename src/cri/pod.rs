@@ -17,7 +17,9 @@ impl From<PodError> for Status {
             | PodError::Id(_)
             | PodError::Files(_)
             | PodError::UnknownHandler(_)
+            | PodError::Userns(_)
             | PodError::Ambiguous(_) => Code::InvalidArgument,
+            PodError::Unsupported(_) => Code::FailedPrecondition,
             PodError::Cgroup(crate::pod::cgroup::CgroupError::Invalid { .. }) => {
                 Code::InvalidArgument
             }

@@ -107,8 +107,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
             runtime_handlers: vec![cri::RuntimeHandler {
                 name: String::new(),
                 features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: false,
-                    user_namespaces: false,
+                    recursive_read_only_mounts: crate::sys::mount_setattr_supported(),
+                    user_namespaces: crate::pod::userns_supported(),
                 }),
             }],
             features: Some(cri::RuntimeFeatures {

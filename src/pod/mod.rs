@@ -5,6 +5,7 @@
 pub mod cgroup;
 pub mod files;
 pub mod namespaces;
+pub mod userns;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +20,20 @@ use crate::store::{PodRecord, PodState, Store, StoreError};
 use cgroup::{CgroupError, Hierarchy};
 use files::FilesError;
 use namespaces::{NsError, PinRequest};
+use userns::UserNs;
+
+/// Whether pods can have user namespaces here: the kernel allows them and has idmapped mounts
+/// (for the image layers and volumes). Read once.
+pub fn userns_supported() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let max = std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        max > 0 && crate::sys::mount_setattr_supported()
+    })
+}
 
 /// Size of a pod's /dev/shm, as docker and containerd default it.
 pub const DEFAULT_SHM_BYTES: u64 = 64 << 20;
@@ -57,6 +72,10 @@ pub enum PodError {
     Store(StoreError),
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
+    #[error(transparent)]
+    Userns(#[from] userns::UsernsError),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl From<StoreError> for PodError {
@@ -243,6 +262,29 @@ impl PodService {
         let host_net = mode(ns.network) == cri::NamespaceMode::Node;
         let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
         let shared_pid = mode(ns.pid) == cri::NamespaceMode::Pod;
+        let user_ns = userns::from_cri(ns.userns_options.as_ref())?;
+        if user_ns.is_some() {
+            // The pod's namespaces must belong to its user namespace: the host's do not.
+            if host_net || host_ipc || mode(ns.pid) == cri::NamespaceMode::Node {
+                return Err(PodError::Invalid(
+                    "a pod with its own user namespace cannot use the host's network, IPC or PID namespace".into(),
+                ));
+            }
+            if linux
+                .security_context
+                .as_ref()
+                .is_some_and(|s| s.privileged)
+            {
+                return Err(PodError::Invalid(
+                    "a pod with its own user namespace cannot be privileged".into(),
+                ));
+            }
+            if !userns_supported() {
+                return Err(PodError::Unsupported(
+                    "user namespaces need idmapped mounts (mount_setattr, Linux 5.12+) and user namespaces enabled on the node".into(),
+                ));
+            }
+        }
         // Sysctls apply in every container of the pod: refuse bad ones before anything exists.
         crate::container::security::sysctls(
             &linux.sysctls,
@@ -273,6 +315,7 @@ impl PodService {
             // Only a pod that shares one PID namespace gets one (with a holder as its PID 1).
             pid: shared_pid.then(|| dir.join("pidns")),
             hostname: None,
+            user: user_ns.clone().map(|u| (dir.join("userns"), u)),
         };
         let path = |p: &Option<PathBuf>| {
             p.as_ref()
@@ -309,6 +352,11 @@ impl PodService {
             ipcns: path(&req.ipc),
             utsns: path(&req.uts),
             pidns: path(&req.pid),
+            userns: req
+                .user
+                .as_ref()
+                .map(|(p, _)| p.display().to_string())
+                .unwrap_or_default(),
             network: network.as_ref().map(NetworkList::to_value),
             network_released: host_net,
             ..Default::default()
@@ -355,6 +403,14 @@ impl PodService {
             None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         std::fs::write(dir.join("resolv.conf"), resolv).map_err(io(&dir.join("resolv.conf")))?;
+        // Root in a user-namespaced pod owns its files as root elsewhere does.
+        let root_ids = user_ns.as_ref().map(UserNs::root_on_host);
+        if let Some((uid, gid)) = root_ids {
+            for f in ["hostname", "hosts", "resolv.conf"] {
+                let p = dir.join(f);
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io(&p))?;
+            }
+        }
 
         rec.cgroup_created = self.cgroups.create(&cgroup)?;
         if rec.cgroup_created {
@@ -367,7 +423,7 @@ impl PodService {
 
         if !host_ipc {
             let shm = dir.join("shm");
-            namespaces::mount_shm(&shm, DEFAULT_SHM_BYTES)?;
+            namespaces::mount_shm(&shm, DEFAULT_SHM_BYTES, root_ids)?;
             let s = shm.clone();
             undo.push(move || {
                 let _ = namespaces::unmount_dir(&s);
@@ -381,14 +437,7 @@ impl PodService {
         namespaces::pin(&req)?;
         {
             let r = req.clone();
-            undo.push(move || {
-                if let Some(p) = &r.pid {
-                    namespaces::stop_holder(p);
-                }
-                for p in [&r.net, &r.ipc, &r.uts, &r.pid].into_iter().flatten() {
-                    let _ = namespaces::unpin(p);
-                }
-            });
+            undo.push(move || namespaces::unpin_all(&r));
         }
         if let Some(list) = network {
             let result = self
@@ -421,7 +470,7 @@ impl PodService {
         if !rec.pidns.is_empty() {
             namespaces::stop_holder(&PathBuf::from(&rec.pidns));
         }
-        for p in [&rec.netns, &rec.ipcns, &rec.utsns, &rec.pidns] {
+        for p in [&rec.netns, &rec.ipcns, &rec.utsns, &rec.pidns, &rec.userns] {
             if !p.is_empty() {
                 namespaces::unpin(&PathBuf::from(p))?;
             }
@@ -468,7 +517,7 @@ impl PodService {
     pub fn recover(&self) -> Result<(), PodError> {
         let pinned = namespaces::pinned_namespaces();
         for mut rec in self.store.list::<PodRecord>()? {
-            let alive = [&rec.netns, &rec.ipcns, &rec.utsns, &rec.pidns]
+            let alive = [&rec.netns, &rec.ipcns, &rec.utsns, &rec.pidns, &rec.userns]
                 .iter()
                 .filter(|p| !p.is_empty())
                 .all(|p| pinned.contains(p.as_str()))

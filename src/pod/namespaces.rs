@@ -3,12 +3,20 @@
 //! bind-mounts `/proc/self/ns/*` onto files in the pod's state dir, then exits. The bind mounts
 //! keep the namespaces alive; containers join them by path. (CRI-O's pinns model.) The daemon
 //! itself never unshares: it is multi-threaded, and namespaces belong to a whole process here.
+//!
+//! A pod with a user namespace: the helper's child (`kelsond userns-child`) makes the user
+//! namespace, the helper writes its id maps, and the child then makes the other namespaces
+//! inside it, so that they belong to it (sysfs, mqueue and net sysctls in the pod need that).
+//! The helper — still root on the host — pins them all from `/proc/<child>/ns/*`.
 
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
+
+use super::userns::{self, UserNs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
@@ -31,6 +39,8 @@ pub struct PinRequest {
     /// A shared PID namespace: its holder (PID 1 there) writes its host pid to `<pid>.holder`.
     pub pid: Option<PathBuf>,
     pub hostname: Option<String>,
+    /// A user namespace with these mappings, pinned here; the others are made inside it.
+    pub user: Option<(PathBuf, UserNs)>,
 }
 
 impl PinRequest {
@@ -51,7 +61,24 @@ impl PinRequest {
             a.push("--hostname".into());
             a.push(h.clone());
         }
+        if let Some((p, maps)) = &self.user {
+            a.extend([
+                "--user".into(),
+                p.display().to_string(),
+                "--uid-map".into(),
+                userns::to_arg(&maps.uids),
+                "--gid-map".into(),
+                userns::to_arg(&maps.gids),
+            ]);
+        }
         a
+    }
+
+    fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.net, &self.ipc, &self.uts, &self.pid]
+            .into_iter()
+            .flatten()
+            .chain(self.user.as_ref().map(|(p, _)| p))
     }
 }
 
@@ -76,6 +103,9 @@ pub fn pin(req: &PinRequest) -> Result<(), NsError> {
 
 /// In the helper process (single-threaded, before any runtime starts).
 pub fn pin_here(req: &PinRequest) -> Result<(), NsError> {
+    if let Some((user, maps)) = &req.user {
+        return pin_in_userns(req, user, maps);
+    }
     let mut flags = CloneFlags::empty();
     if req.net.is_some() {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -99,14 +129,7 @@ pub fn pin_here(req: &PinRequest) -> Result<(), NsError> {
         })?;
     }
     if req.net.is_some() {
-        // Until CNI configures the pod network, loopback is the whole of it.
-        let st = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .map_err(|e| NsError::Helper(format!("ip link set lo up: {e}")))?;
-        if !st.success() {
-            return Err(NsError::Helper(format!("ip link set lo up: {st}")));
-        }
+        loopback_up()?;
     }
     for (kind, target) in [("net", &req.net), ("ipc", &req.ipc), ("uts", &req.uts)] {
         if let Some(t) = target {
@@ -114,25 +137,195 @@ pub fn pin_here(req: &PinRequest) -> Result<(), NsError> {
         }
     }
     if let Some(t) = &req.pid {
-        // A new PID namespace applies to children: the holder started now is its PID 1.
-        unshare(CloneFlags::CLONE_NEWPID).map_err(|errno| NsError::Sys {
-            op: "unshare pid",
-            path: t.clone(),
+        let pid = start_holder()?;
+        pin_holder(pid, t)?;
+    }
+    Ok(())
+}
+
+/// Unshare a PID namespace and start its holder, PID 1 there (a new PID namespace applies to
+/// the children started after it). Returns the holder's host pid.
+fn start_holder() -> Result<u32, NsError> {
+    unshare(CloneFlags::CLONE_NEWPID).map_err(|errno| NsError::Sys {
+        op: "unshare pid",
+        path: PathBuf::new(),
+        errno,
+    })?;
+    let exe =
+        std::env::current_exe().map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
+    let holder = Command::new(exe)
+        .arg("pod-holder")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| NsError::Helper(format!("starting the pid namespace holder: {e}")))?;
+    Ok(holder.id())
+}
+
+fn pin_holder(pid: u32, target: &Path) -> Result<(), NsError> {
+    bind_ns(&format!("/proc/{pid}/ns/pid"), target)?;
+    std::fs::write(holder_file(target), pid.to_string())
+        .map_err(|e| NsError::Helper(format!("recording holder pid: {e}")))
+}
+
+/// What the child tells the helper, one line each.
+const CHILD_UNSHARED: &str = "unshared";
+const CHILD_READY: &str = "ready";
+/// What the helper tells the child once the maps are written.
+const HELPER_MAPPED: &str = "mapped";
+
+fn read_line(r: &mut impl BufRead, what: &str) -> Result<String, NsError> {
+    let mut line = String::new();
+    match r.read_line(&mut line) {
+        Ok(n) if n > 0 => Ok(line.trim_end().to_owned()),
+        Ok(_) => Err(NsError::Helper(format!(
+            "user namespace child exited before {what}"
+        ))),
+        Err(e) => Err(NsError::Helper(format!(
+            "reading from the user namespace child: {e}"
+        ))),
+    }
+}
+
+/// The user-namespace case of `pin_here`: the namespaces are made by a child (which must be in
+/// the user namespace to own them), and pinned by this process (which must not be, to mount).
+fn pin_in_userns(req: &PinRequest, user: &Path, maps: &UserNs) -> Result<(), NsError> {
+    let exe =
+        std::env::current_exe().map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
+    let mut args = vec!["userns-child".to_owned()];
+    for (flag, on) in [
+        ("--net", req.net.is_some()),
+        ("--ipc", req.ipc.is_some()),
+        ("--uts", req.uts.is_some()),
+        ("--pid", req.pid.is_some()),
+    ] {
+        if on {
+            args.push(flag.into());
+        }
+    }
+    if let (Some(_), Some(h)) = (&req.uts, &req.hostname) {
+        args.extend(["--hostname".to_owned(), h.clone()]);
+    }
+    let mut child = Command::new(exe)
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| NsError::Helper(format!("starting the user namespace child: {e}")))?;
+    let pid = child.id();
+    let (Some(mut to_child), Some(from_child)) = (child.stdin.take(), child.stdout.take()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(NsError::Helper("user namespace child without pipes".into()));
+    };
+    let mut from_child = std::io::BufReader::new(from_child);
+    let result = (|| -> Result<(), NsError> {
+        if read_line(&mut from_child, "unsharing")? != CHILD_UNSHARED {
+            return Err(NsError::Helper(
+                "user namespace child: unexpected answer".into(),
+            ));
+        }
+        // Root on the host may write any mapping for its child (setgroups stays allowed: the
+        // pod's processes may set their supplementary groups within the mapped range).
+        for (file, map) in [("uid_map", &maps.uids), ("gid_map", &maps.gids)] {
+            let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+            std::fs::write(&path, userns::map_file(map))
+                .map_err(|e| NsError::Helper(format!("writing {}: {e}", path.display())))?;
+        }
+        writeln!(to_child, "{HELPER_MAPPED}")
+            .map_err(|e| NsError::Helper(format!("user namespace child: {e}")))?;
+        let ready = read_line(&mut from_child, "making the pod namespaces")?;
+        let holder = ready
+            .strip_prefix(CHILD_READY)
+            .and_then(|r| r.trim().parse::<u32>().ok())
+            .ok_or_else(|| NsError::Helper(format!("user namespace child: {ready}")))?;
+        bind_ns(&format!("/proc/{pid}/ns/user"), user)?;
+        for (kind, target) in [("net", &req.net), ("ipc", &req.ipc), ("uts", &req.uts)] {
+            if let Some(t) = target {
+                bind_ns(&format!("/proc/{pid}/ns/{kind}"), t)?;
+            }
+        }
+        if let Some(t) = &req.pid {
+            pin_holder(holder, t)?;
+        }
+        Ok(())
+    })();
+    // Closing its stdin lets the child exit; the pins keep the namespaces.
+    drop(to_child);
+    if result.is_err() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    result
+}
+
+/// `kelsond userns-child`: unshare a user namespace, wait for the helper to map it, become
+/// root in it, then make the pod's other namespaces (owned by it). Single-threaded.
+pub fn userns_child(
+    net: bool,
+    ipc: bool,
+    uts: bool,
+    pid: bool,
+    hostname: Option<&str>,
+) -> Result<(), NsError> {
+    let sys = |op: &'static str| {
+        move |errno| NsError::Sys {
+            op,
+            path: PathBuf::new(),
             errno,
-        })?;
-        let exe = std::env::current_exe()
-            .map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
-        let holder = Command::new(exe)
-            .arg("pod-holder")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| NsError::Helper(format!("starting the pid namespace holder: {e}")))?;
-        let pid = holder.id();
-        bind_ns(&format!("/proc/{pid}/ns/pid"), t)?;
-        std::fs::write(holder_file(t), pid.to_string())
-            .map_err(|e| NsError::Helper(format!("recording holder pid: {e}")))?;
+        }
+    };
+    unshare(CloneFlags::CLONE_NEWUSER).map_err(sys("unshare user"))?;
+    let mut out = std::io::stdout().lock();
+    let mut input = std::io::stdin().lock();
+    writeln!(out, "{CHILD_UNSHARED}")
+        .and_then(|()| out.flush())
+        .map_err(|e| NsError::Helper(format!("writing to the helper: {e}")))?;
+    if read_line(&mut input, "mapping")? != HELPER_MAPPED {
+        return Err(NsError::Helper("helper: unexpected answer".into()));
+    }
+    // Root in the namespace, so that `ip` (exec'd) keeps its capabilities there.
+    nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
+    let root_g = nix::unistd::Gid::from_raw(0);
+    let root_u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(root_g, root_g, root_g).map_err(sys("setresgid"))?;
+    nix::unistd::setresuid(root_u, root_u, root_u).map_err(sys("setresuid"))?;
+    let mut flags = CloneFlags::empty();
+    for (on, f) in [
+        (net, CloneFlags::CLONE_NEWNET),
+        (ipc, CloneFlags::CLONE_NEWIPC),
+        (uts, CloneFlags::CLONE_NEWUTS),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    unshare(flags).map_err(sys("unshare"))?;
+    if let (true, Some(h)) = (uts, hostname) {
+        nix::unistd::sethostname(h).map_err(sys("sethostname"))?;
+    }
+    if net {
+        loopback_up()?;
+    }
+    let holder = if pid { start_holder()? } else { 0 };
+    writeln!(out, "{CHILD_READY} {holder}")
+        .and_then(|()| out.flush())
+        .map_err(|e| NsError::Helper(format!("writing to the helper: {e}")))?;
+    // Hold the namespaces until the helper has pinned them (it closes our stdin).
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut input, &mut rest);
+    Ok(())
+}
+
+/// Until CNI configures the pod network, loopback is the whole of it.
+fn loopback_up() -> Result<(), NsError> {
+    let st = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .map_err(|e| NsError::Helper(format!("ip link set lo up: {e}")))?;
+    if !st.success() {
+        return Err(NsError::Helper(format!("ip link set lo up: {st}")));
     }
     Ok(())
 }
@@ -228,14 +421,11 @@ pub fn unpin(path: &Path) -> Result<(), NsError> {
     }
 }
 
-fn unpin_all(req: &PinRequest) {
+pub fn unpin_all(req: &PinRequest) {
     if let Some(p) = &req.pid {
         stop_holder(p);
     }
-    for p in [&req.net, &req.ipc, &req.uts, &req.pid]
-        .into_iter()
-        .flatten()
-    {
+    for p in req.files() {
         let _ = unpin(p);
     }
 }
@@ -283,11 +473,15 @@ pub fn connect_tcp_in(netns: &Path, port: u16) -> std::io::Result<std::net::TcpS
         .map_err(|_| std::io::Error::other("netns connect thread panicked"))?
 }
 
-/// Mount the pod's /dev/shm: a size-limited tmpfs.
-pub fn mount_shm(path: &Path, bytes: u64) -> Result<(), NsError> {
+/// Mount the pod's /dev/shm: a size-limited tmpfs, owned by `owner` (the host ids of a
+/// user-namespaced pod's root) when given.
+pub fn mount_shm(path: &Path, bytes: u64, owner: Option<(u32, u32)>) -> Result<(), NsError> {
     std::fs::create_dir_all(path)
         .map_err(|e| NsError::Helper(format!("creating {}: {e}", path.display())))?;
-    let opts = format!("mode=1777,size={bytes}");
+    let mut opts = format!("mode=1777,size={bytes}");
+    if let Some((uid, gid)) = owner {
+        opts.push_str(&format!(",uid={uid},gid={gid}"));
+    }
     mount(
         Some("shm"),
         path,

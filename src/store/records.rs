@@ -66,6 +66,8 @@ pub struct PodRecord {
     pub utsns: String,
     /// The shared PID namespace (empty unless the pod shares one); its holder is PID 1 there.
     pub pidns: String,
+    /// The pod's pinned user namespace (empty: the host's); the others above belong to it.
+    pub userns: String,
     /// The CNI network the pod was attached to (config as used, last ADD result, pod IPs);
     /// `network_released` once DEL has run.
     pub network: Option<serde_json::Value>,

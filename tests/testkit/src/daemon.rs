@@ -56,6 +56,12 @@ impl Daemon {
 
     pub fn start_opts(bin: &Path, extra: &str, opts: DaemonOptions) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("kelson-test-").tempdir()?;
+        // As /run and /var/lib are on a node: the pods' own root (user namespaces) must be
+        // able to traverse down to kelsond's dirs.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        }
         let root = dir.path().join("root");
         let state = dir.path().join("state");
         let socket = state.join("kelson.sock");
