@@ -690,7 +690,7 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
     for f in ["hosts", "resolv", "hostname"] {
         std::fs::write(bait.path().join(f), b"host file\n")?;
     }
-    for d in ["dev", "proc", "shm"] {
+    for d in ["dev", "proc", "sys", "shm"] {
         std::fs::create_dir(bait.path().join(d))?;
     }
     let up = "../../../../../../../../../..";
@@ -716,6 +716,16 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
             "proc",
             TarBuilder::new()
                 .link(tar::EntryType::Symlink, "proc", &format!("{b}/proc"))
+                .finish(),
+        ),
+        (
+            "sys",
+            TarBuilder::new()
+                .link(
+                    tar::EntryType::Symlink,
+                    "sys",
+                    &format!("/proc/self/root{b}/sys"),
+                )
                 .finish(),
         ),
         (
@@ -782,7 +792,7 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
                 "{name}: {f} was written"
             );
         }
-        for d in ["dev", "proc", "shm"] {
+        for d in ["dev", "proc", "sys", "shm"] {
             assert_eq!(
                 std::fs::read_dir(bait.path().join(d))?.count(),
                 0,
@@ -1410,6 +1420,25 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         "/proc/keys masked by the real /dev/null: {keys:?}"
     );
     untouched("image /dev traps");
+    // Every shim socket is a root-only file, none is abstract (CVE-2020-15257).
+    let sockets = e.daemon.state.join("s");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&sockets)? {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+        let m = entry?.metadata()?;
+        if m.file_type().is_socket() {
+            seen += 1;
+            assert_eq!((m.permissions().mode() & 0o777, m.uid()), (0o600, 0));
+        }
+    }
+    assert!(seen >= 1, "no shim socket in {}", sockets.display());
+    let unix = std::fs::read_to_string("/proc/net/unix")?;
+    assert!(
+        !unix
+            .lines()
+            .any(|l| l.contains(" @") && l.contains(&id[..12])),
+        "an abstract socket names the container"
+    );
 
     // 2. A volume mounted over /dev whose device names point at host files (what another
     // container of the pod could leave in a shared emptyDir): creating the container either

@@ -252,6 +252,54 @@ fn apparmor_enabled() -> bool {
     })
 }
 
+/// Whether the host enforces SELinux (read once).
+fn selinux_enforcing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        std::fs::read_to_string("/sys/fs/selinux/enforce").is_ok_and(|s| s.trim() == "1")
+    })
+}
+
+/// Load kelson's RuntimeDefault AppArmor profile into the kernel unless it is there already
+/// (`apparmor_parser -Kr`, as containerd loads its own). Only on AppArmor hosts; a failure
+/// refuses the container rather than running it unconfined. Not exercised by CI: the test
+/// machine has no AppArmor.
+fn ensure_apparmor_default() -> Result<(), ContainerError> {
+    use std::io::Write;
+    static LOADED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    if *loaded {
+        return Ok(());
+    }
+    let name = security::APPARMOR_DEFAULT_NAME;
+    let listed = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
+        .is_ok_and(|p| p.lines().any(|l| l.starts_with(&format!("{name} ("))));
+    if !listed {
+        let fail = |why: String| {
+            ContainerError::Invalid(format!("apparmor: loading the {name} profile: {why}"))
+        };
+        let mut child = std::process::Command::new("apparmor_parser")
+            .arg("-Kr")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("running apparmor_parser: {e}")))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(security::APPARMOR_DEFAULT_PROFILE.as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+        if !out.status.success() {
+            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        }
+        tracing::info!(profile = name, "loaded the default AppArmor profile");
+    }
+    *loaded = true;
+    Ok(())
+}
+
 /// kelsond's own effective capabilities: all a container can be given (a host may withhold
 /// some, e.g. CAP_SYS_RESOURCE; containerd takes its current set the same way).
 fn own_caps() -> u64 {
@@ -745,6 +793,7 @@ impl ContainerService {
             cgroup_v1_dirs: v1_cgroup_dirs(),
             localhost_seccomp,
             apparmor_host: apparmor_enabled(),
+            selinux_host: selinux_enforcing(),
             init_mount: self.init_binary.is_file().then(|| self.init_binary.clone()),
             sysctls: &pod_linux.sysctls,
             pod_privileged: pod_linux
@@ -754,6 +803,11 @@ impl ContainerService {
             kernel_rro: crate::sys::mount_setattr_supported(),
         };
         let (spec, warnings) = spec::generate(&input)?;
+        if spec["process"]["apparmorProfile"] == security::APPARMOR_DEFAULT_NAME {
+            tokio::task::spawn_blocking(ensure_apparmor_default)
+                .await
+                .map_err(|e| ContainerError::Internal(e.to_string()))??;
+        }
         for w in warnings {
             tracing::warn!(container = %id, "{w}");
         }

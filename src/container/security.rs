@@ -188,12 +188,17 @@ pub fn masked_and_readonly(
     ))
 }
 
+/// kelson's RuntimeDefault AppArmor profile (policy data, like the seccomp default).
+pub const APPARMOR_DEFAULT_NAME: &str = "kelson-default";
+pub const APPARMOR_DEFAULT_PROFILE: &str = include_str!("apparmor/kelson-default");
+
 /// The AppArmor profile for the process (`process.apparmorProfile`), as containerd decides
 /// it. On a host without AppArmor (like this project's CI machine) containerd refuses any
-/// profile but Unconfined ("apparmor is not supported") and so does kelson. With AppArmor, a
-/// Localhost profile (which the node's admin loads) is applied by name; kelson ships no
-/// RuntimeDefault profile yet, and says so instead of running the container unconfined.
-/// Privileged containers and requests without a profile run unconfined.
+/// profile but Unconfined ("apparmor is not supported") and so does kelson. With AppArmor:
+/// RuntimeDefault — and no request at all, for an unprivileged container — is kelson's own
+/// default profile (`APPARMOR_DEFAULT_NAME`, which the caller loads), a Localhost profile
+/// (which the node's admin loads) is applied by name, privileged containers and Unconfined
+/// run unconfined.
 #[allow(deprecated)] // `apparmor_profile`: what kubelets before the field send
 pub fn apparmor(
     sc: &cri::LinuxContainerSecurityContext,
@@ -225,8 +230,11 @@ pub fn apparmor(
             },
         },
     };
-    let Some((kind, name)) = requested else {
-        return Ok(None);
+    let (kind, name) = match requested {
+        Some(r) => r,
+        // Nothing asked: the runtime's default where there is AppArmor, as containerd does.
+        None if host_has_apparmor && !sc.privileged => (ProfileType::RuntimeDefault, String::new()),
+        None => return Ok(None),
     };
     if kind == ProfileType::Unconfined || sc.privileged {
         return Ok(None);
@@ -241,11 +249,28 @@ pub fn apparmor(
             }
             Ok(Some(name))
         }
-        _ => Err(invalid(
-            field,
-            "kelson has no RuntimeDefault AppArmor profile yet; use a Localhost profile or Unconfined",
-        )),
+        _ => Ok(Some(APPARMOR_DEFAULT_NAME.to_owned())),
     }
+}
+
+/// SELinux: on a host without it, `selinux_options` are accepted and ignored, as containerd
+/// does. kelson does not label processes or mounts yet (the container library does not
+/// either), so on an SELinux host a request for a label is refused instead of running the
+/// container with another label than the one asked for.
+pub fn selinux(
+    sc: &cri::LinuxContainerSecurityContext,
+    host_has_selinux: bool,
+) -> Result<(), SpecError> {
+    let asked = sc.selinux_options.as_ref().is_some_and(|o| {
+        !(o.user.is_empty() && o.role.is_empty() && o.r#type.is_empty() && o.level.is_empty())
+    });
+    if asked && host_has_selinux && !sc.privileged {
+        return Err(invalid(
+            "selinux_options",
+            "kelson does not apply SELinux labels yet; this host enforces SELinux",
+        ));
+    }
+    Ok(())
 }
 
 /// The namespaces a pod does not share with the host (sysctls may only touch those).
@@ -420,7 +445,28 @@ mod tests {
             ..Default::default()
         };
         assert!(apparmor(&legacy, false).is_err());
-        // With AppArmor: a Localhost profile by name; privileged runs unconfined.
+        // With AppArmor: the runtime's default for RuntimeDefault and for nothing asked, a
+        // Localhost profile by name; privileged runs unconfined.
+        for sc in [
+            with(ProfileType::RuntimeDefault, ""),
+            legacy.clone(),
+            none.clone(),
+        ] {
+            assert_eq!(
+                apparmor(&sc, true).unwrap().as_deref(),
+                Some(APPARMOR_DEFAULT_NAME)
+            );
+        }
+        assert_eq!(
+            apparmor(&with(ProfileType::Unconfined, ""), true).unwrap(),
+            None
+        );
+        let privileged = cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        };
+        assert_eq!(apparmor(&privileged, true).unwrap(), None);
+        assert!(APPARMOR_DEFAULT_PROFILE.contains("profile kelson-default "));
         assert_eq!(
             apparmor(&with(ProfileType::Localhost, "my-profile"), true).unwrap(),
             Some("my-profile".into())
@@ -429,6 +475,21 @@ mod tests {
         p.privileged = true;
         assert_eq!(apparmor(&p, true).unwrap(), None);
         assert!(apparmor(&with(ProfileType::Localhost, ""), true).is_err());
+    }
+
+    #[test]
+    fn selinux_follows_containerd_without_it_and_refuses_labels_with_it() {
+        let labelled = cri::LinuxContainerSecurityContext {
+            selinux_options: Some(cri::SeLinuxOption {
+                level: "s0:c1,c2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(selinux(&labelled, false).is_ok());
+        assert!(selinux(&cri::LinuxContainerSecurityContext::default(), true).is_ok());
+        let e = selinux(&labelled, true).unwrap_err();
+        assert!(e.to_string().contains("SELinux"), "{e}");
     }
 
     #[test]

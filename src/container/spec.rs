@@ -140,6 +140,8 @@ pub struct Input<'a> {
     pub localhost_seccomp: Option<Value>,
     /// The host runs AppArmor.
     pub apparmor_host: bool,
+    /// The host enforces SELinux.
+    pub selinux_host: bool,
     /// The built-in init's binary, mounted read-only even when the container does not run
     /// under it (it applies seccomp to exec'd processes).
     pub init_mount: Option<PathBuf>,
@@ -501,6 +503,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "cwd": cwd,
         "capabilities": capabilities,
     });
+    security::selinux(&sc, i.selinux_host)?;
     if let Some(profile) = security::apparmor(&sc, i.apparmor_host)? {
         process["apparmorProfile"] = json!(profile);
     }
@@ -648,6 +651,7 @@ mod tests {
             cgroup_v1_dirs: &[],
             localhost_seccomp: None,
             apparmor_host: false,
+            selinux_host: false,
             init_mount: None,
             sysctls: &NO_SYSCTLS,
             pod_privileged: false,
