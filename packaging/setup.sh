@@ -14,6 +14,7 @@ PACKAGES=(
   busybox             # tests: test images are built from the host's (dynamic) busybox
   containernetworking-plugins  # CNI plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni
   iptables            # used by the bridge/portmap plugins
+  runc crun           # tests: OCI runtimes as RuntimeClass handlers
 )
 
 # Extra packages for one purpose (benches/compare.sh: containerd runc).

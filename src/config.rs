@@ -30,7 +30,48 @@ pub struct Config {
     pub network: NetworkConfig,
     pub metrics: MetricsConfig,
     pub streaming: StreamingConfig,
+    /// RuntimeClass handlers by name (`[runtimes.<handler>]`). The empty handler — what kubelet
+    /// sends for pods without a RuntimeClass — is always the native one.
+    pub runtimes: std::collections::BTreeMap<String, RuntimeHandler>,
 }
+
+/// How a RuntimeClass handler runs containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeType {
+    /// kelson's own container creation (the container library in the shim's engine).
+    Native,
+    /// An OCI runtime binary (runc, crun, youki, runsc, …) driven through its command line by
+    /// the same shim.
+    Oci,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeHandler {
+    #[serde(rename = "type")]
+    pub runtime_type: RuntimeType,
+    /// The OCI runtime binary (absolute); `oci` only.
+    pub path: PathBuf,
+    /// Its state root (`--root`); empty: `<state>/runtimes/<handler>`.
+    pub root: PathBuf,
+    /// Extra global arguments before each subcommand (e.g. runsc's `--platform=systrap`).
+    pub args: Vec<String>,
+}
+
+impl Default for RuntimeHandler {
+    fn default() -> Self {
+        RuntimeHandler {
+            runtime_type: RuntimeType::Native,
+            path: PathBuf::new(),
+            root: PathBuf::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// Longest handler name (a RuntimeClass handler is a DNS label).
+pub const MAX_HANDLER_NAME: usize = 63;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -226,6 +267,7 @@ impl Default for Config {
             network: NetworkConfig::default(),
             metrics: MetricsConfig::default(),
             streaming: StreamingConfig::default(),
+            runtimes: Default::default(),
         }
     }
 }
@@ -337,6 +379,23 @@ impl Config {
         self.validate()
     }
 
+    /// The handler a RuntimeClass names: "" is the native default; None when unknown.
+    pub fn handler(&self, name: &str) -> Option<RuntimeHandler> {
+        if name.is_empty() {
+            return Some(RuntimeHandler::default());
+        }
+        self.runtimes.get(name).cloned()
+    }
+
+    /// An OCI handler's state root.
+    pub fn handler_root(&self, name: &str, h: &RuntimeHandler) -> PathBuf {
+        if h.root.as_os_str().is_empty() {
+            self.state.join("runtimes").join(name)
+        } else {
+            h.root.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (key, p) in [
             ("root", &self.root),
@@ -410,6 +469,55 @@ impl Config {
                 key: "streaming",
                 message: "token_ttl must be at least 1s and max_sessions at least 1".into(),
             });
+        }
+        for (name, h) in &self.runtimes {
+            let label = !name.is_empty()
+                && name.len() <= MAX_HANDLER_NAME
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !label {
+                return Err(ConfigError::Invalid {
+                    key: "runtimes",
+                    message: format!("handler name {name:?} must be a DNS label (a-z, 0-9, -)"),
+                });
+            }
+            match h.runtime_type {
+                RuntimeType::Oci if !h.path.is_absolute() => {
+                    return Err(ConfigError::Invalid {
+                        key: "runtimes.path",
+                        message: format!(
+                            "handler {name:?}: an oci handler needs the absolute path of its runtime binary"
+                        ),
+                    });
+                }
+                RuntimeType::Native if !h.path.as_os_str().is_empty() => {
+                    return Err(ConfigError::Invalid {
+                        key: "runtimes.path",
+                        message: format!("handler {name:?}: a native handler takes no path"),
+                    });
+                }
+                _ => {}
+            }
+            if h.args
+                .iter()
+                .any(|a| !a.starts_with('-') || a.contains('\0'))
+            {
+                return Err(ConfigError::Invalid {
+                    key: "runtimes.args",
+                    message: format!(
+                        "handler {name:?}: args are global options (each starts with -)"
+                    ),
+                });
+            }
+            if !h.root.as_os_str().is_empty() && !h.root.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    key: "runtimes.root",
+                    message: format!("handler {name:?}: {} is not absolute", h.root.display()),
+                });
+            }
         }
         if !valid_log_filter(&self.log_level) {
             return Err(ConfigError::Invalid {
@@ -490,6 +598,39 @@ mod tests {
 
     fn parse(s: &str) -> Result<Config, ConfigError> {
         Config::from_toml(s, Path::new("/t.toml"))
+    }
+
+    #[test]
+    fn runtime_handlers_are_checked() {
+        let c = parse(
+            "[runtimes.runc]\ntype = \"oci\"\npath = \"/usr/sbin/runc\"\n[runtimes.fast]\ntype = \"native\"\n",
+        )
+        .unwrap();
+        let runc = c.handler("runc").unwrap();
+        assert_eq!(runc.runtime_type, RuntimeType::Oci);
+        assert_eq!(
+            c.handler_root("runc", &runc),
+            PathBuf::from("/run/kelson/runtimes/runc")
+        );
+        assert_eq!(c.handler("fast").unwrap().runtime_type, RuntimeType::Native);
+        assert_eq!(c.handler("").unwrap().runtime_type, RuntimeType::Native);
+        assert!(c.handler("gvisor").is_none());
+        for (bad, key) in [
+            ("[runtimes.runc]\ntype = \"oci\"\n", "runtimes.path"),
+            (
+                "[runtimes.runc]\ntype = \"oci\"\npath = \"runc\"\n",
+                "runtimes.path",
+            ),
+            ("[runtimes.Bad_Name]\ntype = \"native\"\n", "runtimes"),
+            (
+                "[runtimes.x]\ntype = \"native\"\npath = \"/bin/x\"\n",
+                "runtimes.path",
+            ),
+            ("[runtimes.x]\ntype = \"wasm\"\n", "type"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

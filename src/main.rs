@@ -268,13 +268,13 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             bin_dirs: cfg.network.bin_dirs.clone(),
             timeout: cfg.network.plugin_timeout,
         }));
-        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups, network));
+        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups, network, cfg.runtimes.keys().cloned().collect()));
         {
             let pods = pods.clone();
             tokio::task::spawn_blocking(move || pods.recover()).await??;
         }
         let shim = kelson::shim::locate(&cfg.shim_path);
-        let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.container.clone()));
+        let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.clone()));
         let streaming_listener = kelson::streaming::server::bind(&cfg.streaming.address)
             .await
             .with_context(|| format!("streaming server on {}", cfg.streaming.address))?;

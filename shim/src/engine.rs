@@ -10,6 +10,8 @@ use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 
+use crate::runtime;
+
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
@@ -41,6 +43,14 @@ pub fn create(
     stdin: bool,
     console_socket: Option<&Path>,
 ) -> Result<(), String> {
+    if let Some(h) = runtime::handler(root, id)? {
+        // stdin as the container's: the shim's pipe, else /dev/null; stdout/stderr are ours.
+        if !stdin {
+            let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
+            nix::unistd::dup2_stdin(null).map_err(|e| err("stdin", e))?;
+        }
+        return h.create(id, pid_file, console_socket);
+    }
     let (null, out, errfd) = stdio()?;
     let input: std::os::fd::OwnedFd = if stdin {
         std::io::stdin()
@@ -69,6 +79,9 @@ pub fn create(
 }
 
 pub fn start(id: &str, root: &Path) -> Result<(), String> {
+    if let Some(h) = runtime::handler(root, id)? {
+        return h.start(id);
+    }
     let mut c = Container::load(root.join(id)).map_err(|e| err("load", e))?;
     c.start().map_err(|e| err("start", e))
 }
@@ -85,7 +98,18 @@ pub fn exec(
 ) -> Result<i32, String> {
     // The container's own process spec (user, groups, env, cwd, capabilities, no_new_privs)
     // with these args: an exec runs as the container runs, not as root by default.
-    let process_file = process_spec(id, root, args, false)?;
+    if let Some(h) = runtime::handler(root, id)? {
+        let process_file = process_spec(id, root, &h.bundle, args, false, false)?;
+        if !stdin {
+            let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
+            nix::unistd::dup2_stdin(null).map_err(|e| err("stdin", e))?;
+        }
+        let r = h.exec(id, &process_file, pid_file);
+        let _ = std::fs::remove_file(&process_file);
+        return r;
+    }
+    let bundle = native_bundle(id, root)?;
+    let process_file = process_spec(id, root, &bundle, args, false, true)?;
     let (null, out, errfd) = stdio()?;
     let input: std::os::fd::OwnedFd = if stdin {
         std::io::stdin()
@@ -230,16 +254,25 @@ fn compile_seccomp(profile: &serde_json::Value) -> Result<String, String> {
     Ok(bpf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// The bundle of a native container, from the library's state.
+fn native_bundle(id: &str, root: &Path) -> Result<std::path::PathBuf, String> {
+    let container = Container::load(root.join(id)).map_err(|e| err("load", e))?;
+    Ok(container.bundle().to_owned())
+}
+
 /// Write the container's process spec with `args` (and `terminal`) for a tenant process;
-/// returns its path (the caller removes it).
+/// returns its path (the caller removes it). `native`: for the container library, which needs
+/// the seccomp filter put in front of the command and the user namespace entered here (an
+/// external OCI runtime does both itself).
 fn process_spec(
     id: &str,
     root: &Path,
+    bundle: &Path,
     args: Vec<String>,
     terminal: bool,
+    native: bool,
 ) -> Result<std::path::PathBuf, String> {
-    let container = Container::load(root.join(id)).map_err(|e| err("load", e))?;
-    let spec = oci_spec::runtime::Spec::load(container.bundle().join("config.json"))
+    let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
         .map_err(|e| err("container spec", e))?;
     let mut process = spec
         .process()
@@ -249,11 +282,10 @@ fn process_spec(
     // A container with a seccomp profile: the exec'd process loads it first, through the
     // built-in init every container has mounted (libcontainer would run it unfiltered).
     let raw: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(container.bundle().join("config.json"))
-            .map_err(|e| err("container spec", e))?,
+        &std::fs::read(bundle.join("config.json")).map_err(|e| err("container spec", e))?,
     )
     .map_err(|e| err("container spec", e))?;
-    if let Some(profile) = raw["linux"]["seccomp"].as_object() {
+    if let (true, Some(profile)) = (native, raw["linux"]["seccomp"].as_object()) {
         let has_init = raw["mounts"]
             .as_array()
             .is_some_and(|m| m.iter().any(|m| m["destination"] == INIT_IN_CONTAINER));
@@ -275,15 +307,16 @@ fn process_spec(
         args = wrapped;
     }
     process.set_args(Some(args)).set_terminal(Some(terminal));
-    let file = root
-        .join(id)
-        .join(format!("exec-{}.json", std::process::id()));
+    // Beside the container's state (an OCI runtime's container has no dir of ours).
+    let file = root.join(format!("{id}.exec-{}.json", std::process::id()));
     std::fs::write(
         &file,
         serde_json::to_vec(&process).map_err(|e| err("process spec", e))?,
     )
     .map_err(|e| err("writing process spec", e))?;
-    join_user_namespace(&raw)?;
+    if native {
+        join_user_namespace(&raw)?;
+    }
     Ok(file)
 }
 
@@ -325,7 +358,14 @@ pub fn exec_tty(
     console_socket: &Path,
 ) -> Result<i32, String> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| err("child subreaper", e))?;
-    let process_file = process_spec(id, root, args, true)?;
+    if let Some(h) = runtime::handler(root, id)? {
+        let process_file = process_spec(id, root, &h.bundle, args, true, false)?;
+        let pid = h.exec_detached_tty(id, &process_file, pid_file, console_socket);
+        let _ = std::fs::remove_file(&process_file);
+        return wait_exit(pid?);
+    }
+    let bundle = native_bundle(id, root)?;
+    let process_file = process_spec(id, root, &bundle, args, true, true)?;
     let (null, out, errfd) = stdio()?;
     let built = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
@@ -346,6 +386,11 @@ pub fn exec_tty(
 
 /// Remove the container's runtime state and cgroup (it must have stopped; `force` kills first).
 pub fn delete(id: &str, root: &Path) -> Result<(), String> {
+    if let Some(h) = runtime::handler(root, id)? {
+        h.delete(id)?;
+        let _ = std::fs::remove_file(runtime::record(root, id));
+        return Ok(());
+    }
     match Container::load(root.join(id)) {
         Ok(mut c) => c.delete(true).map_err(|e| err("delete", e)),
         Err(_) if !root.join(id).exists() => Ok(()),

@@ -82,6 +82,8 @@ pub enum ContainerError {
     #[error(transparent)]
     Store(StoreError),
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -140,7 +142,8 @@ pub struct ContainerService {
     /// The engine, run from a sealed copy (see `shim::engine`).
     engine: shim::engine::Engine,
     init_binary: PathBuf,
-    config: crate::config::ContainerConfig,
+    /// kelsond's configuration (the `container` table, the RuntimeClass handlers).
+    cfg: crate::config::Config,
     /// Last (time, cumulative CPU ns) per container, for the nano-cores rate.
     cpu_prev: crate::stats::Rates,
 }
@@ -462,12 +465,12 @@ impl ContainerService {
         pods: Arc<PodService>,
         dirs: Dirs,
         shim_binary: PathBuf,
-        config: crate::config::ContainerConfig,
+        cfg: crate::config::Config,
     ) -> ContainerService {
-        let init_binary = if config.init_path.is_empty() {
+        let init_binary = if cfg.container.init_path.is_empty() {
             shim_binary.with_file_name("kelson-init")
         } else {
-            PathBuf::from(&config.init_path)
+            PathBuf::from(&cfg.container.init_path)
         };
         let engine = shim::engine::Engine::new(shim_binary.with_file_name("kelson-shim-engine"));
         ContainerService {
@@ -478,7 +481,7 @@ impl ContainerService {
             engine,
             shim_binary,
             init_binary,
-            config,
+            cfg,
             cpu_prev: Default::default(),
         }
     }
@@ -491,13 +494,19 @@ impl ContainerService {
         ctr: &std::collections::HashMap<String, String>,
     ) -> bool {
         let key = crate::config::INIT_ANNOTATION;
-        if !self.config.allowed_annotations.iter().any(|a| a == key) {
-            return self.config.init;
+        if !self
+            .cfg
+            .container
+            .allowed_annotations
+            .iter()
+            .any(|a| a == key)
+        {
+            return self.cfg.container.init;
         }
         let parse = |m: &std::collections::HashMap<String, String>| {
             m.get(key).and_then(|v| v.parse::<bool>().ok())
         };
-        parse(ctr).or(parse(pod)).unwrap_or(self.config.init)
+        parse(ctr).or(parse(pod)).unwrap_or(self.cfg.container.init)
     }
 
     fn root_dir(&self, id: &str) -> PathBuf {
@@ -757,7 +766,7 @@ impl ContainerService {
             .map_err(|e| ContainerError::Invalid(e.to_string()))?
         {
             Some(seccomp::Choice::Localhost(r)) => Some(
-                seccomp::read_localhost(&r, &self.config.seccomp_profile_root)
+                seccomp::read_localhost(&r, &self.cfg.container.seccomp_profile_root)
                     .map_err(|e| ContainerError::Invalid(e.to_string()))?,
             ),
             _ => None,
@@ -835,6 +844,7 @@ impl ContainerService {
                     .output();
             });
         }
+        self.record_runtime(&pod, &id, &bundle)?;
         let prepared = began.elapsed();
         let pid = shim::spawn(shim::Spawn {
             binary: &self.shim_binary,
@@ -862,6 +872,42 @@ impl ContainerService {
         );
         undo.disarm();
         Ok(id)
+    }
+
+    /// A pod of an OCI-runtime handler: tell the engine which runtime drives this container
+    /// (read by every engine call, so neither the shim nor any caller needs to know). Written
+    /// atomically; the engine's delete removes it.
+    fn record_runtime(
+        &self,
+        pod: &PodRecord,
+        id: &str,
+        bundle: &Path,
+    ) -> Result<(), ContainerError> {
+        let name = &pod.runtime_handler;
+        let handler = self.cfg.handler(name).ok_or_else(|| {
+            ContainerError::Invalid(format!(
+                "the pod's runtime handler {name:?} is no longer configured"
+            ))
+        })?;
+        if handler.runtime_type == crate::config::RuntimeType::Native {
+            return Ok(());
+        }
+        if !handler.path.is_file() {
+            return Err(ContainerError::Unavailable(format!(
+                "runtime handler {name:?}: {} is not installed",
+                handler.path.display()
+            )));
+        }
+        let record = serde_json::json!({
+            "binary": handler.path,
+            "root": self.cfg.handler_root(name, &handler),
+            "args": handler.args,
+            "bundle": bundle,
+        });
+        let path = self.engine_root().join(format!("{id}.runtime.json"));
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, record.to_string()).map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))
     }
 
     fn client(&self, rec: &ContainerRecord) -> Client {

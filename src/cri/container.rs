@@ -24,6 +24,7 @@ impl From<ContainerError> for Status {
             E::NotFound(_) | E::PodNotFound(_) | E::ImageNotFound(_) => Code::NotFound,
             E::NameTaken { .. } => Code::AlreadyExists,
             E::PodNotReady(_) | E::WrongState { .. } => Code::FailedPrecondition,
+            E::Unavailable(_) => Code::Unavailable,
             E::Rootfs(crate::container::rootfs::RootfsError::TooManyLayers(_)) => {
                 Code::FailedPrecondition
             }

@@ -104,13 +104,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
                 conditions: vec![self.runtime_condition(), self.network_condition()],
             }),
             info,
-            runtime_handlers: vec![cri::RuntimeHandler {
-                name: String::new(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: crate::sys::mount_setattr_supported(),
-                    user_namespaces: crate::pod::userns_supported(),
-                }),
-            }],
+            runtime_handlers: runtime_handlers(&self.0.config),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: true,
             }),
@@ -342,4 +336,29 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
         stats::pod_metrics(&self.0).await.map(Response::new)
     }
+}
+
+/// Every RuntimeClass handler with what it supports, as kubelet reads them (it sends user
+/// namespaces or recursive read-only mounts only to a handler that reports them). The native
+/// default comes first, under the empty name.
+fn runtime_handlers(cfg: &crate::config::Config) -> Vec<cri::RuntimeHandler> {
+    let rro = crate::sys::mount_setattr_supported();
+    let userns = crate::pod::userns_supported();
+    std::iter::once((String::new(), crate::config::RuntimeType::Native))
+        .chain(
+            cfg.runtimes
+                .iter()
+                .map(|(n, h)| (n.clone(), h.runtime_type)),
+        )
+        .map(|(name, _kind)| cri::RuntimeHandler {
+            name,
+            features: Some(cri::RuntimeHandlerFeatures {
+                // "rro" is in the spec kelson writes; runc (1.1+) and crun apply it.
+                recursive_read_only_mounts: rro,
+                // kelson makes the pod's user namespace and the idmapped layers and volumes for
+                // every handler; an OCI runtime only joins the namespace by path (runc: tested).
+                user_namespaces: userns,
+            }),
+        })
+        .collect()
 }

@@ -104,6 +104,8 @@ pub struct PodService {
     state_dir: PathBuf,
     cgroups: Hierarchy,
     network: Arc<Network>,
+    /// RuntimeClass handlers configured besides the native default ("").
+    handlers: Vec<String>,
 }
 
 fn check_kv(what: &str, m: &std::collections::HashMap<String, String>) -> Result<(), PodError> {
@@ -122,12 +124,14 @@ impl PodService {
         state_dir: PathBuf,
         cgroups: Hierarchy,
         network: Arc<Network>,
+        handlers: Vec<String>,
     ) -> PodService {
         PodService {
             store,
             state_dir,
             cgroups,
             network,
+            handlers,
         }
     }
 
@@ -224,7 +228,7 @@ impl PodService {
     }
 
     pub fn run(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<PodRecord, PodError> {
-        if !handler.is_empty() {
+        if !handler.is_empty() && !self.handlers.iter().any(|h| h == handler) {
             return Err(PodError::UnknownHandler(handler.to_owned()));
         }
         let meta = config

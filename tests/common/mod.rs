@@ -224,3 +224,58 @@ pub fn mounts_of(d: &Daemon) -> usize {
         .filter(|l| l.split(' ').nth(4).is_some_and(|m| m.starts_with(&dir)))
         .count()
 }
+
+/// ContainerStatus (not verbose).
+pub async fn container_status(
+    c: &mut kelson_testkit::daemon::Cri,
+    id: &str,
+) -> anyhow::Result<k8s_cri::v1::ContainerStatus> {
+    c.runtime
+        .container_status(k8s_cri::v1::ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .status
+        .ok_or_else(|| anyhow::anyhow!("no status for {id}"))
+}
+
+/// The container's status once it has exited (or after 20 s, whatever it is then).
+pub async fn wait_exited(
+    c: &mut kelson_testkit::daemon::Cri,
+    id: &str,
+) -> anyhow::Result<k8s_cri::v1::ContainerStatus> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let s = container_status(c, id).await?;
+        if s.state == k8s_cri::v1::ContainerState::ContainerExited as i32
+            || std::time::Instant::now() > deadline
+        {
+            return Ok(s);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// ExecSync: (exit code, stdout, stderr).
+pub async fn exec_sync(
+    c: &mut kelson_testkit::daemon::Cri,
+    id: &str,
+    cmd: &[&str],
+) -> anyhow::Result<(i32, String, String)> {
+    let r = c
+        .runtime
+        .exec_sync(k8s_cri::v1::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 20,
+        })
+        .await?
+        .into_inner();
+    Ok((
+        r.exit_code,
+        String::from_utf8_lossy(&r.stdout).into_owned(),
+        String::from_utf8_lossy(&r.stderr).into_owned(),
+    ))
+}

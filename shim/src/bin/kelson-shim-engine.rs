@@ -5,6 +5,8 @@
 
 #[path = "../engine.rs"]
 mod engine;
+#[path = "../runtime.rs"]
+mod runtime;
 
 use std::path::Path;
 use std::process::ExitCode;
