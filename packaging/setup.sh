@@ -15,6 +15,8 @@ PACKAGES=(
   containernetworking-plugins  # CNI plugins (bridge, host-local, portmap, loopback) in /usr/lib/cni
   iptables            # used by the bridge/portmap plugins
   runc crun           # tests: OCI runtimes as RuntimeClass handlers
+  systemd             # tests: systemd-analyze verifies the unit (systemd need not be running)
+  python3-venv        # tests: the Helm chart is linted and rendered from PyPI's helm-python-sdk
 )
 
 # Extra packages for one purpose (benches/compare.sh: containerd runc).

@@ -10,6 +10,7 @@ pub mod dirs;
 pub mod ids;
 pub mod image;
 pub mod network;
+pub mod notify;
 pub mod pod;
 pub mod rollback;
 pub mod server;

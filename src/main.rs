@@ -325,6 +325,8 @@ fn run(cfg: Config) -> anyhow::Result<()> {
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             tracing::info!("signal received, shutting down");
         };
+        // The socket is bound and state recovered: calls are answered from here on.
+        kelson::notify::ready();
         kelson::server::serve(shared, listener, shutdown).await?;
         let _ = std::fs::remove_file(&cfg.grpc.address);
         tracing::info!("kelsond stopped");

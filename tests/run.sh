@@ -11,4 +11,8 @@ cargo clippy --manifest-path shim/init/Cargo.toml --locked --target-dir target/i
 # The shim is a binary of another package: build every binary before the tests use them.
 cargo build --workspace --bins --locked
 packaging/build-init.sh debug
-cargo test --workspace --locked
+# The Debian package (release build) and the Helm chart, which tests/packaging.rs and
+# charts/test.sh check.
+packaging/build-deb.sh
+charts/test.sh target/debug/kelsond
+KELSON_REQUIRE_DEB=1 cargo test --workspace --locked
