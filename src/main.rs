@@ -251,6 +251,11 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         .context("starting tokio")?;
     rt.block_on(async move {
         let began = std::time::Instant::now();
+        // Before anything is made: a node set up for a cgroup driver it cannot honour stops here.
+        let cgroups = kelson::pod::cgroup::detect()?;
+        if cfg.cgroup_driver == kelson::config::CgroupDriver::Systemd {
+            kelson::pod::cgroup::systemd_driver_usable(&cgroups, std::path::Path::new("/run/systemd/system").is_dir()).map_err(anyhow::Error::msg)?;
+        }
         let dirs = Dirs::new(&cfg.root, &cfg.state);
         dirs.create().with_context(|| format!("creating {} and {}", cfg.root.display(), cfg.state.display()))?;
         let store = Arc::new(Store::open(&dirs.database())?);
@@ -262,13 +267,12 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         let images_ms = began.elapsed().as_secs_f64() * 1e3;
         let listener = kelson::server::bind(&cfg.grpc.address, cfg.grpc.gid)?;
         tracing::info!(address = %cfg.grpc.address.display(), root = %cfg.root.display(), state = %cfg.state.display(), version = env!("CARGO_PKG_VERSION"), "kelsond serving CRI");
-        let cgroups = kelson::pod::cgroup::detect()?;
         let network = Arc::new(kelson::network::Network::new(kelson::network::NetworkConfig {
             conf_dir: cfg.network.conf_dir.clone(),
             bin_dirs: cfg.network.bin_dirs.clone(),
             timeout: cfg.network.plugin_timeout,
         }));
-        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups, network, cfg.runtimes.keys().cloned().collect()));
+        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups, network, cfg.runtimes.keys().cloned().collect(), cfg.cgroup_driver == kelson::config::CgroupDriver::Systemd));
         {
             let pods = pods.clone();
             tokio::task::spawn_blocking(move || pods.recover()).await??;

@@ -60,6 +60,17 @@ pub fn create(
     } else {
         null.into()
     };
+    // The systemd cgroup driver: kelsond wrote `<slice>:kelson:<id>`, a transient scope the
+    // library asks systemd for over D-Bus (cgroup v2 hosts).
+    let systemd = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| {
+            s.linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| kelson_proto::cgroups::is_systemd(&p.to_string_lossy()))
+        })
+        .unwrap_or(false);
     let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(root)
         .map_err(|e| err("root path", e))?
@@ -70,7 +81,7 @@ pub fn create(
         .validate_id()
         .map_err(|e| err("container id", e))?
         .as_init(bundle)
-        .with_systemd(false)
+        .with_systemd(systemd)
         .with_detach(true)
         .build()
         .map_err(|e| err("create", e))?;

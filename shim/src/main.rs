@@ -28,16 +28,12 @@ fn need(args: &[String], name: &str) -> Result<String, String> {
     arg(args, name).ok_or_else(|| format!("missing {name}"))
 }
 
-/// The container's cgroup path from the bundle's config.json (`linux.cgroupsPath`).
+/// The container's cgroup directory from the bundle's config.json (`linux.cgroupsPath`, a
+/// path or systemd's slice:prefix:name).
 pub fn cgroup_path(bundle: &Path) -> Option<String> {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
-    Some(
-        v["linux"]["cgroupsPath"]
-            .as_str()?
-            .trim_start_matches('/')
-            .to_owned(),
-    )
+    kelson_proto::cgroups::dir_of(v["linux"]["cgroupsPath"].as_str()?)
 }
 
 /// Every pid in the container's cgroup (v1 pids/memory hierarchy, or v2).

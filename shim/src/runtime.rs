@@ -19,6 +19,8 @@ pub struct Handler {
     pub bundle: PathBuf,
     /// Extra global options from the handler's config.
     pub args: Vec<String>,
+    /// The container's cgroupsPath is systemd's slice:prefix:name (`--systemd-cgroup`).
+    pub systemd_cgroup: bool,
 }
 
 /// The record's path for container `id` under the engine's state root.
@@ -48,6 +50,7 @@ pub fn handler(engine_root: &Path, id: &str) -> Result<Option<Handler>, String> 
                     .flatten()
                     .filter_map(|a| a.as_str().map(str::to_owned))
                     .collect(),
+                systemd_cgroup: v["systemd_cgroup"].as_bool().unwrap_or(false),
             }))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -64,8 +67,11 @@ impl Handler {
             .arg("--log")
             .arg(log)
             .arg("--log-format")
-            .arg("json")
-            .args(&self.args);
+            .arg("json");
+        if self.systemd_cgroup {
+            c.arg("--systemd-cgroup");
+        }
+        c.args(&self.args);
         c
     }
 

@@ -728,6 +728,7 @@ impl ContainerService {
             shm: pod.shm.clone(),
             dir: pod_dir,
             cgroup: pod.cgroup.clone(),
+            slice: pod.cgroup_slice.clone(),
             userns: pod.userns.clone(),
             user_maps: user_ns.clone(),
         };
@@ -900,6 +901,8 @@ impl ContainerService {
         }
         let record = serde_json::json!({
             "binary": handler.path,
+            // runc and crun read systemd's slice:prefix:name only when told.
+            "systemd_cgroup": !pod.cgroup_slice.is_empty(),
             "root": self.cfg.handler_root(name, &handler),
             "args": handler.args,
             "bundle": bundle,
@@ -1299,9 +1302,10 @@ impl ContainerService {
         (sample, upper)
     }
 
-    /// A container's cgroup, relative to each hierarchy.
+    /// A container's cgroup, relative to each hierarchy (its directory under either driver).
     pub fn cgroup_of(&self, pod: &PodRecord, rec: &ContainerRecord) -> String {
-        format!("{}/{}", pod.cgroup, rec.id)
+        let path = spec::cgroups_path(&pod.cgroup, &pod.cgroup_slice, &rec.id);
+        kelson_proto::cgroups::dir_of(&path).unwrap_or(path)
     }
 
     /// SIGKILL every process in the container's cgroup (used when its shim is gone).
@@ -1311,11 +1315,7 @@ impl ContainerService {
             return;
         };
         let mut killed = 0;
-        for dir in self
-            .pods
-            .cgroups()
-            .dirs(&format!("{}/{}", pod.cgroup, rec.id))
-        {
+        for dir in self.pods.cgroups().dirs(&self.cgroup_of(&pod, rec)) {
             let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
                 continue;
             };

@@ -111,6 +111,8 @@ pub struct PodContext {
     pub shm: String,
     pub dir: PathBuf,
     pub cgroup: String,
+    /// The pod's systemd slice (systemd cgroup driver), else empty.
+    pub slice: String,
     /// The pod's pinned user namespace (empty: the host's) and its mappings.
     pub userns: String,
     pub user_maps: Option<crate::pod::userns::UserNs>,
@@ -165,6 +167,19 @@ pub struct Device {
     /// cgroup access: a subset of "rwm".
     pub access: String,
 }
+
+/// The spec's `linux.cgroupsPath`: a path under the pod's cgroup (cgroupfs), or systemd's
+/// `<pod slice>:kelson:<id>` (a transient scope `kelson-<id>.scope` in the pod's slice).
+pub fn cgroups_path(pod_cgroup: &str, pod_slice: &str, id: &str) -> String {
+    if pod_slice.is_empty() {
+        format!("/{pod_cgroup}/{id}")
+    } else {
+        format!("{pod_slice}:{SCOPE_PREFIX}:{id}")
+    }
+}
+
+/// systemd scopes of kelson's containers are `kelson-<id>.scope`.
+pub const SCOPE_PREFIX: &str = "kelson";
 
 /// Where the init binary appears inside the container.
 pub const INIT_IN_CONTAINER: &str = "/.kelson/init";
@@ -532,7 +547,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "annotations": c.annotations,
         "linux": {
             "namespaces": namespaces,
-            "cgroupsPath": format!("/{}/{}", i.pod.cgroup, i.id),
+            "cgroupsPath": cgroups_path(&i.pod.cgroup, &i.pod.slice, i.id),
             "devices": devices,
             "resources": resources,
             "maskedPaths": masked_paths,
@@ -715,6 +730,21 @@ mod tests {
         assert_eq!(s["process"]["user"]["uid"], 1000);
         assert!(s["process"].get("oomScoreAdj").is_none());
         assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn cgroups_paths_follow_the_driver() {
+        assert_eq!(cgroups_path("kelson/p1", "", "c1"), "/kelson/p1/c1");
+        let systemd = cgroups_path(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podX.slice",
+            "kubepods-burstable-podX.slice",
+            "c1",
+        );
+        assert_eq!(systemd, "kubepods-burstable-podX.slice:kelson:c1");
+        assert_eq!(
+            kelson_proto::cgroups::dir_of(&systemd).unwrap(),
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podX.slice/kelson-c1.scope"
+        );
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub fn userns_supported() -> bool {
     })
 }
 
+/// The slice of pods that name none, with the systemd cgroup driver.
+pub const DEFAULT_SLICE: &str = "kelson.slice";
 /// Size of a pod's /dev/shm, as docker and containerd default it.
 pub const DEFAULT_SHM_BYTES: u64 = 64 << 20;
 /// Longest pod name, namespace or uid accepted (Kubernetes allows 253).
@@ -106,6 +108,8 @@ pub struct PodService {
     network: Arc<Network>,
     /// RuntimeClass handlers configured besides the native default ("").
     handlers: Vec<String>,
+    /// The systemd cgroup driver: pod cgroups are slices systemd (and kubelet) own.
+    systemd: bool,
 }
 
 fn check_kv(what: &str, m: &std::collections::HashMap<String, String>) -> Result<(), PodError> {
@@ -125,6 +129,7 @@ impl PodService {
         cgroups: Hierarchy,
         network: Arc<Network>,
         handlers: Vec<String>,
+        systemd: bool,
     ) -> PodService {
         PodService {
             store,
@@ -132,6 +137,7 @@ impl PodService {
             cgroups,
             network,
             handlers,
+            systemd,
         }
     }
 
@@ -305,10 +311,25 @@ impl PodService {
             "{}_{}_{}_{}",
             meta.name, meta.namespace, meta.uid, meta.attempt
         );
-        let cgroup = if linux.cgroup_parent.is_empty() {
-            format!("kelson/{id}")
+        // cgroupfs: kelson makes the pod's directory. systemd: kubelet names (and makes) the
+        // pod's slice; kelson only needs its path, for stats.
+        let (cgroup, slice) = if self.systemd {
+            let slice = if linux.cgroup_parent.is_empty() {
+                DEFAULT_SLICE.to_owned()
+            } else {
+                linux.cgroup_parent.clone()
+            };
+            let dir = kelson_proto::cgroups::expand_slice(&slice).ok_or_else(|| {
+                PodError::Invalid(format!(
+                    "cgroup_parent {:?} is not a systemd slice name (the systemd cgroup driver is on)",
+                    slice.chars().take(120).collect::<String>()
+                ))
+            })?;
+            (dir, slice)
+        } else if linux.cgroup_parent.is_empty() {
+            (format!("kelson/{id}"), String::new())
         } else {
-            cgroup::validate(&linux.cgroup_parent)?
+            (cgroup::validate(&linux.cgroup_parent)?, String::new())
         };
         let dir = self.pod_dir(&id);
         let req = PinRequest {
@@ -346,7 +367,8 @@ impl PodService {
             runtime_handler: handler.to_owned(),
             config: serde_json::to_value(&config).unwrap_or_default(),
             cgroup: cgroup.clone(),
-            cgroup_created: !self.cgroups.exists(&cgroup),
+            cgroup_created: !self.systemd && !self.cgroups.exists(&cgroup),
+            cgroup_slice: slice,
             shm: if host_ipc {
                 String::new()
             } else {
@@ -416,7 +438,7 @@ impl PodService {
             }
         }
 
-        rec.cgroup_created = self.cgroups.create(&cgroup)?;
+        rec.cgroup_created = !self.systemd && self.cgroups.create(&cgroup)?;
         if rec.cgroup_created {
             let cg = self.cgroups.clone();
             let c = cgroup.clone();

@@ -79,6 +79,9 @@ pub struct PodRecord {
     /// The pod cgroup (relative to each hierarchy) and whether kelson created it.
     pub cgroup: String,
     pub cgroup_created: bool,
+    /// With the systemd cgroup driver: the pod's slice (`kubepods-…-pod<uid>.slice`), which
+    /// systemd owns; `cgroup` is its expanded path. Empty with cgroupfs.
+    pub cgroup_slice: String,
 }
 
 /// A container as kelson keeps it. Its run state lives with its shim (socket, exit record);
