@@ -23,21 +23,6 @@ type = "oci"
 path = "/nonexistent/runsc"
 "#;
 
-async fn run_pod_with(
-    c: &mut kelson_testkit::daemon::Cri,
-    cfg: &cri::PodSandboxConfig,
-    handler: &str,
-) -> Result<String, tonic::Status> {
-    Ok(c.runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg.clone()),
-            runtime_handler: handler.into(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id)
-}
-
 /// What the OCI runtime itself says of the container (`<runtime> --root R state ID`).
 fn runtime_state(binary: &str, root: &Path, id: &str) -> Option<serde_json::Value> {
     let out = std::process::Command::new(binary)
@@ -83,7 +68,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
             &format!("/{top}/{handler}"),
             logs.path(),
         );
-        let pod = run_pod_with(&mut c, &cfg, handler).await?;
+        let pod = common::run_pod_with(&mut c, &cfg, handler).await?;
         let pod_status = c
             .runtime
             .pod_sandbox_status(cri::PodSandboxStatusRequest {
@@ -200,7 +185,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
             namespace_options: Some(ns.clone()),
             ..Default::default()
         });
-        let pod = run_pod_with(&mut c, &cfg, "runc").await?;
+        let pod = common::run_pod_with(&mut c, &cfg, "runc").await?;
         let mut ctr = common::container_config("u", &image, &["/bin/sleep", "3600"]);
         ctr.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
@@ -267,7 +252,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
     // with its cgroup manager disabled: then the runtime's own reason comes back by name and
     // nothing is left.
     let cfg = common::pod_config("crun", "default", &format!("/{top}/crun"), logs.path());
-    let pod = run_pod_with(&mut c, &cfg, "crun").await?;
+    let pod = common::run_pod_with(&mut c, &cfg, "crun").await?;
     match common::create_start(
         &mut c,
         &pod,
@@ -295,10 +280,12 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
 
     // Unknown handlers and uninstalled runtimes are refused by name, leaving nothing.
     let cfg = common::pod_config("nope", "default", &format!("/{top}/nope"), logs.path());
-    let err = run_pod_with(&mut c, &cfg, "gvisor").await.unwrap_err();
+    let err = common::run_pod_with(&mut c, &cfg, "gvisor")
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("gvisor"), "{err:?}");
-    let pod = run_pod_with(&mut c, &cfg, "missing").await?;
+    let pod = common::run_pod_with(&mut c, &cfg, "missing").await?;
     let err = c
         .runtime
         .create_container(cri::CreateContainerRequest {

@@ -23,22 +23,16 @@ const CAP_NET_ADMIN: u64 = 1 << 12;
 const CAP_SYS_ADMIN: u64 = 1 << 21;
 
 async fn exec_out(c: &mut Cri, id: &str, cmd: &[&str]) -> anyhow::Result<String> {
-    let r = c
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 20,
-        })
-        .await?
-        .into_inner();
-    anyhow::ensure!(
-        r.exit_code == 0,
-        "{cmd:?} exited {}: {}",
-        r.exit_code,
-        String::from_utf8_lossy(&r.stderr)
-    );
-    Ok(String::from_utf8_lossy(&r.stdout).into_owned())
+    let (code, out, err) = common::exec_sync(c, id, cmd).await?;
+    anyhow::ensure!(code == 0, "{cmd:?} exited {code}: {err}");
+    Ok(out)
+}
+
+/// An exec that must fail: its stderr.
+async fn exec_fails(c: &mut Cri, id: &str, cmd: &[&str]) -> anyhow::Result<String> {
+    let (code, _, err) = common::exec_sync(c, id, cmd).await?;
+    anyhow::ensure!(code != 0, "{cmd:?} succeeded");
+    Ok(err)
 }
 
 fn as_root(ctr: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
@@ -683,7 +677,7 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
 /// were.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
-    use kelson_testkit::{Compression, Image, Layer, Pusher, TarBuilder, TestImages};
+    use kelson_testkit::TarBuilder;
     let e = common::env().await?;
     let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
     let b = bait.path().display().to_string();
@@ -741,21 +735,14 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
     let cfg = common::pod_config("hostile", "default", &format!("/{top}/h"), logs.path());
     let pod = common::run_pod(&mut c, &cfg).await?;
     for (name, layer) in traps {
-        let img = Image::new(
-            vec![
-                TestImages::busybox_layer()?,
-                TestImages::etc_layer(),
-                Layer::new(layer, Compression::Gzip),
-            ],
-            "amd64",
-            false,
+        let image = common::push_with_layer(
+            &e,
+            "test/hostile",
+            name,
+            layer,
             serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
-        );
-        Pusher::new(&e.registry)?
-            .image("test/hostile", name, &img)
-            .await?;
-        let image = format!("{}/test/hostile:{name}", e.registry.host);
-        common::pull(&e.daemon, &image).await?;
+        )
+        .await?;
         let ctr = common::container_config(name, &image, &["/bin/sleep", "3600"]);
         let r = common::create_start(&mut c, &pod, &cfg, ctr).await;
         println!(
@@ -814,21 +801,14 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
         .dir("var", 0o755)
         .link(tar::EntryType::Symlink, "var/run", "/run")
         .finish();
-    let img = Image::new(
-        vec![
-            TestImages::busybox_layer()?,
-            TestImages::etc_layer(),
-            Layer::new(benign, Compression::Gzip),
-        ],
-        "amd64",
-        false,
+    let image = common::push_with_layer(
+        &e,
+        "test/hostile",
+        "benign",
+        benign,
         serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
-    );
-    Pusher::new(&e.registry)?
-        .image("test/hostile", "benign", &img)
-        .await?;
-    let image = format!("{}/test/hostile:benign", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    )
+    .await?;
     let secrets = tempfile::tempdir()?;
     std::fs::write(secrets.path().join("token"), b"sa-token")?;
     let mut ctr = common::container_config("benign", &image, &["/bin/sleep", "3600"]);
@@ -882,21 +862,6 @@ async fn init_pid(c: &mut Cri, id: &str) -> anyhow::Result<u32> {
         .as_u64()
         .map(|p| p as u32)
         .with_context(|| format!("no pid in {info}"))
-}
-
-/// An exec that must fail: its stderr.
-async fn exec_fails(c: &mut Cri, id: &str, cmd: &[&str]) -> anyhow::Result<String> {
-    let r = c
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 20,
-        })
-        .await?
-        .into_inner();
-    anyhow::ensure!(r.exit_code != 0, "{cmd:?} succeeded");
-    Ok(String::from_utf8_lossy(&r.stderr).into_owned())
 }
 
 /// kubelet's mapping for a pod with `hostUsers: false`: 65536 ids at a multiple of 65536.
@@ -1072,12 +1037,12 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
     let mut bad = common::container_config("unmapped", &image, &["/bin/true"]);
     let sc = as_root(&mut bad);
     sc.run_as_user = Some(cri::Int64Value { value: 70000 });
-    let err = create(&mut c, &pod, &cfg, bad).await.unwrap_err();
+    let err = common::create(&mut c, &pod, &cfg, bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("not mapped"), "{err:?}");
     let mut other = common::container_config("other", &image, &["/bin/true"]);
     as_root(&mut other).namespace_options = Some(userns_options(USERNS_HOST_BASE + 65536));
-    let err = create(&mut c, &pod, &cfg, other).await.unwrap_err();
+    let err = common::create(&mut c, &pod, &cfg, other).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
     // Removing the container releases every idmapped mount and leaves the volume whole.
@@ -1145,23 +1110,6 @@ fn walk_owners(dir: &std::path::Path) -> Vec<u32> {
     out
 }
 
-async fn create(
-    c: &mut Cri,
-    pod: &str,
-    cfg: &cri::PodSandboxConfig,
-    ctr: cri::ContainerConfig,
-) -> Result<String, tonic::Status> {
-    Ok(c.runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(ctr),
-            sandbox_config: Some(cfg.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
     let e = common::env().await?;
@@ -1209,7 +1157,7 @@ async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
             readonly: false,
             ..mount("/rro", true)
         }];
-        let err = create(&mut c, &pod, &cfg, bad).await.unwrap_err();
+        let err = common::create(&mut c, &pod, &cfg, bad).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("recursive_read_only"), "{err:?}");
         let mut bad = common::container_config("bad2", &image, &["/bin/true"]);
@@ -1217,7 +1165,7 @@ async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
             propagation: cri::MountPropagation::PropagationHostToContainer as i32,
             ..mount("/rro", true)
         }];
-        let err = create(&mut c, &pod, &cfg, bad).await.unwrap_err();
+        let err = common::create(&mut c, &pod, &cfg, bad).await.unwrap_err();
         assert!(err.message().contains("propagation"), "{err:?}");
         anyhow::Ok(())
     }
@@ -1234,7 +1182,7 @@ async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn image_volumes_stay_inside_the_rootfs() -> anyhow::Result<()> {
-    use kelson_testkit::{Compression, Image, Layer, Pusher, TarBuilder, TestImages};
+    use kelson_testkit::TarBuilder;
     let e = common::env().await?;
     let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
     let b = bait.path().display().to_string();
@@ -1246,27 +1194,14 @@ async fn image_volumes_stay_inside_the_rootfs() -> anyhow::Result<()> {
             &format!("../../../../../../../..{b}"),
         )
         .finish();
-    let (registry, daemon) = (&e.registry, &e.daemon);
     let push = |tag: &'static str, volumes: serde_json::Value| {
-        let traps = traps.clone();
-        async move {
-            let img = Image::new(
-                vec![
-                    TestImages::busybox_layer()?,
-                    TestImages::etc_layer(),
-                    Layer::new(traps, Compression::Gzip),
-                ],
-                "amd64",
-                false,
-                serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"], "Volumes": volumes}),
-            );
-            Pusher::new(registry)?
-                .image("test/volumes", tag, &img)
-                .await?;
-            let image = format!("{}/test/volumes:{tag}", registry.host);
-            common::pull(daemon, &image).await?;
-            anyhow::Ok(image)
-        }
+        common::push_with_layer(
+            &e,
+            "test/volumes",
+            tag,
+            traps.clone(),
+            serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"], "Volumes": volumes}),
+        )
     };
     let image = push(
         "traps",
@@ -1312,7 +1247,7 @@ async fn image_volumes_stay_inside_the_rootfs() -> anyhow::Result<()> {
     .await?;
     assert_eq!(etc.trim(), "0");
     // A `..` path is refused by name, before anything runs.
-    let err = create(
+    let err = common::create(
         &mut c,
         &pod,
         &cfg,
@@ -1344,7 +1279,7 @@ fn mounts_on(path: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
-    use kelson_testkit::{Compression, Image, Layer, Pusher, TarBuilder, TestImages};
+    use kelson_testkit::TarBuilder;
     let e = common::env().await?;
     let image = format!("{}/test/standard:v1", e.registry.host);
     common::pull(&e.daemon, &image).await?;
@@ -1395,21 +1330,14 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         )
         .link(tar::EntryType::Symlink, "dev/ptmx", &format!("{b}/ptmx"))
         .finish();
-    let img = Image::new(
-        vec![
-            TestImages::busybox_layer()?,
-            TestImages::etc_layer(),
-            Layer::new(traps, Compression::Gzip),
-        ],
-        "amd64",
-        false,
+    let trap_image = common::push_with_layer(
+        &e,
+        "test/devtraps",
+        "v1",
+        traps,
         serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
-    );
-    Pusher::new(&e.registry)?
-        .image("test/devtraps", "v1", &img)
-        .await?;
-    let trap_image = format!("{}/test/devtraps:v1", e.registry.host);
-    common::pull(&e.daemon, &trap_image).await?;
+    )
+    .await?;
     let mut ctr = common::container_config("img", &trap_image, &["/bin/sleep", "3600"]);
     ctr.tty = true;
     let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
@@ -1510,7 +1438,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
                 ..Default::default()
             },
         ];
-        match create(&mut c, &pod, &cfg, victim).await {
+        match common::create(&mut c, &pod, &cfg, victim).await {
             Ok(id) => {
                 made += 1;
                 c.runtime

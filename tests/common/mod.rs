@@ -169,19 +169,72 @@ pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> k8s_cri::v1::C
     }
 }
 
-/// RunPodSandbox: the pod's id.
+/// RunPodSandbox with the default (native) handler: the pod's id.
 pub async fn run_pod(
     c: &mut kelson_testkit::daemon::Cri,
     cfg: &k8s_cri::v1::PodSandboxConfig,
 ) -> anyhow::Result<String> {
+    Ok(run_pod_with(c, cfg, "").await?)
+}
+
+/// RunPodSandbox with a RuntimeClass handler: the pod's id.
+pub async fn run_pod_with(
+    c: &mut kelson_testkit::daemon::Cri,
+    cfg: &k8s_cri::v1::PodSandboxConfig,
+    handler: &str,
+) -> Result<String, tonic::Status> {
     Ok(c.runtime
         .run_pod_sandbox(k8s_cri::v1::RunPodSandboxRequest {
             config: Some(cfg.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: handler.into(),
         })
         .await?
         .into_inner()
         .pod_sandbox_id)
+}
+
+/// CreateContainer: the container's id.
+pub async fn create(
+    c: &mut kelson_testkit::daemon::Cri,
+    pod: &str,
+    cfg: &k8s_cri::v1::PodSandboxConfig,
+    ctr: k8s_cri::v1::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    Ok(c.runtime
+        .create_container(k8s_cri::v1::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ctr),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+/// Push `repo:tag` — the standard busybox and /etc layers, then `layer` — with `config` as the
+/// image's runtime config, and pull it: the image reference.
+pub async fn push_with_layer(
+    e: &Env,
+    repo: &str,
+    tag: &str,
+    layer: Vec<u8>,
+    config: serde_json::Value,
+) -> anyhow::Result<String> {
+    use kelson_testkit::{Compression, Image, Layer};
+    let img = Image::new(
+        vec![
+            TestImages::busybox_layer()?,
+            TestImages::etc_layer(),
+            Layer::new(layer, Compression::Gzip),
+        ],
+        "amd64",
+        false,
+        config,
+    );
+    Pusher::new(&e.registry)?.image(repo, tag, &img).await?;
+    let image = format!("{}/{repo}:{tag}", e.registry.host);
+    pull(&e.daemon, &image).await?;
+    Ok(image)
 }
 
 /// CreateContainer + StartContainer: the container's id.
@@ -192,16 +245,7 @@ pub async fn create_start(
     ctr: k8s_cri::v1::ContainerConfig,
 ) -> anyhow::Result<String> {
     use k8s_cri::v1 as cri;
-    let id = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(ctr),
-            sandbox_config: Some(cfg.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
+    let id = create(c, pod, cfg, ctr).await?;
     c.runtime
         .start_container(cri::StartContainerRequest {
             container_id: id.clone(),
