@@ -279,7 +279,7 @@ fn ensure_apparmor_default() -> Result<(), ContainerError> {
         .is_ok_and(|p| p.lines().any(|l| l.starts_with(&format!("{name} ("))));
     if !listed {
         let fail = |why: String| {
-            ContainerError::Invalid(format!("apparmor: loading the {name} profile: {why}"))
+            ContainerError::Unavailable(format!("apparmor: loading the {name} profile: {why}"))
         };
         let mut child = std::process::Command::new("apparmor_parser")
             .arg("-Kr")
