@@ -3,7 +3,8 @@
 //! Prints p50/p99 of RunPodSandbox, create+start, stop+remove over RUNS runs; 20 pods × 1
 //! container started concurrently; the shims' private memory (USS, PSS from smaps_rollup) and
 //! kelsond's RSS with 20 containers running; ExecSync round trip and the shim's memory across
-//! 100 probes.
+//! 100 probes; create+start in a user-namespaced pod and under the runc handler against the
+//! native default, interleaved in one run (ratios, not absolute limits).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -56,17 +57,88 @@ fn ctr_cfg(image: &str) -> cri::ContainerConfig {
     }
 }
 
+/// How a pod of the variant comparison runs: its handler and whether it has a user namespace.
+#[derive(Clone, Copy)]
+struct Variant {
+    label: &'static str,
+    handler: &'static str,
+    userns: bool,
+}
+
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        label: "native",
+        handler: "",
+        userns: false,
+    },
+    Variant {
+        label: "native, user namespace",
+        handler: "",
+        userns: true,
+    },
+    Variant {
+        label: "runc handler",
+        handler: "runc",
+        userns: false,
+    },
+];
+
+/// kubelet's mapping for a `hostUsers: false` pod.
+fn userns_option() -> cri::NamespaceOption {
+    let map = vec![cri::IdMapping {
+        host_id: 65536 * 60,
+        container_id: 0,
+        length: 65536,
+    }];
+    cri::NamespaceOption {
+        pid: cri::NamespaceMode::Container as i32,
+        userns_options: Some(cri::UserNamespace {
+            mode: cri::NamespaceMode::Pod as i32,
+            uids: map.clone(),
+            gids: map,
+        }),
+        ..Default::default()
+    }
+}
+
 async fn run_one(
     c: &mut Cri,
     name: &str,
     image: &str,
 ) -> anyhow::Result<(String, String, Duration, Duration)> {
+    run_variant(c, name, image, VARIANTS[0]).await
+}
+
+async fn run_variant(
+    c: &mut Cri,
+    name: &str,
+    image: &str,
+    v: Variant,
+) -> anyhow::Result<(String, String, Duration, Duration)> {
+    let mut pod_config = pod_cfg(name);
+    let mut ctr = ctr_cfg(image);
+    if v.userns {
+        let sc = pod_config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut())
+            .expect("pod_cfg sets a security context");
+        sc.namespace_options = Some(userns_option());
+        ctr.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(userns_option()),
+                run_as_user: Some(cri::Int64Value { value: 0 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
     let t = Instant::now();
     let pod = c
         .runtime
         .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(pod_cfg(name)),
-            runtime_handler: String::new(),
+            config: Some(pod_config),
+            runtime_handler: v.handler.into(),
         })
         .await?
         .into_inner()
@@ -77,7 +149,7 @@ async fn run_one(
         .runtime
         .create_container(cri::CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
-            config: Some(ctr_cfg(image)),
+            config: Some(ctr),
             sandbox_config: None,
         })
         .await?
@@ -137,7 +209,13 @@ async fn main() -> anyhow::Result<()> {
             &TestImages::standard("amd64", false)?,
         )
         .await?;
-    let daemon = Daemon::start(bin, "")?;
+    let runc = Path::new("/usr/sbin/runc");
+    let handlers = if runc.exists() {
+        "[runtimes.runc]\ntype = \"oci\"\npath = \"/usr/sbin/runc\"\n"
+    } else {
+        ""
+    };
+    let daemon = Daemon::start(bin, handlers)?;
     daemon.hosts(&registry.host, &registry.hosts_toml())?;
     let image = format!("{}/bench/busybox:v1", registry.host);
     let mut c = daemon.cri().await?;
@@ -258,6 +336,33 @@ async fn main() -> anyhow::Result<()> {
     }
     for (pod, id) in started {
         teardown(&mut c, &pod, &id).await?;
+    }
+
+    // Variants, round-robin so each sees the same machine: RunPodSandbox and create+start.
+    let variants: Vec<Variant> = VARIANTS
+        .into_iter()
+        .filter(|v| v.handler.is_empty() || runc.exists())
+        .collect();
+    let mut times: Vec<(Vec<Duration>, Vec<Duration>)> = vec![Default::default(); variants.len()];
+    for i in 0..runs {
+        for (k, v) in variants.iter().enumerate() {
+            let (pod, id, r, s) = run_variant(&mut c, &format!("var{k}-{i}"), &image, *v).await?;
+            times[k].0.push(r);
+            times[k].1.push(s);
+            teardown(&mut c, &pod, &id).await?;
+        }
+    }
+    let base = percentile_ms(&mut times[0].1.clone(), 0.5);
+    for (v, (run, start)) in variants.iter().zip(times.iter_mut()) {
+        let p50 = percentile_ms(start, 0.5);
+        println!(
+            "{:<24} RunPodSandbox p50 {:6.2} ms; create+start p50 {:6.2} ms p99 {:6.2} ms ({:.2}x native)",
+            v.label,
+            percentile_ms(run, 0.5),
+            p50,
+            percentile_ms(start, 0.99),
+            p50 / base
+        );
     }
     kelson_testkit::cgroups::remove_tree("kelson-bench");
     Ok(())

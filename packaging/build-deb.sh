@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 packaging/setup.sh
-if ! command -v cargo-deb >/dev/null 2>&1; then
+# cargo-deb goes where cargo install puts binaries ($CARGO_HOME/bin, beside cargo itself).
+if ! cargo deb --version >/dev/null 2>&1; then
   cargo install cargo-deb --locked --version '^3'
 fi
 cargo build --release --workspace --bins --locked
