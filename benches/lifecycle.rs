@@ -83,24 +83,6 @@ const VARIANTS: [Variant; 3] = [
     },
 ];
 
-/// kubelet's mapping for a `hostUsers: false` pod.
-fn userns_option() -> cri::NamespaceOption {
-    let map = vec![cri::IdMapping {
-        host_id: 65536 * 60,
-        container_id: 0,
-        length: 65536,
-    }];
-    cri::NamespaceOption {
-        pid: cri::NamespaceMode::Container as i32,
-        userns_options: Some(cri::UserNamespace {
-            mode: cri::NamespaceMode::Pod as i32,
-            uids: map.clone(),
-            gids: map,
-        }),
-        ..Default::default()
-    }
-}
-
 async fn run_one(
     c: &mut Cri,
     name: &str,
@@ -123,10 +105,10 @@ async fn run_variant(
             .as_mut()
             .and_then(|l| l.security_context.as_mut())
             .expect("pod_cfg sets a security context");
-        sc.namespace_options = Some(userns_option());
+        sc.namespace_options = Some(kelson_testkit::pod_userns(65536 * 60));
         ctr.linux = Some(cri::LinuxContainerConfig {
             security_context: Some(cri::LinuxContainerSecurityContext {
-                namespace_options: Some(userns_option()),
+                namespace_options: Some(kelson_testkit::pod_userns(65536 * 60)),
                 run_as_user: Some(cri::Int64Value { value: 0 }),
                 ..Default::default()
             }),

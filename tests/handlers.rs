@@ -167,19 +167,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
     // A user-namespaced pod under runc: kelson makes the namespaces and the idmapped layers,
     // runc joins them.
     {
-        let map = vec![cri::IdMapping {
-            host_id: 65536 * 50,
-            container_id: 0,
-            length: 65536,
-        }];
-        let ns = cri::NamespaceOption {
-            userns_options: Some(cri::UserNamespace {
-                mode: cri::NamespaceMode::Pod as i32,
-                uids: map.clone(),
-                gids: map,
-            }),
-            ..Default::default()
-        };
+        let ns = kelson_testkit::pod_userns(65536 * 50);
         let mut cfg = common::pod_config("uns", "default", &format!("/{top}/uns"), logs.path());
         cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
             namespace_options: Some(ns.clone()),

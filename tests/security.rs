@@ -868,19 +868,10 @@ async fn init_pid(c: &mut Cri, id: &str) -> anyhow::Result<u32> {
 const USERNS_HOST_BASE: u32 = 65536 * 47;
 
 fn userns_options(host: u32) -> cri::NamespaceOption {
-    let map = vec![cri::IdMapping {
-        host_id: host,
-        container_id: 0,
-        length: 65536,
-    }];
+    // Shared PID namespace too: its holder must run inside the user namespace.
     cri::NamespaceOption {
         pid: cri::NamespaceMode::Pod as i32,
-        userns_options: Some(cri::UserNamespace {
-            mode: cri::NamespaceMode::Pod as i32,
-            uids: map.clone(),
-            gids: map,
-        }),
-        ..Default::default()
+        ..kelson_testkit::pod_userns(host)
     }
 }
 
