@@ -915,11 +915,20 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
     std::fs::write(vol.path().join("from-host"), b"host data\n")?;
     let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
     as_root(&mut ctr).namespace_options = Some(userns_options(USERNS_HOST_BASE));
-    ctr.mounts = vec![cri::Mount {
-        container_path: "/data".into(),
-        host_path: vol.path().display().to_string(),
-        ..Default::default()
-    }];
+    // A single-file volume too, as kubelet mounts /dev/termination-log and /etc/hosts.
+    let log_file = tempfile::NamedTempFile::new()?;
+    ctr.mounts = vec![
+        cri::Mount {
+            container_path: "/data".into(),
+            host_path: vol.path().display().to_string(),
+            ..Default::default()
+        },
+        cri::Mount {
+            container_path: "/dev/termination-log".into(),
+            host_path: log_file.path().display().to_string(),
+            ..Default::default()
+        },
+    ];
     let id = match common::create_start(&mut c, &pod, &cfg, ctr).await {
         Ok(id) => id,
         Err(err) => {
@@ -993,6 +1002,18 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
     .await?;
     let m = std::fs::metadata(vol.path().join("from-pod"))?;
     assert_eq!((m.uid(), m.gid()), (0, 0));
+    exec_out(
+        &mut c,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo bye > /dev/termination-log",
+        ],
+    )
+    .await?;
+    assert_eq!(std::fs::read(log_file.path())?, b"bye\n");
     // Capabilities are the namespace's, not the host's: no device nodes, no host sysctls.
     let err = exec_fails(
         &mut c,
