@@ -40,8 +40,7 @@ fn runtime_state(binary: &str, root: &Path, id: &str) -> Option<serde_json::Valu
 #[tokio::test(flavor = "multi_thread")]
 async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
     let mut e = common::env_config(HANDLERS).await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let mut c = e.daemon.cri().await?;
 
     // Status lists every handler, the native default first.

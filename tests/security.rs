@@ -53,8 +53,7 @@ fn caps(add: &[&str], drop: &[&str]) -> Option<cri::Capability> {
 #[tokio::test(flavor = "multi_thread")]
 async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()> {
     let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-sectest-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -379,8 +378,7 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
         profiles.path().display().to_string()
     ))
     .await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-sectest2-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -543,8 +541,7 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
     let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-sectest3-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -603,8 +600,7 @@ async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()> {
     let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-sectest4-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -879,8 +875,7 @@ fn userns_options(host: u32) -> cri::NamespaceOption {
 async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
     let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let mut c = e.daemon.cri().await?;
     // kubelet reads the feature from Status before it sends user namespaces.
     let status = c
@@ -918,16 +913,8 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
     // A single-file volume too, as kubelet mounts /dev/termination-log and /etc/hosts.
     let log_file = tempfile::NamedTempFile::new()?;
     ctr.mounts = vec![
-        cri::Mount {
-            container_path: "/data".into(),
-            host_path: vol.path().display().to_string(),
-            ..Default::default()
-        },
-        cri::Mount {
-            container_path: "/dev/termination-log".into(),
-            host_path: log_file.path().display().to_string(),
-            ..Default::default()
-        },
+        common::bind("/data", vol.path()),
+        common::bind("/dev/termination-log", log_file.path()),
     ];
     let id = match common::create_start(&mut c, &pod, &cfg, ctr).await {
         Ok(id) => id,
@@ -1125,8 +1112,7 @@ fn walk_owners(dir: &std::path::Path) -> Vec<u32> {
 #[tokio::test(flavor = "multi_thread")]
 async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
     let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-rro-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -1293,8 +1279,7 @@ fn mounts_on(path: &str) -> Vec<String> {
 async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
     use kelson_testkit::TarBuilder;
     let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let image = common::pull_standard(&e).await?;
     let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
     let b = bait.path().display().to_string();
     for f in ["null", "console", "ptmx"] {
@@ -1397,11 +1382,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
     }
     let mut ctr = common::container_config("devvol", &image, &["/bin/sleep", "3600"]);
     ctr.tty = true;
-    ctr.mounts = vec![cri::Mount {
-        container_path: "/dev".into(),
-        host_path: devdir.path().display().to_string(),
-        ..Default::default()
-    }];
+    ctr.mounts = vec![common::bind("/dev", devdir.path())];
     let r = common::create_start(&mut c, &pod, &cfg, ctr).await;
     println!(
         "hostile /dev volume: {:?}",
@@ -1428,27 +1409,15 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
     );
     let mut swapper =
         common::container_config("swapper", &image, &["/bin/busybox", "sh", "-c", &swap]);
-    swapper.mounts = vec![cri::Mount {
-        container_path: "/v".into(),
-        host_path: shared.path().display().to_string(),
-        ..Default::default()
-    }];
+    swapper.mounts = vec![common::bind("/v", shared.path())];
     common::create_start(&mut c, &pod, &cfg, swapper).await?;
     let (mut made, mut refused) = (0, 0);
     for i in 0..24 {
         let mut victim =
             common::container_config(&format!("victim{i}"), &image, &["/bin/sleep", "3600"]);
         victim.mounts = vec![
-            cri::Mount {
-                container_path: "/mnt".into(),
-                host_path: shared.path().display().to_string(),
-                ..Default::default()
-            },
-            cri::Mount {
-                container_path: "/mnt/t".into(),
-                host_path: source.path().display().to_string(),
-                ..Default::default()
-            },
+            common::bind("/mnt", shared.path()),
+            common::bind("/mnt/t", source.path()),
         ];
         match common::create(&mut c, &pod, &cfg, victim).await {
             Ok(id) => {

@@ -323,3 +323,19 @@ pub async fn exec_sync(
         String::from_utf8_lossy(&r.stderr).into_owned(),
     ))
 }
+
+/// A read-write bind mount of `host` at `container`, private propagation (what most volumes are).
+pub fn bind(container: &str, host: &std::path::Path) -> k8s_cri::v1::Mount {
+    k8s_cri::v1::Mount {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// Pull the standard test image `env()` pushed: its reference.
+pub async fn pull_standard(e: &Env) -> anyhow::Result<String> {
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    pull(&e.daemon, &image).await?;
+    Ok(image)
+}
