@@ -166,8 +166,17 @@ pub struct ContainerConfig {
     pub init_path: String,
     /// Pod/container annotations kelson acts on; any other `kelson.io/*` annotation is data only.
     pub allowed_annotations: Vec<String>,
-    /// Where `Localhost` seccomp profiles may be read from (kubelet's seccomp root).
+    /// Confines `Localhost` seccomp profiles to this directory; empty (the default): the
+    /// absolute path kubelet sends is read wherever it is, as containerd and CRI-O do.
     pub seccomp_profile_root: PathBuf,
+}
+
+impl ContainerConfig {
+    /// The Localhost seccomp confinement root, if one is configured.
+    pub fn seccomp_root(&self) -> Option<&Path> {
+        (!self.seccomp_profile_root.as_os_str().is_empty())
+            .then_some(self.seccomp_profile_root.as_path())
+    }
 }
 
 impl Default for ContainerConfig {
@@ -176,7 +185,7 @@ impl Default for ContainerConfig {
             init: false,
             init_path: String::new(),
             allowed_annotations: vec![INIT_ANNOTATION.to_owned()],
-            seccomp_profile_root: PathBuf::from("/var/lib/kubelet/seccomp"),
+            seccomp_profile_root: PathBuf::new(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Seccomp for a container, as containerd decides it from CRI: `RuntimeDefault` (kelson's
 //! profile, kept as data in `seccomp/runtime-default.json`: an allow-list with EPERM for the
-//! rest, widened by the container's capabilities), `Localhost` (an OCI seccomp JSON from the
-//! configured profile root, kubelet's `/var/lib/kubelet/seccomp` by default), `Unconfined`
+//! rest, widened by the container's capabilities), `Localhost` (an OCI seccomp JSON at the
+//! absolute path kubelet sends, or confined to a configured profile root), `Unconfined`
 //! (also what no profile at all means, as in containerd), and nothing for privileged
 //! containers. The deprecated `seccomp_profile_path` is still read
 //! (`runtime/default`, `docker/default`, `unconfined`, `localhost/<path>`).
@@ -129,9 +129,11 @@ pub fn runtime_default(caps: &[String], arch: &str) -> Value {
     })
 }
 
-/// Where a Localhost profile is: kubelet sends an absolute path under its seccomp root; a
-/// relative reference is taken under `root`. Either way it must stay inside `root` (no `..`).
-pub fn localhost_path(reference: &str, root: &Path) -> Result<PathBuf, SeccompError> {
+/// Where a Localhost profile is. kubelet resolves the profile under its own root dir (which an
+/// operator can move) and sends the absolute path, so an absolute path is taken as it is, as
+/// containerd and CRI-O take it. With a confinement `root` configured, a relative reference is
+/// taken under it and every reference must stay inside it (no `..`, no absolute path elsewhere).
+pub fn localhost_path(reference: &str, root: Option<&Path>) -> Result<PathBuf, SeccompError> {
     let err = |why: &str| SeccompError::Localhost(reference.to_owned(), why.to_owned());
     if reference.contains('\0') {
         return Err(err("contains NUL"));
@@ -140,6 +142,14 @@ pub fn localhost_path(reference: &str, root: &Path) -> Result<PathBuf, SeccompEr
     if p.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(err("must not contain .."));
     }
+    let Some(root) = root else {
+        if !p.is_absolute() {
+            return Err(err(
+                "must be an absolute path (no container.seccomp_profile_root is configured)",
+            ));
+        }
+        return Ok(p.to_owned());
+    };
     let full = if p.is_absolute() {
         p.to_owned()
     } else {
@@ -154,25 +164,42 @@ pub fn localhost_path(reference: &str, root: &Path) -> Result<PathBuf, SeccompEr
     Ok(full)
 }
 
-/// Read and check a Localhost profile: a regular file (symlinks are not followed out of the
-/// root: the resolved path must still be inside it), at most `MAX_PROFILE` bytes, an OCI
-/// seccomp object.
-pub fn read_localhost(reference: &str, root: &Path) -> Result<Value, SeccompError> {
+/// Read and check a Localhost profile: a regular file, at most `MAX_PROFILE` bytes, an OCI
+/// seccomp object. With a confinement root, symlinks are not followed out of it: the resolved
+/// path must still be inside it.
+pub fn read_localhost(reference: &str, root: Option<&Path>) -> Result<Value, SeccompError> {
+    use std::io::Read;
     let err = |why: String| SeccompError::Localhost(reference.to_owned(), why);
     let path = localhost_path(reference, root)?;
     let real = std::fs::canonicalize(&path).map_err(|e| err(e.to_string()))?;
-    let real_root = std::fs::canonicalize(root).map_err(|e| err(format!("profile root: {e}")))?;
-    if !real.starts_with(&real_root) {
-        return Err(err("resolves outside the seccomp profile root".into()));
+    if let Some(root) = root {
+        let real_root =
+            std::fs::canonicalize(root).map_err(|e| err(format!("profile root: {e}")))?;
+        if !real.starts_with(&real_root) {
+            return Err(err("resolves outside the seccomp profile root".into()));
+        }
     }
-    let meta = std::fs::metadata(&real).map_err(|e| err(e.to_string()))?;
+    // Non-blocking: a FIFO planted at the path must not hang the call (it is refused below,
+    // once the opened file is known not to be a regular one).
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&real)
+            .map_err(|e| err(e.to_string()))?
+    };
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
     if !meta.is_file() {
         return Err(err("is not a regular file".into()));
     }
-    if meta.len() > MAX_PROFILE {
+    let mut bytes = Vec::new();
+    file.take(MAX_PROFILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_PROFILE {
         return Err(err(format!("is larger than {MAX_PROFILE} bytes")));
     }
-    let bytes = std::fs::read(&real).map_err(|e| err(e.to_string()))?;
     parse_profile(&bytes).map_err(err)
 }
 
@@ -299,38 +326,58 @@ mod tests {
     }
 
     #[test]
+    fn localhost_profiles_by_absolute_path_without_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = br#"{"defaultAction":"SCMP_ACT_ALLOW"}"#;
+        let p = dir.path().join("kubelet-root/seccomp/p.json");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, good).unwrap();
+        assert!(read_localhost(&p.display().to_string(), None).is_ok());
+        // Relative references need a root to be relative to; `..` is refused either way.
+        let e = read_localhost("p.json", None).unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let dotdot = format!("{}/../seccomp/p.json", p.parent().unwrap().display());
+        assert!(read_localhost(&dotdot, None).is_err());
+        // A FIFO is refused, not waited on.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_localhost(&fifo.display().to_string(), None).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
     fn localhost_profiles_stay_in_their_root() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("seccomp");
         std::fs::create_dir_all(root.join("sub")).unwrap();
         let good = br#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#;
         std::fs::write(root.join("sub/p.json"), good).unwrap();
-        assert!(read_localhost("sub/p.json", &root).is_ok());
+        assert!(read_localhost("sub/p.json", Some(&root)).is_ok());
         let abs = root.join("sub/p.json").display().to_string();
-        assert!(read_localhost(&abs, &root).is_ok());
+        assert!(read_localhost(&abs, Some(&root)).is_ok());
         // Outside the root, by .., by absolute path or by a symlink.
         std::fs::write(dir.path().join("outside.json"), good).unwrap();
         for r in ["../outside.json", "/etc/passwd", "sub/../../outside.json"] {
-            let e = read_localhost(r, &root).unwrap_err();
+            let e = read_localhost(r, Some(&root)).unwrap_err();
             assert!(e.to_string().contains(r), "{e}");
         }
         std::os::unix::fs::symlink(dir.path().join("outside.json"), root.join("link.json"))
             .unwrap();
-        let e = read_localhost("link.json", &root).unwrap_err();
+        let e = read_localhost("link.json", Some(&root)).unwrap_err();
         assert!(e.to_string().contains("outside"), "{e}");
         // Not a profile, not a file, missing, too big.
         std::fs::write(root.join("bad.json"), b"{\"defaultAction\": 7}").unwrap();
         assert!(
-            read_localhost("bad.json", &root)
+            read_localhost("bad.json", Some(&root))
                 .unwrap_err()
                 .to_string()
                 .contains("not a seccomp profile")
         );
-        assert!(read_localhost("sub", &root).is_err());
-        assert!(read_localhost("missing.json", &root).is_err());
+        assert!(read_localhost("sub", Some(&root)).is_err());
+        assert!(read_localhost("missing.json", Some(&root)).is_err());
         std::fs::write(root.join("big.json"), vec![b' '; MAX_PROFILE as usize + 1]).unwrap();
         assert!(
-            read_localhost("big.json", &root)
+            read_localhost("big.json", Some(&root))
                 .unwrap_err()
                 .to_string()
                 .contains("larger")
