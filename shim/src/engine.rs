@@ -12,6 +12,122 @@ use libcontainer::syscall::syscall::SyscallType;
 
 use crate::runtime;
 
+/// Longest start report read back from a container's init (one error message).
+pub const MAX_START_REPORT: usize = 4096;
+/// How long `start` waits for the init to exec its command or say why it could not.
+pub const START_REPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs the container's command in its init. The library checks the command (found on PATH,
+/// executable) while creating the container; kubelet expects that failure from StartContainer
+/// (it applies restart back-off to start failures, and a create failure breaks that loop), as
+/// containerd, which makes the task at start, reports it. So the check moves to the moment of
+/// exec, and its outcome travels back on `report`: a FIFO the shim reads from, closed without a
+/// word when the exec succeeds (the descriptor is close-on-exec) and carrying the reason when
+/// it fails.
+#[derive(Clone)]
+struct Workload {
+    report: std::sync::Arc<std::fs::File>,
+}
+
+impl Workload {
+    fn fail(&self, why: String) -> libcontainer::workload::ExecutorError {
+        use std::io::Write;
+        let mut msg = why.into_bytes();
+        msg.truncate(MAX_START_REPORT);
+        let _ = (&*self.report).write_all(&msg);
+        libcontainer::workload::ExecutorError::Other(String::from_utf8_lossy(&msg).into_owned())
+    }
+}
+
+impl libcontainer::workload::Executor for Workload {
+    fn validate(
+        &self,
+        _spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        Ok(())
+    }
+
+    fn exec(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorError> {
+        let default = libcontainer::workload::default::get_executor();
+        // Under the built-in init the command to check is the one after its `--`.
+        let mut checked = spec.clone();
+        if let Some(p) = checked.process_mut() {
+            let args = p.args().clone().unwrap_or_default();
+            if args.first().map(String::as_str) == Some(INIT_IN_CONTAINER)
+                && args.get(1).map(String::as_str) == Some("--")
+            {
+                p.set_args(Some(args[2..].to_vec()));
+            }
+        }
+        if let Err(e) = default.validate(&checked) {
+            return Err(self.fail(e.to_string()));
+        }
+        default.exec(spec).map_err(|e| {
+            let why = match &e {
+                libcontainer::workload::ExecutorError::Execution(inner) => inner.to_string(),
+                other => other.to_string(),
+            };
+            self.fail(why)
+        })
+    }
+}
+
+/// The writing end of the start report FIFO the shim made (and holds the reading end of).
+fn open_report(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        // Never wait for a reader: the shim opened its end before starting this process.
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(|e| err(&format!("opening start report {}", path.display()), e))
+}
+
+/// After the start signal: the init's report. EOF (the exec happened) is success; bytes are the
+/// reason it could not start. `report` is the shim's reading end, passed as this process's stdin.
+fn await_report(report: std::os::fd::BorrowedFd<'_>) -> Result<(), String> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let deadline = std::time::Instant::now() + START_REPORT_TIMEOUT;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            // The init has not exec'd yet (a slow node): the start itself went through.
+            return Ok(());
+        }
+        let ms =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(report, PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err("waiting for the container to start", e)),
+        }
+        match nix::unistd::read(report, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if got.len() >= MAX_START_REPORT {
+                    break;
+                }
+            }
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err("reading the start report", e)),
+        }
+    }
+    if got.is_empty() {
+        Ok(())
+    } else {
+        got.truncate(MAX_START_REPORT);
+        Err(String::from_utf8_lossy(&got).trim().to_owned())
+    }
+}
+
 fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
@@ -42,6 +158,7 @@ pub fn create(
     pid_file: &Path,
     stdin: bool,
     console_socket: Option<&Path>,
+    start_report: Option<&Path>,
 ) -> Result<(), String> {
     if let Some(h) = runtime::handler(root, id)? {
         // stdin as the container's: the shim's pipe, else /dev/null; stdout/stderr are ours.
@@ -71,7 +188,13 @@ pub fn create(
                 .map(|p| kelson_proto::cgroups::is_systemd(&p.to_string_lossy()))
         })
         .unwrap_or(false);
-    let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+    let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::Linux);
+    if let Some(p) = start_report {
+        builder = builder.with_executor(Workload {
+            report: std::sync::Arc::new(open_report(p)?),
+        });
+    }
+    let container = builder
         .with_root_path(root)
         .map_err(|e| err("root path", e))?
         .with_console_socket(console_socket)
@@ -89,12 +212,19 @@ pub fn create(
     std::fs::write(pid_file, pid.as_raw().to_string()).map_err(|e| err("write pid file", e))
 }
 
-pub fn start(id: &str, root: &Path) -> Result<(), String> {
+/// Start the created container. With `report_on_stdin`, stdin is the reading end of the
+/// init's start report: the start succeeds once the init has exec'd its command, and fails
+/// with the init's reason when it could not.
+pub fn start(id: &str, root: &Path, report_on_stdin: bool) -> Result<(), String> {
     if let Some(h) = runtime::handler(root, id)? {
         return h.start(id);
     }
     let mut c = Container::load(root.join(id)).map_err(|e| err("load", e))?;
-    c.start().map_err(|e| err("start", e))
+    c.start().map_err(|e| err("start", e))?;
+    if report_on_stdin {
+        await_report(std::io::stdin().as_fd())?;
+    }
+    Ok(())
 }
 
 /// Run `args` inside the container and wait; returns its exit code. stdio as this process's.

@@ -138,6 +138,8 @@ pub struct Shim {
     stdin_eof: bool,
     /// The terminal's master, for resizes (containers with a terminal).
     term: Option<OwnedFd>,
+    /// The reading end of the init's start report (see the engine's `Workload`), until start.
+    start_report: Option<OwnedFd>,
 }
 
 fn wait_code(s: WaitStatus) -> Option<(i32, i32)> {
@@ -192,6 +194,21 @@ impl Shim {
         };
         let pid_file = cfg.dir.join("init.pid");
         let err_file = cfg.dir.join("create.err");
+        // The init's start report: this side reads, opened before the creator so that its
+        // write end (held by the init until it execs) never waits for a reader.
+        let report_path = cfg.dir.join("start-report");
+        let _ = std::fs::remove_file(&report_path);
+        nix::unistd::mkfifo(
+            &report_path,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| format!("making {}: {e}", report_path.display()))?;
+        let start_report: OwnedFd = nix::fcntl::open(
+            &report_path,
+            OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| format!("opening {}: {e}", report_path.display()))?;
         let mut creator = {
             let mut cmd = Command::new(engine_exe());
             cmd.args(["create", "--id", &cfg.id])
@@ -203,6 +220,8 @@ impl Shim {
                 .arg(&pid_file)
                 .arg("--error-file")
                 .arg(&err_file)
+                .arg("--start-report")
+                .arg(&report_path)
                 .stdout(Stdio::from(out_w))
                 .stderr(Stdio::from(err_w));
             match stdin_r {
@@ -247,6 +266,8 @@ impl Shim {
                 r => break r.map_err(|e| format!("waiting for the creator: {e}"))?,
             }
         };
+        // Both ends are open by now (ours and the init's): the name is no longer needed.
+        let _ = std::fs::remove_file(&report_path);
         if !status.success() {
             let why = std::fs::read_to_string(&err_file)
                 .ok()
@@ -294,6 +315,7 @@ impl Shim {
             stdin_buf: BytesMut::new(),
             stdin_eof: false,
             term,
+            start_report: Some(start_report),
         })
     }
 
@@ -744,13 +766,15 @@ impl Shim {
         if self.status != msg::Status::Created {
             return error(format!("container is {:?}, not created", self.status));
         }
-        let out = Command::new(engine_exe())
-            .args(["start", "--id", &self.cfg.id])
+        let mut cmd = Command::new(engine_exe());
+        cmd.args(["start", "--id", &self.cfg.id])
             .arg("--root")
-            .arg(&self.cfg.root)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .output();
+            .arg(&self.cfg.root);
+        match self.start_report.take() {
+            Some(r) => cmd.arg("--report-on-stdin").stdin(Stdio::from(r)),
+            None => cmd.stdin(Stdio::null()),
+        };
+        let out = cmd.stdout(Stdio::null()).output();
         match out {
             Ok(o) if o.status.success() => {
                 self.started_at = now_ns();

@@ -35,6 +35,7 @@ fn main() -> ExitCode {
                     Path::new(&need(&args, "--pid-file")?),
                     args.iter().any(|a| a == "--stdin"),
                     arg(&args, "--console-socket").as_deref().map(Path::new),
+                    arg(&args, "--start-report").as_deref().map(Path::new),
                 )
             })();
             if let (Err(e), Some(f)) = (&r, arg(&args, "--error-file")) {
@@ -42,8 +43,13 @@ fn main() -> ExitCode {
             }
             r
         }
-        "start" => need(&args, "--id")
-            .and_then(|id| engine::start(&id, Path::new(&need(&args, "--root")?))),
+        "start" => need(&args, "--id").and_then(|id| {
+            engine::start(
+                &id,
+                Path::new(&need(&args, "--root")?),
+                args.iter().any(|a| a == "--report-on-stdin"),
+            )
+        }),
         "delete" => need(&args, "--id")
             .and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
         "exec" => {
