@@ -221,7 +221,8 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
         .and_then(|u| u.linux)
         .expect("status reports the user");
     assert_eq!((user.uid, user.gid), (65534, 65534), "the image's USER");
-    assert_eq!(user.supplemental_groups, [3000, 3001]);
+    // The primary gid is one of the process's groups, as containerd sets them.
+    assert_eq!(user.supplemental_groups, [3000, 3001, 65534]);
     let groups = exec_out(&mut c, &id, &["/bin/busybox", "id", "-G"]).await?;
     assert_eq!(groups.trim(), "65534 3000 3001");
     let features = c

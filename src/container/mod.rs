@@ -5,6 +5,7 @@
 
 pub mod exec;
 pub mod idmap;
+pub mod propagation;
 pub mod resources;
 pub mod rootfs;
 pub mod seccomp;
@@ -36,6 +37,10 @@ pub type StatsSample = (crate::stats::Sample, Option<u64>);
 pub const REASON_SHIM_GONE: &str = "ShimGone";
 /// Exit code reported when a container's shim vanished without recording an exit.
 pub const EXIT_UNKNOWN: i32 = 255;
+/// A container whose command could not be started: exit code and reason, as containerd
+/// reports them (kubelet shows the reason and backs off).
+pub const START_ERROR_EXIT: i32 = 128;
+pub const REASON_START_ERROR: &str = "StartError";
 /// Grace after SIGKILL before a stop reports failure.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Longest log path kelson accepts from kubelet.
@@ -77,6 +82,11 @@ pub enum ContainerError {
     Shim(#[from] ShimError),
     #[error(transparent)]
     Resources(#[from] resources::ResourceError),
+    #[error(transparent)]
+    Propagation(#[from] propagation::PropagationError),
+    /// The container's command could not be started (kubelet backs off and retries).
+    #[error("starting container {id}: {reason}")]
+    StartFailed { id: String, reason: String },
     #[error("container files {path}: {reason}")]
     Io { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -438,6 +448,17 @@ fn check_mapped(u: &UserNs, ids: &(u32, u32, Vec<u32>)) -> Result<(), ContainerE
 }
 
 /// The image's STOPSIGNAL ("SIGQUIT", "QUIT" or a number), SIGTERM when absent or unknown.
+/// The hostname RunPodSandbox wrote for the pod's containers (empty if unreadable).
+fn pod_hostname(pod_dir: &Path) -> String {
+    use std::io::Read;
+    let mut s = String::new();
+    let _ = std::fs::File::open(pod_dir.join("hostname")).and_then(|f| {
+        f.take(crate::pod::files::MAX_HOSTNAME as u64 + 1)
+            .read_to_string(&mut s)
+    });
+    s.trim().to_owned()
+}
+
 pub fn stop_signal(image_config: &serde_json::Value) -> i32 {
     let s = image_config["config"]["StopSignal"]
         .as_str()
@@ -529,7 +550,11 @@ impl ContainerService {
     }
 
     pub fn find(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
-        let id = ids::validate(id)?;
+        let id = match ids::lookup(id) {
+            ids::Lookup::Id(id) => id,
+            ids::Lookup::Empty => return Err(IdError::Missing.into()),
+            ids::Lookup::Foreign => return Err(ContainerError::NotFound(ids::shown(id))),
+        };
         if id.len() == ids::ID_LEN {
             return self
                 .store
@@ -720,6 +745,7 @@ impl ContainerService {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         let pod_dir = self.dirs.state.join("pods").join(&pod.id);
+        let hostname = pod_hostname(&pod_dir);
         let ctx = spec::PodContext {
             netns: pod.netns.clone(),
             ipcns: pod.ipcns.clone(),
@@ -731,6 +757,7 @@ impl ContainerService {
             slice: pod.cgroup_slice.clone(),
             userns: pod.userns.clone(),
             user_maps: user_ns.clone(),
+            hostname,
         };
         let run = spec::ImageRun::from_config(&image_config);
         let init = self
@@ -767,7 +794,7 @@ impl ContainerService {
             .map_err(|e| ContainerError::Invalid(e.to_string()))?
         {
             Some(seccomp::Choice::Localhost(r)) => Some(
-                seccomp::read_localhost(&r, &self.cfg.container.seccomp_profile_root)
+                seccomp::read_localhost(&r, self.cfg.container.seccomp_root())
                     .map_err(|e| ContainerError::Invalid(e.to_string()))?,
             ),
             _ => None,
@@ -776,6 +803,20 @@ impl ContainerService {
         for m in &config.mounts {
             if std::fs::symlink_metadata(&m.host_path).is_err() {
                 std::fs::create_dir_all(&m.host_path).map_err(io_err(Path::new(&m.host_path)))?;
+            }
+        }
+        // Propagating volumes need a source mount that propagates.
+        let propagating: Vec<&cri::Mount> = config
+            .mounts
+            .iter()
+            .filter(|m| m.propagation != cri::MountPropagation::PropagationPrivate as i32)
+            .collect();
+        if !propagating.is_empty() {
+            let info = propagation::read_mountinfo()?;
+            for m in propagating {
+                let resolved =
+                    std::fs::canonicalize(&m.host_path).map_err(io_err(Path::new(&m.host_path)))?;
+                propagation::check(m, &info, &resolved)?;
             }
         }
         // In a user-namespaced pod every volume is an idmapped clone, mounted under the
@@ -1004,6 +1045,16 @@ impl ContainerService {
     }
 
     fn fill_exit(&self, v: &mut View, e: ExitInfo) {
+        if !v.rec.start_error.is_empty() {
+            let recorded = v.rec.exit.unwrap_or(e);
+            v.state = RunState::Exited;
+            v.exit_code = START_ERROR_EXIT;
+            v.started_at = 0;
+            v.finished_at = recorded.finished_at;
+            v.reason = REASON_START_ERROR.into();
+            v.message = v.rec.start_error.clone();
+            return;
+        }
         v.state = RunState::Exited;
         v.exit_code = e.exit_code;
         v.started_at = if e.started_at > 0 {
@@ -1040,10 +1091,31 @@ impl ContainerService {
                 op: "start",
             });
         }
-        let r = self
+        let r = match self
             .client(&rec)
             .call(msg::request::Kind::Start(msg::Empty {}), shim::CALL_TIMEOUT)
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(ShimError::Remote(reason)) => {
+                // The command could not be started (missing, not executable, …): the init
+                // gave up. Whatever is left of the container goes, and it is recorded as
+                // exited with the reason, as kubelet expects of a start failure.
+                let _ = self.signal(&rec, nix::libc::SIGKILL, true).await;
+                let _ = self.wait_exit(&rec, KILL_GRACE).await;
+                rec.start_error = reason.clone();
+                rec.exit = Some(ExitInfo {
+                    exit_code: START_ERROR_EXIT,
+                    started_at: 0,
+                    finished_at: now_ns(),
+                    oom_killed: false,
+                });
+                self.store.update(&rec)?;
+                tracing::info!(container = %rec.id, reason = %reason, "container failed to start");
+                return Err(ContainerError::StartFailed { id: rec.id, reason });
+            }
+            Err(e) => return Err(e.into()),
+        };
         let shim_ms = began.elapsed().as_secs_f64() * 1e3;
         rec.started_at = r.state.map(|s| s.started_at).unwrap_or_else(now_ns);
         self.store.update(&rec)?;

@@ -116,6 +116,8 @@ pub struct PodContext {
     /// The pod's pinned user namespace (empty: the host's) and its mappings.
     pub userns: String,
     pub user_maps: Option<crate::pod::userns::UserNs>,
+    /// The hostname the pod's containers see (the node's for a host-network pod).
+    pub hostname: String,
 }
 
 pub struct Input<'a> {
@@ -300,7 +302,14 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     if i.init.is_some() {
         args.splice(0..0, [INIT_IN_CONTAINER.to_owned(), "--".to_owned()]);
     }
-    let mut env = env(&i.image.env, &c.envs)?;
+    // HOSTNAME as containerd and Docker set it: before the image's and the request's
+    // variables, which may replace it.
+    let hostname = (!i.pod.hostname.is_empty()).then(|| format!("HOSTNAME={}", i.pod.hostname));
+    let image_env: Vec<String> = hostname
+        .into_iter()
+        .chain(i.image.env.iter().cloned())
+        .collect();
+    let mut env = env(&image_env, &c.envs)?;
     // On a terminal, programs need to know what it is (as containerd and CRI-O set it).
     if c.tty && !env.iter().any(|e| e.starts_with("TERM=")) {
         env.push("TERM=xterm".into());
@@ -564,6 +573,12 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     if let Some(profile) = seccomp {
         spec["linux"]["seccomp"] = profile;
     }
+    // A Bidirectional volume: the container's root is shared (the container library takes
+    // "shared", recursively), so a mount made under the volume reaches its host peer group.
+    // Otherwise the library's default, a recursive slave, keeps host mounts flowing in only.
+    if crate::container::propagation::needs_shared_root(&c.mounts) {
+        spec["linux"]["rootfsPropagation"] = json!("shared");
+    }
     serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
         .map_err(|e| invalid("spec", e.to_string()))?;
     Ok((spec, warnings))
@@ -651,6 +666,32 @@ mod tests {
         );
     }
 
+    #[test]
+    fn hostname_variable_comes_first_and_can_be_replaced() {
+        let mut c = cfg();
+        c.command = vec!["/x".into()];
+        let pod = PodContext {
+            hostname: "web-0".into(),
+            ..Default::default()
+        };
+        let img = ImageRun::default();
+        let (s, _) = generate(&input(&c, &img, &pod)).unwrap();
+        assert_eq!(s["process"]["env"][0], "HOSTNAME=web-0");
+        c.envs = vec![cri::KeyValue {
+            key: "HOSTNAME".into(),
+            value: "mine".into(),
+        }];
+        let (s, _) = generate(&input(&c, &img, &pod)).unwrap();
+        let env = s["process"]["env"].as_array().unwrap();
+        assert_eq!(
+            env.iter()
+                .filter(|e| e.as_str().unwrap().starts_with("HOSTNAME="))
+                .count(),
+            1
+        );
+        assert_eq!(env[0], "HOSTNAME=mine");
+    }
+
     fn input<'a>(c: &'a cri::ContainerConfig, img: &'a ImageRun, pod: &'a PodContext) -> Input<'a> {
         Input {
             id: "cid",
@@ -717,6 +758,11 @@ mod tests {
         assert!(ns.contains(&json!({"type": "pid"})));
         let mounts = s["mounts"].as_array().unwrap();
         assert!(mounts.contains(&json!({"destination": "/data", "type": "bind", "source": "/srv/d", "options": ["rbind", "rslave", "ro"]})));
+        assert!(s["linux"].get("rootfsPropagation").is_none());
+        let mut shared = c.clone();
+        shared.mounts[0].propagation = cri::MountPropagation::PropagationBidirectional as i32;
+        let (s2, _) = generate(&input(&shared, &img, &pod)).unwrap();
+        assert_eq!(s2["linux"]["rootfsPropagation"], "shared");
         assert!(
             mounts
                 .iter()

@@ -22,6 +22,8 @@ pub enum UserError {
     UnknownGroup(String),
     #[error("id {0} is outside 0..2^31-1")]
     OutOfRange(i64),
+    #[error("run_as_group is set without run_as_user or run_as_username")]
+    GroupWithoutUser,
 }
 
 /// Read a file from the rootfs, never leaving it; None when missing, irregular or too large.
@@ -103,6 +105,11 @@ pub fn resolve(
     run_as_group: Option<i64>,
     supplemental: Supplemental<'_>,
 ) -> Result<(u32, u32, Vec<u32>), UserError> {
+    // A group without a user would run the image's user under a group kubelet chose for
+    // another: the CRI refuses it (as containerd and CRI-O do).
+    if run_as_group.is_some() && run_as_user.is_none() && run_as_username.is_empty() {
+        return Err(UserError::GroupWithoutUser);
+    }
     let (passwd, group) = (passwd.unwrap_or(""), group.unwrap_or(""));
     let (user_part, group_part) = match image_user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -144,18 +151,18 @@ pub fn resolve(
     if let Some(g) = run_as_group {
         gid = check(g)?;
     }
-    // Merge: the user's groups from the image's /etc/group too; Strict: only the request's.
-    let mut gids: Vec<u32> = if supplemental.strict {
-        Vec::new()
-    } else {
-        name.map(|n| member_groups(group, &n)).unwrap_or_default()
-    };
+    // The process's groups, as containerd sets them: the primary gid itself, then (Merge) the
+    // user's groups from the image's /etc/group, then the request's. Strict leaves out the
+    // image's. kubelet compares ContainerStatus.user with `id -G` inside, so both come from here.
+    let mut gids: Vec<u32> = vec![gid];
+    if !supplemental.strict {
+        gids.extend(name.map(|n| member_groups(group, &n)).unwrap_or_default());
+    }
     for g in supplemental.groups {
         gids.push(check(*g)?);
     }
     gids.sort_unstable();
     gids.dedup();
-    gids.retain(|g| *g != gid);
     Ok((uid, gid, gids))
 }
 
@@ -211,40 +218,43 @@ mod tests {
                 },
             )
         };
-        assert_eq!(strict("web", &[]).unwrap(), (1000, 1001, vec![]));
-        assert_eq!(strict("web", &[3000]).unwrap(), (1000, 1001, vec![3000]));
+        assert_eq!(strict("web", &[]).unwrap(), (1000, 1001, vec![1001]));
+        assert_eq!(
+            strict("web", &[3000]).unwrap(),
+            (1000, 1001, vec![1001, 3000])
+        );
         assert_eq!(
             r("web", None, "", None, &[3000]).unwrap(),
-            (1000, 1001, vec![2000, 3000])
+            (1000, 1001, vec![1001, 2000, 3000])
         );
     }
 
     #[test]
     fn resolves_like_the_other_runtimes() {
-        assert_eq!(r("", None, "", None, &[]).unwrap(), (0, 0, vec![]));
+        assert_eq!(r("", None, "", None, &[]).unwrap(), (0, 0, vec![0]));
         assert_eq!(
             r("web", None, "", None, &[]).unwrap(),
-            (1000, 1001, vec![2000])
+            (1000, 1001, vec![1001, 2000])
         );
         assert_eq!(
             r("1000", None, "", None, &[]).unwrap(),
-            (1000, 1001, vec![2000])
+            (1000, 1001, vec![1001, 2000])
         );
         assert_eq!(
             r("4242:77", None, "", None, &[]).unwrap(),
-            (4242, 77, vec![])
+            (4242, 77, vec![77])
         );
         assert_eq!(
             r("web:extra", None, "", None, &[]).unwrap(),
-            (1000, 2000, vec![])
+            (1000, 2000, vec![2000])
         );
         assert_eq!(
             r("web", Some(5), "", Some(6), &[7]).unwrap(),
-            (5, 6, vec![7])
+            (5, 6, vec![6, 7])
         );
         assert_eq!(
             r("", None, "web", None, &[]).unwrap(),
-            (1000, 1001, vec![2000])
+            (1000, 1001, vec![1001, 2000])
         );
         assert_eq!(
             r("nobody", None, "", None, &[]),
@@ -257,6 +267,37 @@ mod tests {
         assert_eq!(
             r("", Some(-1), "", None, &[]),
             Err(UserError::OutOfRange(-1))
+        );
+        // A group needs a user; a username user gets its image groups too.
+        assert_eq!(
+            r("web", None, "", Some(1002), &[]),
+            Err(UserError::GroupWithoutUser)
+        );
+        assert_eq!(
+            r("", None, "web", Some(1002), &[9]).unwrap(),
+            (1000, 1002, vec![9, 1002, 2000])
+        );
+        // No group file: just the primary gid and the request's groups.
+        assert_eq!(
+            resolve(
+                Some(PASSWD),
+                None,
+                "web",
+                None,
+                "",
+                None,
+                Supplemental {
+                    groups: &[5],
+                    strict: false
+                }
+            )
+            .unwrap(),
+            (1000, 1001, vec![5, 1001])
+        );
+        // A uid the image does not know: gid 0.
+        assert_eq!(
+            r("", Some(4242), "", None, &[]).unwrap(),
+            (4242, 0, vec![0])
         );
     }
 

@@ -37,6 +37,11 @@ impl From<ContainerError> for Status {
             E::Resources(crate::container::resources::ResourceError::BadUnifiedKey(_)) => {
                 Code::InvalidArgument
             }
+            E::Propagation(crate::container::propagation::PropagationError::Read(_)) => {
+                Code::Internal
+            }
+            E::Propagation(_) => Code::FailedPrecondition,
+            E::StartFailed { .. } => Code::FailedPrecondition,
             E::Rootfs(_)
             | E::Idmap(_)
             | E::Shim(_)

@@ -210,7 +210,11 @@ impl PodService {
 
     /// Find a pod by id or unique id prefix.
     pub fn find(&self, id: &str) -> Result<PodRecord, PodError> {
-        let id = ids::validate(id)?;
+        let id = match ids::lookup(id) {
+            ids::Lookup::Id(id) => id,
+            ids::Lookup::Empty => return Err(IdError::Missing.into()),
+            ids::Lookup::Foreign => return Err(PodError::NotFound(ids::shown(id))),
+        };
         if id.len() == ids::ID_LEN {
             return self
                 .store
@@ -270,6 +274,20 @@ impl PodService {
             .and_then(|s| s.namespace_options.clone())
             .unwrap_or_default();
         let host_net = mode(ns.network) == cri::NamespaceMode::Node;
+        // A host-network pod shares the node's UTS namespace: it cannot have a hostname of its
+        // own (kubelet sends none for such pods), and setting one would rename the node.
+        if host_net && !config.hostname.is_empty() {
+            let node = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default();
+            if !config.hostname.eq_ignore_ascii_case(&node) {
+                return Err(PodError::Invalid(format!(
+                    "hostname {:?}: a pod on the host's network has the node's hostname ({node:?}); leave it empty",
+                    config.hostname
+                )));
+            }
+        }
         let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
         let shared_pid = mode(ns.pid) == cri::NamespaceMode::Pod;
         let user_ns = userns::from_cri(ns.userns_options.as_ref())?;

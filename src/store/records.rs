@@ -109,6 +109,8 @@ pub struct ContainerRecord {
     pub layers: Vec<String>,
     /// Set once the container's exit has been folded in from the shim.
     pub exit: Option<ExitInfo>,
+    /// Why StartContainer could not start the command (the container is then exited).
+    pub start_error: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
