@@ -186,6 +186,54 @@ async fn a_missing_command_fails_at_start() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A stop returns within its timeout even when the container ignores the stop signal (critest
+/// and other callers wait exactly that long): SIGKILL comes just before the deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_returns_by_its_deadline() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = common::pull_standard(&e).await?;
+    let mut c = e.daemon.cri().await?;
+    let logs = tempfile::tempdir()?;
+    let (pod, cfg, top) = pod(&mut c, "stopper", logs.path()).await?;
+    let id = common::create_start(
+        &mut c,
+        &pod,
+        &cfg,
+        common::container_config(
+            "stubborn",
+            &image,
+            &[
+                "/bin/sh",
+                "-c",
+                "trap '' TERM; while true; do /bin/sleep 1; done",
+            ],
+        ),
+    )
+    .await?;
+    let timeout = Duration::from_secs(4);
+    let t = std::time::Instant::now();
+    c.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: timeout.as_secs() as i64,
+        })
+        .await?;
+    let took = t.elapsed();
+    assert!(
+        took < timeout,
+        "StopContainer took {took:?} for a {timeout:?} timeout"
+    );
+    assert!(
+        took.as_secs_f64() > timeout.as_secs_f64() * 0.7,
+        "the container was killed before its grace period: {took:?}"
+    );
+    let st = common::container_status(&mut c, &id).await?;
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 137);
+    remove_pod(&mut c, &pod, &top).await?;
+    Ok(())
+}
+
 /// The process's groups as containerd sets them and ContainerStatus reports them: the primary
 /// gid, the image's groups for the user (Merge) and the request's; Strict leaves out the
 /// image's. RunAsGroup without a user is refused.

@@ -448,6 +448,16 @@ fn check_mapped(u: &UserNs, ids: &(u32, u32, Vec<u32>)) -> Result<(), ContainerE
 }
 
 /// The image's STOPSIGNAL ("SIGQUIT", "QUIT" or a number), SIGTERM when absent or unknown.
+/// The most of a stop's timeout kept for SIGKILL and reaping.
+const STOP_KILL_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a stop waits after the stop signal before SIGKILL: the timeout less a margin
+/// (a tenth of it, at most `STOP_KILL_MARGIN`), so that StopContainer returns within the
+/// timeout it was given — callers such as critest wait exactly that long.
+fn grace_before_kill(timeout: Duration) -> Duration {
+    timeout.saturating_sub(STOP_KILL_MARGIN.min(timeout / 10))
+}
+
 /// The hostname RunPodSandbox wrote for the pod's containers (empty if unreadable).
 fn pod_hostname(pod_dir: &Path) -> String {
     use std::io::Read;
@@ -1211,7 +1221,7 @@ impl ContainerService {
                 .and_then(|(i, _)| self.images.config_json(&i))
                 .unwrap_or_default();
             self.signal(&rec, stop_signal(&img), false).await?;
-            if self.wait_exit(&rec, timeout).await {
+            if self.wait_exit(&rec, grace_before_kill(timeout)).await {
                 return Ok(());
             }
         }
@@ -1446,6 +1456,14 @@ fn shim_alive(rec: &ContainerRecord) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_keeps_time_to_kill_within_its_timeout() {
+        let g = grace_before_kill;
+        assert_eq!(g(Duration::from_secs(60)), Duration::from_secs(59));
+        assert_eq!(g(Duration::from_secs(2)), Duration::from_millis(1800));
+        assert_eq!(g(Duration::ZERO), Duration::ZERO);
+    }
 
     #[test]
     fn log_paths() {
