@@ -2,6 +2,7 @@
 //! kubelet and crictl do, and checks the behaviour kubelet relies on. No kelson dependency: it
 //! must pass against containerd and CRI-O too.
 
+pub mod contract;
 pub mod stream;
 pub mod suite;
 

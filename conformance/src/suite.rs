@@ -40,7 +40,8 @@ macro_rules! case {
 }
 
 pub fn cases() -> Vec<Case> {
-    vec![
+    let mut cases = crate::contract::cases();
+    cases.extend([
         case!(version_reports_runtime),
         case!(status_reports_runtime_ready),
         case!(runtime_config_answers),
@@ -58,7 +59,8 @@ pub fn cases() -> Vec<Case> {
         case!(exec_streams_over_spdy_and_websocket),
         case!(attach_to_a_running_container),
         case!(port_forward_over_spdy),
-    ]
+    ]);
+    cases
 }
 
 #[derive(Debug, Default)]
@@ -399,7 +401,7 @@ fn pod_config(o: &Options, name: &str) -> cri::PodSandboxConfig {
     }
 }
 
-async fn run_pod(
+pub(crate) async fn run_pod(
     c: &Cri,
     o: &Options,
     name: &str,
@@ -433,7 +435,7 @@ async fn pod_state(c: &Cri, id: &str) -> Result<i32, tonic::Status> {
         .unwrap_or(-1))
 }
 
-async fn remove_pod(c: &Cri, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn remove_pod(c: &Cri, id: &str) -> anyhow::Result<()> {
     let mut cc = c.clone();
     cc.runtime
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
@@ -496,7 +498,7 @@ async fn pod_sandbox_lifecycle(c: &Cri, o: &Options) -> anyhow::Result<()> {
     }
 }
 
-fn container_config(o: &Options, name: &str, script: &str) -> cri::ContainerConfig {
+pub(crate) fn container_config(o: &Options, name: &str, script: &str) -> cri::ContainerConfig {
     cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
@@ -509,7 +511,7 @@ fn container_config(o: &Options, name: &str, script: &str) -> cri::ContainerConf
     }
 }
 
-async fn container_state(c: &Cri, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+pub(crate) async fn container_state(c: &Cri, id: &str) -> anyhow::Result<cri::ContainerStatus> {
     let mut cc = c.clone();
     cc.runtime
         .container_status(cri::ContainerStatusRequest {
@@ -522,7 +524,7 @@ async fn container_state(c: &Cri, id: &str) -> anyhow::Result<cri::ContainerStat
         .context("no status")
 }
 
-async fn wait_exit(c: &Cri, id: &str) -> anyhow::Result<cri::ContainerStatus> {
+pub(crate) async fn wait_exit(c: &Cri, id: &str) -> anyhow::Result<cri::ContainerStatus> {
     for _ in 0..500 {
         let s = container_state(c, id).await?;
         if s.state == cri::ContainerState::ContainerExited as i32 {
