@@ -14,8 +14,9 @@ use futures::{Sink, Stream};
 use kelson_proto::spdy::frame;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{Error as E, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The WebSocket subprotocol a client offers (and the server answers) for SPDY port-forward
@@ -29,8 +30,7 @@ pub const MAX_TUNNEL_MESSAGE: usize = 8 + frame::MAX_DATA;
 /// Largest message sent: one SPDY data frame as kelson writes it fits (32 KiB of payload).
 const MAX_OUT_MESSAGE: usize = 64 * 1024;
 
-fn to_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
-    use tokio_tungstenite::tungstenite::Error as E;
+fn to_io(e: E) -> io::Error {
     match e {
         E::Io(e) => e,
         E::ConnectionClosed | E::AlreadyClosed => io::ErrorKind::BrokenPipe.into(),
@@ -124,7 +124,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tunnel<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let mut ws = Pin::new(&mut this.ws);
-        if !this.closing {
+        // When the client closed first, the library has queued the answer to its close;
+        // closing flushes it.
+        if !this.closing && !this.eof {
             ready!(ws.as_mut().poll_ready(cx)).map_err(to_io)?;
             let normal = CloseFrame {
                 code: CloseCode::Normal,
@@ -132,13 +134,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Tunnel<S> {
             };
             match ws.as_mut().start_send(Message::Close(Some(normal))) {
                 Ok(()) => {}
-                // The client closed first: its close was answered already.
-                Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed)
-                | Err(tokio_tungstenite::tungstenite::Error::AlreadyClosed) => {}
+                // The client's close arrived but was not read yet: as above.
+                Err(E::Protocol(ProtocolError::SendAfterClosing))
+                | Err(E::ConnectionClosed | E::AlreadyClosed) => {}
                 Err(e) => return Poll::Ready(Err(to_io(e))),
             }
-            this.closing = true;
         }
+        this.closing = true;
         ws.poll_close(cx).map_err(to_io)
     }
 }
@@ -197,6 +199,23 @@ mod tests {
         assert_eq!(close.map(|f| f.code), Some(CloseCode::Normal));
         drop(c);
         let _ = writer.await;
+    }
+
+    #[tokio::test]
+    async fn the_clients_close_is_answered_when_the_session_ends() {
+        let (mut t, mut c) = pair().await;
+        let normal = CloseFrame {
+            code: CloseCode::Normal,
+            reason: "".into(),
+        };
+        c.send(Message::Close(Some(normal))).await.unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(t.read(&mut buf).await.unwrap(), 0);
+        t.shutdown().await.unwrap();
+        match c.next().await {
+            Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Normal),
+            other => panic!("no close answered: {other:?}"),
+        }
     }
 
     #[tokio::test]
