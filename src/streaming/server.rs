@@ -99,8 +99,8 @@ async fn handle(
             Some(Forward::Tunnel)
         }
         Session::PortForward(r) => {
-            let Some(name) = offers
-                .find_map(|p| super::portforward::WS_PROTOCOLS.iter().find(|s| **s == p))
+            let Some(name) =
+                offers.find_map(|p| super::portforward::WS_PROTOCOLS.iter().find(|s| **s == p))
             else {
                 return Ok(reply(
                     StatusCode::BAD_REQUEST,

@@ -14,9 +14,9 @@ use futures::{Sink, Stream};
 use kelson_proto::spdy::frame;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::{Error as E, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 /// The WebSocket subprotocol a client offers (and the server answers) for SPDY port-forward
@@ -168,7 +168,9 @@ mod tests {
         for piece in [&b"\x00\x00"[..], b"\x00\x03", b"", b"abc", b"defgh"] {
             c.send(Message::binary(piece.to_vec())).await.unwrap();
         }
-        c.send(Message::Ping(Bytes::from_static(b"p"))).await.unwrap();
+        c.send(Message::Ping(Bytes::from_static(b"p")))
+            .await
+            .unwrap();
         c.send(Message::binary(b"ij".to_vec())).await.unwrap();
         c.send(Message::Close(None)).await.unwrap();
         let mut got = Vec::new();
