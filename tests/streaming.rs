@@ -407,18 +407,9 @@ async fn streaming_urls_expire_sessions_are_bounded_and_garbage_ends_them() -> a
     Ok(())
 }
 
-/// Port-forward over SPDY (`portforward.k8s.io`): connections to servers listening on the
-/// pod's loopback, one pair of streams each; ports not asked for and ports nobody listens on
-/// are reported on the error stream.
-#[tokio::test(flavor = "multi_thread")]
-async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<()> {
-    use stream::spdy;
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-stest4-{}", std::process::id());
-    let (pod, _) = running(&mut c, &image, &top).await?;
+/// Two servers in `pod`, each in a container of its own: "hello from the pod" on 8080, an echo
+/// (`cat`) on 8081.
+async fn serve_hello_and_echo(c: &mut Cri, pod: &str, image: &str) -> anyhow::Result<()> {
     for (name, cmd) in [
         (
             "hello",
@@ -440,13 +431,13 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
         let id = c
             .runtime
             .create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
+                pod_sandbox_id: pod.to_owned(),
                 config: Some(cri::ContainerConfig {
                     metadata: Some(cri::ContainerMetadata {
                         name: name.into(),
                         attempt: 0,
                     }),
-                    image: common::spec(&image),
+                    image: common::spec(image),
                     command: cmd.iter().map(|s| s.to_string()).collect(),
                     log_path: format!("{name}.log"),
                     ..Default::default()
@@ -460,6 +451,22 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
             .start_container(cri::StartContainerRequest { container_id: id })
             .await?;
     }
+    Ok(())
+}
+
+/// Port-forward over SPDY (`portforward.k8s.io`): connections to servers listening on the
+/// pod's loopback, one pair of streams each; ports not asked for and ports nobody listens on
+/// are reported on the error stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<()> {
+    use stream::spdy;
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest4-{}", std::process::id());
+    let (pod, _) = running(&mut c, &image, &top).await?;
+    serve_hello_and_echo(&mut c, &pod, &image).await?;
     // Refused by name before any URL: a port out of range, an unknown pod.
     for (req, want) in [
         (
@@ -571,6 +578,112 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     assert!(got[&0].ends_with(b"hello from the pod\n"), "{got:?}");
     assert!(got[&2].ends_with(b"ws ping"), "{got:?}");
     drop(ws);
+
+    c.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await?;
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+/// Port-forward as crictl and kubectl speak it since Kubernetes 1.30 (KEP-4006): SPDY/3.1
+/// tunnelled in the binary messages of a WebSocket (`SPDY/3.1+portforward.k8s.io`), every
+/// frame split into messages as client-go's framer writes it. Two connections in one session,
+/// bytes both ways (64 KiB through the echo, more than one frame back), a SPDY ping answered
+/// through the tunnel, and a normal close answered by the server's close.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow::Result<()> {
+    use kelson_proto::spdy::frame::Frame;
+    use stream::spdy;
+    let e = common::env().await?;
+    let image = format!("{}/test/standard:v1", e.registry.host);
+    common::pull(&e.daemon, &image).await?;
+    let mut c = e.daemon.cri().await?;
+    let top = format!("kelson-stest9-{}", std::process::id());
+    let (pod, _) = running(&mut c, &image, &top).await?;
+    serve_hello_and_echo(&mut c, &pod, &image).await?;
+    // crictl asks without ports: the ports come in the SPDY streams' headers.
+    let forward_url = |c: &mut Cri| {
+        let mut rt = c.runtime.clone();
+        let pod = pod.clone();
+        async move {
+            anyhow::Ok(
+                rt.port_forward(cri::PortForwardRequest {
+                    pod_sandbox_id: pod,
+                    port: vec![],
+                })
+                .await?
+                .into_inner()
+                .url,
+            )
+        }
+    };
+    let url = forward_url(&mut c).await?;
+    let mut s = spdy::connect_portforward_websocket(&url).await?;
+    assert_eq!(s.version, "portforward.k8s.io");
+
+    // The servers take a moment to listen: retry the first connection.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let hello = loop {
+        let f = s.forward(8080, b"", Duration::from_secs(10)).await?;
+        if !f.data.is_empty() || Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(String::from_utf8_lossy(&hello.data), "hello from the pod\n");
+    let sent: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let echo = loop {
+        let f = s.forward(8081, &sent, Duration::from_secs(20)).await?;
+        if !f.data.is_empty() || Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        Sha256::digest(&echo.data),
+        Sha256::digest(&sent),
+        "{} bytes back, error {:?}",
+        echo.data.len(),
+        String::from_utf8_lossy(&echo.error)
+    );
+    // client-go keeps the tunnel alive with SPDY pings (every 10 s); they come back.
+    s.send(&Frame::Ping { id: 7 }).await?;
+    let pong = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.next().await? {
+                Some(Frame::Ping { id }) => break anyhow::Ok(id),
+                Some(_) => {}
+                None => anyhow::bail!("tunnel closed before the ping came back"),
+            }
+        }
+    })
+    .await
+    .context("no ping back")??;
+    assert_eq!(pong, 7);
+    // A normal close ends the session; the server answers with its own close.
+    s.close().await?;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while s.next().await?.is_some() {}
+        anyhow::Ok(())
+    })
+    .await;
+    assert!(matches!(end, Ok(Ok(()))), "{end:?}");
+
+    // The tunnel is a byte stream of binary messages: a text message ends the session.
+    let url = forward_url(&mut c).await?;
+    let mut ws = stream::connect(&url, &[spdy::TUNNEL_PORTFORWARD]).await?;
+    assert_eq!(ws.protocol, spdy::TUNNEL_PORTFORWARD);
+    ws.tx.send_raw_text("not SPDY").await?;
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while ws.recv().await?.is_some() {}
+        anyhow::Ok(())
+    })
+    .await;
+    assert!(end.is_ok(), "the server kept a session that sent text");
 
     c.runtime
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {

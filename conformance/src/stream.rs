@@ -1,6 +1,7 @@
-//! Streaming clients for the URLs `Exec` returns, speaking as kubectl does: WebSocket with the
-//! Kubernetes channel subprotocols (`v5.channel.k8s.io`, `v4.channel.k8s.io`, and the base64
-//! variants). Runtime-agnostic: only the URL and the protocol on the wire.
+//! Streaming clients for the URLs `Exec`, `Attach` and `PortForward` return, speaking as kubectl
+//! and crictl do: WebSocket with the Kubernetes channel subprotocols (`v5.channel.k8s.io`,
+//! `v4.channel.k8s.io`, and the base64 variants), SPDY/3.1, and SPDY/3.1 tunnelled in WebSocket
+//! (`SPDY/3.1+portforward.k8s.io`). Runtime-agnostic: only the URL and the protocol on the wire.
 
 use std::time::Duration;
 
@@ -260,21 +261,99 @@ impl Receiver {
 }
 
 /// The SPDY/3.1 transport, as kubectl and crictl (and the API server towards kubelet) speak
-/// it: an HTTP upgrade, then one SPDY stream per channel named by its `streamType`.
+/// it: an HTTP upgrade, then one SPDY stream per channel named by its `streamType`. For
+/// port-forward the same SPDY session can instead run inside a WebSocket (KEP-4006, client-go
+/// since Kubernetes 1.30): `connect_portforward_websocket`.
 pub mod spdy {
     use std::collections::HashMap;
     use std::time::Duration;
 
     use anyhow::{Context, bail};
     use bytes::BytesMut;
+    use futures::stream::{SplitSink, SplitStream};
+    use futures::{SinkExt, StreamExt};
     use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame, HeaderCodec};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     use super::Output;
 
+    /// The WebSocket subprotocol of SPDY port-forward in WebSocket: the tunnelling prefix
+    /// `SPDY/3.1+` before the SPDY protocol name.
+    pub const TUNNEL_PORTFORWARD: &str = "SPDY/3.1+portforward.k8s.io";
+
+    /// Where the SPDY bytes travel.
+    enum Read {
+        Tcp(tokio::net::tcp::OwnedReadHalf),
+        /// Binary WebSocket messages, their boundaries meaningless.
+        Ws(SplitStream<WebSocketStream<TcpStream>>),
+    }
+
+    enum Write {
+        Tcp(tokio::net::tcp::OwnedWriteHalf),
+        Ws(SplitSink<WebSocketStream<TcpStream>, Message>),
+    }
+
+    impl Read {
+        /// More bytes into `buf`; 0 at the end (EOF, or a WebSocket close).
+        async fn more(&mut self, buf: &mut BytesMut) -> anyhow::Result<usize> {
+            match self {
+                Read::Tcp(rd) => Ok(rd.read_buf(buf).await?),
+                Read::Ws(source) => loop {
+                    match source.next().await {
+                        None | Some(Ok(Message::Close(_))) => return Ok(0),
+                        Some(Ok(Message::Binary(b))) if !b.is_empty() => {
+                            buf.extend_from_slice(&b);
+                            return Ok(b.len());
+                        }
+                        // client-go's tunnel fails on anything but binary data.
+                        Some(Ok(Message::Text(_))) => bail!("text message in the SPDY tunnel"),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(e.into()),
+                    }
+                },
+            }
+        }
+    }
+
+    /// The pieces client-go's SPDY framer (spdystream) writes one frame in: each field of the
+    /// frame header is its own write, and every write through the tunnel is one WebSocket
+    /// message — a data frame goes as its stream id (4 bytes), flags and length (4), then the
+    /// payload (an empty message when there is none).
+    pub fn client_go_pieces(frame: &[u8]) -> Vec<&[u8]> {
+        let control = frame.first().is_some_and(|b| b & 0x80 != 0);
+        let kind = frame.get(2..4).map(|t| u16::from_be_bytes([t[0], t[1]]));
+        let fields: &[usize] = match (control, kind) {
+            (false, _) => &[4, 4],
+            (true, Some(1)) => &[2, 2, 4, 4, 4, 1, 1], // SYN_STREAM, then the header block
+            (true, Some(3 | 7)) => &[2, 2, 4, 4, 4],   // RST_STREAM, GOAWAY
+            (true, Some(6)) => &[2, 2, 4, 4],          // PING
+            _ => &[2, 2, 4],
+        };
+        let mut pieces = Vec::new();
+        let mut rest = frame;
+        for n in fields {
+            if rest.len() < *n {
+                break;
+            }
+            let (piece, tail) = rest.split_at(*n);
+            pieces.push(piece);
+            rest = tail;
+        }
+        if !control || !rest.is_empty() {
+            pieces.push(rest);
+        }
+        pieces
+    }
+
     pub struct Session {
-        rd: tokio::net::tcp::OwnedReadHalf,
+        rd: Read,
         /// Taken by `take_writer` for a sender in another task.
         wr: Option<Writer>,
         rx: HeaderCodec,
@@ -374,25 +453,58 @@ pub mod spdy {
             })
             .unwrap_or_default();
         let (rd, wr) = tcp.into_split();
-        let s = Session {
-            rd,
-            wr: Some(Writer {
-                wr,
-                tx: HeaderCodec::new(),
-                stdin: 0,
-            }),
-            rx: HeaderCodec::new(),
-            buf,
-            streams: HashMap::new(),
-            next_id: 0,
+        Ok(Session::new(Read::Tcp(rd), Write::Tcp(wr), buf, version))
+    }
+
+    /// The WebSocket handshake of SPDY port-forward in WebSocket, as client-go's tunnelling
+    /// dialer does it: GET, offering only `SPDY/3.1+portforward.k8s.io`, and the server must
+    /// choose it. The SPDY session then starts at once, with no further HTTP.
+    pub async fn connect_portforward_websocket(url: &str) -> anyhow::Result<Session> {
+        let ws_url = url
+            .strip_prefix("http://")
+            .map(|rest| format!("ws://{rest}"))
+            .context("http:// URL")?;
+        let mut req = ws_url.as_str().into_client_request()?;
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(TUNNEL_PORTFORWARD),
+        );
+        let host = req
+            .uri()
+            .authority()
+            .context("URL without host")?
+            .as_str()
+            .to_owned();
+        let tcp = TcpStream::connect(&host).await?;
+        let (ws, resp) = tokio_tungstenite::client_async(req, tcp)
+            .await
+            .map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    anyhow::anyhow!("HTTP {}", r.status().as_u16())
+                }
+                e => anyhow::anyhow!(e),
+            })?;
+        let chosen = resp
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if chosen != TUNNEL_PORTFORWARD {
+            bail!("the server chose subprotocol {chosen:?}, not {TUNNEL_PORTFORWARD:?}");
+        }
+        let version = chosen.trim_start_matches("SPDY/3.1+").to_owned();
+        let (sink, source) = ws.split();
+        Ok(Session::new(
+            Read::Ws(source),
+            Write::Ws(sink),
+            BytesMut::new(),
             version,
-        };
-        Ok(s)
+        ))
     }
 
     /// The sending half: frames to the server, stdin.
     pub struct Writer {
-        wr: tokio::net::tcp::OwnedWriteHalf,
+        wr: Write,
         tx: HeaderCodec,
         stdin: u32,
     }
@@ -401,7 +513,30 @@ pub mod spdy {
         pub async fn send(&mut self, f: &Frame) -> anyhow::Result<()> {
             let mut out = Vec::new();
             frame::write(f, &mut self.tx, &mut out);
-            self.wr.write_all(&out).await?;
+            match &mut self.wr {
+                Write::Tcp(wr) => wr.write_all(&out).await?,
+                Write::Ws(sink) => {
+                    for piece in client_go_pieces(&out) {
+                        sink.send(Message::binary(piece.to_vec())).await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        /// The end of the session as client-go ends a tunnel: a normal (1000) close, or
+        /// FIN on the TCP connection.
+        pub async fn close(&mut self) -> anyhow::Result<()> {
+            match &mut self.wr {
+                Write::Tcp(wr) => wr.shutdown().await?,
+                Write::Ws(sink) => {
+                    let normal = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "".into(),
+                    };
+                    sink.send(Message::Close(Some(normal))).await?;
+                }
+            }
             Ok(())
         }
 
@@ -431,6 +566,27 @@ pub mod spdy {
     }
 
     impl Session {
+        fn new(rd: Read, wr: Write, buf: BytesMut, version: String) -> Session {
+            Session {
+                rd,
+                wr: Some(Writer {
+                    wr,
+                    tx: HeaderCodec::new(),
+                    stdin: 0,
+                }),
+                rx: HeaderCodec::new(),
+                buf,
+                streams: HashMap::new(),
+                next_id: 0,
+                version,
+            }
+        }
+
+        /// End the session from this side (see `Writer::close`).
+        pub async fn close(&mut self) -> anyhow::Result<()> {
+            self.writer()?.close().await
+        }
+
         /// Forward one connection to `port`: open the error and data streams of `request_id`,
         /// send `send` then FIN, and read until the server ends the data stream.
         pub async fn forward(
@@ -524,7 +680,7 @@ pub mod spdy {
                 if let Some(f) = frame::parse(&mut self.buf, &mut self.rx)? {
                     return Ok(Some(f));
                 }
-                if self.rd.read_buf(&mut self.buf).await? == 0 {
+                if self.rd.more(&mut self.buf).await? == 0 {
                     return Ok(None);
                 }
             }

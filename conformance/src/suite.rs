@@ -59,6 +59,7 @@ pub fn cases() -> Vec<Case> {
         case!(exec_streams_over_spdy_and_websocket),
         case!(attach_to_a_running_container),
         case!(port_forward_over_spdy),
+        case!(port_forward_over_spdy_in_websocket),
     ]);
     cases
 }
@@ -911,6 +912,59 @@ async fn port_forward_over_spdy(c: &Cri, o: &Options) -> anyhow::Result<()> {
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
+    }
+    .await;
+    remove_pod(c, &pod).await?;
+    result
+}
+
+/// PortForward as crictl and kubectl speak it since Kubernetes 1.30: SPDY/3.1 tunnelled in
+/// WebSocket binary messages (`SPDY/3.1+portforward.k8s.io`), split as client-go writes it.
+/// Two connections in one session to an echo server on the pod's loopback, bytes both ways.
+async fn port_forward_over_spdy_in_websocket(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    use crate::stream;
+    use std::time::{Duration, Instant};
+    let (pod, _) = running(c, o, "portfwdws", "exec nc -ll -p 18090 -e /bin/cat").await?;
+    let mut cc = c.clone();
+    let result = async {
+        let u = cc
+            .runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![18090],
+            })
+            .await?
+            .into_inner()
+            .url;
+        let mut s = stream::spdy::connect_portforward_websocket(&u).await?;
+        // The server takes a moment to listen.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let first = loop {
+            let f = s
+                .forward(18090, b"first connection", Duration::from_secs(10))
+                .await?;
+            if !f.data.is_empty() || Instant::now() > deadline {
+                break f;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let second = s
+            .forward(18090, b"second connection", Duration::from_secs(10))
+            .await?;
+        for (f, want) in [
+            (first, &b"first connection"[..]),
+            (second, b"second connection"),
+        ] {
+            if f.data != want {
+                anyhow::bail!(
+                    "port-forward gave {:?}, error {:?}; want {:?}",
+                    String::from_utf8_lossy(&f.data),
+                    String::from_utf8_lossy(&f.error),
+                    String::from_utf8_lossy(want)
+                );
+            }
+        }
+        s.close().await
     }
     .await;
     remove_pod(c, &pod).await?;

@@ -2,7 +2,8 @@
 //! single-use token; kubelet's caller (the API server, or crictl) connects to it and upgrades
 //! the connection to a stream protocol: exec over SPDY/3.1 and WebSocket (the remote-command
 //! channel protocols, with or without a terminal), attach over the same protocols, and
-//! port-forward over SPDY/3.1 and WebSocket.
+//! port-forward over SPDY/3.1, over SPDY/3.1 tunnelled in WebSocket (KEP-4006, client-go since
+//! Kubernetes 1.30) and over kubelet's WebSocket channel protocol.
 //!
 //! - `tokens`: the single-use, expiring tokens;
 //! - `channel`: the channel framing and the Status messages kubectl reads;
@@ -10,7 +11,8 @@
 //! - `exec`: one exec session — the command in the container, its stdio pumped both ways;
 //! - `attach`: one attach session — joined to a running container's stdio through its shim;
 //! - `ws`, `spdy`: the two transports of a remote-command session;
-//! - `portforward`: port-forward sessions over SPDY and WebSocket.
+//! - `portforward`: port-forward sessions over SPDY and WebSocket;
+//! - `tunnel`: a WebSocket's binary messages as a byte stream, for SPDY inside WebSocket.
 
 pub mod attach;
 pub mod channel;
@@ -19,6 +21,7 @@ pub mod portforward;
 pub mod server;
 pub mod spdy;
 pub mod tokens;
+pub mod tunnel;
 pub mod ws;
 
 use std::sync::Mutex;

@@ -3,7 +3,8 @@
 //! header — `streamType: error` and `streamType: data`, both with the target `port`. The
 //! server dials that port on the loopback of the pod's network namespace and copies bytes
 //! both ways on the data stream; a failure is written as text on the error stream. The
-//! session lasts until the client closes it; each connection ends with FIN both ways.
+//! session lasts until the client closes it; each connection ends with FIN both ways. The same
+//! session serves SPDY tunnelled in WebSocket (`tunnel`), given the tunnel as its byte stream.
 
 use std::collections::HashMap;
 use std::path::PathBuf;

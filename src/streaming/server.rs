@@ -1,7 +1,9 @@
 //! The HTTP side of the streaming server: one path per URL handed out (`/<kind>/<token>`), the
 //! WebSocket handshake (RFC 6455, subprotocol negotiated from the client's offer), and the
 //! bounds: request heads must arrive within seconds, sessions are capped in number (a client
-//! past the cap gets 503 before anything starts), messages are capped in size.
+//! past the cap gets 503 before anything starts), messages are capped in size. Port-forward
+//! over WebSocket is either SPDY tunnelled in binary messages (`SPDY/3.1+portforward.k8s.io`)
+//! or kubelet's channel protocols.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -88,29 +90,33 @@ async fn handle(
         .iter()
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect();
-    // Port-forward: kubelet's WebSocket protocol, ports from the query (as kubectl sends them).
+    let mut offers = offered.iter().flat_map(|h| h.split(',')).map(str::trim);
+    // Port-forward: SPDY tunnelled in WebSocket (what client-go offers since Kubernetes 1.30,
+    // ports in the SPDY streams' headers), else kubelet's WebSocket channel protocols with the
+    // ports from the query (as kubectl sent them before).
     let forward = match &session {
+        Session::PortForward(_) if offers.clone().any(|p| p == super::tunnel::PORTFORWARD) => {
+            Some(Forward::Tunnel)
+        }
         Session::PortForward(r) => {
-            let Some(name) = offered
-                .iter()
-                .flat_map(|h| h.split(','))
-                .map(str::trim)
-                .find_map(|p| super::portforward::WS_PROTOCOLS.iter().find(|s| **s == p))
+            let Some(name) =
+                offers.find_map(|p| super::portforward::WS_PROTOCOLS.iter().find(|s| **s == p))
             else {
                 return Ok(reply(
                     StatusCode::BAD_REQUEST,
-                    "no supported subprotocol offered (portforward.k8s.io, base64.portforward.k8s.io)",
+                    "no supported subprotocol offered (SPDY/3.1+portforward.k8s.io, portforward.k8s.io, base64.portforward.k8s.io)",
                 ));
             };
             match super::portforward::ws_ports(req.uri().query(), r) {
-                Ok(ports) => Some((*name, ports)),
+                Ok(ports) => Some(Forward::Channels(name, ports)),
                 Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, &e)),
             }
         }
         _ => None,
     };
     let (proto, chosen) = match &forward {
-        Some((name, _)) => (None, *name),
+        Some(Forward::Tunnel) => (None, super::tunnel::PORTFORWARD),
+        Some(Forward::Channels(name, _)) => (None, *name),
         None => match Protocol::negotiate(offered.iter().map(String::as_str)) {
             Some(p) => (Some(p), p.name()),
             None => {
@@ -126,9 +132,13 @@ async fn handle(
     };
     let accept = derive_accept_key(&key);
     on_upgrade(req, permit, move |io| async move {
+        let max = match forward {
+            Some(Forward::Tunnel) => super::tunnel::MAX_TUNNEL_MESSAGE,
+            _ => MAX_MESSAGE,
+        };
         let config = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE))
-            .max_frame_size(Some(MAX_MESSAGE));
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
         match (session, proto, forward) {
             (Session::Exec(r), Some(proto), _) => {
@@ -137,7 +147,10 @@ async fn handle(
             (Session::Attach(r), Some(proto), _) => {
                 super::ws::remote(rt, Remote::Attach(r), proto, ws).await
             }
-            (Session::PortForward(r), _, Some((name, ports))) => {
+            (Session::PortForward(r), _, Some(Forward::Tunnel)) => {
+                super::portforward::spdy(rt, r, super::tunnel::Tunnel::new(ws)).await
+            }
+            (Session::PortForward(r), _, Some(Forward::Channels(name, ports))) => {
                 let base64 = name.starts_with("base64.");
                 super::portforward::websocket(rt, r, ports, base64, ws).await
             }
@@ -157,6 +170,14 @@ async fn handle(
         HeaderValue::from_static(chosen),
     );
     Ok(r)
+}
+
+/// How a WebSocket port-forward session speaks.
+enum Forward {
+    /// SPDY/3.1 port-forward inside the WebSocket's binary messages (`tunnel`).
+    Tunnel,
+    /// kubelet's channel protocols (`portforward::websocket`): the subprotocol and the ports.
+    Channels(&'static str, Vec<u16>),
 }
 
 fn busy() -> Response<Full<Bytes>> {

@@ -94,7 +94,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// Frames to the client, each written whole (one header-compression context, in order).
+/// Frames to the client, each written whole and flushed (one header-compression context, in
+/// order); the connection is shut down after GOAWAY or when the session drops its sender (over
+/// a WebSocket tunnel that is the close message the client reads as the end).
 pub(super) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
     let mut codec = HeaderCodec::new();
     let mut buf = Vec::new();
@@ -102,17 +104,19 @@ pub(super) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::
         buf.clear();
         let end = matches!(f, Frame::GoAway { .. });
         frame::write(&f, &mut codec, &mut buf);
-        if !matches!(
-            tokio::time::timeout(STALL, w.write_all(&buf)).await,
-            Ok(Ok(()))
-        ) {
+        let sent = tokio::time::timeout(STALL, async {
+            w.write_all(&buf).await?;
+            w.flush().await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
             return;
         }
         if end {
-            let _ = w.shutdown().await;
-            return;
+            break;
         }
     }
+    let _ = tokio::time::timeout(STALL, w.shutdown()).await;
 }
 
 pub async fn remote<IO>(rt: Shared, cmd: Remote, version: &'static str, io: IO)
