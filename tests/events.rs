@@ -10,7 +10,9 @@ use futures::StreamExt;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::ContainerEventType as T;
 
-async fn next(s: &mut tonic::Streaming<cri::ContainerEventResponse>) -> cri::ContainerEventResponse {
+async fn next(
+    s: &mut tonic::Streaming<cri::ContainerEventResponse>,
+) -> cri::ContainerEventResponse {
     tokio::time::timeout(Duration::from_secs(20), s.next())
         .await
         .expect("an event within 20 s")
@@ -41,8 +43,15 @@ async fn pod_stop_and_remove_report_their_containers() -> anyhow::Result<()> {
     for (i, id) in ids.iter().enumerate() {
         for want in [T::ContainerCreatedEvent, T::ContainerStartedEvent] {
             let ev = next(&mut s).await;
-            assert_eq!((&ev.container_id, ev.container_event_type), (id, want as i32));
-            let listed: Vec<&str> = ev.containers_statuses.iter().map(|s| s.id.as_str()).collect();
+            assert_eq!(
+                (&ev.container_id, ev.container_event_type),
+                (id, want as i32)
+            );
+            let listed: Vec<&str> = ev
+                .containers_statuses
+                .iter()
+                .map(|s| s.id.as_str())
+                .collect();
             assert_eq!(listed.len(), i + 1, "{want:?} of {id}: {listed:?}");
         }
     }
@@ -61,8 +70,14 @@ async fn pod_stop_and_remove_report_their_containers() -> anyhow::Result<()> {
     while stopped.len() + deleted.len() < 4 {
         let ev = next(&mut s).await;
         let ps = ev.pod_sandbox_status.as_ref().expect("the pod's status");
-        assert_eq!(ps.metadata.as_ref().map(|m| m.uid.as_str()), Some("uid-events"));
-        let own = ev.containers_statuses.iter().find(|st| st.id == ev.container_id);
+        assert_eq!(
+            ps.metadata.as_ref().map(|m| m.uid.as_str()),
+            Some("uid-events")
+        );
+        let own = ev
+            .containers_statuses
+            .iter()
+            .find(|st| st.id == ev.container_id);
         if ev.container_event_type == T::ContainerStoppedEvent as i32 {
             assert!(!deleted.contains(&ev.container_id), "stopped after deleted");
             let st = own.expect("a stopped container's status");
@@ -78,7 +93,11 @@ async fn pod_stop_and_remove_report_their_containers() -> anyhow::Result<()> {
     stopped.sort();
     deleted.sort();
     ids.sort();
-    assert_eq!((&stopped, &deleted), (&ids, &ids), "one stopped and one deleted each");
+    assert_eq!(
+        (&stopped, &deleted),
+        (&ids, &ids),
+        "one stopped and one deleted each"
+    );
     // Nothing follows: no second stopped event from an exit watcher.
     let late = tokio::time::timeout(Duration::from_secs(2), s.next()).await;
     assert!(late.is_err(), "a late event: {late:?}");

@@ -646,7 +646,9 @@ async fn status_and_remove_by_a_unique_id_prefix() -> anyhow::Result<()> {
         );
         let err = c
             .image
-            .remove_image(cri::RemoveImageRequest { image: spec(&spec_) })
+            .remove_image(cri::RemoveImageRequest {
+                image: spec(&spec_),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
@@ -726,8 +728,10 @@ async fn status_and_remove_by_a_unique_id_prefix() -> anyhow::Result<()> {
 async fn a_name_wins_over_an_id_prefix() -> anyhow::Result<()> {
     let e = common::env().await?;
     // docker.io served by the test registry, so a bare name resolves and pulls.
-    e.daemon
-        .hosts("docker.io", &format!("server = \"http://{}\"\n", e.registry.host))?;
+    e.daemon.hosts(
+        "docker.io",
+        &format!("server = \"http://{}\"\n", e.registry.host),
+    )?;
     let by_id = format!("{}/test/standard:v1", e.registry.host);
     let id = pull(&e.daemon, &by_id).await?;
     let hex = id["sha256:".len()..][..8].to_owned();
@@ -746,7 +750,10 @@ async fn a_name_wins_over_an_id_prefix() -> anyhow::Result<()> {
 
     let img = image_status(&mut c, &hex).await?.expect("the named image");
     assert_eq!(img.id, named.id());
-    assert_eq!(img.repo_tags, vec![format!("docker.io/library/{hex}:latest")]);
+    assert_eq!(
+        img.repo_tags,
+        vec![format!("docker.io/library/{hex}:latest")]
+    );
     let img = image_status(&mut c, &format!("sha256:{hex}"))
         .await?
         .expect("the image by id prefix");
@@ -756,7 +763,9 @@ async fn a_name_wins_over_an_id_prefix() -> anyhow::Result<()> {
     c.image
         .remove_image(cri::RemoveImageRequest { image: spec(&hex) })
         .await?;
-    let img = image_status(&mut c, &hex).await?.expect("now the id prefix");
+    let img = image_status(&mut c, &hex)
+        .await?
+        .expect("now the id prefix");
     assert_eq!(img.id, id);
     assert!(
         image_status(&mut c, &named.id()).await?.is_none(),
@@ -764,7 +773,10 @@ async fn a_name_wins_over_an_id_prefix() -> anyhow::Result<()> {
     );
     // Names keep resolving as before: the full reference, the id with and without sha256:.
     for s in [by_id.as_str(), id.as_str(), &id["sha256:".len()..]] {
-        assert_eq!(image_status(&mut c, s).await?.map(|i| i.id), Some(id.clone()));
+        assert_eq!(
+            image_status(&mut c, s).await?.map(|i| i.id),
+            Some(id.clone())
+        );
     }
     Ok(())
 }

@@ -14,7 +14,11 @@ async fn windows_style_volume_paths_are_rooted_at_slash() -> anyhow::Result<()> 
     let layer = TarBuilder::new()
         .dir("C:", 0o755)
         .dir("C:/weird_test_dir", 0o755)
-        .file("C:/weird_test_dir/weird_test_file", 0o644, b"test_content\n")
+        .file(
+            "C:/weird_test_dir/weird_test_file",
+            0o644,
+            b"test_content\n",
+        )
         .finish();
     let image = common::push_with_layer(
         &e,

@@ -140,7 +140,14 @@ mod tests {
             assert_eq!(v(json!({key: {}})).unwrap(), [want], "{key}");
         }
         let long = "a".repeat(MAX_VOLUME_PATH);
-        for bad in ["", "/../../etc", "/a/../b", "C:/../x", "/a\u{0}b", long.as_str()] {
+        for bad in [
+            "",
+            "/../../etc",
+            "/a/../b",
+            "C:/../x",
+            "/a\u{0}b",
+            long.as_str(),
+        ] {
             assert!(
                 matches!(v(json!({bad: {}})), Err(VolumeError::BadPath(_))),
                 "{bad}"
