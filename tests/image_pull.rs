@@ -572,3 +572,211 @@ async fn list_images_filter_selects_exactly_one() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Two images whose ids share their first `shared` hex digits (found offline: the ids are the
+/// configs' digests), pushed and pulled: (ids, references).
+async fn twins(e: &common::Env, shared: usize) -> anyhow::Result<([String; 2], [String; 2])> {
+    let layer = TestImages::data_layer(64, 11);
+    let mut seen: std::collections::HashMap<String, Image> = std::collections::HashMap::new();
+    let mut pair = None;
+    for n in 0..200_000u32 {
+        let img = Image::new(
+            vec![layer.clone()],
+            "amd64",
+            false,
+            serde_json::json!({"Labels": {"twin": n.to_string()}}),
+        );
+        let key = img.id()["sha256:".len()..][..shared].to_owned();
+        if let Some(first) = seen.remove(&key) {
+            pair = Some((first, img));
+            break;
+        }
+        seen.insert(key, img);
+    }
+    let (a, b) = pair.expect("two ids sharing a prefix");
+    let p = Pusher::new(&e.registry)?;
+    let mut refs = Vec::new();
+    for (repo, img) in [("test/twin-a", &a), ("test/twin-b", &b)] {
+        p.image(repo, "v1", img).await?;
+        let r = format!("{}/{repo}:v1", e.registry.host);
+        assert_eq!(pull(&e.daemon, &r).await?, img.id());
+        refs.push(r);
+    }
+    Ok(([a.id(), b.id()], [refs[0].clone(), refs[1].clone()]))
+}
+
+async fn image_status(
+    c: &mut kelson_testkit::daemon::Cri,
+    image: &str,
+) -> Result<Option<cri::Image>, tonic::Status> {
+    Ok(c.image
+        .image_status(cri::ImageStatusRequest {
+            image: spec(image),
+            verbose: false,
+        })
+        .await?
+        .into_inner()
+        .image)
+}
+
+/// ImageStatus and RemoveImage take a unique prefix of the image id, with or without `sha256:`,
+/// as crictl users type them; an ambiguous prefix is refused by name and removes nothing; a
+/// prefix of no image is an empty status and a removal that succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_remove_by_a_unique_id_prefix() -> anyhow::Result<()> {
+    let e = common::env_with(RegistryOptions::default(), "").await?;
+    let shared = 3;
+    let ([id_a, id_b], [ref_a, ref_b]) = twins(&e, shared).await?;
+    let (hex_a, hex_b) = (&id_a["sha256:".len()..], &id_b["sha256:".len()..]);
+    let common_len = hex_a
+        .bytes()
+        .zip(hex_b.bytes())
+        .take_while(|(x, y)| x == y)
+        .count();
+    assert!(common_len >= shared);
+    let mut c = e.daemon.cri().await?;
+
+    let ambiguous = &hex_a[..common_len];
+    for spec_ in [ambiguous.to_owned(), format!("sha256:{ambiguous}")] {
+        let err = image_status(&mut c, &spec_).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().contains(&spec_) && err.message().contains("ambiguous"),
+            "{err:?}"
+        );
+        let err = c
+            .image
+            .remove_image(cri::RemoveImageRequest {
+                image: spec(&spec_),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(&spec_), "{err:?}");
+    }
+    for r in [&ref_a, &ref_b] {
+        assert!(image_status(&mut c, r).await?.is_some(), "{r} kept");
+    }
+
+    // One digit more than they share: each is unique.
+    let unique_a = &hex_a[..common_len + 1];
+    let unique_b = &hex_b[..common_len + 1];
+    for (s, want) in [
+        (unique_a.to_owned(), &id_a),
+        (format!("sha256:{unique_a}"), &id_a),
+        (unique_b.to_owned(), &id_b),
+        (hex_b[..20].to_owned(), &id_b),
+    ] {
+        let img = image_status(&mut c, &s).await?.expect("found by prefix");
+        assert_eq!(&img.id, want, "{s}");
+        assert_eq!(img.repo_tags.len(), 1, "{s}");
+    }
+
+    // A prefix of no image: the CRI's "not here" answers.
+    let first = "0123456789abcdef"
+        .chars()
+        .find(|d| !hex_a.starts_with(*d) && !hex_b.starts_with(*d))
+        .expect("a digit neither id starts with");
+    let none = &format!("{first}{}", &hex_a[1..7]);
+    assert!(!hex_a.starts_with(none) && !hex_b.starts_with(none));
+    assert!(image_status(&mut c, none).await?.is_none());
+    assert!(
+        image_status(&mut c, &format!("sha256:{none}"))
+            .await?
+            .is_none()
+    );
+    c.image
+        .remove_image(cri::RemoveImageRequest { image: spec(none) })
+        .await?;
+
+    // RemoveImage by a unique prefix removes that whole image and only it.
+    c.image
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(&format!("sha256:{unique_a}")),
+        })
+        .await?;
+    assert!(image_status(&mut c, &ref_a).await?.is_none());
+    assert!(image_status(&mut c, unique_a).await?.is_none());
+    assert_eq!(
+        image_status(&mut c, &ref_b).await?.map(|i| i.id),
+        Some(id_b.clone())
+    );
+    // With one image left, the once-ambiguous prefix is unique.
+    assert_eq!(
+        image_status(&mut c, ambiguous).await?.map(|i| i.id),
+        Some(id_b.clone())
+    );
+    c.image
+        .remove_image(cri::RemoveImageRequest {
+            image: spec(unique_b),
+        })
+        .await?;
+    let left = c
+        .image
+        .list_images(cri::ListImagesRequest { filter: None })
+        .await?
+        .into_inner()
+        .images;
+    assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
+
+/// A short hex string is a name first and an id prefix second, as in containerd: `abc` is the
+/// image `docker.io/library/abc:latest` when that is here, even when another image's id starts
+/// with `abc`; `sha256:abc` is only ever a prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_name_wins_over_an_id_prefix() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    // docker.io served by the test registry, so a bare name resolves and pulls.
+    e.daemon.hosts(
+        "docker.io",
+        &format!("server = \"http://{}\"\n", e.registry.host),
+    )?;
+    let by_id = format!("{}/test/standard:v1", e.registry.host);
+    let id = pull(&e.daemon, &by_id).await?;
+    let hex = id["sha256:".len()..][..8].to_owned();
+    let named = Image::new(
+        vec![TestImages::data_layer(64, 12)],
+        "amd64",
+        false,
+        serde_json::json!({}),
+    );
+    assert!(!named.id()["sha256:".len()..].starts_with(&hex));
+    Pusher::new(&e.registry)?
+        .image(&format!("library/{hex}"), "latest", &named)
+        .await?;
+    assert_eq!(pull(&e.daemon, &hex).await?, named.id());
+    let mut c = e.daemon.cri().await?;
+
+    let img = image_status(&mut c, &hex).await?.expect("the named image");
+    assert_eq!(img.id, named.id());
+    assert_eq!(
+        img.repo_tags,
+        vec![format!("docker.io/library/{hex}:latest")]
+    );
+    let img = image_status(&mut c, &format!("sha256:{hex}"))
+        .await?
+        .expect("the image by id prefix");
+    assert_eq!(img.id, id);
+
+    // Removing by the name removes the named image; then the same string is a prefix again.
+    c.image
+        .remove_image(cri::RemoveImageRequest { image: spec(&hex) })
+        .await?;
+    let img = image_status(&mut c, &hex)
+        .await?
+        .expect("now the id prefix");
+    assert_eq!(img.id, id);
+    assert!(
+        image_status(&mut c, &named.id()).await?.is_none(),
+        "the named image is gone"
+    );
+    // Names keep resolving as before: the full reference, the id with and without sha256:.
+    for s in [by_id.as_str(), id.as_str(), &id["sha256:".len()..]] {
+        assert_eq!(
+            image_status(&mut c, s).await?.map(|i| i.id),
+            Some(id.clone())
+        );
+    }
+    Ok(())
+}

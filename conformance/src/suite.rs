@@ -60,6 +60,7 @@ pub fn cases() -> Vec<Case> {
         case!(attach_to_a_running_container),
         case!(port_forward_over_spdy),
         case!(port_forward_over_spdy_in_websocket),
+        case!(container_events_follow_the_lifecycle),
     ]);
     cases
 }
@@ -965,6 +966,139 @@ async fn port_forward_over_spdy_in_websocket(c: &Cri, o: &Options) -> anyhow::Re
             }
         }
         s.close().await
+    }
+    .await;
+    remove_pod(c, &pod).await?;
+    result
+}
+
+/// The next event for `id` on `s` (events for other ids — a runtime may report sandboxes too —
+/// are passed over), within 20 s.
+async fn next_event_for(
+    s: &mut tonic::Streaming<cri::ContainerEventResponse>,
+    id: &str,
+) -> anyhow::Result<cri::ContainerEventResponse> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .with_context(|| format!("no event for {id} within 20 s"))?
+            .context("GetContainerEvents stream")?
+            .context("GetContainerEvents stream ended")?;
+        if ev.container_id == id {
+            return Ok(ev);
+        }
+    }
+}
+
+/// Check the next four events for container `id` of pod `uid`: created, started, stopped,
+/// deleted, each with the pod's status (kubelet's evented PLEG drops an event without it) and,
+/// but for deleted, the container's own status in the state the event names.
+async fn expect_lifecycle_events(
+    s: &mut tonic::Streaming<cri::ContainerEventResponse>,
+    id: &str,
+    uid: &str,
+) -> anyhow::Result<()> {
+    use cri::ContainerEventType as T;
+    use cri::ContainerState as S;
+    for (want, state) in [
+        (T::ContainerCreatedEvent, Some(S::ContainerCreated)),
+        (T::ContainerStartedEvent, Some(S::ContainerRunning)),
+        (T::ContainerStoppedEvent, Some(S::ContainerExited)),
+        (T::ContainerDeletedEvent, None),
+    ] {
+        let ev = next_event_for(s, id).await?;
+        ensure!(
+            ev.container_event_type == want as i32,
+            "event {} for {id}, expected {want:?}",
+            ev.container_event_type
+        );
+        ensure!(ev.created_at > 0, "{want:?}: created_at unset");
+        let pod_uid = ev
+            .pod_sandbox_status
+            .as_ref()
+            .and_then(|p| p.metadata.as_ref())
+            .map(|m| m.uid.as_str());
+        ensure!(
+            pod_uid == Some(uid),
+            "{want:?}: pod status metadata uid {pod_uid:?}, expected {uid}"
+        );
+        if let Some(state) = state {
+            let st = ev
+                .containers_statuses
+                .iter()
+                .find(|st| st.id == id)
+                .with_context(|| format!("{want:?}: no status for the container"))?;
+            ensure!(
+                st.state == state as i32,
+                "{want:?}: container state {}, expected {state:?}",
+                st.state
+            );
+        }
+    }
+    Ok(())
+}
+
+/// GetContainerEvents, as kubelet's evented PLEG reads it: a subscriber from before the
+/// container sees created, started, stopped and deleted — through the container verbs, and
+/// for a container its pod's StopPodSandbox and RemovePodSandbox take down.
+async fn container_events_follow_the_lifecycle(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    pull(c, &o.image).await?;
+    let mut cc = c.clone();
+    let mut events = cc
+        .runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .context("GetContainerEvents")?
+        .into_inner();
+    let (pod, pod_cfg) = run_pod(c, o, "events").await?;
+    let uid = pod_cfg
+        .metadata
+        .as_ref()
+        .map(|m| m.uid.clone())
+        .unwrap_or_default();
+    let result = async {
+        let create_start = |name: &'static str| {
+            let (mut cc, pod, pod_cfg) = (c.clone(), pod.clone(), pod_cfg.clone());
+            async move {
+                let id = cc
+                    .runtime
+                    .create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id: pod,
+                        config: Some(container_config(o, name, "exec sleep 3600")),
+                        sandbox_config: Some(pod_cfg),
+                    })
+                    .await?
+                    .into_inner()
+                    .container_id;
+                cc.runtime
+                    .start_container(cri::StartContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await?;
+                anyhow::Ok(id)
+            }
+        };
+        let by_verbs = create_start("by-verbs").await?;
+        cc.runtime
+            .stop_container(cri::StopContainerRequest {
+                container_id: by_verbs.clone(),
+                timeout: 0,
+            })
+            .await?;
+        cc.runtime
+            .remove_container(cri::RemoveContainerRequest {
+                container_id: by_verbs.clone(),
+            })
+            .await?;
+        expect_lifecycle_events(&mut events, &by_verbs, &uid)
+            .await
+            .context("container stopped and removed by its own verbs")?;
+        let by_pod = create_start("by-pod").await?;
+        remove_pod(c, &pod).await?;
+        expect_lifecycle_events(&mut events, &by_pod, &uid)
+            .await
+            .context("container stopped and removed with its pod")
     }
     .await;
     remove_pod(c, &pod).await?;

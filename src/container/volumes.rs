@@ -20,11 +20,16 @@ pub const MAX_VOLUME_PATH: usize = 4096;
 pub enum VolumeError {
     #[error("image config: more than {MAX_IMAGE_VOLUMES} volumes")]
     TooMany,
-    #[error("image volume {0:?} must be an absolute path without ..")]
+    #[error("image volume {0:?} must be a non-empty path without .. or NUL")]
     BadPath(String),
 }
 
-/// The image config's `Volumes` keys, checked.
+/// The image config's `Volumes` keys, checked, as absolute paths.
+///
+/// A key that is not absolute is rooted at `/` as it is, as containerd does for Linux
+/// containers: images built on Windows carry `C:/dir` (and `:dir`), which become `/C:/dir` (and
+/// `/:dir`) — the drive letter stays, a directory named `C:`, so the files the image put under
+/// `C:/dir` are in the volume.
 pub fn from_config(config: &serde_json::Value) -> Result<Vec<String>, VolumeError> {
     let Some(map) = config["config"]["Volumes"].as_object() else {
         return Ok(Vec::new());
@@ -32,19 +37,23 @@ pub fn from_config(config: &serde_json::Value) -> Result<Vec<String>, VolumeErro
     if map.len() > MAX_IMAGE_VOLUMES {
         return Err(VolumeError::TooMany);
     }
-    map.keys()
-        .map(|p| {
-            let ok = p.starts_with('/')
-                && p.len() <= MAX_VOLUME_PATH
-                && !p.contains('\0')
-                && !p.split('/').any(|c| c == "..");
-            if ok {
-                Ok(p.clone())
-            } else {
-                Err(VolumeError::BadPath(p.chars().take(120).collect()))
-            }
-        })
-        .collect()
+    map.keys().map(|p| absolute(p)).collect()
+}
+
+fn absolute(p: &str) -> Result<String, VolumeError> {
+    let bad = || VolumeError::BadPath(p.chars().take(120).collect());
+    if p.is_empty() || p.contains('\0') || p.split('/').any(|c| c == "..") {
+        return Err(bad());
+    }
+    let abs = if p.starts_with('/') {
+        p.to_owned()
+    } else {
+        format!("/{p}")
+    };
+    if abs.len() > MAX_VOLUME_PATH {
+        return Err(bad());
+    }
+    Ok(abs)
 }
 
 fn how(flags: OFlag) -> OpenHow {
@@ -121,7 +130,24 @@ mod tests {
             from_config(&json!({"config": {}})).unwrap(),
             Vec::<String>::new()
         );
-        for bad in ["data", "/../../etc", "/a/../b", "/a\u{0}b"] {
+        // Not absolute (images built on Windows): rooted at `/`, the drive letter kept.
+        for (key, want) in [
+            ("C:/weird_test_dir", "/C:/weird_test_dir"),
+            (":colon_prefixed", "/:colon_prefixed"),
+            ("data", "/data"),
+            ("c:\\dir", "/c:\\dir"),
+        ] {
+            assert_eq!(v(json!({key: {}})).unwrap(), [want], "{key}");
+        }
+        let long = "a".repeat(MAX_VOLUME_PATH);
+        for bad in [
+            "",
+            "/../../etc",
+            "/a/../b",
+            "C:/../x",
+            "/a\u{0}b",
+            long.as_str(),
+        ] {
             assert!(
                 matches!(v(json!({bad: {}})), Err(VolumeError::BadPath(_))),
                 "{bad}"
@@ -154,6 +180,7 @@ mod tests {
             "/abs/escape",
             "/up/escape",
             "/good/x",
+            "/C:/weird_test_dir",
         ] {
             make(r, v, (1000, 1000));
         }
@@ -166,6 +193,7 @@ mod tests {
             r.join("inroot/x").is_dir(),
             "an in-root symlink is followed"
         );
+        assert!(r.join("C:/weird_test_dir").is_dir());
         // "/up" resolves to the rootfs itself: the volume is made there, not in the host's /.
         assert!(r.join("escape").is_dir());
         assert!(!Path::new("/escape").exists());

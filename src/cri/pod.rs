@@ -143,9 +143,17 @@ pub async fn run(
 pub async fn stop(rt: &Shared, id: String) -> Result<cri::StopPodSandboxResponse, Status> {
     tracing::Span::current().record("pod", id.as_str());
     if let Ok(pod) = rt.pods.find(&id) {
-        // CRI: running containers of a stopped sandbox are forcibly terminated.
+        // CRI: running containers of a stopped sandbox are forcibly terminated. Through the
+        // CRI verb, so event subscribers hear of each as if it had been stopped by itself.
         for c in rt.containers.of_pod(&pod.id)? {
-            rt.containers.stop(&c.id, std::time::Duration::ZERO).await?;
+            super::container::stop(
+                rt,
+                cri::StopContainerRequest {
+                    container_id: c.id,
+                    timeout: 0,
+                },
+            )
+            .await?;
         }
     }
     let pods = rt.pods.clone();
@@ -156,8 +164,10 @@ pub async fn stop(rt: &Shared, id: String) -> Result<cri::StopPodSandboxResponse
 pub async fn remove(rt: &Shared, id: String) -> Result<cri::RemovePodSandboxResponse, Status> {
     tracing::Span::current().record("pod", id.as_str());
     if let Ok(pod) = rt.pods.find(&id) {
+        // Through the CRI verb: each container's deleted event goes out (kubelet's evented
+        // PLEG drops the container from its cache on it).
         for c in rt.containers.of_pod(&pod.id)? {
-            rt.containers.remove(&c.id).await?;
+            super::container::remove(rt, c.id).await?;
         }
     }
     let pods = rt.pods.clone();

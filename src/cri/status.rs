@@ -25,7 +25,9 @@ impl From<ImageError> for Status {
             return Status::new(code, format!("image filesystem is full: {e}"));
         }
         let code = match &e {
-            ImageError::Reference(_) | ImageError::Auth(_) => Code::InvalidArgument,
+            ImageError::Reference(_) | ImageError::Auth(_) | ImageError::Ambiguous(_) => {
+                Code::InvalidArgument
+            }
             ImageError::Hosts(_) => Code::FailedPrecondition,
             ImageError::Registry { source, .. } => match source {
                 RegistryError::NotFound { .. } => Code::NotFound,

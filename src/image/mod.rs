@@ -72,6 +72,8 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error("unpack task failed: {0}")]
     Task(String),
+    #[error("image id prefix {0} is ambiguous")]
+    Ambiguous(String),
 }
 
 impl ImageError {
@@ -210,8 +212,12 @@ impl ImageService {
     }
 
     /// Find an image by id (with or without `sha256:`), repo tag or repo digest, in any of the
-    /// forms kubelet and crictl send (`busybox`, `docker.io/library/busybox:latest`, …).
-    /// Returns the image and the name it was found by (None when found by id).
+    /// forms kubelet and crictl send (`busybox`, `docker.io/library/busybox:latest`, …), or by a
+    /// unique prefix of its id. Returns the image and the name it was found by (None when found
+    /// by id).
+    ///
+    /// The order is containerd's: a full id, then a name, then an id prefix — so `abc` is the
+    /// repository `docker.io/library/abc` when that image is here, and an id prefix otherwise.
     pub fn resolve(&self, spec: &str) -> Result<Option<(ImageRecord, Option<String>)>, ImageError> {
         let as_id = if spec.len() == 64 {
             format!("sha256:{spec}")
@@ -223,12 +229,26 @@ impl ImageService {
                 return Ok(Some((r, None)));
             }
         }
-        let r = ImageRef::parse(spec)?;
-        let name = r.to_string();
-        let Some(id) = self.store.image_id_by_name(&name)? else {
-            return Ok(None);
-        };
-        Ok(self.store.image(&id)?.map(|rec| (rec, Some(name))))
+        let named = ImageRef::parse(spec).map(|r| r.to_string());
+        if let Ok(name) = &named {
+            if let Some(id) = self.store.image_id_by_name(name)? {
+                if let Some(rec) = self.store.image(&id)? {
+                    return Ok(Some((rec, Some(name.clone()))));
+                }
+            }
+        }
+        if let Some(hex) = id_prefix(spec) {
+            let hits = self
+                .store
+                .image_ids_with_prefix(&format!("{}{hex}", digest::SHA256_PREFIX), 2)?;
+            return match hits.as_slice() {
+                [] => Ok(None),
+                [id] => Ok(self.store.image(id)?.map(|r| (r, None))),
+                _ => Err(ImageError::Ambiguous(spec.to_owned())),
+            };
+        }
+        named?;
+        Ok(None)
     }
 
     pub fn list(&self, filter: Option<&str>) -> Result<Vec<ImageInfo>, ImageError> {
@@ -425,4 +445,11 @@ impl ImageService {
         self.collect_garbage()?;
         Ok(())
     }
+}
+
+/// The hex digits of `spec` when it can be an id prefix: 1 to 64 lower-case hex digits, with or
+/// without `sha256:`.
+fn id_prefix(spec: &str) -> Option<&str> {
+    let hex = spec.strip_prefix(digest::SHA256_PREFIX).unwrap_or(spec);
+    crate::ids::validate(hex).ok()
 }

@@ -95,6 +95,27 @@ impl Store {
             .map(|v| v.value().to_owned()))
     }
 
+    /// Up to `max` image ids that start with `prefix`, in key order (a range scan: no record
+    /// is read or decoded).
+    pub fn image_ids_with_prefix(
+        &self,
+        prefix: &str,
+        max: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin read"))?;
+        let t = tx.open_table(IMAGES).map_err(db_err("open table"))?;
+        let mut out = Vec::new();
+        for row in t.range::<&str>(prefix..).map_err(db_err("iterate"))? {
+            let (k, _) = row.map_err(db_err("read"))?;
+            let id = k.value();
+            if !id.starts_with(prefix) || out.len() == max {
+                break;
+            }
+            out.push(id.to_owned());
+        }
+        Ok(out)
+    }
+
     /// Insert or merge `rec`; each of its names is moved from whatever image held it before
     /// (a tag re-pointed by a newer pull), all in one transaction.
     pub fn put_image(&self, rec: &ImageRecord) -> Result<ImageRecord, StoreError> {
