@@ -287,8 +287,7 @@ mod tests {
     fn unterminated_output_ends_partial() {
         assert_eq!(split(&[b"tail"]), vec![(b"tail".to_vec(), false)]);
         assert_eq!(
-            split(&[b"a
-", b"b", b"c"]),
+            split(&[b"a\n", b"b", b"c"]),
             vec![(b"a".to_vec(), true), (b"bc".to_vec(), false)]
         );
         assert_eq!(split(&[b"done\n"]), vec![(b"done".to_vec(), true)]);
@@ -315,7 +314,9 @@ mod tests {
     fn kubelet_view(log: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         for line in log.split_inclusive(|b| *b == b'\n') {
-            let line = line.strip_suffix(b"\n").expect("every record ends in a newline");
+            let line = line
+                .strip_suffix(b"\n")
+                .expect("every record ends in a newline");
             let mut f = line.splitn(4, |b| *b == b' ');
             let (_ts, _stream, tag, content) = (f.next(), f.next(), f.next(), f.next());
             out.extend_from_slice(content.expect("four fields"));
@@ -336,8 +337,7 @@ mod tests {
         for chunk in [1, 7, 4096, MAX_LINE, input.len()] {
             let mut s = Splitter::default();
             let mut log = Vec::new();
-            let mut emit =
-                |b: &[u8], f: bool| log.extend(record(UNIX_EPOCH, Stream::Stdout, f, b));
+            let mut emit = |b: &[u8], f: bool| log.extend(record(UNIX_EPOCH, Stream::Stdout, f, b));
             for c in input.chunks(chunk) {
                 s.push(c, &mut emit);
             }
