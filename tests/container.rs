@@ -157,7 +157,7 @@ async fn run_to_completion_with_logs_and_exit_code() -> anyhow::Result<()> {
         .collect();
     assert!(lines.contains(&("stdout", "F", "hello")), "{log}");
     assert!(lines.contains(&("stderr", "F", "oops")), "{log}");
-    assert!(lines.contains(&("stdout", "F", "partial")), "{log}");
+    assert!(lines.contains(&("stdout", "P", "partial")), "{log}");
     // The image's user (65534) ran it; the rootfs is an overlay of the image layers.
     let ok = create(
         &mut c,

@@ -56,6 +56,8 @@ pub fn cases() -> Vec<Case> {
         case!(pod_sandbox_lifecycle),
         case!(container_lifecycle_logs_and_exec),
         case!(container_exit_code_and_reason),
+        case!(unterminated_output_is_logged_partial),
+        case!(exec_sync_returns_while_a_background_child_holds_its_output),
         case!(exec_streams_over_spdy_and_websocket),
         case!(attach_to_a_running_container),
         case!(port_forward_over_spdy),
@@ -666,6 +668,120 @@ async fn container_exit_code_and_reason(c: &Cri, o: &Options) -> anyhow::Result<
         .remove_container(cri::RemoveContainerRequest { container_id: id })
         .await?;
     remove_pod(c, &pod).await
+}
+
+/// Output that ends without a newline ends the log with a partial (`P`) record: kubelet adds
+/// a newline after every full (`F`) one, which the container never wrote.
+async fn unterminated_output_is_logged_partial(c: &Cri, o: &Options) -> anyhow::Result<()> {
+    pull(c, &o.image).await?;
+    let (pod, pod_cfg) = run_pod(c, o, "partial").await?;
+    let mut cc = c.clone();
+    let result = async {
+        let id = cc
+            .runtime
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container_config(
+                    o,
+                    "main",
+                    "echo whole; printf unterminated",
+                )),
+                sandbox_config: Some(pod_cfg),
+            })
+            .await?
+            .into_inner()
+            .container_id;
+        cc.runtime
+            .start_container(cri::StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await?;
+        let s = wait_exit(c, &id).await?;
+        let log = std::fs::read_to_string(&s.log_path)
+            .with_context(|| format!("reading {}", s.log_path))?;
+        ensure!(log.ends_with('\n'), "the last record is torn: {log:?}");
+        let recs: Vec<(&str, &str)> = log
+            .lines()
+            .map(|l| {
+                let mut f = l.splitn(4, ' ').skip(2);
+                (f.next().unwrap_or(""), f.next().unwrap_or(""))
+            })
+            .collect();
+        ensure!(
+            recs == [("F", "whole"), ("P", "unterminated")],
+            "log records {recs:?}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    remove_pod(c, &pod).await?;
+    result
+}
+
+/// ExecSync of a command that exits at once but leaves a child holding its stdout and stderr
+/// (`sh -c 'daemon &'`, common in exec probes): the answer is the command's, well within the
+/// request's timeout; the child goes on in the container.
+async fn exec_sync_returns_while_a_background_child_holds_its_output(
+    c: &Cri,
+    o: &Options,
+) -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    const TIMEOUT: i64 = 20;
+    let (pod, id) = running(
+        c,
+        o,
+        "bgexec",
+        "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+    )
+    .await?;
+    let mut cc = c.clone();
+    let result = async {
+        let t0 = Instant::now();
+        let call = cc.runtime.exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo started; sleep 31536000 &".into(),
+            ],
+            timeout: TIMEOUT,
+        });
+        let r = tokio::time::timeout(Duration::from_secs(TIMEOUT as u64 * 2), call)
+            .await
+            .context("ExecSync did not answer")?
+            .context("ExecSync")?
+            .into_inner();
+        let took = t0.elapsed();
+        ensure!(
+            r.exit_code == 0 && r.stdout == b"started\n",
+            "ExecSync gave {} {:?} {:?}",
+            r.exit_code,
+            r.stdout,
+            r.stderr
+        );
+        ensure!(
+            took < Duration::from_secs(TIMEOUT as u64) / 2,
+            "ExecSync took {took:?} of its {TIMEOUT} s"
+        );
+        let ps = cc
+            .runtime
+            .exec_sync(cri::ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["/bin/sh".into(), "-c".into(), "ps -o args".into()],
+                timeout: TIMEOUT,
+            })
+            .await?
+            .into_inner();
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        ensure!(
+            ps.lines().any(|l| l.trim() == "sleep 31536000"),
+            "the background child is gone: {ps}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    remove_pod(c, &pod).await?;
+    result
 }
 
 /// A running container in its own pod, started from `script`.

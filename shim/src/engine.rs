@@ -132,6 +132,19 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
+/// Hand this process's stdio pipes (soon the process's) to the user the bundle's process runs
+/// as (see `stdio`). Before anything joins the pod's user namespace.
+fn give_stdio(bundle: &Path) -> Result<(), String> {
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(bundle.join("config.json")).map_err(|e| err("container spec", e))?,
+    )
+    .map_err(|e| err("container spec", e))?;
+    match crate::stdio::host_user(&spec) {
+        Some(owner) => crate::stdio::give(owner),
+        None => Err("container spec: the process user is not mapped in its user namespace".into()),
+    }
+}
+
 /// The container's stdio: this process's stdout and stderr (the shim's pipes), stdin /dev/null.
 fn stdio() -> Result<(std::fs::File, std::os::fd::OwnedFd, std::os::fd::OwnedFd), String> {
     let out = std::io::stdout()
@@ -160,6 +173,7 @@ pub fn create(
     console_socket: Option<&Path>,
     start_report: Option<&Path>,
 ) -> Result<(), String> {
+    give_stdio(bundle)?;
     if let Some(h) = runtime::handler(root, id)? {
         // stdin as the container's: the shim's pipe, else /dev/null; stdout/stderr are ours.
         if !stdin {
@@ -240,6 +254,7 @@ pub fn exec(
     // The container's own process spec (user, groups, env, cwd, capabilities, no_new_privs)
     // with these args: an exec runs as the container runs, not as root by default.
     if let Some(h) = runtime::handler(root, id)? {
+        give_stdio(&h.bundle)?;
         let process_file = process_spec(id, root, &h.bundle, args, false, false)?;
         if !stdin {
             let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
@@ -250,6 +265,7 @@ pub fn exec(
         return r;
     }
     let bundle = native_bundle(id, root)?;
+    give_stdio(&bundle)?;
     let process_file = process_spec(id, root, &bundle, args, false, true)?;
     let (null, out, errfd) = stdio()?;
     let input: std::os::fd::OwnedFd = if stdin {

@@ -1,8 +1,11 @@
 //! The CRI log file, in kubelet's format: one record per line,
 //! `<RFC 3339 timestamp, nanoseconds, UTC> <stdout|stderr> <P|F> <content>\n`.
-//! Lines longer than `MAX_LINE` are cut into `P` (partial) records, the last piece `F` (full).
+//! Lines longer than `MAX_LINE` are cut into `P` (partial) records, the last piece `F` (full);
+//! output that ends without a newline ends with a `P` record, since kubelet appends a newline
+//! to every `F` record it shows and would otherwise add one the container never wrote.
 //! Records are written straight to the file (no user-space buffering), so kubelet and
-//! `crictl logs` see output promptly; `reopen` follows kubelet's log rotation.
+//! `crictl logs` see output promptly; `reopen` follows kubelet's log rotation. A line still
+//! being read stays in memory until it ends, so rotation never tears one record in two files.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -106,10 +109,12 @@ impl Splitter {
         self.pending.extend_from_slice(part);
     }
 
-    /// End of stream: an unterminated last line is written as a full record, as containerd does.
+    /// End of stream: an unterminated last line is written as a partial record (kubelet's
+    /// reader joins `P` records until an `F` and shows a trailing `P` as it is, without a
+    /// newline), as containerd does.
     pub fn finish(&mut self, emit: &mut dyn FnMut(&[u8], bool)) {
         if !self.pending.is_empty() {
-            emit(&self.pending, true);
+            emit(&self.pending, false);
             self.pending.clear();
         }
     }
@@ -264,7 +269,6 @@ mod tests {
                 (b"".to_vec(), true)
             ]
         );
-        assert_eq!(split(&[b"tail"]), vec![(b"tail".to_vec(), true)]);
         let long = vec![b'x'; MAX_LINE * 2 + 10];
         let mut input = long.clone();
         input.push(b'\n');
@@ -277,6 +281,97 @@ mod tests {
         let mut exact = vec![b'y'; MAX_LINE];
         exact.push(b'\n');
         assert_eq!(split(&[&exact]).len(), 1);
+    }
+
+    #[test]
+    fn unterminated_output_ends_partial() {
+        assert_eq!(split(&[b"tail"]), vec![(b"tail".to_vec(), false)]);
+        assert_eq!(
+            split(&[b"a\n", b"b", b"c"]),
+            vec![(b"a".to_vec(), true), (b"bc".to_vec(), false)]
+        );
+        assert_eq!(split(&[b"done\n"]), vec![(b"done".to_vec(), true)]);
+        assert_eq!(split(&[]), vec![]);
+        // A long unterminated line: every piece partial, the last one too.
+        let long = vec![b'z'; MAX_LINE + 7];
+        let out = split(&[&long[..MAX_LINE - 1], &long[MAX_LINE - 1..]]);
+        assert_eq!(
+            out.iter().map(|(b, f)| (b.len(), *f)).collect::<Vec<_>>(),
+            [(MAX_LINE, false), (7, false)]
+        );
+        // Exactly MAX_LINE with no newline: one partial record, no empty one after it.
+        let exact = vec![b'y'; MAX_LINE];
+        assert_eq!(split(&[&exact]), vec![(exact.clone(), false)]);
+        // A chunk that fills the line exactly, then the newline alone: one full record.
+        let out = split(&[&exact, b"\n"]);
+        assert_eq!(out, vec![(exact.clone(), true)]);
+        // Filled exactly, then more of the same line.
+        let out = split(&[&exact, b"x\n"]);
+        assert_eq!(out, vec![(exact, false), (b"x".to_vec(), true)]);
+    }
+
+    /// What kubelet shows for a log: `F` contents with a newline, `P` contents as they are.
+    fn kubelet_view(log: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in log.split_inclusive(|b| *b == b'\n') {
+            let line = line
+                .strip_suffix(b"\n")
+                .expect("every record ends in a newline");
+            let mut f = line.splitn(4, |b| *b == b' ');
+            let (_ts, _stream, tag, content) = (f.next(), f.next(), f.next(), f.next());
+            out.extend_from_slice(content.expect("four fields"));
+            match tag {
+                Some(b"F") => out.push(b'\n'),
+                Some(b"P") => {}
+                other => panic!("tag {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn kubelet_sees_exactly_the_bytes_written() {
+        let mut input = b"one\n".to_vec();
+        input.extend(std::iter::repeat_n(b'q', MAX_LINE * 2 + 3));
+        input.extend_from_slice(b"\nlast, unterminated");
+        for chunk in [1, 7, 4096, MAX_LINE, input.len()] {
+            let mut s = Splitter::default();
+            let mut log = Vec::new();
+            let mut emit = |b: &[u8], f: bool| log.extend(record(UNIX_EPOCH, Stream::Stdout, f, b));
+            for c in input.chunks(chunk) {
+                s.push(c, &mut emit);
+            }
+            s.finish(&mut emit);
+            assert_eq!(kubelet_view(&log), input, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn a_line_read_across_a_reopen_lands_whole_in_the_new_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("c.log");
+        let mut l = LogFile::open(&p).unwrap();
+        let mut s = Splitter::default();
+        let feed = |l: &mut LogFile, s: &mut Splitter, data: &[u8], end: bool| {
+            let mut emit = |b: &[u8], f: bool| l.write(&record(UNIX_EPOCH, Stream::Stderr, f, b));
+            s.push(data, &mut emit);
+            if end {
+                s.finish(&mut emit);
+            }
+        };
+        feed(&mut l, &mut s, b"whole\nhalf", false);
+        std::fs::rename(&p, d.path().join("c.log.1")).unwrap();
+        l.reopen().unwrap();
+        feed(&mut l, &mut s, b" and rest\ntail", true);
+        let ts = "1970-01-01T00:00:00.000000000Z";
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("c.log.1")).unwrap(),
+            format!("{ts} stderr F whole\n")
+        );
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap(),
+            format!("{ts} stderr F half and rest\n{ts} stderr P tail\n")
+        );
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub const MAX_ATTACHERS: usize = 32;
 const STDIN_BUFFER: usize = 1 << 20;
 /// How long attachers get to take their last output when the container has exited.
 const ATTACH_DRAIN: Duration = Duration::from_secs(2);
+/// How long an exec'd command's output is still read once the command has exited. A child it
+/// left in the background (`sh -c 'daemon &'`) may hold its stdout and stderr for good; the
+/// answer goes out with what was read by then, and the child keeps running in the container.
+/// Short, because kubelet's exec probes come every few seconds.
+pub const EXEC_DRAIN: Duration = Duration::from_secs(2);
 
 pub struct Config {
     pub id: String,
@@ -112,8 +117,22 @@ struct ExecSession {
     cap: usize,
     deadline: Option<Instant>,
     exit: Option<i32>,
+    /// When the command has exited: the end of `EXEC_DRAIN`.
+    drain_until: Option<Instant>,
     timed_out: bool,
     pid_file: PathBuf,
+}
+
+impl ExecSession {
+    /// When the loop must wake up for this session: the end of its drain once the command has
+    /// exited, else its timeout (None: never, output or the exit wakes it).
+    fn wake_at(&self) -> Option<Instant> {
+        match self.exit {
+            Some(_) => self.drain_until,
+            None if self.timed_out => None,
+            None => self.deadline,
+        }
+    }
 }
 
 pub struct Shim {
@@ -356,7 +375,7 @@ impl Shim {
             let timeout = self
                 .execs
                 .iter()
-                .filter_map(|e| e.deadline)
+                .filter_map(ExecSession::wake_at)
                 .min()
                 .map(|d| {
                     PollTimeout::try_from(
@@ -654,6 +673,7 @@ impl Shim {
                 && let Some(code) = self.reaped.remove(&pid)
             {
                 e.exit = Some(code);
+                e.drain_until = Some(now + EXEC_DRAIN);
             }
             if e.exit.is_none() && !e.timed_out && e.deadline.is_some_and(|d| now >= d) {
                 e.timed_out = true;
@@ -665,7 +685,8 @@ impl Shim {
                 }
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
-            let drained = e.out.is_none() && e.err.is_none();
+            let drained =
+                (e.out.is_none() && e.err.is_none()) || e.drain_until.is_some_and(|d| now >= d);
             if e.exit.is_some() && (drained || e.timed_out) {
                 let e = self.execs.remove(i);
                 let _ = std::fs::remove_file(&e.pid_file);
@@ -865,6 +886,7 @@ impl Shim {
             deadline: (x.timeout_ms > 0)
                 .then(|| Instant::now() + Duration::from_millis(x.timeout_ms)),
             exit: None,
+            drain_until: None,
             timed_out: false,
             pid_file,
         });

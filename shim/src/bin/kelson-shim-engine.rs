@@ -7,6 +7,8 @@
 mod engine;
 #[path = "../runtime.rs"]
 mod runtime;
+#[path = "../stdio.rs"]
+mod stdio;
 
 use std::path::Path;
 use std::process::ExitCode;
