@@ -187,7 +187,16 @@ pub async fn create(
 
 pub async fn start(rt: &Shared, id: String) -> Result<cri::StartContainerResponse, Status> {
     record("container", &id);
-    rt.containers.start(&id).await?;
+    if let Err(e) = rt.containers.start(&id).await {
+        // A command that could not start leaves the container exited: evented PLEG learns
+        // that from a STOPPED event, as for any other exit.
+        if let crate::container::ContainerError::StartFailed { id, .. } = &e
+            && let Ok(rec) = rt.containers.find(id)
+        {
+            events::emit(rt, &rec.id, &rec.pod_id, Event::ContainerStoppedEvent).await;
+        }
+        return Err(e.into());
+    }
     if let Ok(rec) = rt.containers.find(&id) {
         events::emit(rt, &rec.id, &rec.pod_id, Event::ContainerStartedEvent).await;
         events::watch_exit(rt, rec.id, rec.pod_id);
