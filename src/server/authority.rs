@@ -550,7 +550,7 @@ mod tests {
     fn hostile_blocks_are_refused_with_a_reason() {
         let big = |len: usize| {
             let mut v = PREFACE.to_vec();
-            v.extend(raw_frame(HEADERS, 0, 1, &vec![0; 16]));
+            v.extend(raw_frame(HEADERS, 0, 1, &[0; 16]));
             let mut f = raw_frame(CONTINUATION, 0, 1, &[]);
             f[..3].copy_from_slice(&(len as u32).to_be_bytes()[1..]);
             v.extend(f);
