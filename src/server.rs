@@ -1,12 +1,15 @@
 //! Serving CRI on the unix socket: created atomically (bound under a temp name, chmod 0660,
 //! renamed over any stale socket), one tracing span per call, graceful stop on a signal.
 
+mod authority;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::UnixListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::cri::Shared;
@@ -88,7 +91,12 @@ pub async fn serve(
         .layer(crate::telemetry::layer::RpcMetricsLayer(shared.telemetry.clone()))
         .add_service(runtime)
         .add_service(image)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopping);
+        // Every connection through the authority rewrite: C-core clients (grpcio, …) send an
+        // :authority h2 refuses (see authority.rs).
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|c| c.map(authority::AnyAuthority::new)),
+            stopping,
+        );
     let drain_limit = async {
         let _ = on_signal.wait_for(|s| *s).await;
         tokio::time::sleep(DRAIN).await;

@@ -15,4 +15,6 @@ packaging/build-init.sh debug
 # charts/test.sh check.
 packaging/build-deb.sh
 charts/test.sh target/debug/kelsond
-KELSON_REQUIRE_DEB=1 cargo test --workspace --locked
+# The Python gRPC (C-core) client tests/grpc_clients.rs drives, in its venv.
+tests/grpc/setup.sh
+KELSON_REQUIRE_DEB=1 KELSON_REQUIRE_PY=1 cargo test --workspace --locked

@@ -14,6 +14,10 @@ use crate::store::ContainerRecord;
 /// Cap on ExecSync output per stream (CVE-2022-1708: unbounded probe output exhausted memory).
 pub const MAX_EXEC_SYNC_OUTPUT: u64 = 16 << 20;
 
+/// The most of a container's OCI spec (its bundle's config.json) a verbose status reads: far
+/// above any spec kelsond writes, which is built from a request under the gRPC message limit.
+pub const MAX_RUNTIME_SPEC_BYTES: u64 = 16 << 20;
+
 impl From<ContainerError> for Status {
     fn from(e: ContainerError) -> Status {
         use ContainerError as E;
@@ -146,6 +150,33 @@ fn container_user(rec: &ContainerRecord) -> Option<cri::ContainerUser> {
     })
 }
 
+/// The OCI runtime spec the container was created with, as its bundle holds it.
+fn runtime_spec(rec: &ContainerRecord) -> Result<serde_json::Value, Status> {
+    use std::io::Read;
+    let path = std::path::Path::new(&rec.state_dir).join("bundle/config.json");
+    let fail = |code, why: String| {
+        let e = format!(
+            "container {}: runtime spec {}: {why}",
+            rec.id,
+            path.display()
+        );
+        super::status::log_error(code, &e);
+        Status::new(code, e)
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(&path)
+        .and_then(|f| f.take(MAX_RUNTIME_SPEC_BYTES + 1).read_to_end(&mut bytes))
+        // The bundle lives in the state dir (tmpfs): gone after a reboot until recovery.
+        .map_err(|e| fail(Code::FailedPrecondition, e.to_string()))?;
+    if bytes.len() as u64 > MAX_RUNTIME_SPEC_BYTES {
+        return Err(fail(
+            Code::Internal,
+            format!("over {MAX_RUNTIME_SPEC_BYTES} bytes"),
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| fail(Code::Internal, e.to_string()))
+}
+
 pub fn matches(v: &View, f: &cri::ContainerFilter) -> bool {
     if !f.id.is_empty() && !v.rec.id.starts_with(&f.id) {
         return false;
@@ -238,7 +269,16 @@ pub async fn status(
     let v = rt.containers.view(rec).await;
     let mut info = HashMap::new();
     if req.verbose {
-        let j = serde_json::json!({"pid": v.pid, "config": v.rec.config, "rootDir": v.rec.root_dir, "stateDir": v.rec.state_dir});
+        // The keys containerd and CRI-O report (crictl inspect and critest read them), plus
+        // kelson's own dirs.
+        let j = serde_json::json!({
+            "sandboxID": v.rec.pod_id,
+            "pid": v.pid,
+            "config": v.rec.config,
+            "runtimeSpec": runtime_spec(&v.rec)?,
+            "rootDir": v.rec.root_dir,
+            "stateDir": v.rec.state_dir,
+        });
         info.insert("info".to_owned(), j.to_string());
     }
     Ok(cri::ContainerStatusResponse {
