@@ -234,6 +234,9 @@ async fn a_stop_returns_by_its_deadline() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// (name, run_as_user, run_as_username, strict, `id -G`, the groups ContainerStatus reports)
+type GroupCase = (&'static str, Option<i64>, &'static str, bool, &'static str, Vec<i64>);
+
 /// The process's groups as containerd sets them and ContainerStatus reports them: the primary
 /// gid, the image's groups for the user (Merge) and the request's; Strict leaves out the
 /// image's. RunAsGroup without a user is refused.
@@ -280,7 +283,7 @@ async fn groups_as_containerd_sets_them() -> anyhow::Result<()> {
             anyhow::Ok((out.trim().to_owned(), u))
         }
     };
-    let cases: [(&str, Option<i64>, &str, bool, &str, Vec<i64>); 5] = [
+    let cases: [GroupCase; 5] = [
         // (name, run_as_user, run_as_username, strict, `id -G`, status groups)
         (
             "merge",
