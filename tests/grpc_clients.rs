@@ -140,7 +140,8 @@ async fn a_python_grpcio_client_runs_a_pod_over_the_socket() -> anyhow::Result<(
     assert_eq!(ctr["info"]["sandboxID"], pod);
     let m = spec_mount(&ctr["info"], "/data").context("no /data in the runtime spec")?;
     assert_eq!(m["source"], volume.path().display().to_string());
-    assert_eq!(report["bad_id"], "INVALID_ARGUMENT");
+    // An id kelson never made names nothing: a clean NotFound status, not a reset stream.
+    assert_eq!(report["bad_id"], "NOT_FOUND");
     // The calls reached the handlers: kelsond's rewrite dropped the refused authority.
     assert!(
         common::pull(&e.daemon, &image).await.is_ok(),
