@@ -363,14 +363,13 @@ async fn bad_requests_fail_clearly_and_leave_nothing() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = c
-        .runtime
+    // An id kelson never makes names nothing: stopping it succeeds (critest sends UUIDs), and
+    // it never reaches a path.
+    c.runtime
         .stop_pod_sandbox(cri::StopPodSandboxRequest {
             pod_sandbox_id: "../../etc".into(),
         })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
+        .await?;
     Ok(())
 }
 
@@ -379,6 +378,8 @@ async fn host_network_pod_and_restart() -> anyhow::Result<()> {
     let mut d = Daemon::start(Path::new(common::KELSOND), "")?;
     let mut c = d.cri().await?;
     let mut cfg = pod_config("hostnet", "");
+    // kubelet sends no hostname for a host-network pod (it has the node's).
+    cfg.hostname.clear();
     cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
         namespace_options: Some(cri::NamespaceOption {
             network: cri::NamespaceMode::Node as i32,
