@@ -24,6 +24,34 @@ async fn pod(
     Ok((id, cfg, top))
 }
 
+/// A daemon with the standard image pulled and one pod `name` running in it.
+struct World {
+    e: common::Env,
+    image: String,
+    c: Cri,
+    logs: tempfile::TempDir,
+    pod: String,
+    cfg: cri::PodSandboxConfig,
+    top: String,
+}
+
+async fn world(name: &str) -> anyhow::Result<World> {
+    let e = common::env().await?;
+    let image = common::pull_standard(&e).await?;
+    let mut c = e.daemon.cri().await?;
+    let logs = tempfile::tempdir()?;
+    let (pod, cfg, top) = pod(&mut c, name, logs.path()).await?;
+    Ok(World {
+        e,
+        image,
+        c,
+        logs,
+        pod,
+        cfg,
+        top,
+    })
+}
+
 async fn remove_pod(c: &mut Cri, id: &str, top: &str) -> anyhow::Result<()> {
     c.runtime
         .remove_pod_sandbox(cri::RemovePodSandboxRequest {
@@ -115,11 +143,15 @@ async fn unknown_ids_of_any_shape_are_not_found() -> anyhow::Result<()> {
 /// container is then exited with StartError, and removal leaves nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_command_fails_at_start() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
-    let mut c = e.daemon.cri().await?;
-    let logs = tempfile::tempdir()?;
-    let (pod, cfg, top) = pod(&mut c, "startfail", logs.path()).await?;
+    let World {
+        e,
+        image,
+        mut c,
+        logs: _logs,
+        pod,
+        cfg,
+        top,
+    } = world("startfail").await?;
     for (name, cmd, why) in [
         ("missing", "no-such-command", "not found"),
         ("abs-missing", "/no/such/command", "no-such"),
@@ -190,11 +222,15 @@ async fn a_missing_command_fails_at_start() -> anyhow::Result<()> {
 /// and other callers wait exactly that long): SIGKILL comes just before the deadline.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_returns_by_its_deadline() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
-    let mut c = e.daemon.cri().await?;
-    let logs = tempfile::tempdir()?;
-    let (pod, cfg, top) = pod(&mut c, "stopper", logs.path()).await?;
+    let World {
+        e: _e,
+        image,
+        mut c,
+        logs: _logs,
+        pod,
+        cfg,
+        top,
+    } = world("stopper").await?;
     let id = common::create_start(
         &mut c,
         &pod,
@@ -235,7 +271,14 @@ async fn a_stop_returns_by_its_deadline() -> anyhow::Result<()> {
 }
 
 /// (name, run_as_user, run_as_username, strict, `id -G`, the groups ContainerStatus reports)
-type GroupCase = (&'static str, Option<i64>, &'static str, bool, &'static str, Vec<i64>);
+type GroupCase = (
+    &'static str,
+    Option<i64>,
+    &'static str,
+    bool,
+    &'static str,
+    Vec<i64>,
+);
 
 /// The process's groups as containerd sets them and ContainerStatus reports them: the primary
 /// gid, the image's groups for the user (Merge) and the request's; Strict leaves out the
@@ -368,11 +411,15 @@ async fn groups_as_containerd_sets_them() -> anyhow::Result<()> {
 /// the request; a host-network pod cannot be given a hostname of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostnames_as_kubelet_expects() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
-    let mut c = e.daemon.cri().await?;
-    let logs = tempfile::tempdir()?;
-    let (pod, cfg, top) = pod(&mut c, "named-pod", logs.path()).await?;
+    let World {
+        e: _e,
+        image,
+        mut c,
+        logs,
+        pod,
+        cfg,
+        top,
+    } = world("named-pod").await?;
     let id = common::create_start(
         &mut c,
         &pod,
@@ -599,11 +646,15 @@ impl Drop for Unmount {
 /// profile anywhere applies; a relative reference has nothing to be relative to.
 #[tokio::test(flavor = "multi_thread")]
 async fn localhost_seccomp_by_absolute_path() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
-    let mut c = e.daemon.cri().await?;
-    let logs = tempfile::tempdir()?;
-    let (pod, cfg, top) = pod(&mut c, "seccomp-abs", logs.path()).await?;
+    let World {
+        e: _e,
+        image,
+        mut c,
+        logs: _logs,
+        pod,
+        cfg,
+        top,
+    } = world("seccomp-abs").await?;
     let kubelet_root = tempfile::tempdir()?;
     let profile = kubelet_root.path().join("seccomp/no-mkdir.json");
     std::fs::create_dir_all(profile.parent().unwrap())?;

@@ -20,6 +20,37 @@ macro_rules! case {
     };
 }
 
+/// CreateContainer in `pod`: the container's id.
+async fn create(
+    c: &Cri,
+    pod: &str,
+    cfg: &cri::PodSandboxConfig,
+    ctr: cri::ContainerConfig,
+) -> Result<String, tonic::Status> {
+    let mut cc = c.clone();
+    Ok(cc
+        .runtime
+        .create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(ctr),
+            sandbox_config: Some(cfg.clone()),
+        })
+        .await?
+        .into_inner()
+        .container_id)
+}
+
+/// StartContainer.
+async fn start(c: &Cri, id: &str) -> Result<(), tonic::Status> {
+    let mut cc = c.clone();
+    cc.runtime
+        .start_container(cri::StartContainerRequest {
+            container_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case!(unknown_ids_stop_and_remove_fine),
@@ -78,26 +109,12 @@ async fn unknown_ids_stop_and_remove_fine(c: &Cri, _: &Options) -> anyhow::Resul
 async fn missing_command_fails_at_start(c: &Cri, o: &Options) -> anyhow::Result<()> {
     pull(c, &o.image).await?;
     let (pod, cfg) = run_pod(c, o, "startfail").await?;
-    let mut cc = c.clone();
     let mut ctr = container_config(o, "missing", "");
     ctr.command = vec!["/no/such/command".into()];
-    let id = cc
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr),
-            sandbox_config: Some(cfg),
-        })
+    let id = create(c, &pod, &cfg, ctr)
         .await
-        .context("CreateContainer of a missing command must succeed")?
-        .into_inner()
-        .container_id;
-    let started = cc
-        .runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await;
+        .context("CreateContainer of a missing command must succeed")?;
+    let started = start(c, &id).await;
     ensure!(
         started.is_err(),
         "StartContainer of a missing command succeeded"
@@ -111,7 +128,6 @@ async fn missing_command_fails_at_start(c: &Cri, o: &Options) -> anyhow::Result<
 async fn run_as_group_needs_a_user(c: &Cri, o: &Options) -> anyhow::Result<()> {
     pull(c, &o.image).await?;
     let (pod, cfg) = run_pod(c, o, "groupnouser").await?;
-    let mut cc = c.clone();
     let mut ctr = container_config(o, "g", "sleep 60");
     ctr.linux = Some(cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
@@ -120,14 +136,7 @@ async fn run_as_group_needs_a_user(c: &Cri, o: &Options) -> anyhow::Result<()> {
         }),
         ..Default::default()
     });
-    let r = cc
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr),
-            sandbox_config: Some(cfg),
-        })
-        .await;
+    let r = create(c, &pod, &cfg, ctr).await;
     remove_pod(c, &pod).await?;
     ensure!(r.is_err(), "RunAsGroup without RunAsUser was accepted");
     Ok(())
@@ -139,21 +148,8 @@ async fn stop_returns_within_its_timeout(c: &Cri, o: &Options) -> anyhow::Result
     let (pod, cfg) = run_pod(c, o, "stopdeadline").await?;
     let mut cc = c.clone();
     let ctr = container_config(o, "stubborn", "trap '' TERM; while true; do sleep 1; done");
-    let id = cc
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr),
-            sandbox_config: Some(cfg),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cc.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    let id = create(c, &pod, &cfg, ctr).await?;
+    start(c, &id).await?;
     let timeout = std::time::Duration::from_secs(3);
     let t = std::time::Instant::now();
     cc.runtime
@@ -182,21 +178,8 @@ async fn hostname_variable_is_the_pods(c: &Cri, o: &Options) -> anyhow::Result<(
     let (pod, cfg) = run_pod(c, o, "hostnamevar").await?;
     let mut cc = c.clone();
     let ctr = container_config(o, "h", "sleep 60");
-    let id = cc
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ctr),
-            sandbox_config: Some(cfg),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    cc.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    let id = create(c, &pod, &cfg, ctr).await?;
+    start(c, &id).await?;
     let r = cc
         .runtime
         .exec_sync(cri::ExecSyncRequest {
