@@ -1,17 +1,15 @@
-//! `kelsond`: command line, logging, start-up and shutdown.
+//! `kelsond`: command line, logging, the internal namespace helpers, `repair-db`; `serve` is
+//! handed to the composition root (`daemon.rs`).
 #![forbid(unsafe_code)]
 
+mod daemon;
+
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kelson::config::{Config, DEFAULT_CONFIG_PATH, LogFormat, Overrides};
-use kelson::container::ContainerService;
-use kelson::cri::Runtime;
 use kelson::dirs::Dirs;
-use kelson::image::ImageService;
-use kelson::pod::PodService;
 use kelson::store::Store;
 
 #[derive(Parser)]
@@ -249,91 +247,5 @@ fn run(cfg: Config) -> anyhow::Result<()> {
         .thread_keep_alive(std::time::Duration::from_secs(2))
         .build()
         .context("starting tokio")?;
-    rt.block_on(async move {
-        let began = std::time::Instant::now();
-        // Before anything is made: a node set up for a cgroup driver it cannot honour stops here.
-        let cgroups = kelson::pod::cgroup::detect()?;
-        if cfg.cgroup_driver == kelson::config::CgroupDriver::Systemd {
-            kelson::pod::cgroup::systemd_driver_usable(&cgroups, std::path::Path::new("/run/systemd/system").is_dir()).map_err(anyhow::Error::msg)?;
-        }
-        let dirs = Dirs::new(&cfg.root, &cfg.state);
-        dirs.create().with_context(|| format!("creating {} and {}", cfg.root.display(), cfg.state.display()))?;
-        let store = Arc::new(Store::open(&dirs.database())?);
-        let images = Arc::new(ImageService::new(dirs.clone(), store.clone(), cfg.clone()));
-        {
-            let images = images.clone();
-            tokio::task::spawn_blocking(move || images.recover()).await??;
-        }
-        let images_ms = began.elapsed().as_secs_f64() * 1e3;
-        let listener = kelson::server::bind(&cfg.grpc.address, cfg.grpc.gid)?;
-        tracing::info!(address = %cfg.grpc.address.display(), root = %cfg.root.display(), state = %cfg.state.display(), version = env!("CARGO_PKG_VERSION"), "kelsond serving CRI");
-        let network = Arc::new(kelson::network::Network::new(kelson::network::NetworkConfig {
-            conf_dir: cfg.network.conf_dir.clone(),
-            bin_dirs: cfg.network.bin_dirs.clone(),
-            timeout: cfg.network.plugin_timeout,
-        }));
-        let pods = Arc::new(PodService::new(store.clone(), cfg.state.clone(), cgroups, network, cfg.runtimes.keys().cloned().collect(), cfg.cgroup_driver == kelson::config::CgroupDriver::Systemd));
-        {
-            let pods = pods.clone();
-            tokio::task::spawn_blocking(move || pods.recover()).await??;
-        }
-        let shim = kelson::shim::locate(&cfg.shim_path);
-        let containers = Arc::new(ContainerService::new(store.clone(), images.clone(), pods.clone(), dirs.clone(), shim, cfg.clone()));
-        let streaming_listener = kelson::streaming::server::bind(&cfg.streaming.address)
-            .await
-            .with_context(|| format!("streaming server on {}", cfg.streaming.address))?;
-        let streaming_addr = streaming_listener.local_addr()?;
-        let streaming_tls = if cfg.streaming.tls_cert_file.as_os_str().is_empty() {
-            None
-        } else {
-            Some(kelson::streaming::server::tls_acceptor(&cfg.streaming.tls_cert_file, &cfg.streaming.tls_key_file).map_err(|e| anyhow::anyhow!("streaming TLS: {e}"))?)
-        };
-        let scheme = if streaming_tls.is_some() { "https" } else { "http" };
-        let streaming = Arc::new(kelson::streaming::Streaming::new(format!("{scheme}://{streaming_addr}"), cfg.streaming.token_ttl));
-        let shared = Arc::new(Runtime { config: cfg.clone(), images, pods, containers, events: Default::default(), pod_rates: Default::default(), telemetry: Default::default(), streaming });
-        tracing::info!(address = %streaming_addr, "streaming server listening");
-        tokio::spawn(kelson::streaming::server::serve(shared.clone(), streaming_listener, cfg.streaming.max_sessions, streaming_tls));
-        let pods_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms;
-        kelson::cri::events::rearm(&shared).await;
-        let containers_ms = began.elapsed().as_secs_f64() * 1e3 - images_ms - pods_ms;
-        tracing::info!(images_ms, pods_ms, containers_ms, "state recovered");
-        if cfg.image.gc.enabled {
-            let images = shared.images.clone();
-            let every = cfg.image.gc.interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let images = images.clone();
-                    match tokio::task::spawn_blocking(move || images.enforce_policy()).await {
-                        Ok(Err(e)) => tracing::warn!(error = %e, "image GC policy"),
-                        Err(e) => tracing::warn!(error = %e, "image GC policy task"),
-                        Ok(Ok(_)) => {}
-                    }
-                }
-            });
-        }
-        if !cfg.metrics.address.is_empty() {
-            let listener = kelson::telemetry::http::bind(&cfg.metrics.address)
-                .await
-                .with_context(|| format!("metrics endpoint on {}", cfg.metrics.address))?;
-            tracing::info!(address = %cfg.metrics.address, "serving metrics on /metrics");
-            tokio::spawn(kelson::telemetry::http::serve(shared.clone(), listener));
-        }
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return std::future::pending().await;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::info!("signal received, shutting down");
-        };
-        // The socket is bound and state recovered: calls are answered from here on.
-        kelson::notify::ready();
-        kelson::server::serve(shared, listener, shutdown).await?;
-        let _ = std::fs::remove_file(&cfg.grpc.address);
-        tracing::info!("kelsond stopped");
-        Ok(())
-    })
+    rt.block_on(daemon::start(cfg))
 }

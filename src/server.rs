@@ -86,9 +86,17 @@ pub async fn serve(
     let serving = tonic::transport::Server::builder()
         .trace_fn(|req| {
             let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
-            tracing::info_span!("cri", method = %method, image = tracing::field::Empty, pod = tracing::field::Empty, container = tracing::field::Empty)
+            tracing::info_span!(
+                "cri",
+                method = %method,
+                image = tracing::field::Empty,
+                pod = tracing::field::Empty,
+                container = tracing::field::Empty
+            )
         })
-        .layer(crate::telemetry::layer::RpcMetricsLayer(shared.telemetry.clone()))
+        .layer(crate::telemetry::layer::RpcMetricsLayer(
+            shared.telemetry.clone(),
+        ))
         .add_service(runtime)
         .add_service(image)
         // Every connection through the authority rewrite: C-core clients (grpcio, …) send an

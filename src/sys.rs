@@ -1,7 +1,7 @@
-//! The only `unsafe` in kelson: allocator settings that neither std nor nix exposes, taking
-//! ownership of a file descriptor received over a unix socket, the terminal-size ioctl, and
-//! `mount_setattr(2)` (idmapped mounts; neither nix nor rustix binds it). Every other system
-//! call goes through nix or rustix.
+//! The only `unsafe` in kelson: allocator settings that neither std nor nix exposes, handing an
+//! fd to tokio's reactor, and `mount_setattr(2)` (idmapped mounts; neither nix nor rustix binds
+//! it). Every other system call goes through nix or rustix: receiving an fd over a unix socket
+//! and the terminal-size ioctl live here too, safe on rustix's owned fds.
 #![allow(unsafe_code)]
 
 /// Cap glibc malloc at `n` arenas. By default glibc gives every thread that allocates an arena of
@@ -37,27 +37,18 @@ pub fn trim_heap() {
 /// Receive one file descriptor sent with SCM_RIGHTS on `sock` (a pty master from the
 /// container library, for a TTY exec). Blocking.
 pub fn recv_fd(sock: &std::os::unix::net::UnixStream) -> std::io::Result<std::os::fd::OwnedFd> {
-    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, recvmsg};
     let mut buf = [0u8; 256];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 2]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(std::io::Error::from)?;
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    recvmsg(sock, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC).map_err(std::io::Error::from)?;
+    // rustix hands each passed descriptor over as an OwnedFd: the extra ones a peer may have
+    // sent are closed on drop.
     let mut received: Vec<std::os::fd::OwnedFd> = Vec::new();
-    for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            for fd in fds {
-                // SAFETY: SCM_RIGHTS installs each passed descriptor as a new fd in this process,
-                // open and owned by nobody else; wrapping it at once gives it exactly one owner
-                // (closed on drop, also the extra ones a peer may have sent).
-                received.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
-            }
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = m {
+            received.extend(fds);
         }
     }
     received
@@ -76,26 +67,19 @@ pub fn async_fd(
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
 
-nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
-
 /// Set a terminal's size (a pty master), which sends SIGWINCH to its foreground processes.
 pub fn set_window_size(
     fd: std::os::fd::BorrowedFd<'_>,
     cols: u16,
     rows: u16,
 ) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let ws = libc::winsize {
+    let ws = rustix::termios::Winsize {
         ws_row: rows,
         ws_col: cols,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: TIOCSWINSZ reads one `winsize` from the pointer, which points at a live local of
-    // exactly that type; the fd is borrowed, so it stays open for the call.
-    unsafe { tiocswinsz(fd.as_raw_fd(), &ws) }
-        .map(drop)
-        .map_err(std::io::Error::from)
+    rustix::termios::tcsetwinsize(fd, ws).map_err(std::io::Error::from)
 }
 
 /// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], attr)`.
@@ -207,15 +191,7 @@ mod tests {
         let got = super::recv_fd(&b).unwrap();
         assert_ne!(got.as_raw_fd(), pty.master.as_raw_fd());
         // The received fd is the same terminal: its size reads back.
-        let mut ws = libc::winsize {
-            ws_row: 0,
-            ws_col: 0,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
-        // SAFETY: test only: TIOCGWINSZ writes one winsize into a live local.
-        unsafe { tiocgwinsz(got.as_raw_fd(), &mut ws) }.unwrap();
+        let ws = rustix::termios::tcgetwinsize(&got).unwrap();
         assert_eq!((ws.ws_col, ws.ws_row), (132, 43));
     }
 }

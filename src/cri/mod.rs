@@ -24,7 +24,8 @@ pub const CRI_API_VERSION: &str = "v1";
 /// kubelet sends "0.1.0" as the version it speaks.
 pub const KUBE_API_VERSION: &str = "0.1.0";
 
-/// Everything a CRI handler needs.
+/// Everything a CRI handler needs, handed over at start-up by kelsond's composition root
+/// (`daemon.rs`, in the binary); streaming and telemetry get narrower handles of their own.
 pub struct Runtime {
     pub config: Config,
     pub images: Arc<ImageService>,

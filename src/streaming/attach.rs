@@ -10,15 +10,15 @@ use kelson_proto::shim::{self as msg, attach_frame::Kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::Handle;
 use super::channel::{self, Protocol};
 use super::exec::{Input, Output, STALL, failure};
-use crate::cri::Shared;
 
 /// Client input queued for the shim (which applies its own bound to the container's stdin).
 const PENDING: usize = 256 * 1024;
 
 pub async fn run(
-    rt: Shared,
+    rt: Handle,
     req: cri::AttachRequest,
     proto: Protocol,
     mut input: mpsc::Receiver<Input>,

@@ -18,9 +18,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::Handle;
 use super::channel::{self, Protocol, Size};
 use crate::container::exec::ExecProcess;
-use crate::cri::Shared;
 
 /// A client that accepts no output for this long is gone.
 pub const STALL: Duration = Duration::from_secs(60);
@@ -50,7 +50,7 @@ pub enum Output {
 /// Run `req` with the client behind `input`/`output`. `input` closing means the client is
 /// gone. `proto` decides how the exit is reported.
 pub async fn run(
-    rt: Shared,
+    rt: Handle,
     req: cri::ExecRequest,
     proto: Protocol,
     mut input: mpsc::Receiver<Input>,
@@ -214,7 +214,7 @@ async fn write_fd(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()>
 /// A session on a terminal: the pty master carries stdin and the merged output; resize
 /// events set the terminal's size (the command gets SIGWINCH).
 async fn run_tty(
-    rt: Shared,
+    rt: Handle,
     req: cri::ExecRequest,
     proto: Protocol,
     mut input: mpsc::Receiver<Input>,

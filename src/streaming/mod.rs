@@ -24,10 +24,24 @@ pub mod tokens;
 pub mod tunnel;
 pub mod ws;
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+
+use crate::container::ContainerService;
+use crate::pod::PodService;
+
+/// What the streaming server is handed at start-up, and all it reaches: the URLs handed out,
+/// the containers (exec and attach run through them) and the pods (a port-forward dials inside
+/// the pod's network namespace).
+pub struct Backend {
+    pub urls: Arc<Streaming>,
+    pub containers: Arc<ContainerService>,
+    pub pods: Arc<PodService>,
+}
+
+pub type Handle = Arc<Backend>;
 
 /// What a URL was handed out for.
 #[derive(Debug, Clone)]
@@ -84,7 +98,7 @@ impl Remote {
     /// Run the session with the client behind `input`/`output` (see `exec::run`).
     pub async fn run(
         self,
-        rt: crate::cri::Shared,
+        rt: Handle,
         proto: channel::Protocol,
         input: tokio::sync::mpsc::Receiver<exec::Input>,
         output: tokio::sync::mpsc::Sender<exec::Output>,

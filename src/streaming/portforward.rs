@@ -14,8 +14,8 @@ use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::Handle;
 use super::exec::QUEUE;
-use crate::cri::Shared;
 
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// Connections forwarded at once in one session.
@@ -30,7 +30,7 @@ struct Pair {
     port: u16,
 }
 
-pub async fn spdy<IO>(rt: Shared, req: cri::PortForwardRequest, io: IO)
+pub async fn spdy<IO>(rt: Handle, req: cri::PortForwardRequest, io: IO)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -251,7 +251,7 @@ async fn forward(
 pub const WS_PROTOCOLS: [&str; 2] = ["portforward.k8s.io", "base64.portforward.k8s.io"];
 
 pub async fn websocket<S>(
-    rt: Shared,
+    rt: Handle,
     req: cri::PortForwardRequest,
     ports: Vec<u16>,
     base64: bool,

@@ -21,9 +21,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use super::Handle;
 use super::channel::Protocol;
 use super::{Remote, Session};
-use crate::cri::Shared;
 
 /// Time a client gets to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,11 +51,11 @@ fn header_has(req: &Request<Incoming>, name: header::HeaderName, token: &str) ->
 }
 
 async fn handle(
-    rt: Shared,
+    rt: Handle,
     sessions: Arc<Semaphore>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let Some(session) = rt.streaming.take(req.uri().path()) else {
+    let Some(session) = rt.urls.take(req.uri().path()) else {
         return Ok(reply(
             StatusCode::NOT_FOUND,
             "unknown, used or expired streaming URL",
@@ -205,7 +205,7 @@ where
 
 /// The SPDY/3.1 upgrade: the remote-command version from `X-Stream-Protocol-Version`.
 fn upgrade_spdy(
-    rt: Shared,
+    rt: Handle,
     sessions: Arc<Semaphore>,
     session: Session,
     req: Request<Incoming>,
@@ -277,7 +277,7 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn serve_connection<IO>(io: IO, rt: Shared, sessions: Arc<Semaphore>)
+async fn serve_connection<IO>(io: IO, rt: Handle, sessions: Arc<Semaphore>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -294,7 +294,7 @@ where
 
 /// Serve until kelsond stops (the task is dropped with the runtime); over TLS when `tls`.
 pub async fn serve(
-    rt: Shared,
+    rt: Handle,
     listener: TcpListener,
     max_sessions: usize,
     tls: Option<tokio_rustls::TlsAcceptor>,

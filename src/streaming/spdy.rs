@@ -19,10 +19,10 @@ use kelson_proto::spdy::frame::{self, FLAG_FIN, Frame, HeaderCodec};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use super::Handle;
 use super::Remote;
 use super::channel::{self, Protocol};
 use super::exec::{Input, Output, QUEUE, STALL};
-use crate::cri::Shared;
 
 /// The remote-command versions spoken over SPDY, best first.
 pub const VERSIONS: [&str; 4] = [
@@ -119,7 +119,7 @@ pub(super) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::
     let _ = tokio::time::timeout(STALL, w.shutdown()).await;
 }
 
-pub async fn remote<IO>(rt: Shared, cmd: Remote, version: &'static str, io: IO)
+pub async fn remote<IO>(rt: Handle, cmd: Remote, version: &'static str, io: IO)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -7,10 +7,10 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::Handle;
 use super::Remote;
 use super::channel::{self, Frame, Protocol};
 use super::exec::{Input, Output, QUEUE, STALL};
-use crate::cri::Shared;
 
 fn to_message(f: Frame) -> Message {
     match f {
@@ -19,7 +19,7 @@ fn to_message(f: Frame) -> Message {
     }
 }
 
-pub async fn remote<S>(rt: Shared, cmd: Remote, proto: Protocol, ws: WebSocketStream<S>)
+pub async fn remote<S>(rt: Handle, cmd: Remote, proto: Protocol, ws: WebSocketStream<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::cri::Shared;
+use super::{Sources, Telemetry};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 16;
@@ -36,7 +36,8 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 async fn handle(
-    rt: Shared,
+    metrics: Arc<Telemetry>,
+    sources: Arc<Sources>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     if req.uri().path() != "/metrics" {
@@ -48,7 +49,7 @@ async fn handle(
     if req.method() != Method::GET {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into()));
     }
-    let body = rt.telemetry.render(&rt).await;
+    let body = metrics.render(&sources).await;
     let mut r = reply(StatusCode::OK, body);
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -58,7 +59,7 @@ async fn handle(
 }
 
 /// Serve until kelsond stops (the task is dropped with the runtime).
-pub async fn serve(rt: Shared, listener: TcpListener) {
+pub async fn serve(metrics: Arc<Telemetry>, sources: Arc<Sources>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -72,9 +73,11 @@ pub async fn serve(rt: Shared, listener: TcpListener) {
                 continue;
             }
         };
-        let rt = rt.clone();
+        let (metrics, sources) = (metrics.clone(), sources.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(rt.clone(), req));
+            let svc = hyper::service::service_fn(move |req| {
+                handle(metrics.clone(), sources.clone(), req)
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)

@@ -6,6 +6,7 @@
 pub mod http;
 pub mod layer;
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -16,9 +17,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::container::RunState;
-use crate::cri::Shared;
+use crate::container::{ContainerService, RunState};
+use crate::image::ImageService;
+use crate::pod::PodService;
 use crate::store::PodState;
+
+/// What a scrape reads, handed over at start-up: the services whose running totals and
+/// counts become the scrape-time figures.
+pub struct Sources {
+    pub images: Arc<ImageService>,
+    pub pods: Arc<PodService>,
+    pub containers: Arc<ContainerService>,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
@@ -161,8 +171,8 @@ impl Telemetry {
     }
 
     /// Bring the scrape-time figures up to date and render the text exposition.
-    pub async fn render(&self, rt: &Shared) -> String {
-        self.refresh(rt).await;
+    pub async fn render(&self, src: &Sources) -> String {
+        self.refresh(src).await;
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::warn!(error = %e, "encoding metrics");
@@ -170,8 +180,8 @@ impl Telemetry {
         out
     }
 
-    async fn refresh(&self, rt: &Shared) {
-        let c = &rt.images.counters;
+    async fn refresh(&self, src: &Sources) {
+        let c = &src.images.counters;
         set_counter(&self.pulled_bytes, c.pulled_bytes.load(Relaxed));
         for (kind, v) in [
             ("snapshot", c.gc_snapshots.load(Relaxed)),
@@ -181,9 +191,9 @@ impl Telemetry {
             set_counter(&self.gc_removed.get_or_create(&KindLabels { kind }), v);
         }
         let (mut created, mut running, mut exited) = (0, 0, 0);
-        if let Ok(all) = rt.containers.list() {
+        if let Ok(all) = src.containers.list() {
             let views =
-                futures::future::join_all(all.into_iter().map(|r| rt.containers.view(r))).await;
+                futures::future::join_all(all.into_iter().map(|r| src.containers.view(r))).await;
             for v in views {
                 match v.state {
                     RunState::Created => created += 1,
@@ -200,7 +210,7 @@ impl Telemetry {
             self.containers.get_or_create(&StateLabels { state }).set(n);
         }
         let (mut ready, mut not_ready) = (0, 0);
-        for p in rt.pods.list().unwrap_or_default() {
+        for p in src.pods.list().unwrap_or_default() {
             match p.state {
                 PodState::Ready => ready += 1,
                 PodState::NotReady => not_ready += 1,
@@ -212,9 +222,9 @@ impl Telemetry {
         self.pods
             .get_or_create(&StateLabels { state: "notready" })
             .set(not_ready);
-        self.shims.set(rt.containers.live_shims() as i64);
+        self.shims.set(src.containers.live_shims() as i64);
         self.images
-            .set(rt.images.list(None).map(|l| l.len()).unwrap_or(0) as i64);
+            .set(src.images.list(None).map(|l| l.len()).unwrap_or(0) as i64);
     }
 }
 
