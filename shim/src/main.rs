@@ -5,7 +5,8 @@
 //! Sub-commands: `spawn` (run by kelsond: starts `serve` detached and reports readiness) and
 //! `serve` (the long-lived shim). Container operations run in the separate, short-lived
 //! `kelson-shim-engine` binary: the library's code and relocations never load into the
-//! long-lived shim, which keeps its private memory small.
+//! long-lived shim, which keeps its private memory small. This file only parses arguments and
+//! hands over to `serve`; it never does the loop's work itself.
 #![forbid(unsafe_code)]
 
 mod attachers;
@@ -16,9 +17,9 @@ mod serve;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
 
 use serve::{Config, EngineBinary, Shim};
-use std::process::{Command, ExitCode, Stdio};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
