@@ -5,18 +5,21 @@
 //! Sub-commands: `spawn` (run by kelsond: starts `serve` detached and reports readiness) and
 //! `serve` (the long-lived shim). Container operations run in the separate, short-lived
 //! `kelson-shim-engine` binary: the library's code and relocations never load into the
-//! long-lived shim, which keeps its private memory small.
+//! long-lived shim, which keeps its private memory small. This file only parses arguments and
+//! hands over to `serve`; it never does the loop's work itself.
 #![forbid(unsafe_code)]
 
-mod attach;
+mod attachers;
 mod console;
-mod exit;
-mod log;
-mod server;
+mod cri_log;
+mod exit_record;
+mod serve;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+
+use serve::{Config, EngineBinary, Shim};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -26,31 +29,6 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 
 fn need(args: &[String], name: &str) -> Result<String, String> {
     arg(args, name).ok_or_else(|| format!("missing {name}"))
-}
-
-/// The container's cgroup directory from the bundle's config.json (`linux.cgroupsPath`, a
-/// path or systemd's slice:prefix:name).
-pub fn cgroup_path(bundle: &Path) -> Option<String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
-    kelson_proto::cgroups::dir_of(v["linux"]["cgroupsPath"].as_str()?)
-}
-
-/// Every pid in the container's cgroup (v1 pids/memory hierarchy, or v2).
-pub fn cgroup_procs(bundle: &Path) -> Vec<i32> {
-    let Some(cg) = cgroup_path(bundle) else {
-        return vec![];
-    };
-    for base in [
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup",
-    ] {
-        if let Ok(text) = std::fs::read_to_string(Path::new(base).join(&cg).join("cgroup.procs")) {
-            return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        }
-    }
-    vec![]
 }
 
 fn main() -> ExitCode {
@@ -107,23 +85,27 @@ fn spawn(args: &[String]) -> Result<(), String> {
 
 fn serve(args: &[String]) -> Result<(), String> {
     let _ = nix::unistd::setsid();
-    if let Err(e) = server::set_engine(arg(args, "--engine").as_deref()) {
-        println!("error: {e}");
-        return Err(e);
-    }
-    let cfg = server::Config {
+    let engine = match EngineBinary::open(arg(args, "--engine").as_deref()) {
+        Ok(e) => e,
+        Err(e) => {
+            println!("error: {e}");
+            return Err(e);
+        }
+    };
+    let cfg = Config {
         id: need(args, "--id")?,
         root: PathBuf::from(need(args, "--root")?),
         bundle: PathBuf::from(need(args, "--bundle")?),
-        dir: server::shim_dir(Path::new(&need(args, "--dir")?)),
+        dir: serve::shim_dir(Path::new(&need(args, "--dir")?)),
         socket: PathBuf::from(need(args, "--socket")?),
         log: PathBuf::from(need(args, "--log")?),
         stdin: args.iter().any(|a| a == "--stdin"),
         stdin_once: args.iter().any(|a| a == "--stdin-once"),
         tty: args.iter().any(|a| a == "--tty"),
+        engine,
     };
-    let sigfd = server::sigchld_fd()?;
-    let shim = match server::Shim::create(cfg) {
+    let sigfd = serve::sigchld_fd()?;
+    let shim = match Shim::create(cfg) {
         Ok(s) => s,
         Err(e) => {
             println!("error: {e}");
@@ -138,7 +120,7 @@ fn serve(args: &[String]) -> Result<(), String> {
                 nix::unistd::Pid::from_raw(shim.init_pid()),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            let _ = Command::new(server::engine_exe())
+            let _ = Command::new(shim.engine())
                 .args([
                     "delete",
                     "--id",

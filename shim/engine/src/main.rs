@@ -1,14 +1,12 @@
 //! kelson-shim-engine: the short-lived children through which the shim drives the container
 //! library — `create`, `start`, `exec`, `delete`. A separate binary so that the long-lived shim
-//! never maps the library (see engine.rs).
+//! never maps the library (see verbs.rs). A crate of its own: the shim's crate does not even
+//! depend on the library.
 #![forbid(unsafe_code)]
 
-#[path = "../engine.rs"]
-mod engine;
-#[path = "../runtime.rs"]
-mod runtime;
-#[path = "../stdio.rs"]
-mod stdio;
+mod oci_runtime;
+mod stdio_owner;
+mod verbs;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -30,7 +28,7 @@ fn main() -> ExitCode {
         "create" => {
             let r = (|| {
                 let id = need(&args, "--id")?;
-                engine::create(
+                verbs::create(
                     &id,
                     Path::new(&need(&args, "--root")?),
                     Path::new(&need(&args, "--bundle")?),
@@ -46,14 +44,14 @@ fn main() -> ExitCode {
             r
         }
         "start" => need(&args, "--id").and_then(|id| {
-            engine::start(
+            verbs::start(
                 &id,
                 Path::new(&need(&args, "--root")?),
                 args.iter().any(|a| a == "--report-on-stdin"),
             )
         }),
         "delete" => need(&args, "--id")
-            .and_then(|id| engine::delete(&id, Path::new(&need(&args, "--root")?))),
+            .and_then(|id| verbs::delete(&id, Path::new(&need(&args, "--root")?))),
         "exec" => {
             let r = (|| {
                 // Options come before `--`; the command after it is never read as options.
@@ -68,14 +66,14 @@ fn main() -> ExitCode {
                 let root = need(&opts, "--root")?;
                 let pid_file = need(&opts, "--pid-file")?;
                 match arg(&opts, "--console-socket") {
-                    Some(sock) => engine::exec_tty(
+                    Some(sock) => verbs::exec_tty(
                         &id,
                         Path::new(&root),
                         rest,
                         Path::new(&pid_file),
                         Path::new(&sock),
                     ),
-                    None => engine::exec(
+                    None => verbs::exec(
                         &id,
                         Path::new(&root),
                         rest,

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use bytes::{Buf, BytesMut};
 use kelson_proto::shim::{self as msg, attach_frame::Kind};
 
-use crate::log::Stream;
+use crate::cri_log::Stream;
 
 /// Output queued per attacher before it is dropped.
 pub const MAX_BUFFER: usize = 1 << 20;

@@ -1,7 +1,8 @@
-//! The only place that imports the container-creation library (youki's libcontainer). Each
-//! function runs in a short-lived child process of the shim (`kelson-shim create|start|exec|
-//! delete`), so the long-lived shim never carries the library's heap, and the library's forks
-//! happen in a single-threaded process.
+//! The engine's verbs on one container (create, start, exec, delete): through youki's
+//! libcontainer — the only place that imports it — or through the container's OCI runtime
+//! (`oci_runtime`). Each runs in a short-lived child process of the shim (`kelson-shim-engine
+//! create|start|exec|delete`), so the long-lived shim never carries the library's heap, and the
+//! library's forks happen in a single-threaded process. It must never outlive its one verb.
 
 use std::os::fd::AsFd;
 use std::path::Path;
@@ -10,7 +11,7 @@ use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 
-use crate::runtime;
+use crate::oci_runtime;
 
 /// Longest start report read back from a container's init (one error message).
 pub const MAX_START_REPORT: usize = 4096;
@@ -133,14 +134,14 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
 }
 
 /// Hand this process's stdio pipes (soon the process's) to the user the bundle's process runs
-/// as (see `stdio`). Before anything joins the pod's user namespace.
+/// as (see `stdio_owner`). Before anything joins the pod's user namespace.
 fn give_stdio(bundle: &Path) -> Result<(), String> {
     let spec: serde_json::Value = serde_json::from_slice(
         &std::fs::read(bundle.join("config.json")).map_err(|e| err("container spec", e))?,
     )
     .map_err(|e| err("container spec", e))?;
-    match crate::stdio::host_user(&spec) {
-        Some(owner) => crate::stdio::give(owner),
+    match crate::stdio_owner::host_user(&spec) {
+        Some(owner) => crate::stdio_owner::give(owner),
         None => Err("container spec: the process user is not mapped in its user namespace".into()),
     }
 }
@@ -174,7 +175,7 @@ pub fn create(
     start_report: Option<&Path>,
 ) -> Result<(), String> {
     give_stdio(bundle)?;
-    if let Some(h) = runtime::handler(root, id)? {
+    if let Some(h) = oci_runtime::handler(root, id)? {
         // stdin as the container's: the shim's pipe, else /dev/null; stdout/stderr are ours.
         if !stdin {
             let null = std::fs::File::open("/dev/null").map_err(|e| err("open /dev/null", e))?;
@@ -230,7 +231,7 @@ pub fn create(
 /// init's start report: the start succeeds once the init has exec'd its command, and fails
 /// with the init's reason when it could not.
 pub fn start(id: &str, root: &Path, report_on_stdin: bool) -> Result<(), String> {
-    if let Some(h) = runtime::handler(root, id)? {
+    if let Some(h) = oci_runtime::handler(root, id)? {
         return h.start(id);
     }
     let mut c = Container::load(root.join(id)).map_err(|e| err("load", e))?;
@@ -253,7 +254,7 @@ pub fn exec(
 ) -> Result<i32, String> {
     // The container's own process spec (user, groups, env, cwd, capabilities, no_new_privs)
     // with these args: an exec runs as the container runs, not as root by default.
-    if let Some(h) = runtime::handler(root, id)? {
+    if let Some(h) = oci_runtime::handler(root, id)? {
         give_stdio(&h.bundle)?;
         let process_file = process_spec(id, root, &h.bundle, args, false, false)?;
         if !stdin {
@@ -515,7 +516,7 @@ pub fn exec_tty(
     console_socket: &Path,
 ) -> Result<i32, String> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| err("child subreaper", e))?;
-    if let Some(h) = runtime::handler(root, id)? {
+    if let Some(h) = oci_runtime::handler(root, id)? {
         let process_file = process_spec(id, root, &h.bundle, args, true, false)?;
         let pid = h.exec_detached_tty(id, &process_file, pid_file, console_socket);
         let _ = std::fs::remove_file(&process_file);
@@ -543,9 +544,9 @@ pub fn exec_tty(
 
 /// Remove the container's runtime state and cgroup (it must have stopped; `force` kills first).
 pub fn delete(id: &str, root: &Path) -> Result<(), String> {
-    if let Some(h) = runtime::handler(root, id)? {
+    if let Some(h) = oci_runtime::handler(root, id)? {
         h.delete(id)?;
-        let _ = std::fs::remove_file(runtime::record(root, id));
+        let _ = std::fs::remove_file(oci_runtime::record(root, id));
         return Ok(());
     }
     match Container::load(root.join(id)) {
