@@ -954,6 +954,174 @@ mod tests {
         assert!(s["linux"].get("uidMappings").is_none());
     }
 
+    /// A config that reaches every part of the spec, unprivileged and privileged.
+    fn rich_specs() -> Vec<Value> {
+        use crate::pod::userns::{IdMap, UserNs};
+        use cri::security_profile::ProfileType;
+        let profile = |t: ProfileType, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        let mut c = cfg();
+        c.command = vec!["/app".into()];
+        c.args = vec!["--serve".into(), "x y".into()];
+        c.envs = vec![
+            cri::KeyValue {
+                key: "A".into(),
+                value: "2".into(),
+            },
+            cri::KeyValue {
+                key: "B".into(),
+                value: "b=c".into(),
+            },
+        ];
+        c.working_dir = "/work".into();
+        c.tty = true;
+        c.annotations = [("a.k/one".to_owned(), "1".to_owned()), ("b".into(), "2".into())]
+            .into_iter()
+            .collect();
+        c.mounts = vec![
+            cri::Mount {
+                container_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                readonly: true,
+                recursive_read_only: true,
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/shared".into(),
+                host_path: "/srv/shared".into(),
+                propagation: cri::MountPropagation::PropagationBidirectional as i32,
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/etc/hosts".into(),
+                host_path: "/srv/hosts".into(),
+                propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+                ..Default::default()
+            },
+        ];
+        let resources = cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 256,
+            memory_limit_in_bytes: 128 << 20,
+            memory_swap_limit_in_bytes: 256 << 20,
+            oom_score_adj: 900,
+            cpuset_cpus: "0-1".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            unified: [("memory.high".to_owned(), "100000000".to_owned())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let sc = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["CAP_NET_ADMIN".into()],
+                drop_capabilities: vec!["CAP_MKNOD".into()],
+                ..Default::default()
+            }),
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            readonly_rootfs: true,
+            no_new_privs: true,
+            seccomp: Some(profile(ProfileType::Localhost, "/p/seccomp.json")),
+            apparmor: Some(profile(ProfileType::RuntimeDefault, "")),
+            masked_paths: vec!["/proc/extra".into()],
+            readonly_paths: vec!["/proc/ro".into()],
+            ..Default::default()
+        };
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(resources),
+            security_context: Some(sc),
+        });
+        let img = ImageRun {
+            entrypoint: vec!["/ignored".into()],
+            cmd: vec!["ignored".into()],
+            env: vec!["A=1".into(), "PATH=/bin".into()],
+            working_dir: "/ignored".into(),
+            user: "app".into(),
+        };
+        let maps = vec![IdMap {
+            container: 0,
+            host: 131072,
+            len: 65536,
+        }];
+        let pod = PodContext {
+            netns: "/s/netns".into(),
+            ipcns: "/s/ipcns".into(),
+            utsns: "/s/utsns".into(),
+            pidns: "/s/pidns".into(),
+            shm: "/s/shm".into(),
+            dir: "/s".into(),
+            cgroup: "kubepods/pod1".into(),
+            userns: "/s/userns".into(),
+            user_maps: Some(UserNs {
+                uids: maps.clone(),
+                gids: maps,
+            }),
+            hostname: "web-0".into(),
+            ..Default::default()
+        };
+        let sysctls: HashMap<String, String> = [
+            ("net.ipv4.ip_forward".to_owned(), "1".to_owned()),
+            ("kernel.shmmax".into(), "65536".into()),
+        ]
+        .into_iter()
+        .collect();
+        let v1 = ["/sys/fs/cgroup/cpu".to_owned(), "/sys/fs/cgroup/memory".into()];
+        let mut i = input(&c, &img, &pod);
+        i.user = (1000, 2000, vec![3000, 4000]);
+        i.own_oom_score_adj = -10;
+        i.init = Some("/usr/lib/kelson/kelson-init".into());
+        i.devices = vec![Device {
+            container_path: "/dev/fuse".into(),
+            kind: 'c',
+            major: 10,
+            minor: 229,
+            mode: 0o666,
+            access: "rw".into(),
+        }];
+        i.cgroup_v1_dirs = &v1;
+        i.localhost_seccomp = Some(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}));
+        i.apparmor_host = true;
+        i.sysctls = &sysctls;
+        let (unprivileged, w) = generate(&i).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let mut p = c.clone();
+        if let Some(sc) = p.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+            sc.privileged = true;
+            sc.apparmor = None;
+            sc.seccomp = None;
+        }
+        if let Some(r) = p.linux.as_mut().and_then(|l| l.resources.as_mut()) {
+            r.oom_score_adj = -500;
+        }
+        let mut i = Input { config: &p, ..i };
+        i.pod_privileged = true;
+        let (privileged, w) = generate(&i).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        vec![unprivileged, privileged]
+    }
+
+    #[test]
+    fn a_rich_spec_matches_its_stored_expectation() {
+        let want = include_str!("testdata/spec-rich.json");
+        let got = serde_json::to_string_pretty(&rich_specs()).unwrap() + "\n";
+        if got != want {
+            let path = std::env::temp_dir().join("kelson-spec-rich.actual.json");
+            let _ = std::fs::write(&path, &got);
+            panic!("the spec differs from testdata/spec-rich.json; got {}", path.display());
+        }
+    }
+
     #[test]
     fn refuses_bad_paths() {
         let mut c = cfg();
