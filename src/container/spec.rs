@@ -1037,9 +1037,8 @@ mod tests {
         assert!(s["linux"].get("uidMappings").is_none());
     }
 
-    /// A config that reaches every part of the spec, unprivileged and privileged.
-    fn rich_specs() -> Vec<Value> {
-        use crate::pod::userns::{IdMap, UserNs};
+    /// A config that reaches every part of the spec.
+    fn rich_config() -> cri::ContainerConfig {
         use cri::security_profile::ProfileType;
         let profile = |t: ProfileType, r: &str| cri::SecurityProfile {
             profile_type: t as i32,
@@ -1127,6 +1126,13 @@ mod tests {
             resources: Some(resources),
             security_context: Some(sc),
         });
+        c
+    }
+
+    /// The rich config's spec, unprivileged and privileged.
+    fn rich_specs() -> Vec<Value> {
+        use crate::pod::userns::{IdMap, UserNs};
+        let c = rich_config();
         let img = ImageRun {
             entrypoint: vec!["/ignored".into()],
             cmd: vec!["ignored".into()],
