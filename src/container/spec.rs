@@ -1102,7 +1102,6 @@ mod tests {
             unified: [("memory.high".to_owned(), "100000000".to_owned())]
                 .into_iter()
                 .collect(),
-            ..Default::default()
         };
         let sc = cri::LinuxContainerSecurityContext {
             capabilities: Some(cri::Capability {
