@@ -295,9 +295,73 @@ fn propagation(p: i32) -> &'static str {
     }
 }
 
+/// The parts of the spec that security policy decides, checked in this order.
+struct Security {
+    capabilities: Value,
+    masked_paths: Vec<String>,
+    readonly_paths: Vec<String>,
+    sysctls: std::collections::BTreeMap<String, String>,
+    seccomp: Option<Value>,
+}
+
 pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     let c = i.config;
     let mut warnings = Vec::new();
+    let (args, env, cwd) = command(i)?;
+    let linux = c.linux.clone().unwrap_or_default();
+    let sc = linux.security_context.clone().unwrap_or_default();
+    let res = linux.resources.clone().unwrap_or_default();
+    let sec = security_parts(i, &sc)?;
+    let mounts = mounts(i, &sc)?;
+    let namespaces = namespaces(i, &sc)?;
+    let (devices, resources) = devices_and_resources(i, &sc, &res)?;
+    let process = process(
+        i,
+        &sc,
+        &res,
+        (args, env, cwd),
+        sec.capabilities,
+        &mut warnings,
+    )?;
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": i.rootfs, "readonly": sc.readonly_rootfs},
+        "mounts": mounts,
+        "annotations": c.annotations,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": cgroups_path(&i.pod.cgroup, &i.pod.slice, i.id),
+            "devices": devices,
+            "resources": resources,
+            "maskedPaths": sec.masked_paths,
+            "readonlyPaths": sec.readonly_paths,
+            "sysctl": sec.sysctls,
+        },
+    });
+    let mut spec = spec;
+    if let (false, Some(maps)) = (i.pod.userns.is_empty(), &i.pod.user_maps) {
+        // Joined by path; the mappings say what the namespace holds (as containerd writes them).
+        spec["linux"]["uidMappings"] = crate::pod::userns::oci(&maps.uids);
+        spec["linux"]["gidMappings"] = crate::pod::userns::oci(&maps.gids);
+    }
+    if let Some(profile) = sec.seccomp {
+        spec["linux"]["seccomp"] = profile;
+    }
+    // A Bidirectional volume: the container's root is shared (the container library takes
+    // "shared", recursively), so a mount made under the volume reaches its host peer group.
+    // Otherwise the library's default, a recursive slave, keeps host mounts flowing in only.
+    if crate::container::propagation::needs_shared_root(&c.mounts) {
+        spec["linux"]["rootfsPropagation"] = json!("shared");
+    }
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
+        .map_err(|e| invalid("spec", e.to_string()))?;
+    Ok((spec, warnings))
+}
+
+/// The process's argv (behind the init when it runs one), environment and working directory.
+fn command(i: &Input) -> Result<(Vec<String>, Vec<String>, String), SpecError> {
+    let c = i.config;
     let mut args = argv(c, i.image)?;
     if i.init.is_some() {
         args.splice(0..0, [INIT_IN_CONTAINER.to_owned(), "--".to_owned()]);
@@ -328,9 +392,14 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             format!("{cwd:?} goes through a /proc magic link"),
         ));
     }
-    let linux = c.linux.clone().unwrap_or_default();
-    let sc = linux.security_context.clone().unwrap_or_default();
-    let res = linux.resources.clone().unwrap_or_default();
+    Ok((args, env, cwd))
+}
+
+/// Privilege, capabilities, masked and read-only paths, sysctls and the seccomp profile.
+fn security_parts(
+    i: &Input,
+    sc: &cri::LinuxContainerSecurityContext,
+) -> Result<Security, SpecError> {
     if sc.privileged && !i.pod_privileged {
         return Err(invalid(
             "security_context.privileged",
@@ -339,7 +408,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     }
     let capabilities =
         security::capabilities(sc.capabilities.as_ref(), sc.privileged, i.host_caps)?;
-    let (masked_paths, mut readonly_paths) = security::masked_and_readonly(&sc)?;
+    let (masked_paths, mut readonly_paths) = security::masked_and_readonly(sc)?;
     if !sc.privileged && !i.cgroup_v1_dirs.is_empty() {
         readonly_paths.push("/sys/fs/cgroup".into());
         readonly_paths.extend(i.cgroup_v1_dirs.iter().cloned());
@@ -352,7 +421,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             uts: !i.pod.utsns.is_empty(),
         },
     )?;
-    let seccomp = match seccomp::choose(&sc).map_err(|e| invalid("seccomp", e.to_string()))? {
+    let seccomp = match seccomp::choose(sc).map_err(|e| invalid("seccomp", e.to_string()))? {
         seccomp::Choice::Unconfined => None,
         seccomp::Choice::RuntimeDefault => {
             let bounding: Vec<String> =
@@ -365,6 +434,18 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             })?)
         }
     };
+    Ok(Security {
+        capabilities,
+        masked_paths,
+        readonly_paths,
+        sysctls,
+        seccomp,
+    })
+}
+
+/// The runtime's own filesystems, the pod's shm and files, the init binary, then the volumes.
+fn mounts(i: &Input, sc: &cri::LinuxContainerSecurityContext) -> Result<Vec<Value>, SpecError> {
+    let c = i.config;
     // Privileged: /sys and the cgroup tree writable, as the other runtimes mount them.
     let sys_mode = if sc.privileged { "rw" } else { "ro" };
 
@@ -400,42 +481,53 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         return Err(invalid("mounts", "too many"));
     }
     for m in &c.mounts {
-        abs_clean("mounts.container_path", &m.container_path)?;
-        abs_clean("mounts.host_path", &m.host_path)?;
-        let mut opts = vec![
-            "rbind",
-            propagation(m.propagation),
-            if m.readonly { "ro" } else { "rw" },
-        ];
-        if m.recursive_read_only {
-            // KEP-3857, as containerd checks it: read-only every level down needs the mount
-            // itself read-only, no propagation (a later submount would arrive writable), and
-            // a kernel that can do it — never silently a plain read-only mount.
-            let what = |reason: &str| {
-                invalid(
-                    "mounts.recursive_read_only",
-                    format!("{}: {reason}", m.container_path),
-                )
-            };
-            if !m.readonly {
-                return Err(what("a recursive read-only mount must also be read-only"));
-            }
-            if propagation(m.propagation) != "rprivate" {
-                return Err(what(
-                    "a recursive read-only mount needs private propagation",
-                ));
-            }
-            if !i.kernel_rro {
-                return Err(what(
-                    "the kernel cannot make recursive read-only mounts (mount_setattr, Linux 5.12+)",
-                ));
-            }
-            opts.push("rro");
-        }
-        opts.dedup();
-        mounts.push(json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": opts}));
+        mounts.push(volume(i, m)?);
     }
+    Ok(mounts)
+}
 
+/// One volume of the request, a bind mount.
+fn volume(i: &Input, m: &cri::Mount) -> Result<Value, SpecError> {
+    abs_clean("mounts.container_path", &m.container_path)?;
+    abs_clean("mounts.host_path", &m.host_path)?;
+    let mut opts = vec![
+        "rbind",
+        propagation(m.propagation),
+        if m.readonly { "ro" } else { "rw" },
+    ];
+    if m.recursive_read_only {
+        // KEP-3857, as containerd checks it: read-only every level down needs the mount
+        // itself read-only, no propagation (a later submount would arrive writable), and
+        // a kernel that can do it — never silently a plain read-only mount.
+        let what = |reason: &str| {
+            invalid(
+                "mounts.recursive_read_only",
+                format!("{}: {reason}", m.container_path),
+            )
+        };
+        if !m.readonly {
+            return Err(what("a recursive read-only mount must also be read-only"));
+        }
+        if propagation(m.propagation) != "rprivate" {
+            return Err(what(
+                "a recursive read-only mount needs private propagation",
+            ));
+        }
+        if !i.kernel_rro {
+            return Err(what(
+                "the kernel cannot make recursive read-only mounts (mount_setattr, Linux 5.12+)",
+            ));
+        }
+        opts.push("rro");
+    }
+    opts.dedup();
+    Ok(
+        json!({"destination": m.container_path, "type": "bind", "source": m.host_path, "options": opts}),
+    )
+}
+
+/// A mount namespace of its own, the PID namespace its mode asks for, and the pod's others.
+fn namespaces(i: &Input, sc: &cri::LinuxContainerSecurityContext) -> Result<Vec<Value>, SpecError> {
     let pid_mode = sc
         .namespace_options
         .as_ref()
@@ -466,7 +558,15 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             namespaces.push(json!({"type": kind, "path": path}));
         }
     }
+    Ok(namespaces)
+}
 
+/// The device nodes to create and `linux.resources`: the device cgroup rules and the limits.
+fn devices_and_resources(
+    i: &Input,
+    sc: &cri::LinuxContainerSecurityContext,
+    res: &cri::LinuxContainerResources,
+) -> Result<(Vec<Value>, Value), SpecError> {
     let mut device_rules = vec![json!({"allow": sc.privileged, "access": "rwm"})];
     let mut devices = Vec::new();
     for d in &i.devices {
@@ -480,6 +580,11 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         devices.push(json!({"path": d.container_path, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "fileMode": d.mode, "uid": 0, "gid": 0}));
         device_rules.push(json!({"allow": true, "type": d.kind.to_string(), "major": d.major, "minor": d.minor, "access": d.access}));
     }
+    Ok((devices, resources(res, device_rules)))
+}
+
+/// `linux.resources`: the device rules, then CPU, memory, hugepage and unified limits.
+fn resources(res: &cri::LinuxContainerResources, device_rules: Vec<Value>) -> Value {
     let mut resources = json!({"devices": device_rules});
     let mut cpu = serde_json::Map::new();
     if res.cpu_shares > 0 {
@@ -518,17 +623,28 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     if !res.unified.is_empty() {
         resources["unified"] = json!(res.unified);
     }
+    resources
+}
 
+/// The spec's `process`: user, command, capabilities, the LSM profile and the OOM score.
+fn process(
+    i: &Input,
+    sc: &cri::LinuxContainerSecurityContext,
+    res: &cri::LinuxContainerResources,
+    (args, env, cwd): (Vec<String>, Vec<String>, String),
+    capabilities: Value,
+    warnings: &mut Vec<String>,
+) -> Result<Value, SpecError> {
     let mut process = json!({
-        "terminal": c.tty,
+        "terminal": i.config.tty,
         "user": {"uid": i.user.0, "gid": i.user.1, "additionalGids": i.user.2},
         "args": args,
         "env": env,
         "cwd": cwd,
         "capabilities": capabilities,
     });
-    security::selinux(&sc, i.selinux_host)?;
-    if let Some(profile) = security::apparmor(&sc, i.apparmor_host)? {
+    security::selinux(sc, i.selinux_host)?;
+    if let Some(profile) = security::apparmor(sc, i.apparmor_host)? {
         process["apparmorProfile"] = json!(profile);
     }
     // Only when set: libcontainer reads a present `false` as "set" and then loads the seccomp
@@ -548,40 +664,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
             process["oomScoreAdj"] = json!(res.oom_score_adj);
         }
     }
-    let spec = json!({
-        "ociVersion": "1.0.2",
-        "process": process,
-        "root": {"path": i.rootfs, "readonly": sc.readonly_rootfs},
-        "mounts": mounts,
-        "annotations": c.annotations,
-        "linux": {
-            "namespaces": namespaces,
-            "cgroupsPath": cgroups_path(&i.pod.cgroup, &i.pod.slice, i.id),
-            "devices": devices,
-            "resources": resources,
-            "maskedPaths": masked_paths,
-            "readonlyPaths": readonly_paths,
-            "sysctl": sysctls,
-        },
-    });
-    let mut spec = spec;
-    if let (false, Some(maps)) = (i.pod.userns.is_empty(), &i.pod.user_maps) {
-        // Joined by path; the mappings say what the namespace holds (as containerd writes them).
-        spec["linux"]["uidMappings"] = crate::pod::userns::oci(&maps.uids);
-        spec["linux"]["gidMappings"] = crate::pod::userns::oci(&maps.gids);
-    }
-    if let Some(profile) = seccomp {
-        spec["linux"]["seccomp"] = profile;
-    }
-    // A Bidirectional volume: the container's root is shared (the container library takes
-    // "shared", recursively), so a mount made under the volume reaches its host peer group.
-    // Otherwise the library's default, a recursive slave, keeps host mounts flowing in only.
-    if crate::container::propagation::needs_shared_root(&c.mounts) {
-        spec["linux"]["rootfsPropagation"] = json!("shared");
-    }
-    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
-        .map_err(|e| invalid("spec", e.to_string()))?;
-    Ok((spec, warnings))
+    Ok(process)
 }
 
 #[cfg(test)]
@@ -952,6 +1035,188 @@ mod tests {
         // The host's user namespace: nothing about users in the spec.
         let (s, _) = generate(&input(&c, &img, &PodContext::default())).unwrap();
         assert!(s["linux"].get("uidMappings").is_none());
+    }
+
+    /// A config that reaches every part of the spec.
+    fn rich_config() -> cri::ContainerConfig {
+        use cri::security_profile::ProfileType;
+        let profile = |t: ProfileType, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        let mut c = cfg();
+        c.command = vec!["/app".into()];
+        c.args = vec!["--serve".into(), "x y".into()];
+        c.envs = vec![
+            cri::KeyValue {
+                key: "A".into(),
+                value: "2".into(),
+            },
+            cri::KeyValue {
+                key: "B".into(),
+                value: "b=c".into(),
+            },
+        ];
+        c.working_dir = "/work".into();
+        c.tty = true;
+        c.annotations = [
+            ("a.k/one".to_owned(), "1".to_owned()),
+            ("b".into(), "2".into()),
+        ]
+        .into_iter()
+        .collect();
+        c.mounts = vec![
+            cri::Mount {
+                container_path: "/data".into(),
+                host_path: "/srv/data".into(),
+                readonly: true,
+                recursive_read_only: true,
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/shared".into(),
+                host_path: "/srv/shared".into(),
+                propagation: cri::MountPropagation::PropagationBidirectional as i32,
+                ..Default::default()
+            },
+            cri::Mount {
+                container_path: "/etc/hosts".into(),
+                host_path: "/srv/hosts".into(),
+                propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+                ..Default::default()
+            },
+        ];
+        let resources = cri::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            cpu_shares: 256,
+            memory_limit_in_bytes: 128 << 20,
+            memory_swap_limit_in_bytes: 256 << 20,
+            oom_score_adj: 900,
+            cpuset_cpus: "0-1".into(),
+            cpuset_mems: "0".into(),
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "2MB".into(),
+                limit: 4 << 20,
+            }],
+            unified: [("memory.high".to_owned(), "100000000".to_owned())]
+                .into_iter()
+                .collect(),
+        };
+        let sc = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: vec!["CAP_NET_ADMIN".into()],
+                drop_capabilities: vec!["CAP_MKNOD".into()],
+                ..Default::default()
+            }),
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Pod as i32,
+                ..Default::default()
+            }),
+            readonly_rootfs: true,
+            no_new_privs: true,
+            seccomp: Some(profile(ProfileType::Localhost, "/p/seccomp.json")),
+            apparmor: Some(profile(ProfileType::RuntimeDefault, "")),
+            masked_paths: vec!["/proc/extra".into()],
+            readonly_paths: vec!["/proc/ro".into()],
+            ..Default::default()
+        };
+        c.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(resources),
+            security_context: Some(sc),
+        });
+        c
+    }
+
+    /// The rich config's spec, unprivileged and privileged.
+    fn rich_specs() -> Vec<Value> {
+        use crate::pod::userns::{IdMap, UserNs};
+        let c = rich_config();
+        let img = ImageRun {
+            entrypoint: vec!["/ignored".into()],
+            cmd: vec!["ignored".into()],
+            env: vec!["A=1".into(), "PATH=/bin".into()],
+            working_dir: "/ignored".into(),
+            user: "app".into(),
+        };
+        let maps = vec![IdMap {
+            container: 0,
+            host: 131072,
+            len: 65536,
+        }];
+        let pod = PodContext {
+            netns: "/s/netns".into(),
+            ipcns: "/s/ipcns".into(),
+            utsns: "/s/utsns".into(),
+            pidns: "/s/pidns".into(),
+            shm: "/s/shm".into(),
+            dir: "/s".into(),
+            cgroup: "kubepods/pod1".into(),
+            userns: "/s/userns".into(),
+            user_maps: Some(UserNs {
+                uids: maps.clone(),
+                gids: maps,
+            }),
+            hostname: "web-0".into(),
+            ..Default::default()
+        };
+        let sysctls: HashMap<String, String> = [
+            ("net.ipv4.ip_forward".to_owned(), "1".to_owned()),
+            ("kernel.shmmax".into(), "65536".into()),
+        ]
+        .into_iter()
+        .collect();
+        let v1 = [
+            "/sys/fs/cgroup/cpu".to_owned(),
+            "/sys/fs/cgroup/memory".into(),
+        ];
+        let mut i = input(&c, &img, &pod);
+        i.user = (1000, 2000, vec![3000, 4000]);
+        i.own_oom_score_adj = -10;
+        i.init = Some("/usr/lib/kelson/kelson-init".into());
+        i.devices = vec![Device {
+            container_path: "/dev/fuse".into(),
+            kind: 'c',
+            major: 10,
+            minor: 229,
+            mode: 0o666,
+            access: "rw".into(),
+        }];
+        i.cgroup_v1_dirs = &v1;
+        i.localhost_seccomp = Some(json!({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+            {"names": ["read", "write"], "action": "SCMP_ACT_ALLOW"}]}));
+        i.apparmor_host = true;
+        i.sysctls = &sysctls;
+        let (unprivileged, w) = generate(&i).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let mut p = c.clone();
+        if let Some(sc) = p.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+            sc.privileged = true;
+            sc.apparmor = None;
+            sc.seccomp = None;
+        }
+        if let Some(r) = p.linux.as_mut().and_then(|l| l.resources.as_mut()) {
+            r.oom_score_adj = -500;
+        }
+        let mut i = Input { config: &p, ..i };
+        i.pod_privileged = true;
+        let (privileged, w) = generate(&i).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        vec![unprivileged, privileged]
+    }
+
+    #[test]
+    fn a_rich_spec_matches_its_stored_expectation() {
+        let want = include_str!("testdata/spec-rich.json");
+        let got = serde_json::to_string_pretty(&rich_specs()).unwrap() + "\n";
+        if got != want {
+            let path = std::env::temp_dir().join("kelson-spec-rich.actual.json");
+            let _ = std::fs::write(&path, &got);
+            panic!(
+                "the spec differs from testdata/spec-rich.json; got {}",
+                path.display()
+            );
+        }
     }
 
     #[test]

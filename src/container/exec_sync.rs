@@ -1,0 +1,53 @@
+//! ExecSync: a command run to completion in a running container by its shim, with bounded
+//! output (streaming exec is `exec.rs`).
+
+use std::time::Duration;
+
+use super::{ContainerError, ContainerService};
+use crate::shim::{self, ShimError, msg};
+
+impl ContainerService {
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+        max_output: u64,
+    ) -> Result<msg::ExecResult, ContainerError> {
+        let rec = self.find(id)?;
+        if cmd.is_empty() {
+            return Err(ContainerError::Invalid("ExecSync: cmd is empty".into()));
+        }
+        let wait = if timeout.is_zero() {
+            shim::CALL_TIMEOUT * 10
+        } else {
+            timeout + Duration::from_secs(10)
+        };
+        let r = self
+            .client(&rec)
+            .call(
+                msg::request::Kind::Exec(msg::Exec {
+                    args: cmd,
+                    timeout_ms: timeout.as_millis() as u64,
+                    max_output,
+                }),
+                wait,
+            )
+            .await
+            .map_err(|e| match e {
+                ShimError::Gone { .. } => ContainerError::WrongState {
+                    id: rec.id.clone(),
+                    state: "exited",
+                    op: "exec",
+                },
+                ShimError::Remote(m) if m.contains("not running") => ContainerError::WrongState {
+                    id: rec.id.clone(),
+                    state: "not running",
+                    op: "exec",
+                },
+                e => e.into(),
+            })?;
+        r.exec
+            .ok_or_else(|| ContainerError::Internal("shim answered exec without a result".into()))
+    }
+}
