@@ -235,7 +235,14 @@ async fn a_stop_returns_by_its_deadline() -> anyhow::Result<()> {
 }
 
 /// (name, run_as_user, run_as_username, strict, `id -G`, the groups ContainerStatus reports)
-type GroupCase = (&'static str, Option<i64>, &'static str, bool, &'static str, Vec<i64>);
+type GroupCase = (
+    &'static str,
+    Option<i64>,
+    &'static str,
+    bool,
+    &'static str,
+    Vec<i64>,
+);
 
 /// The process's groups as containerd sets them and ContainerStatus reports them: the primary
 /// gid, the image's groups for the user (Merge) and the request's; Strict leaves out the
