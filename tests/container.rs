@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -22,48 +21,14 @@ struct Pod {
 async fn pod(c: &mut Cri, name: &str) -> anyhow::Result<Pod> {
     let logs = tempfile::tempdir()?;
     let cgroup = format!("kelson-ctest-{}/{name}", std::process::id());
-    let cfg = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.path().display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{cgroup}"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let id = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let cfg = req::pod(name, "default", &format!("/{cgroup}"), logs.path());
+    let id = common::run_pod(c, &cfg).await?;
     Ok(Pod { id, logs, cgroup })
 }
 
+/// A container `name` labelled `app=<name>`, logging to `<name>/0.log`.
 fn ctr(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: HashMap::from([("app".to_owned(), name.to_owned())]),
-        ..Default::default()
-    }
+    req::labelled(req::container(name, image, cmd, &format!("{name}/0.log")))
 }
 
 async fn create(c: &mut Cri, p: &Pod, cfg: cri::ContainerConfig) -> Result<String, tonic::Status> {
@@ -80,10 +45,7 @@ async fn create(c: &mut Cri, p: &Pod, cfg: cri::ContainerConfig) -> Result<Strin
 
 async fn status(c: &mut Cri, id: &str) -> cri::ContainerStatus {
     c.runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
+        .container_status(req::status(&id))
         .await
         .unwrap()
         .into_inner()
@@ -111,6 +73,13 @@ async fn setup() -> anyhow::Result<(common::Env, String)> {
 
 fn cgroup_dir(p: &Pod, id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/memory").join(&p.cgroup).join(id)
+}
+
+/// Remove the pod and the test's cgroup tree.
+async fn remove_pod(c: &mut Cri, p: &Pod) -> anyhow::Result<()> {
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
 }
 
 async fn start(c: &mut Cri, id: &str) -> anyhow::Result<()> {
@@ -339,8 +308,7 @@ async fn exec_sync_returns_output_exit_code_and_honours_its_timeout() -> anyhow:
         .into_inner();
     let st = String::from_utf8_lossy(&r.stdout).into_owned();
     assert!(st.lines().any(|l| l == "SigBlk:\t0000000000000000"), "{st}");
-    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    remove_pod(&mut c, &p).await?;
     Ok(())
 }
 
@@ -375,8 +343,7 @@ async fn a_running_container_keeps_the_layers_of_a_removed_image() -> anyhow::Re
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     common::pull(&e.daemon, &image).await?;
-    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    remove_pod(&mut c, &p).await?;
     Ok(())
 }
 
@@ -587,11 +554,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
         );
         cfg.annotations.insert("kelson.io/init".into(), init.into());
         let id = create(&mut c, &p, cfg).await?;
-        c.runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
+        start(&mut c, &id).await?;
         tokio::time::sleep(Duration::from_millis(800)).await;
         let r = c
             .runtime
@@ -606,12 +569,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
         // `sleep` as PID 1 ignores SIGTERM (no handler), so without init only SIGKILL at the
         // timeout stops it; with the init in front, SIGTERM is forwarded and stop is prompt.
         let t = Instant::now();
-        c.runtime
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 2,
-            })
-            .await?;
+        c.runtime.stop_container(req::stop(&id, 2)).await?;
         stop_times.push(t.elapsed());
     }
     assert_eq!(counts, ["1", "0"], "zombies without and with kelson-init");
@@ -619,11 +577,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
         stop_times[0] >= Duration::from_secs(2) && stop_times[1] < stop_times[0] / 2,
         "{stop_times:?}"
     );
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
@@ -662,11 +616,7 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
     )
     .await?;
     for id in [&a, &b] {
-        c.runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await?;
+        start(&mut c, &id).await?;
     }
     // The test image links only a few busybox applets; call the rest through busybox itself.
     let script = "busybox tr '\\0' ' ' < /proc/1/cmdline; echo; for f in /proc/[0-9]*/cmdline; do busybox tr '\\0' ' ' < $f; echo; done";
@@ -690,22 +640,14 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
         out.contains("sleep 1000") && out.contains("sleep 1001"),
         "both containers' processes visible: {out}"
     );
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(&p.id)).await?;
     for id in [&a, &b] {
         assert_eq!(
             status(&mut c, id).await.state,
             cri::ContainerState::ContainerExited as i32
         );
     }
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -737,11 +679,7 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         ..Default::default()
     });
     let hog = create(&mut c, &p, hog).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: hog.clone(),
-        })
-        .await?;
+    start(&mut c, &hog).await?;
     let s = wait_exited(&mut c, &hog).await;
     assert_eq!(
         (s.exit_code, s.reason.as_str()),
@@ -765,11 +703,7 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         permissions: "rw".into(),
     }];
     let talk = create(&mut c, &p, talk).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: talk.clone(),
-        })
-        .await?;
+    start(&mut c, &talk).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = status(&mut c, &talk).await.log_path;
     let rotated = format!("{log}.1");
@@ -826,11 +760,7 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
@@ -907,8 +837,7 @@ async fn bind_mounts_are_writable_read_only_or_created() -> anyhow::Result<()> {
         "written\n"
     );
     assert!(!host.path().join("fail.txt").exists());
-    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    remove_pod(&mut c, &p).await?;
     Ok(())
 }
 
@@ -957,8 +886,7 @@ async fn host_to_container_propagation_shows_later_host_mounts() -> anyhow::Resu
         .into_inner();
     nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH)?;
     assert_eq!(String::from_utf8_lossy(&r.stdout), "propagated");
-    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    remove_pod(&mut c, &p).await?;
     Ok(())
 }
 
@@ -992,8 +920,7 @@ async fn stop_sends_the_images_stopsignal() -> anyhow::Result<()> {
     let s = status(&mut c, &s_id).await;
     assert_eq!(s.exit_code, 0);
     assert!(std::fs::read_to_string(&s.log_path)?.contains("stdout F got-usr1"));
-    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    remove_pod(&mut c, &p).await?;
     Ok(())
 }
 
@@ -1005,11 +932,7 @@ async fn shim_killed() -> anyhow::Result<()> {
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "shimkill").await?;
     let id = create(&mut c, &p, ctr("victim", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
     let dir = e.daemon.state.join("containers").join(&id).join("shim");
     let shim: i32 = std::fs::read_to_string(dir.join("shim.pid"))?
         .trim()
@@ -1057,23 +980,10 @@ async fn shim_killed() -> anyhow::Result<()> {
         "cgroup emptied: {procs}"
     );
     // Stop and remove still succeed and leave nothing.
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 10,
-        })
-        .await?;
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    c.runtime.stop_container(req::stop(&id, 10)).await?;
+    c.runtime.remove_container(req::remove(&id)).await?;
     assert!(!cgroup_dir(&p, &id).exists());
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -1116,22 +1026,9 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         .into_inner();
     let p = pod(&mut c, "events").await?;
     let id = create(&mut c, &p, ctr("ev", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await?;
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
+    c.runtime.stop_container(req::stop(&id, 0)).await?;
+    c.runtime.remove_container(req::remove(&id)).await?;
     use cri::ContainerEventType as T;
     for s in [&mut a, &mut b] {
         let mut seen = Vec::new();
@@ -1174,11 +1071,7 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         ctr("quick", &image, &["/bin/sh", "-c", "exit 3"]),
     )
     .await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: quick.clone(),
-        })
-        .await?;
+    start(&mut c, &quick).await?;
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
         let ev = next(&mut a).await;
@@ -1197,11 +1090,7 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
 
     // Restart kelsond with a running container: the watcher is re-armed and reports the exit.
     let long = create(&mut c, &p, ctr("long", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: long.clone(),
-        })
-        .await?;
+    start(&mut c, &long).await?;
     e.daemon.restart()?;
     let mut c = e.daemon.cri().await?;
     let mut after = c
@@ -1228,17 +1117,9 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         (long.as_str(), T::ContainerStoppedEvent as i32)
     );
     for id in [&quick, &long] {
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await?;
+        c.runtime.remove_container(req::remove(&id)).await?;
     }
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -1256,11 +1137,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "sigchld").await?;
     let id = create(&mut c, &p, ctr("busy", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
     let mut execs = c.clone();
     let exec_id = id.clone();
     let storm = tokio::spawn(async move {
@@ -1280,10 +1157,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     while !storm.is_finished() {
         let st = c
             .runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
+            .container_status(req::status(&id))
             .await?
             .into_inner()
             .status
@@ -1325,10 +1199,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     // says nothing does not stop the next scrape.
     let err = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: "ab".repeat(32),
-            verbose: false,
-        })
+        .container_status(req::status(&"ab".repeat(32)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -1343,11 +1214,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
         "{body}"
     );
     assert_eq!(common::http_get(port, "/other")?.0, 404);
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -1426,11 +1293,7 @@ async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
     let log = logs.join("writer/0.log");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while free(&logs) > 8 * 1024 && std::time::Instant::now() < deadline {
@@ -1456,10 +1319,7 @@ async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
     assert!(resumed.is_some(), "logging resumed after space returned");
     let st = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
+        .container_status(req::status(&id))
         .await?
         .into_inner()
         .status
@@ -1481,11 +1341,7 @@ async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
         )
         .unwrap_or_default()
     );
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     drop(unmount);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())

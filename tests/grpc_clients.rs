@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use tonic::Code;
 
 fn repo(rel: &str) -> PathBuf {
@@ -169,11 +170,7 @@ async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<(
     let id = common::create(&mut c, &pod, &cfg, ctr).await?;
     for start in [false, true] {
         if start {
-            c.runtime
-                .start_container(cri::StartContainerRequest {
-                    container_id: id.clone(),
-                })
-                .await?;
+            c.runtime.start_container(req::start(&id)).await?;
         }
         let info = verbose_info(&mut c, &id).await?;
         assert_eq!(info["sandboxID"], pod.as_str());
@@ -192,10 +189,7 @@ async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<(
     // A plain status names no info.
     let plain = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
+        .container_status(req::status(&id))
         .await?
         .into_inner();
     assert!(plain.info.is_empty());
@@ -213,11 +207,7 @@ async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<(
     assert!(err.message().contains("runtime spec"), "{err:?}");
     std::fs::write(&spec, kept)?;
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }

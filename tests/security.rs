@@ -551,11 +551,7 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
         assert!(s.message().contains(bad), "{s:?}");
     }
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -609,11 +605,7 @@ async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
     let init: Vec<&str> = out.lines().filter(|l| l.starts_with("1 ")).collect();
     assert_eq!(init.len(), 3, "{out}");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -668,11 +660,7 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
         w.is_err(),
         "the engine's image was writable through /proc/<pid>/exe"
     );
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    c.runtime.start_container(req::start(&id)).await?;
     // After start the container runs its own program, not the engine.
     let exe = std::fs::read_link(format!("/proc/{init}/exe"))?;
     assert!(
@@ -681,11 +669,7 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
         exe.display()
     );
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -859,11 +843,7 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
         "the pod's resolv.conf is not in place: {resolv}"
     );
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -1053,19 +1033,11 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
     assert!(one.contains("pod-holder"), "{one:?}");
 
     // Removing the container releases every idmapped mount and leaves the volume whole.
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    c.runtime.remove_container(req::remove(&id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), mounts_before);
     assert_eq!(std::fs::read(vol.path().join("from-host"))?, b"host data\n");
     assert_eq!(std::fs::read(vol.path().join("from-pod"))?, b"pod\n");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0, "a pin or mount was left");
 
     common::remove_cgroup_tree(&top);
@@ -1211,11 +1183,7 @@ async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH)?;
     common::remove_cgroup_tree(&top);
     result
@@ -1298,11 +1266,7 @@ async fn image_volumes_stay_inside_the_rootfs() -> anyhow::Result<()> {
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("image volume"), "{err:?}");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(&top);
     Ok(())
@@ -1465,9 +1429,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         match common::create(&mut c, &pod, &cfg, victim).await {
             Ok(id) => {
                 made += 1;
-                c.runtime
-                    .remove_container(cri::RemoveContainerRequest { container_id: id })
-                    .await?;
+                c.runtime.remove_container(req::remove(&id)).await?;
             }
             Err(s) => {
                 assert_ne!(s.code(), tonic::Code::Unknown, "{s:?}");
@@ -1477,11 +1439,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         untouched(&format!("swap race, attempt {i}"));
     }
     println!("mount-target race: {made} created, {refused} refused");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     untouched("after the pod");
     common::remove_cgroup_tree(&top);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 
 /// Records of a CRI log file: (stream, tag, content), each timestamp checked.
@@ -51,16 +52,8 @@ async fn start_in(
 }
 
 async fn remove_pod(c: &mut Cri, pod: &str, top: &str) -> anyhow::Result<()> {
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(&pod)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(top);
     Ok(())
 }

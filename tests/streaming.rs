@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use k8s_cri::v1 as cri;
 use kelson_conformance::stream;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 use sha2::{Digest, Sha256};
 
@@ -231,11 +232,7 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
             .join("\n")
     );
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -330,11 +327,7 @@ async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
     }
     assert!(procs_with(marker).is_empty(), "killed with its client gone");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -398,11 +391,7 @@ async fn streaming_urls_expire_sessions_are_bounded_and_garbage_ends_them() -> a
         }
     };
     assert_eq!(out.exit_code(), Some(0));
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -447,9 +436,7 @@ async fn serve_hello_and_echo(c: &mut Cri, pod: &str, image: &str) -> anyhow::Re
             .await?
             .into_inner()
             .container_id;
-        c.runtime
-            .start_container(cri::StartContainerRequest { container_id: id })
-            .await?;
+        c.runtime.start_container(req::start(&id)).await?;
     }
     Ok(())
 }
@@ -579,11 +566,7 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     assert!(got[&2].ends_with(b"ws ping"), "{got:?}");
     drop(ws);
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -685,11 +668,7 @@ async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow:
     .await;
     assert!(end.is_ok(), "the server kept a session that sent text");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -761,11 +740,7 @@ async fn exec_with_a_terminal() -> anyhow::Result<()> {
     assert!(!text.contains("not-interrupted"), "{text:?}");
     assert_eq!(out.exit_code(), Some(130), "{text:?}");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -824,10 +799,7 @@ async fn attach_url(
 async fn container_state(c: &mut Cri, id: &str) -> anyhow::Result<(i32, i32)> {
     let s = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
+        .container_status(req::status(&id))
         .await?
         .into_inner()
         .status
@@ -1000,11 +972,7 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(logs.path().join("attach/term.log"))?;
     assert!(log.contains("term=xterm"), "{log}");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -1051,11 +1019,7 @@ async fn streaming_over_tls() -> anyhow::Result<()> {
     let (other_ca, _, _) = kelson_testkit::registry::self_signed(other.path())?;
     assert!(stream::connect_tls(&url, &[V5], &other_ca).await.is_err());
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
@@ -1110,11 +1074,7 @@ async fn concurrent_exec_sessions() -> anyhow::Result<()> {
     for s in sessions {
         s.await??;
     }
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&top);
     Ok(())
 }
