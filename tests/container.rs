@@ -64,13 +64,6 @@ async fn wait_exited(c: &mut Cri, id: &str) -> cri::ContainerStatus {
     }
 }
 
-async fn setup() -> anyhow::Result<(common::Env, String)> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
-    Ok((e, image))
-}
-
 fn cgroup_dir(p: &Pod, id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/memory").join(&p.cgroup).join(id)
 }
@@ -115,7 +108,7 @@ async fn remove_pod_leaves_no_mounts(c: &mut Cri, e: &common::Env, p: &Pod) -> a
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failing_job_reports_its_exit_code_and_a_cri_framed_log() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "batch").await?;
     let id = create(
@@ -169,7 +162,7 @@ async fn a_failing_job_reports_its_exit_code_and_a_cri_framed_log() -> anyhow::R
 /// (a whiteout hides a lower file) with the pod's hostname.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_runs_as_the_image_user_on_the_image_layers() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "layers").await?;
     let ok = create(
@@ -217,13 +210,19 @@ fn web(image: &str) -> cri::ContainerConfig {
     cfg
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn limits_land_in_the_cgroup_and_update_live() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+/// A kelsond with the standard image, a pod `pod_name`, and `web` started in it.
+async fn running_web(pod_name: &str) -> anyhow::Result<(common::Env, String, Cri, Pod, String)> {
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let p = pod(&mut c, "limits").await?;
+    let p = pod(&mut c, pod_name).await?;
     let web = create(&mut c, &p, web(&image)).await?;
     start(&mut c, &web).await?;
+    Ok((e, image, c, p, web))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_land_in_the_cgroup_and_update_live() -> anyhow::Result<()> {
+    let (_e, _image, mut c, p, web) = running_web("limits").await?;
     assert_eq!(
         status(&mut c, &web).await.state,
         cri::ContainerState::ContainerRunning as i32
@@ -270,11 +269,7 @@ async fn limits_land_in_the_cgroup_and_update_live() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_returns_output_exit_code_and_honours_its_timeout() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
-    let mut c = e.daemon.cri().await?;
-    let p = pod(&mut c, "exec").await?;
-    let web = create(&mut c, &p, web(&image)).await?;
-    start(&mut c, &web).await?;
+    let (_e, _image, mut c, p, web) = running_web("exec").await?;
     let r = c
         .runtime
         .exec_sync(req::sh(&web, "echo out; echo err >&2; exit 7", 10))
@@ -316,11 +311,7 @@ async fn exec_sync_returns_output_exit_code_and_honours_its_timeout() -> anyhow:
 /// new container of it needs the image pulled again.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_container_keeps_the_layers_of_a_removed_image() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
-    let mut c = e.daemon.cri().await?;
-    let p = pod(&mut c, "rmi").await?;
-    let web = create(&mut c, &p, web(&image)).await?;
-    start(&mut c, &web).await?;
+    let (e, image, mut c, p, web) = running_web("rmi").await?;
     let img_id = status(&mut c, &web).await.image_id;
     c.image.remove_image(req::remove_image(&image)).await?;
     c.image.remove_image(req::remove_image(&img_id)).await?;
@@ -351,11 +342,7 @@ async fn a_running_container_keeps_the_layers_of_a_removed_image() -> anyhow::Re
 /// SIGTERM is killed at the timeout; removing the pod removes its containers.
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_sends_sigterm_then_kills_at_the_timeout() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
-    let mut c = e.daemon.cri().await?;
-    let p = pod(&mut c, "svc").await?;
-    let web = create(&mut c, &p, web(&image)).await?;
-    start(&mut c, &web).await?;
+    let (_e, image, mut c, p, web) = running_web("svc").await?;
     let f = cri::ContainerFilter {
         state: Some(cri::ContainerStateValue { state: 1 }),
         ..Default::default()
@@ -421,7 +408,7 @@ async fn stop_sends_sigterm_then_kills_at_the_timeout() -> anyhow::Result<()> {
 /// Requests that must fail, each with its code, leaving nothing behind.
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_create_requests_fail_and_leave_nothing() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "edge").await?;
     let before_mounts = common::mounts_of(&e.daemon);
@@ -481,7 +468,7 @@ async fn bad_create_requests_fail_and_leave_nothing() -> anyhow::Result<()> {
 /// kelsond is down: the exit is reported after the restart.
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_outlive_kelsond_and_their_exit_is_seen_after_restart() -> anyhow::Result<()> {
-    let (mut e, image) = setup().await?;
+    let (mut e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "restart").await?;
     let id = create(
@@ -538,7 +525,7 @@ async fn containers_outlive_kelsond_and_their_exit_is_seen_after_restart() -> an
 /// `kelson.io/init: "true"` kelson-init is PID 1 and reaps it.
 #[tokio::test(flavor = "multi_thread")]
 async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "zombies").await?;
     // The worker shells out a child, is killed with SIGKILL, its child is orphaned and exits.
@@ -586,7 +573,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
 /// pod's holder (kelsond's own binary, no pause image), which also reaps orphans.
 #[tokio::test(flavor = "multi_thread")]
 async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "sharedpid").await?;
     let shared = |name: &str, cmd: &[&str]| {
@@ -657,7 +644,7 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
 /// a host device can be mapped in.
 #[tokio::test(flavor = "multi_thread")]
 async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "oom").await?;
     // A shell variable grows to ~64 MiB inside a 24 MiB memory limit.
@@ -780,7 +767,7 @@ fn idle_with(image: &str, mounts: Vec<cri::Mount>) -> cri::ContainerConfig {
 /// runs as the container does (the image's USER, nobody).
 #[tokio::test(flavor = "multi_thread")]
 async fn bind_mounts_are_writable_read_only_or_created() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "mounts").await?;
     let host = tempfile::tempdir()?;
@@ -844,7 +831,7 @@ async fn bind_mounts_are_writable_read_only_or_created() -> anyhow::Result<()> {
 /// HostToContainer (rslave): a mount made on the host under a shared dir appears inside.
 #[tokio::test(flavor = "multi_thread")]
 async fn host_to_container_propagation_shows_later_host_mounts() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "propagation").await?;
     let shared = tempfile::tempdir()?;
@@ -894,7 +881,7 @@ async fn host_to_container_propagation_shows_later_host_mounts() -> anyhow::Resu
 /// stop is prompt and clean.
 #[tokio::test(flavor = "multi_thread")]
 async fn stop_sends_the_images_stopsignal() -> anyhow::Result<()> {
-    let (e, _) = setup().await?;
+    let (e, _) = common::env_standard().await?;
     let stop_img = kelson_testkit::Image::new(
         vec![
             kelson_testkit::TestImages::busybox_layer()?,
@@ -928,7 +915,7 @@ async fn stop_sends_the_images_stopsignal() -> anyhow::Result<()> {
 /// in its cgroup is killed; stop and removal succeed and leave nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn shim_killed() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "shimkill").await?;
     let id = create(&mut c, &p, ctr("victim", &image, &["/bin/sleep", "3600"])).await?;
@@ -1006,7 +993,7 @@ async fn next(
 /// watchers are re-armed; a subscriber that never reads holds nothing up.
 #[tokio::test(flavor = "multi_thread")]
 async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
-    let (mut e, image) = setup().await?;
+    let (mut e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let mut a = c
         .runtime
@@ -1260,7 +1247,7 @@ fn last_number(lines: &[String]) -> Option<u64> {
 /// line), the container keeps running, and logging resumes by itself once space returns.
 #[tokio::test(flavor = "multi_thread")]
 async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "fulllog").await?;
     let logs = p.logs.path().to_owned();

@@ -94,8 +94,7 @@ async fn unknown_ids_of_any_shape_are_not_found() -> anyhow::Result<()> {
 /// container is then exited with StartError, and removal leaves nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_missing_command_fails_at_start() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
     let (pod, cfg, top) = pod(&mut c, "startfail", logs.path()).await?;
@@ -161,8 +160,7 @@ async fn a_missing_command_fails_at_start() -> anyhow::Result<()> {
 /// and other callers wait exactly that long): SIGKILL comes just before the deadline.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stop_returns_by_its_deadline() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
     let (pod, cfg, top) = pod(&mut c, "stopper", logs.path()).await?;
@@ -343,8 +341,7 @@ async fn groups_as_containerd_sets_them() -> anyhow::Result<()> {
 /// the request; a host-network pod cannot be given a hostname of its own.
 #[tokio::test(flavor = "multi_thread")]
 async fn hostnames_as_kubelet_expects() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
     let (pod, cfg, top) = pod(&mut c, "named-pod", logs.path()).await?;
@@ -435,8 +432,7 @@ async fn hostnames_as_kubelet_expects() -> anyhow::Result<()> {
 /// name instead of silently propagating nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn bidirectional_mounts_reach_the_host() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
     let top = format!("kelson-contract-{}-bidi", std::process::id());
@@ -570,8 +566,7 @@ impl Drop for Unmount {
 /// profile anywhere applies; a relative reference has nothing to be relative to.
 #[tokio::test(flavor = "multi_thread")]
 async fn localhost_seccomp_by_absolute_path() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
     let (pod, cfg, top) = pod(&mut c, "seccomp-abs", logs.path()).await?;

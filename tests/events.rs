@@ -23,8 +23,7 @@ async fn next(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_stop_and_remove_report_their_containers() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let mut s = c
         .runtime

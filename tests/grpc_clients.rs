@@ -91,8 +91,7 @@ async fn a_python_grpcio_client_runs_a_pod_over_the_socket() -> anyhow::Result<(
         return Ok(());
     };
     let proto = cri_proto()?;
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let top = format!("kelson-grpcpy-{}", std::process::id());
     let logs = tempfile::tempdir()?;
     let volume = tempfile::tempdir()?;
@@ -152,8 +151,7 @@ async fn a_python_grpcio_client_runs_a_pod_over_the_socket() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-grpcspec-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -207,7 +205,6 @@ async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<(
     assert!(err.message().contains("runtime spec"), "{err:?}");
     std::fs::write(&spec, kept)?;
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }

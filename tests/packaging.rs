@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use kelson_testkit::cri as req;
 use kelson_testkit::{Daemon, Pusher, Registry, RegistryOptions, TestImages};
 
 fn repo(path: &str) -> PathBuf {
@@ -229,8 +228,7 @@ async fn the_debian_package_installs_a_working_runtime() -> anyhow::Result<()> {
     let (code, out, _) =
         common::exec_sync(&mut c, &id, &["/bin/busybox", "echo", "packaged"]).await?;
     assert_eq!((code, out.trim()), (0, "packaged"));
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 

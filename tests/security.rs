@@ -51,8 +51,7 @@ struct SecPod {
 
 impl SecPod {
     async fn start(name: &str) -> anyhow::Result<SecPod> {
-        let e = common::env().await?;
-        let image = common::pull_standard(&e).await?;
+        let (e, image) = common::env_standard().await?;
         let mut c = e.daemon.cri().await?;
         let top = format!("kelson-sectest-{}", std::process::id());
         let logs = tempfile::tempdir()?;
@@ -551,8 +550,7 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
         assert!(s.message().contains(bad), "{s:?}");
     }
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -561,13 +559,9 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
 /// stdio, pipes and sockets the shim gave it, and /dev/null).
 #[tokio::test(flavor = "multi_thread")]
 async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-sectest3-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("fds", "default", &format!("/{top}/fds"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    let (top, _logs, cfg, pod) = common::pod_in(&mut c, "kelson-sectest3", "fds").await?;
 
     for cwd in ["/proc/self/fd/7", "/proc/1/cwd", "/proc/thread-self/fd/3"] {
         let mut ctr = common::container_config("leak", &image, &["/bin/sleep", "3600"]);
@@ -605,8 +599,7 @@ async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
     let init: Vec<&str> = out.lines().filter(|l| l.starts_with("1 ")).collect();
     assert_eq!(init.len(), 3, "{out}");
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -616,13 +609,9 @@ async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
 /// never to the host's binary.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-sectest4-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("exe", "default", &format!("/{top}/exe"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    let (top, _logs, cfg, pod) = common::pod_in(&mut c, "kelson-sectest4", "exe").await?;
     let id = c
         .runtime
         .create_container(cri::CreateContainerRequest {
@@ -669,8 +658,7 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
         exe.display()
     );
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -843,8 +831,7 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
         "the pod's resolv.conf is not in place: {resolv}"
     );
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -896,8 +883,7 @@ fn userns_pod(top: &str, logs: &std::path::Path) -> cri::PodSandboxConfig {
 #[tokio::test(flavor = "multi_thread")]
 async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-userns-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -1049,8 +1035,7 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
 /// are refused before anything is made.
 #[tokio::test(flavor = "multi_thread")]
 async fn user_namespace_requests_that_defeat_it_are_refused() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let status = c.runtime.status(req::runtime_status()).await?.into_inner();
     let features = status.runtime_handlers[0].features.unwrap();
@@ -1126,8 +1111,7 @@ fn walk_owners(dir: &std::path::Path) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-rro-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -1285,8 +1269,7 @@ fn mounts_on(path: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
     use kelson_testkit::TarBuilder;
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
     let b = bait.path().display().to_string();
     for f in ["null", "console", "ptmx"] {

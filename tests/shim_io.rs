@@ -65,8 +65,7 @@ fn log_of(logs: &std::path::Path, pod: &str, name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unterminated_output_is_logged_as_partial_records() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-shimio-p-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -136,8 +135,7 @@ async fn exec_sync(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_returns_when_a_background_child_keeps_its_output() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-shimio-x-{}", std::process::id());
     let logs = tempfile::tempdir()?;

@@ -39,9 +39,7 @@ struct Counts {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let d = &e.daemon;
     let pid = d.pid().unwrap();
     let mut c = d.cri().await?;
@@ -161,9 +159,7 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000),
     );
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let d = &e.daemon;
     let pid = d.pid().unwrap();
     let mut c = d.cri().await?;

@@ -65,9 +65,7 @@ fn procs_with(needle: &str) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -232,8 +230,7 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
             .join("\n")
     );
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -241,9 +238,7 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
     use stream::spdy;
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest3-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -327,8 +322,7 @@ async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
     }
     assert!(procs_with(marker).is_empty(), "killed with its client gone");
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -391,8 +385,7 @@ async fn streaming_urls_expire_sessions_are_bounded_and_garbage_ends_them() -> a
         }
     };
     assert_eq!(out.exit_code(), Some(0));
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -447,9 +440,7 @@ async fn serve_hello_and_echo(c: &mut Cri, pod: &str, image: &str) -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<()> {
     use stream::spdy;
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest4-{}", std::process::id());
     let (pod, _) = running(&mut c, &image, &top).await?;
@@ -566,8 +557,7 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     assert!(got[&2].ends_with(b"ws ping"), "{got:?}");
     drop(ws);
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -580,9 +570,7 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
 async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow::Result<()> {
     use kelson_proto::spdy::frame::Frame;
     use stream::spdy;
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest9-{}", std::process::id());
     let (pod, _) = running(&mut c, &image, &top).await?;
@@ -668,8 +656,7 @@ async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow:
     .await;
     assert!(end.is_ok(), "the server kept a session that sent text");
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -678,9 +665,7 @@ async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow:
 /// through it, the exit code comes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_with_a_terminal() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest5-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -740,8 +725,7 @@ async fn exec_with_a_terminal() -> anyhow::Result<()> {
     assert!(!text.contains("not-interrupted"), "{text:?}");
     assert_eq!(out.exit_code(), Some(130), "{text:?}");
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -824,14 +808,9 @@ async fn wait_exited(c: &mut Cri, id: &str) -> anyhow::Result<i32> {
 /// `stdin_once`, a container on a terminal (resize, TERM), and bad requests.
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_to_running_containers() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-stest6-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("attach", "default", &format!("/{top}/attach"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    let (top, logs, cfg, pod) = common::pod_in(&mut c, "kelson-stest6", "attach").await?;
     let start = |c: &mut Cri, name: &str, cmd: &[&str], stdin_once: bool, tty: bool| {
         let mut ctr = common::container_config(name, &image, cmd);
         ctr.stdin = true;
@@ -972,8 +951,7 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(logs.path().join("attach/term.log"))?;
     assert!(log.contains("term=xterm"), "{log}");
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -1019,8 +997,7 @@ async fn streaming_over_tls() -> anyhow::Result<()> {
     let (other_ca, _, _) = kelson_testkit::registry::self_signed(other.path())?;
     assert!(stream::connect_tls(&url, &[V5], &other_ca).await.is_err());
 
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -1028,9 +1005,7 @@ async fn streaming_over_tls() -> anyhow::Result<()> {
 /// every one gets exactly its own bytes back and its exit code.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_exec_sessions() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest8-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -1074,7 +1049,6 @@ async fn concurrent_exec_sessions() -> anyhow::Result<()> {
     for s in sessions {
         s.await??;
     }
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }

@@ -302,6 +302,45 @@ pub async fn exec_sync(
 #[allow(unused_imports)] // not every test file uses it
 pub use kelson_testkit::cri::bind;
 
+/// `env()` with the standard image pulled: the environment and the image's reference.
+pub async fn env_standard() -> anyhow::Result<(Env, String)> {
+    let e = env().await?;
+    let image = pull_standard(&e).await?;
+    Ok((e, image))
+}
+
+/// A pod `name` in the test's cgroup tree `<prefix>-<pid>` (removed by `remove_pod`), its logs
+/// in a temporary directory: (the tree's top, the logs, the pod's config, the pod's id).
+pub async fn pod_in(
+    c: &mut kelson_testkit::daemon::Cri,
+    prefix: &str,
+    name: &str,
+) -> anyhow::Result<(
+    String,
+    tempfile::TempDir,
+    k8s_cri::v1::PodSandboxConfig,
+    String,
+)> {
+    let top = format!("{prefix}-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = pod_config(name, "default", &format!("/{top}/{name}"), logs.path());
+    let pod = run_pod(c, &cfg).await?;
+    Ok((top, logs, cfg, pod))
+}
+
+/// RemovePodSandbox, then the test's cgroup tree `top`.
+pub async fn remove_pod(
+    c: &mut kelson_testkit::daemon::Cri,
+    pod: &str,
+    top: &str,
+) -> anyhow::Result<()> {
+    c.runtime
+        .remove_pod_sandbox(kelson_testkit::cri::remove_pod(pod))
+        .await?;
+    remove_cgroup_tree(top);
+    Ok(())
+}
+
 /// Pull the standard test image `env()` pushed: its reference.
 pub async fn pull_standard(e: &Env) -> anyhow::Result<String> {
     let image = format!("{}/test/standard:v1", e.registry.host);
