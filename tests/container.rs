@@ -45,7 +45,7 @@ async fn create(c: &mut Cri, p: &Pod, cfg: cri::ContainerConfig) -> Result<Strin
 
 async fn status(c: &mut Cri, id: &str) -> cri::ContainerStatus {
     c.runtime
-        .container_status(req::status(&id))
+        .container_status(req::status(id))
         .await
         .unwrap()
         .into_inner()
@@ -603,7 +603,7 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
     )
     .await?;
     for id in [&a, &b] {
-        start(&mut c, &id).await?;
+        start(&mut c, id).await?;
     }
     // The test image links only a few busybox applets; call the rest through busybox itself.
     let script = "busybox tr '\\0' ' ' < /proc/1/cmdline; echo; for f in /proc/[0-9]*/cmdline; do busybox tr '\\0' ' ' < $f; echo; done";
@@ -1104,7 +1104,7 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         (long.as_str(), T::ContainerStoppedEvent as i32)
     );
     for id in [&quick, &long] {
-        c.runtime.remove_container(req::remove(&id)).await?;
+        c.runtime.remove_container(req::remove(id)).await?;
     }
     c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);

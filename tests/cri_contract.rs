@@ -26,7 +26,7 @@ async fn pod(
 }
 
 async fn remove_pod(c: &mut Cri, id: &str, top: &str) -> anyhow::Result<()> {
-    c.runtime.remove_pod_sandbox(req::remove_pod(&id)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(id)).await?;
     common::remove_cgroup_tree(top);
     Ok(())
 }
@@ -52,37 +52,37 @@ async fn unknown_ids_of_any_shape_are_not_found() -> anyhow::Result<()> {
     ];
     for id in foreign {
         c.runtime
-            .stop_pod_sandbox(req::stop_pod(&id))
+            .stop_pod_sandbox(req::stop_pod(id))
             .await
             .with_context(|| format!("StopPodSandbox {id}"))?;
         c.runtime
-            .remove_pod_sandbox(req::remove_pod(&id))
+            .remove_pod_sandbox(req::remove_pod(id))
             .await
             .with_context(|| format!("RemovePodSandbox {id}"))?;
         c.runtime
-            .stop_container(req::stop(&id, 1))
+            .stop_container(req::stop(id, 1))
             .await
             .with_context(|| format!("StopContainer {id}"))?;
         c.runtime
-            .remove_container(req::remove(&id))
+            .remove_container(req::remove(id))
             .await
             .with_context(|| format!("RemoveContainer {id}"))?;
         let s = c
             .runtime
-            .container_status(req::status(&id))
+            .container_status(req::status(id))
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::NotFound, "{id}: {s:?}");
         let s = c
             .runtime
-            .pod_sandbox_status(req::pod_status(&id))
+            .pod_sandbox_status(req::pod_status(id))
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::NotFound, "{id}: {s:?}");
     }
     let s = c
         .runtime
-        .container_status(req::status(&String::new()))
+        .container_status(req::status(""))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");

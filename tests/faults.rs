@@ -233,7 +233,7 @@ async fn listed(c: &mut Cri) -> anyhow::Result<(HashSet<String>, HashSet<String>
         c.runtime.container_status(req::status(&ct.id)).await?;
     }
     for p in &pods {
-        c.runtime.pod_sandbox_status(req::pod_status(&p)).await?;
+        c.runtime.pod_sandbox_status(req::pod_status(p)).await?;
     }
     Ok((pods, ctrs.into_iter().map(|c| c.id).collect()))
 }
@@ -360,11 +360,11 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         // kubelet's clean-up: every other pod stopped and removed.
         for p in pods.iter().filter(|p| **p != sentinel_pod) {
             c.runtime
-                .stop_pod_sandbox(req::stop_pod(&p))
+                .stop_pod_sandbox(req::stop_pod(p))
                 .await
                 .map_err(|e| anyhow::anyhow!("{ctx}: stop pod {p}: {e}"))?;
             c.runtime
-                .remove_pod_sandbox(req::remove_pod(&p))
+                .remove_pod_sandbox(req::remove_pod(p))
                 .await
                 .map_err(|e| anyhow::anyhow!("{ctx}: remove pod {p}: {e}"))?;
         }

@@ -200,11 +200,11 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
             cri::ContainerState::ContainerRunning as i32,
             "{handler} after restart"
         );
-        c.runtime.stop_container(req::stop(&id, 1)).await?;
+        c.runtime.stop_container(req::stop(id, 1)).await?;
         let s = common::wait_exited(&mut c, id).await?;
         // sleep as PID 1 ignores SIGTERM: killed at the timeout.
         assert_eq!(s.exit_code, 137, "{handler}: SIGKILL after the grace");
-        c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(pod)).await?;
         assert!(
             runtime_state(binary, root, id).is_none(),
             "{handler} still has {id}"

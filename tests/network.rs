@@ -115,8 +115,8 @@ async fn container(
 }
 
 async fn remove_pod(c: &mut Cri, id: &str) -> anyhow::Result<()> {
-    c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
-    c.runtime.remove_pod_sandbox(req::remove_pod(&id)).await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(id)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(id)).await?;
     Ok(())
 }
 

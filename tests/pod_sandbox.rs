@@ -227,8 +227,8 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
 
     // Remove: everything goes, cgroup included; idempotent; then NotFound.
     for p in [&id, &id2] {
-        c.runtime.remove_pod_sandbox(req::remove_pod(&p)).await?;
-        c.runtime.remove_pod_sandbox(req::remove_pod(&p)).await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
     }
     let err = c
         .runtime

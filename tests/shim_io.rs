@@ -52,8 +52,8 @@ async fn start_in(
 }
 
 async fn remove_pod(c: &mut Cri, pod: &str, top: &str) -> anyhow::Result<()> {
-    c.runtime.stop_pod_sandbox(req::stop_pod(&pod)).await?;
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(pod)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(pod)).await?;
     common::remove_cgroup_tree(top);
     Ok(())
 }

@@ -783,7 +783,7 @@ async fn attach_url(
 async fn container_state(c: &mut Cri, id: &str) -> anyhow::Result<(i32, i32)> {
     let s = c
         .runtime
-        .container_status(req::status(&id))
+        .container_status(req::status(id))
         .await?
         .into_inner()
         .status
