@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 use tonic::Code;
 
@@ -21,48 +21,14 @@ struct Pod {
 async fn pod(c: &mut Cri, name: &str) -> anyhow::Result<Pod> {
     let logs = tempfile::tempdir()?;
     let cgroup = format!("kelson-ctest-{}/{name}", std::process::id());
-    let cfg = cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.path().display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/{cgroup}"),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let id = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let cfg = req::pod(name, "default", &format!("/{cgroup}"), logs.path());
+    let id = common::run_pod(c, &cfg).await?;
     Ok(Pod { id, logs, cgroup })
 }
 
+/// A container `name` labelled `app=<name>`, logging to `<name>/0.log`.
 fn ctr(name: &str, image: &str, cmd: &[&str]) -> cri::ContainerConfig {
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: HashMap::from([("app".to_owned(), name.to_owned())]),
-        ..Default::default()
-    }
+    req::labelled(req::container(name, image, cmd, &format!("{name}/0.log")))
 }
 
 async fn create(c: &mut Cri, p: &Pod, cfg: cri::ContainerConfig) -> Result<String, tonic::Status> {
@@ -79,10 +45,7 @@ async fn create(c: &mut Cri, p: &Pod, cfg: cri::ContainerConfig) -> Result<Strin
 
 async fn status(c: &mut Cri, id: &str) -> cri::ContainerStatus {
     c.runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
+        .container_status(req::status(id))
         .await
         .unwrap()
         .into_inner()
@@ -101,20 +64,51 @@ async fn wait_exited(c: &mut Cri, id: &str) -> cri::ContainerStatus {
     }
 }
 
-async fn setup() -> anyhow::Result<(common::Env, String)> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
-    Ok((e, image))
-}
-
 fn cgroup_dir(p: &Pod, id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/memory").join(&p.cgroup).join(id)
 }
 
+/// Remove the pod and the test's cgroup tree.
+async fn remove_pod(c: &mut Cri, p: &Pod) -> anyhow::Result<()> {
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
+
+async fn start(c: &mut Cri, id: &str) -> anyhow::Result<()> {
+    c.runtime.start_container(req::start(id)).await?;
+    Ok(())
+}
+
+/// Remove `id` twice (the second is a no-op); its cgroup and its directory are gone.
+async fn remove_leaves_nothing(
+    c: &mut Cri,
+    e: &common::Env,
+    p: &Pod,
+    id: &str,
+) -> anyhow::Result<()> {
+    c.runtime.remove_container(req::remove(id)).await?;
+    c.runtime.remove_container(req::remove(id)).await?;
+    assert!(!cgroup_dir(p, id).exists());
+    assert!(!e.daemon.root.join("containers").join(id).exists());
+    Ok(())
+}
+
+/// Remove the pod: no mount of this daemon's is left, and the test's cgroup tree goes.
+async fn remove_pod_leaves_no_mounts(c: &mut Cri, e: &common::Env, p: &Pod) -> anyhow::Result<()> {
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
+    assert!(
+        !std::fs::read_to_string("/proc/self/mountinfo")?
+            .contains(&e.daemon.dir.path().display().to_string()),
+        "mounts left"
+    );
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn run_to_completion_with_logs_and_exit_code() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+async fn a_failing_job_reports_its_exit_code_and_a_cri_framed_log() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "batch").await?;
     let id = create(
@@ -133,11 +127,7 @@ async fn run_to_completion_with_logs_and_exit_code() -> anyhow::Result<()> {
     .await?;
     let s = status(&mut c, &id).await;
     assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
     let s = wait_exited(&mut c, &id).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"), "{s:?}");
     assert!(s.started_at > 0 && s.finished_at >= s.started_at);
@@ -158,7 +148,23 @@ async fn run_to_completion_with_logs_and_exit_code() -> anyhow::Result<()> {
     assert!(lines.contains(&("stdout", "F", "hello")), "{log}");
     assert!(lines.contains(&("stderr", "F", "oops")), "{log}");
     assert!(lines.contains(&("stdout", "P", "partial")), "{log}");
-    // The image's user (65534) ran it; the rootfs is an overlay of the image layers.
+    remove_leaves_nothing(&mut c, &e, &p, &id).await?;
+    let err = c
+        .runtime
+        .container_status(req::status(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    remove_pod_leaves_no_mounts(&mut c, &e, &p).await
+}
+
+/// The image's user (65534) runs the command; the rootfs is an overlay of the image layers
+/// (a whiteout hides a lower file) with the pod's hostname.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_runs_as_the_image_user_on_the_image_layers() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "layers").await?;
     let ok = create(
         &mut c,
         &p,
@@ -173,85 +179,50 @@ async fn run_to_completion_with_logs_and_exit_code() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: ok.clone(),
-        })
-        .await?;
+    start(&mut c, &ok).await?;
     let s = wait_exited(&mut c, &ok).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
     let log = std::fs::read_to_string(&s.log_path)?;
     assert!(
         log.contains("stdout F 65534\n")
-            && log.contains("stdout F batch\n")
+            && log.contains("stdout F layers\n")
             && log.contains("stdout F whiteout-ok\n"),
         "{log}"
     );
-    for id in [&id, &ok] {
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await?;
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await?;
-        assert!(!cgroup_dir(&p, id).exists());
-        assert!(!e.daemon.root.join("containers").join(id).exists());
-    }
-    let err = c
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
-    assert!(
-        !std::fs::read_to_string("/proc/self/mountinfo")?
-            .contains(&e.daemon.dir.path().display().to_string()),
-        "mounts left"
-    );
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
-    Ok(())
+    remove_leaves_nothing(&mut c, &e, &p, &ok).await?;
+    remove_pod_leaves_no_mounts(&mut c, &e, &p).await
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
-    let mut c = e.daemon.cri().await?;
-    let p = pod(&mut c, "svc").await?;
+/// A long-running container that exits 0 on SIGTERM, with a memory limit and CPU shares.
+fn web(image: &str) -> cri::ContainerConfig {
     let mut cfg = ctr(
         "web",
-        &image,
+        image,
         &[
             "/bin/sh",
             "-c",
             "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
         ],
     );
-    cfg.linux = Some(cri::LinuxContainerConfig {
-        resources: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 64 << 20,
-            cpu_shares: 256,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let web = create(&mut c, &p, cfg).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: web.clone(),
-        })
-        .await?;
+    let r = req::resources(&mut cfg);
+    r.memory_limit_in_bytes = 64 << 20;
+    r.cpu_shares = 256;
+    cfg
+}
+
+/// A kelsond with the standard image, a pod `pod_name`, and `web` started in it.
+async fn running_web(pod_name: &str) -> anyhow::Result<(common::Env, String, Cri, Pod, String)> {
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, pod_name).await?;
+    let web = create(&mut c, &p, web(&image)).await?;
+    start(&mut c, &web).await?;
+    Ok((e, image, c, p, web))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_land_in_the_cgroup_and_update_live() -> anyhow::Result<()> {
+    let (_e, _image, mut c, p, web) = running_web("limits").await?;
     assert_eq!(
         status(&mut c, &web).await.state,
         cri::ContainerState::ContainerRunning as i32
@@ -267,51 +238,6 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
     if shares.exists() {
         assert_eq!(std::fs::read_to_string(shares)?.trim(), "256");
     }
-
-    // ExecSync: output, exit code, timeout.
-    let exec = |cmd: &[&str], timeout: i64| cri::ExecSyncRequest {
-        container_id: web.clone(),
-        cmd: cmd.iter().map(|s| s.to_string()).collect(),
-        timeout,
-    };
-    let r = c
-        .runtime
-        .exec_sync(exec(
-            &["/bin/sh", "-c", "echo out; echo err >&2; exit 7"],
-            10,
-        ))
-        .await?
-        .into_inner();
-    assert_eq!(
-        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
-        (&b"out\n"[..], &b"err\n"[..], 7)
-    );
-    let started = Instant::now();
-    let err = c
-        .runtime
-        .exec_sync(exec(&["/bin/sleep", "30"], 1))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(15));
-    for _ in 0..20 {
-        let r = c
-            .runtime
-            .exec_sync(exec(&["/bin/true"], 5))
-            .await?
-            .into_inner();
-        assert_eq!(r.exit_code, 0);
-    }
-
-    // The container's process starts with no blocked signals (nothing leaks from the shim).
-    let r = c
-        .runtime
-        .exec_sync(exec(&["/bin/cat", "/proc/1/status"], 5))
-        .await?
-        .into_inner();
-    let st = String::from_utf8_lossy(&r.stdout).into_owned();
-    assert!(st.lines().any(|l| l == "SigBlk:\t0000000000000000"), "{st}");
-
     // Live resource update: the cgroup file changes and status reports the new value.
     let new = cri::LinuxContainerResources {
         memory_limit_in_bytes: 128 << 20,
@@ -335,28 +261,63 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
             .map(|l| l.memory_limit_in_bytes),
         Some(128 << 20)
     );
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
+    assert!(!cgroup_dir(&p, &web).exists());
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
 
-    // The image can be removed while a container uses it: the container keeps its layers.
-    c.image
-        .remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-        })
-        .await?;
-    let img_id = st.image_id.clone();
-    c.image
-        .remove_image(cri::RemoveImageRequest {
-            image: Some(cri::ImageSpec {
-                image: img_id,
-                ..Default::default()
-            }),
-        })
-        .await?;
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_returns_output_exit_code_and_honours_its_timeout() -> anyhow::Result<()> {
+    let (_e, _image, mut c, p, web) = running_web("exec").await?;
     let r = c
         .runtime
-        .exec_sync(exec(&["/bin/cat", "/etc/passwd"], 5))
+        .exec_sync(req::sh(&web, "echo out; echo err >&2; exit 7", 10))
+        .await?
+        .into_inner();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 7)
+    );
+    let started = Instant::now();
+    let err = c
+        .runtime
+        .exec_sync(req::exec(&web, &["/bin/sleep", "30"], 1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    for _ in 0..20 {
+        let r = c
+            .runtime
+            .exec_sync(req::exec(&web, &["/bin/true"], 5))
+            .await?
+            .into_inner();
+        assert_eq!(r.exit_code, 0);
+    }
+    // The container's process starts with no blocked signals (nothing leaks from the shim).
+    let r = c
+        .runtime
+        .exec_sync(req::exec(&web, &["/bin/cat", "/proc/1/status"], 5))
+        .await?
+        .into_inner();
+    let st = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(st.lines().any(|l| l == "SigBlk:\t0000000000000000"), "{st}");
+    remove_pod(&mut c, &p).await?;
+    Ok(())
+}
+
+/// The image can be removed while a container uses it: the container keeps its layers, and a
+/// new container of it needs the image pulled again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_container_keeps_the_layers_of_a_removed_image() -> anyhow::Result<()> {
+    let (e, image, mut c, p, web) = running_web("rmi").await?;
+    let img_id = status(&mut c, &web).await.image_id;
+    c.image.remove_image(req::remove_image(&image)).await?;
+    c.image.remove_image(req::remove_image(&img_id)).await?;
+    let r = c
+        .runtime
+        .exec_sync(req::exec(&web, &["/bin/cat", "/etc/passwd"], 5))
         .await?
         .into_inner();
     assert!(
@@ -373,8 +334,15 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     common::pull(&e.daemon, &image).await?;
+    remove_pod(&mut c, &p).await?;
+    Ok(())
+}
 
-    // Filters.
+/// Stop: SIGTERM is trapped and the container exits 0 well before the timeout; one that ignores
+/// SIGTERM is killed at the timeout; removing the pod removes its containers.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_sends_sigterm_then_kills_at_the_timeout() -> anyhow::Result<()> {
+    let (_e, image, mut c, p, web) = running_web("svc").await?;
     let f = cri::ContainerFilter {
         state: Some(cri::ContainerStateValue { state: 1 }),
         ..Default::default()
@@ -389,28 +357,15 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
         running.iter().map(|x| x.id.clone()).collect::<Vec<_>>(),
         vec![web.clone()]
     );
-
-    // Stop: SIGTERM is trapped, the container exits 0 well before the timeout.
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: web.clone(),
-            timeout: 30,
-        })
-        .await?;
+    c.runtime.stop_container(req::stop(&web, 30)).await?;
     let s = status(&mut c, &web).await;
     assert_eq!(
         (s.state, s.exit_code),
         (cri::ContainerState::ContainerExited as i32, 0)
     );
     assert!(std::fs::read_to_string(&s.log_path)?.contains("stdout F bye"));
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: web.clone(),
-            timeout: 30,
-        })
-        .await?;
+    c.runtime.stop_container(req::stop(&web, 30)).await?;
 
-    // A container that ignores SIGTERM is killed at the timeout.
     let stubborn = create(
         &mut c,
         &p,
@@ -425,36 +380,18 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: stubborn.clone(),
-        })
-        .await?;
+    start(&mut c, &stubborn).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: stubborn.clone(),
-            timeout: 1,
-        })
-        .await?;
+    c.runtime.stop_container(req::stop(&stubborn, 1)).await?;
     assert!(
         t.elapsed() >= Duration::from_millis(900),
         "killed before the timeout"
     );
     assert_eq!(status(&mut c, &stubborn).await.exit_code, 137);
 
-    // Removing the pod removes its containers.
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(&p.id)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert!(
         c.runtime
             .list_containers(cri::ListContainersRequest { filter: None })
@@ -468,9 +405,10 @@ async fn long_running_exec_stop_and_limits() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Requests that must fail, each with its code, leaving nothing behind.
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_requests_and_restart() -> anyhow::Result<()> {
-    let (mut e, image) = setup().await?;
+async fn bad_create_requests_fail_and_leave_nothing() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "edge").await?;
     let before_mounts = common::mounts_of(&e.daemon);
@@ -489,11 +427,7 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let mut bad_mount = ctr("x", &image, &["/bin/true"]);
-    bad_mount.mounts = vec![cri::Mount {
-        container_path: "../../etc".into(),
-        host_path: "/tmp".into(),
-        ..Default::default()
-    }];
+    bad_mount.mounts = vec![req::bind("../../etc", Path::new("/tmp"))];
     assert_eq!(
         create(&mut c, &p, bad_mount).await.unwrap_err().code(),
         Code::InvalidArgument
@@ -504,7 +438,7 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
         create(&mut c, &p, bad_log).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    let id = create(
+    create(
         &mut c,
         &p,
         ctr(
@@ -524,13 +458,30 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
     // Nothing from the failed creates: one rootfs mount (the good container) more than before.
     assert_eq!(common::mounts_of(&e.daemon), before_mounts + 1);
     assert_eq!(common::count(&e.daemon.root.join("containers")), 1);
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
+    assert_eq!(common::mounts_of(&e.daemon), 0);
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
 
-    // kelsond restarts (and crashes) while the container runs: it keeps running.
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+/// kelsond restarts (and crashes) while the container runs: it keeps running; it exits while
+/// kelsond is down: the exit is reported after the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_outlive_kelsond_and_their_exit_is_seen_after_restart() -> anyhow::Result<()> {
+    let (mut e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "restart").await?;
+    let id = create(
+        &mut c,
+        &p,
+        ctr(
+            "dup",
+            &image,
+            &["/bin/sh", "-c", "while true; do sleep 0.1; done"],
+        ),
+    )
+    .await?;
+    start(&mut c, &id).await?;
     let pid_before = std::fs::read_to_string(
         e.daemon
             .state
@@ -546,7 +497,6 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
         cri::ContainerState::ContainerRunning as i32
     );
     assert!(Path::new("/proc").join(pid_before.trim()).exists());
-    // The container exits while kelsond is down: the exit is reported after the restart.
     e.daemon.stop()?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid_before.trim().parse()?),
@@ -560,11 +510,7 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
         (s.state, s.exit_code),
         (cri::ContainerState::ContainerExited as i32, 137)
     );
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(
         common::mounts_of(&e.daemon),
         0,
@@ -579,7 +525,7 @@ async fn bad_requests_and_restart() -> anyhow::Result<()> {
 /// `kelson.io/init: "true"` kelson-init is PID 1 and reaps it.
 #[tokio::test(flavor = "multi_thread")]
 async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "zombies").await?;
     // The worker shells out a child, is killed with SIGKILL, its child is orphaned and exits.
@@ -595,11 +541,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
         );
         cfg.annotations.insert("kelson.io/init".into(), init.into());
         let id = create(&mut c, &p, cfg).await?;
-        c.runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
+        start(&mut c, &id).await?;
         tokio::time::sleep(Duration::from_millis(800)).await;
         let r = c
             .runtime
@@ -614,12 +556,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
         // `sleep` as PID 1 ignores SIGTERM (no handler), so without init only SIGKILL at the
         // timeout stops it; with the init in front, SIGTERM is forwarded and stop is prompt.
         let t = Instant::now();
-        c.runtime
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 2,
-            })
-            .await?;
+        c.runtime.stop_container(req::stop(&id, 2)).await?;
         stop_times.push(t.elapsed());
     }
     assert_eq!(counts, ["1", "0"], "zombies without and with kelson-init");
@@ -628,11 +565,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
         stop_times[0] >= Duration::from_millis(1800) && stop_times[1] < stop_times[0] / 2,
         "{stop_times:?}"
     );
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
@@ -641,7 +574,7 @@ async fn zombies_are_reaped_only_with_the_built_in_init() -> anyhow::Result<()> 
 /// pod's holder (kelsond's own binary, no pause image), which also reaps orphans.
 #[tokio::test(flavor = "multi_thread")]
 async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "sharedpid").await?;
     let shared = |name: &str, cmd: &[&str]| {
@@ -671,11 +604,7 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
     )
     .await?;
     for id in [&a, &b] {
-        c.runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await?;
+        start(&mut c, id).await?;
     }
     // The test image links only a few busybox applets; call the rest through busybox itself.
     let script = "busybox tr '\\0' ' ' < /proc/1/cmdline; echo; for f in /proc/[0-9]*/cmdline; do busybox tr '\\0' ' ' < $f; echo; done";
@@ -699,22 +628,14 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
         out.contains("sleep 1000") && out.contains("sleep 1001"),
         "both containers' processes visible: {out}"
     );
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(&p.id)).await?;
     for id in [&a, &b] {
         assert_eq!(
             status(&mut c, id).await.state,
             cri::ContainerState::ContainerExited as i32
         );
     }
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -724,7 +645,7 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
 /// a host device can be mapped in.
 #[tokio::test(flavor = "multi_thread")]
 async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "oom").await?;
     // A shell variable grows to ~64 MiB inside a 24 MiB memory limit.
@@ -746,11 +667,7 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         ..Default::default()
     });
     let hog = create(&mut c, &p, hog).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: hog.clone(),
-        })
-        .await?;
+    start(&mut c, &hog).await?;
     let s = wait_exited(&mut c, &hog).await;
     assert_eq!(
         (s.exit_code, s.reason.as_str()),
@@ -774,11 +691,7 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         permissions: "rw".into(),
     }];
     let talk = create(&mut c, &p, talk).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: talk.clone(),
-        })
-        .await?;
+    start(&mut c, &talk).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = status(&mut c, &talk).await.log_path;
     let rotated = format!("{log}.1");
@@ -835,37 +748,29 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
 }
 
-/// Bind mounts (read-write, read-only, propagation) and the image's STOPSIGNAL.
-#[tokio::test(flavor = "multi_thread")]
-async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
-    // An image whose STOPSIGNAL is SIGUSR1: the container only exits cleanly on that signal.
-    let stop_img = kelson_testkit::Image::new(
-        vec![
-            kelson_testkit::TestImages::busybox_layer()?,
-            kelson_testkit::TestImages::etc_layer(),
-        ],
-        "amd64",
-        false,
-        serde_json::json!({"Cmd": ["/bin/sh", "-c", "trap 'echo got-usr1; exit 0' USR1; trap '' TERM; while true; do sleep 0.1; done"], "StopSignal": "SIGUSR1"}),
+/// A container that runs until stopped, with `mounts`.
+fn idle_with(image: &str, mounts: Vec<cri::Mount>) -> cri::ContainerConfig {
+    let mut cfg = ctr(
+        "m",
+        image,
+        &["/bin/sh", "-c", "while true; do sleep 0.1; done"],
     );
-    kelson_testkit::Pusher::new(&e.registry)?
-        .image("test/stopsignal", "v1", &stop_img)
-        .await?;
-    let stop_ref = format!("{}/test/stopsignal:v1", e.registry.host);
-    common::pull(&e.daemon, &stop_ref).await?;
+    cfg.mounts = mounts;
+    cfg
+}
+
+/// Bind mounts: read-write, read-only, and a missing host path created as a directory; exec
+/// runs as the container does (the image's USER, nobody).
+#[tokio::test(flavor = "multi_thread")]
+async fn bind_mounts_are_writable_read_only_or_created() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "mounts").await?;
-
     let host = tempfile::tempdir()?;
     std::fs::write(host.path().join("in.txt"), "from host\n")?;
     // The container runs as nobody (the image's USER): let it write here.
@@ -873,6 +778,63 @@ async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
         host.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )?;
+    let missing = host.path().join("created-by-runtime");
+    let mut ro = req::bind("/ro", host.path());
+    ro.readonly = true;
+    let cfg = idle_with(
+        &image,
+        vec![
+            req::bind("/data", host.path()),
+            ro,
+            req::bind("/new", &missing),
+        ],
+    );
+    let id = create(&mut c, &p, cfg).await?;
+    assert!(
+        missing.is_dir(),
+        "a missing host path is created as a directory"
+    );
+    start(&mut c, &id).await?;
+    let r = c
+        .runtime
+        .exec_sync(req::sh(&id, "id -u", 10))
+        .await?
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "65534\n",
+        "exec runs as the container's user"
+    );
+    let r = c
+        .runtime
+        .exec_sync(req::sh(
+            &id,
+            "cat /data/in.txt; echo written > /data/out.txt; echo x > /ro/fail.txt || echo ro-refused",
+            10,
+        ))
+        .await?
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&r.stdout),
+        "from host\nro-refused\n",
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path().join("out.txt"))?,
+        "written\n"
+    );
+    assert!(!host.path().join("fail.txt").exists());
+    remove_pod(&mut c, &p).await?;
+    Ok(())
+}
+
+/// HostToContainer (rslave): a mount made on the host under a shared dir appears inside.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_to_container_propagation_shows_later_host_mounts() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "propagation").await?;
     let shared = tempfile::tempdir()?;
     // Propagation needs a shared mount on the host side (as kubelet documents for
     // HostToContainer): make the directory its own shared mount point.
@@ -890,71 +852,11 @@ async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
         nix::mount::MsFlags::MS_SHARED,
         None::<&str>,
     )?;
-    let missing = host.path().join("created-by-runtime");
-    let mut cfg = ctr(
-        "m",
-        &image,
-        &["/bin/sh", "-c", "while true; do sleep 0.1; done"],
-    );
-    cfg.mounts = vec![
-        cri::Mount {
-            container_path: "/data".into(),
-            host_path: host.path().display().to_string(),
-            ..Default::default()
-        },
-        cri::Mount {
-            container_path: "/ro".into(),
-            host_path: host.path().display().to_string(),
-            readonly: true,
-            ..Default::default()
-        },
-        cri::Mount {
-            container_path: "/shared".into(),
-            host_path: shared.path().display().to_string(),
-            propagation: cri::MountPropagation::PropagationHostToContainer as i32,
-            ..Default::default()
-        },
-        cri::Mount {
-            container_path: "/new".into(),
-            host_path: missing.display().to_string(),
-            ..Default::default()
-        },
-    ];
-    let id = create(&mut c, &p, cfg).await?;
-    assert!(
-        missing.is_dir(),
-        "a missing host path is created as a directory"
-    );
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    let sh = |cmd: &str| cri::ExecSyncRequest {
-        container_id: id.clone(),
-        cmd: vec!["/bin/sh".into(), "-c".into(), cmd.into()],
-        timeout: 10,
-    };
-    // Exec runs as the container does (the image's USER, nobody): it is nobody writing.
-    let r = c.runtime.exec_sync(sh("id -u")).await?.into_inner();
-    assert_eq!(
-        String::from_utf8_lossy(&r.stdout),
-        "65534\n",
-        "exec runs as the container's user"
-    );
-    let r = c.runtime.exec_sync(sh("cat /data/in.txt; echo written > /data/out.txt; echo x > /ro/fail.txt || echo ro-refused")).await?.into_inner();
-    assert_eq!(
-        String::from_utf8_lossy(&r.stdout),
-        "from host\nro-refused\n",
-        "{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
-    assert_eq!(
-        std::fs::read_to_string(host.path().join("out.txt"))?,
-        "written\n"
-    );
-    assert!(!host.path().join("fail.txt").exists());
-    // rslave: a mount made on the host under the shared dir appears inside the container.
+    let _unmount = scopeguard_umount(shared.path());
+    let mut m = req::bind("/shared", shared.path());
+    m.propagation = cri::MountPropagation::PropagationHostToContainer as i32;
+    let id = create(&mut c, &p, idle_with(&image, vec![m])).await?;
+    start(&mut c, &id).await?;
     let sub = shared.path().join("sub");
     std::fs::create_dir(&sub)?;
     nix::mount::mount(
@@ -967,38 +869,46 @@ async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
     std::fs::write(sub.join("late.txt"), "propagated")?;
     let r = c
         .runtime
-        .exec_sync(sh("cat /shared/sub/late.txt"))
+        .exec_sync(req::sh(&id, "cat /shared/sub/late.txt", 10))
         .await?
         .into_inner();
     nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH)?;
-    nix::mount::umount2(shared.path(), nix::mount::MntFlags::MNT_DETACH)?;
     assert_eq!(String::from_utf8_lossy(&r.stdout), "propagated");
+    remove_pod(&mut c, &p).await?;
+    Ok(())
+}
 
-    // STOPSIGNAL: SIGUSR1 is sent (SIGTERM is ignored by this image), so stop is prompt and clean.
-    let s_id = create(&mut c, &p, ctr("stopsig", &stop_ref, &[])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: s_id.clone(),
-        })
+/// The image's STOPSIGNAL (SIGUSR1; SIGTERM is ignored by this image) is what stop sends, so
+/// stop is prompt and clean.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_sends_the_images_stopsignal() -> anyhow::Result<()> {
+    let (e, _) = common::env_standard().await?;
+    let stop_img = kelson_testkit::Image::new(
+        vec![
+            kelson_testkit::TestImages::busybox_layer()?,
+            kelson_testkit::TestImages::etc_layer(),
+        ],
+        "amd64",
+        false,
+        serde_json::json!({"Cmd": ["/bin/sh", "-c", "trap 'echo got-usr1; exit 0' USR1; trap '' TERM; while true; do sleep 0.1; done"], "StopSignal": "SIGUSR1"}),
+    );
+    kelson_testkit::Pusher::new(&e.registry)?
+        .image("test/stopsignal", "v1", &stop_img)
         .await?;
+    let stop_ref = format!("{}/test/stopsignal:v1", e.registry.host);
+    common::pull(&e.daemon, &stop_ref).await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "stopsignal").await?;
+    let s_id = create(&mut c, &p, ctr("stopsig", &stop_ref, &[])).await?;
+    start(&mut c, &s_id).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: s_id.clone(),
-            timeout: 20,
-        })
-        .await?;
+    c.runtime.stop_container(req::stop(&s_id, 20)).await?;
     assert!(t.elapsed() < Duration::from_secs(10));
     let s = status(&mut c, &s_id).await;
     assert_eq!(s.exit_code, 0);
     assert!(std::fs::read_to_string(&s.log_path)?.contains("stdout F got-usr1"));
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    remove_pod(&mut c, &p).await?;
     Ok(())
 }
 
@@ -1006,15 +916,11 @@ async fn mounts_propagation_and_stopsignal() -> anyhow::Result<()> {
 /// in its cgroup is killed; stop and removal succeed and leave nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn shim_killed() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "shimkill").await?;
     let id = create(&mut c, &p, ctr("victim", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
     let dir = e.daemon.state.join("containers").join(&id).join("shim");
     let shim: i32 = std::fs::read_to_string(dir.join("shim.pid"))?
         .trim()
@@ -1062,23 +968,10 @@ async fn shim_killed() -> anyhow::Result<()> {
         "cgroup emptied: {procs}"
     );
     // Stop and remove still succeed and leave nothing.
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 10,
-        })
-        .await?;
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    c.runtime.stop_container(req::stop(&id, 10)).await?;
+    c.runtime.remove_container(req::remove(&id)).await?;
     assert!(!cgroup_dir(&p, &id).exists());
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -1101,7 +994,7 @@ async fn next(
 /// watchers are re-armed; a subscriber that never reads holds nothing up.
 #[tokio::test(flavor = "multi_thread")]
 async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
-    let (mut e, image) = setup().await?;
+    let (mut e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let mut a = c
         .runtime
@@ -1121,22 +1014,9 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         .into_inner();
     let p = pod(&mut c, "events").await?;
     let id = create(&mut c, &p, ctr("ev", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await?;
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
+    c.runtime.stop_container(req::stop(&id, 0)).await?;
+    c.runtime.remove_container(req::remove(&id)).await?;
     use cri::ContainerEventType as T;
     for s in [&mut a, &mut b] {
         let mut seen = Vec::new();
@@ -1179,11 +1059,7 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         ctr("quick", &image, &["/bin/sh", "-c", "exit 3"]),
     )
     .await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: quick.clone(),
-        })
-        .await?;
+    start(&mut c, &quick).await?;
     let mut kinds = Vec::new();
     while kinds.len() < 3 {
         let ev = next(&mut a).await;
@@ -1202,11 +1078,7 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
 
     // Restart kelsond with a running container: the watcher is re-armed and reports the exit.
     let long = create(&mut c, &p, ctr("long", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: long.clone(),
-        })
-        .await?;
+    start(&mut c, &long).await?;
     e.daemon.restart()?;
     let mut c = e.daemon.cri().await?;
     let mut after = c
@@ -1233,17 +1105,9 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         (long.as_str(), T::ContainerStoppedEvent as i32)
     );
     for id in [&quick, &long] {
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.to_string(),
-            })
-            .await?;
+        c.runtime.remove_container(req::remove(id)).await?;
     }
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -1261,11 +1125,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "sigchld").await?;
     let id = create(&mut c, &p, ctr("busy", &image, &["/bin/sleep", "3600"])).await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
     let mut execs = c.clone();
     let exec_id = id.clone();
     let storm = tokio::spawn(async move {
@@ -1285,10 +1145,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     while !storm.is_finished() {
         let st = c
             .runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.clone(),
-                verbose: false,
-            })
+            .container_status(req::status(&id))
             .await?
             .into_inner()
             .status
@@ -1330,10 +1187,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
     // says nothing does not stop the next scrape.
     let err = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: "ab".repeat(32),
-            verbose: false,
-        })
+        .container_status(req::status(&"ab".repeat(32)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
@@ -1348,11 +1202,7 @@ async fn status_stays_right_while_execs_exit() -> anyhow::Result<()> {
         "{body}"
     );
     assert_eq!(common::http_get(port, "/other")?.0, 404);
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())
@@ -1398,7 +1248,7 @@ fn last_number(lines: &[String]) -> Option<u64> {
 /// line), the container keeps running, and logging resumes by itself once space returns.
 #[tokio::test(flavor = "multi_thread")]
 async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
-    let (e, image) = setup().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "fulllog").await?;
     let logs = p.logs.path().to_owned();
@@ -1431,11 +1281,7 @@ async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
         ),
     )
     .await?;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    start(&mut c, &id).await?;
     let log = logs.join("writer/0.log");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while free(&logs) > 8 * 1024 && std::time::Instant::now() < deadline {
@@ -1461,10 +1307,7 @@ async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
     assert!(resumed.is_some(), "logging resumed after space returned");
     let st = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
+        .container_status(req::status(&id))
         .await?
         .into_inner()
         .status
@@ -1486,11 +1329,7 @@ async fn logging_survives_a_full_disk() -> anyhow::Result<()> {
         )
         .unwrap_or_default()
     );
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: p.id.clone(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
     drop(unmount);
     common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
     Ok(())

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 use tonic::Code;
 
@@ -53,11 +54,7 @@ async fn world(name: &str) -> anyhow::Result<World> {
 }
 
 async fn remove_pod(c: &mut Cri, id: &str, top: &str) -> anyhow::Result<()> {
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(id)).await?;
     common::remove_cgroup_tree(top);
     Ok(())
 }
@@ -83,55 +80,37 @@ async fn unknown_ids_of_any_shape_are_not_found() -> anyhow::Result<()> {
     ];
     for id in foreign {
         c.runtime
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            })
+            .stop_pod_sandbox(req::stop_pod(id))
             .await
             .with_context(|| format!("StopPodSandbox {id}"))?;
         c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: id.into(),
-            })
+            .remove_pod_sandbox(req::remove_pod(id))
             .await
             .with_context(|| format!("RemovePodSandbox {id}"))?;
         c.runtime
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.into(),
-                timeout: 1,
-            })
+            .stop_container(req::stop(id, 1))
             .await
             .with_context(|| format!("StopContainer {id}"))?;
         c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.into(),
-            })
+            .remove_container(req::remove(id))
             .await
             .with_context(|| format!("RemoveContainer {id}"))?;
         let s = c
             .runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
+            .container_status(req::status(id))
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::NotFound, "{id}: {s:?}");
         let s = c
             .runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id.into(),
-                verbose: false,
-            })
+            .pod_sandbox_status(req::pod_status(id))
             .await
             .unwrap_err();
         assert_eq!(s.code(), Code::NotFound, "{id}: {s:?}");
     }
     let s = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: String::new(),
-            verbose: false,
-        })
+        .container_status(req::status(""))
         .await
         .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument, "{s:?}");
@@ -170,9 +149,7 @@ async fn a_missing_command_fails_at_start() -> anyhow::Result<()> {
         assert_eq!(st.state, cri::ContainerState::ContainerCreated as i32);
         let err = c
             .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
+            .start_container(req::start(&id))
             .await
             .unwrap_err();
         assert!(
@@ -191,17 +168,11 @@ async fn a_missing_command_fails_at_start() -> anyhow::Result<()> {
         // A second start is refused: the container has exited.
         let again = c
             .runtime
-            .start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
-            })
+            .start_container(req::start(&id))
             .await
             .unwrap_err();
         assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: id.clone(),
-            })
-            .await?;
+        c.runtime.remove_container(req::remove(&id)).await?;
     }
     // A good command in the same pod still starts (nothing was left in the way).
     let id = common::create_start(
@@ -249,10 +220,7 @@ async fn a_stop_returns_by_its_deadline() -> anyhow::Result<()> {
     let timeout = Duration::from_secs(4);
     let t = std::time::Instant::now();
     c.runtime
-        .stop_container(cri::StopContainerRequest {
-            container_id: id.clone(),
-            timeout: timeout.as_secs() as i64,
-        })
+        .stop_container(req::stop(&id, timeout.as_secs() as i64))
         .await?;
     let took = t.elapsed();
     assert!(
@@ -507,8 +475,7 @@ async fn hostnames_as_kubelet_expects() -> anyhow::Result<()> {
 /// name instead of silently propagating nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn bidirectional_mounts_reach_the_host() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
     let top = format!("kelson-contract-{}-bidi", std::process::id());
@@ -587,11 +554,7 @@ async fn bidirectional_mounts_reach_the_host() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(out, "made-outside\n");
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    c.runtime.remove_container(req::remove(&id)).await?;
     for d in ["from-container", "from-host"] {
         let _ = nix::mount::umount2(&shared.path().join(d), nix::mount::MntFlags::MNT_DETACH);
     }

@@ -10,6 +10,7 @@ use std::process::Command;
 
 use k8s_cri::v1 as cri;
 use kelson_testkit::Daemon;
+use kelson_testkit::cri as req;
 use tonic::Code;
 
 fn kelsond(args: &[&str]) -> std::process::Output {
@@ -117,7 +118,7 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
         let mut c = c.clone();
         async move {
             c.runtime
-                .status(cri::StatusRequest { verbose: false })
+                .status(req::runtime_status())
                 .await
                 .unwrap()
                 .into_inner()
@@ -171,11 +172,7 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
     // readiness probe file is made a directory, so the write fails even for root.
     let probe = d.root.join(".ready-probe");
     std::fs::create_dir(&probe)?;
-    let s = c
-        .runtime
-        .status(cri::StatusRequest { verbose: false })
-        .await?
-        .into_inner();
+    let s = c.runtime.status(req::runtime_status()).await?.into_inner();
     let rt = s
         .status
         .unwrap()
@@ -185,11 +182,7 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
         .unwrap();
     assert!(!rt.status && rt.message.contains("not writable"), "{rt:?}");
     std::fs::remove_dir(&probe)?;
-    let s = c
-        .runtime
-        .status(cri::StatusRequest { verbose: false })
-        .await?
-        .into_inner();
+    let s = c.runtime.status(req::runtime_status()).await?.into_inner();
     assert!(
         s.status
             .unwrap()
@@ -296,11 +289,7 @@ async fn systemd_cgroup_driver_makes_scopes_or_refuses_clearly() -> anyhow::Resu
         .args(["is-active", &format!("kelson-{id}.scope")])
         .output()?;
     assert_eq!(String::from_utf8_lossy(&unit.stdout).trim(), "active");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert!(!scope.exists(), "the scope outlived its container");
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::ContainerEventType as T;
+use kelson_testkit::cri as req;
 
 async fn next(
     s: &mut tonic::Streaming<cri::ContainerEventResponse>,
@@ -22,8 +23,7 @@ async fn next(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pod_stop_and_remove_report_their_containers() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let mut s = c
         .runtime
@@ -55,16 +55,8 @@ async fn pod_stop_and_remove_report_their_containers() -> anyhow::Result<()> {
             assert_eq!(listed.len(), i + 1, "{want:?} of {id}: {listed:?}");
         }
     }
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(&pod)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     let mut stopped = Vec::new();
     let mut deleted = Vec::new();
     while stopped.len() + deleted.len() < 4 {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 use kelson_testkit::{Daemon, DaemonOptions, NetNs};
 
@@ -64,25 +65,10 @@ async fn lifecycle(socket: PathBuf, name: String, logs: PathBuf, image: String) 
         let pod = common::run_pod(&mut c, &cfg).await?;
         let ctr = common::container_config("work", &image, &["/bin/sleep", "3600"]);
         let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
-        c.runtime
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 1,
-            })
-            .await?;
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest { container_id: id })
-            .await?;
-        c.runtime
-            .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await?;
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await?;
+        c.runtime.stop_container(req::stop(&id, 1)).await?;
+        c.runtime.remove_container(req::remove(&id)).await?;
+        c.runtime.stop_pod_sandbox(req::stop_pod(&pod)).await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
         anyhow::Ok(())
     };
     let _ = run.await;
@@ -244,20 +230,10 @@ async fn listed(c: &mut Cri) -> anyhow::Result<(HashSet<String>, HashSet<String>
             ct.pod_sandbox_id
         );
         // Every listed container answers a status call.
-        c.runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: ct.id.clone(),
-                verbose: false,
-            })
-            .await?;
+        c.runtime.container_status(req::status(&ct.id)).await?;
     }
     for p in &pods {
-        c.runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: p.clone(),
-                verbose: false,
-            })
-            .await?;
+        c.runtime.pod_sandbox_status(req::pod_status(p)).await?;
     }
     Ok((pods, ctrs.into_iter().map(|c| c.id).collect()))
 }
@@ -361,10 +337,7 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         let ctx = format!("crash {i} at {delay} ms of {span} (seed {seed})");
         let s = c
             .runtime
-            .container_status(cri::ContainerStatusRequest {
-                container_id: sentinel.clone(),
-                verbose: false,
-            })
+            .container_status(req::status(&sentinel))
             .await?
             .into_inner()
             .status
@@ -387,15 +360,11 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         // kubelet's clean-up: every other pod stopped and removed.
         for p in pods.iter().filter(|p| **p != sentinel_pod) {
             c.runtime
-                .stop_pod_sandbox(cri::StopPodSandboxRequest {
-                    pod_sandbox_id: p.clone(),
-                })
+                .stop_pod_sandbox(req::stop_pod(p))
                 .await
                 .map_err(|e| anyhow::anyhow!("{ctx}: stop pod {p}: {e}"))?;
             c.runtime
-                .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                    pod_sandbox_id: p.clone(),
-                })
+                .remove_pod_sandbox(req::remove_pod(p))
                 .await
                 .map_err(|e| anyhow::anyhow!("{ctx}: remove pod {p}: {e}"))?;
         }
@@ -410,9 +379,7 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
     println!("crashed at (ms): {at:?}");
 
     c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: sentinel_pod,
-        })
+        .remove_pod_sandbox(req::remove_pod(&sentinel_pod))
         .await?;
     assert!(!alive(sentinel_init));
     let end = survey(&d, ipam.path());

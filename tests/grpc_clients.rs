@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use tonic::Code;
 
 fn repo(rel: &str) -> PathBuf {
@@ -90,8 +91,7 @@ async fn a_python_grpcio_client_runs_a_pod_over_the_socket() -> anyhow::Result<(
         return Ok(());
     };
     let proto = cri_proto()?;
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let top = format!("kelson-grpcpy-{}", std::process::id());
     let logs = tempfile::tempdir()?;
     let volume = tempfile::tempdir()?;
@@ -152,8 +152,7 @@ async fn a_python_grpcio_client_runs_a_pod_over_the_socket() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-grpcspec-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -170,11 +169,7 @@ async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<(
     let id = common::create(&mut c, &pod, &cfg, ctr).await?;
     for start in [false, true] {
         if start {
-            c.runtime
-                .start_container(cri::StartContainerRequest {
-                    container_id: id.clone(),
-                })
-                .await?;
+            c.runtime.start_container(req::start(&id)).await?;
         }
         let info = verbose_info(&mut c, &id).await?;
         assert_eq!(info["sandboxID"], pod.as_str());
@@ -193,10 +188,7 @@ async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<(
     // A plain status names no info.
     let plain = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
+        .container_status(req::status(&id))
         .await?
         .into_inner();
     assert!(plain.info.is_empty());
@@ -214,11 +206,6 @@ async fn verbose_container_status_carries_the_runtime_spec() -> anyhow::Result<(
     assert!(err.message().contains("runtime spec"), "{err:?}");
     std::fs::write(&spec, kept)?;
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }

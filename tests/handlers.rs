@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 
 const HANDLERS: &str = r#"
 [runtimes.runc]
@@ -44,11 +45,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
     let mut c = e.daemon.cri().await?;
 
     // Status lists every handler, the native default first.
-    let status = c
-        .runtime
-        .status(cri::StatusRequest { verbose: false })
-        .await?
-        .into_inner();
+    let status = c.runtime.status(req::runtime_status()).await?.into_inner();
     let names: Vec<&str> = status
         .runtime_handlers
         .iter()
@@ -70,10 +67,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
         let pod = common::run_pod_with(&mut c, &cfg, handler).await?;
         let pod_status = c
             .runtime
-            .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: pod.clone(),
-                verbose: false,
-            })
+            .pod_sandbox_status(req::pod_status(&pod))
             .await?
             .into_inner()
             .status
@@ -145,11 +139,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
         let qid = common::create_start(&mut c, &pod, &cfg, quick).await?;
         let s = common::wait_exited(&mut c, &qid).await?;
         assert_eq!((s.exit_code, s.reason.as_str()), (7, "Error"), "{handler}");
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest {
-                container_id: qid.clone(),
-            })
-            .await?;
+        c.runtime.remove_container(req::remove(&qid)).await?;
         assert!(
             runtime_state(binary, &root, &qid).is_none(),
             "{handler} still has {qid}"
@@ -196,11 +186,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
         )
         .await?;
         assert_eq!(owner.trim(), "0", "idmapped layers under runc");
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod,
-            })
-            .await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     }
 
     // kelsond killed and restarted: containers of both runtimes run on and are controlled.
@@ -214,20 +200,11 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
             cri::ContainerState::ContainerRunning as i32,
             "{handler} after restart"
         );
-        c.runtime
-            .stop_container(cri::StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 1,
-            })
-            .await?;
+        c.runtime.stop_container(req::stop(id, 1)).await?;
         let s = common::wait_exited(&mut c, id).await?;
         // sleep as PID 1 ignores SIGTERM: killed at the timeout.
         assert_eq!(s.exit_code, 137, "{handler}: SIGKILL after the grace");
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(pod)).await?;
         assert!(
             runtime_state(binary, root, id).is_none(),
             "{handler} still has {id}"
@@ -259,11 +236,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
             println!("crun here: {}", s.message());
         }
     }
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
 
     // Unknown handlers and uninstalled runtimes are refused by name, leaving nothing.
     let cfg = common::pod_config("nope", "default", &format!("/{top}/nope"), logs.path());
@@ -284,11 +257,7 @@ async fn runc_and_crun_run_containers_through_the_shim() -> anyhow::Result<()> {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(err.message().contains("/nonexistent/runsc"), "{err:?}");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     assert_eq!(
         common::count(&e.daemon.state.join("engine")),

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::{Daemon, DaemonOptions, Image, Pusher, Registry, TestImages};
 
 const LAYER: usize = 6 << 20;
@@ -155,14 +156,8 @@ async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyh
         "{body}"
     );
 
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest { container_id: ctr })
-        .await?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_container(req::remove(&ctr)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     common::remove_cgroup_tree(&format!("kelson-gctest-{}", std::process::id()));
     Ok(())
 }

@@ -6,6 +6,7 @@ mod common;
 
 use k8s_cri::v1 as cri;
 use kelson_testkit::TarBuilder;
+use kelson_testkit::cri as req;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn windows_style_volume_paths_are_rooted_at_slash() -> anyhow::Result<()> {
@@ -76,11 +77,7 @@ async fn windows_style_volume_paths_are_rooted_at_slash() -> anyhow::Result<()> 
         anyhow::Ok(())
     }
     .await;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(&top);
     assert!(

@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 use kelson_testkit::{Daemon, DaemonOptions};
 use tonic::Code;
@@ -67,10 +68,7 @@ async fn run_pod(
         .pod_sandbox_id;
     let ip = c
         .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: false,
-        })
+        .pod_sandbox_status(req::pod_status(&id))
         .await?
         .into_inner()
         .status
@@ -112,25 +110,13 @@ async fn container(
         .await?
         .into_inner()
         .container_id;
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    c.runtime.start_container(req::start(&id)).await?;
     Ok(id)
 }
 
 async fn remove_pod(c: &mut Cri, id: &str) -> anyhow::Result<()> {
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(id)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(id)).await?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use std::process::Command;
 
 use k8s_cri::v1 as cri;
 use kelson_testkit::Daemon;
+use kelson_testkit::cri as req;
 use tonic::Code;
 
 /// Mounts below the daemon's dirs (pinned namespaces, shm).
@@ -186,22 +187,11 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
     assert_eq!(mounts_under(&d).len(), before);
 
     // Stop: namespaces and shm released, NotReady; idempotent.
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await?;
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: id.clone(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
     let st = c
         .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: false,
-        })
+        .pod_sandbox_status(req::pod_status(&id))
         .await?
         .into_inner();
     assert_eq!(
@@ -237,23 +227,12 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
 
     // Remove: everything goes, cgroup included; idempotent; then NotFound.
     for p in [&id, &id2] {
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: p.clone(),
-            })
-            .await?;
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-                pod_sandbox_id: p.clone(),
-            })
-            .await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
     }
     let err = c
         .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: false,
-        })
+        .pod_sandbox_status(req::pod_status(&id))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -282,9 +261,7 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
     // The name is free again.
     let again = run(&mut c, pod_config("web", "")).await?;
     c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: again,
-        })
+        .remove_pod_sandbox(req::remove_pod(&again))
         .await?;
     Ok(())
 }
@@ -344,31 +321,20 @@ async fn bad_requests_fail_clearly_and_leave_nothing() -> anyhow::Result<()> {
     assert_eq!(common::count(&d.state.join("pods")), 0);
     // Unknown ids: stop and remove succeed (kubelet relies on it); status is NotFound; junk is invalid.
     let unknown = "ab".repeat(32);
+    c.runtime.stop_pod_sandbox(req::stop_pod(&unknown)).await?;
     c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: unknown.clone(),
-        })
-        .await?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: unknown.clone(),
-        })
+        .remove_pod_sandbox(req::remove_pod(&unknown))
         .await?;
     let err = c
         .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: unknown,
-            verbose: false,
-        })
+        .pod_sandbox_status(req::pod_status(&unknown))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     // An id kelson never makes names nothing: stopping it succeeds (critest sends UUIDs), and
     // it never reaches a path.
     c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: "../../etc".into(),
-        })
+        .stop_pod_sandbox(req::stop_pod("../../etc"))
         .await?;
     Ok(())
 }
@@ -404,10 +370,7 @@ async fn host_network_pod_and_restart() -> anyhow::Result<()> {
         let mut c = c.clone();
         async move {
             c.runtime
-                .pod_sandbox_status(cri::PodSandboxStatusRequest {
-                    pod_sandbox_id: id,
-                    verbose: false,
-                })
+                .pod_sandbox_status(req::pod_status(&id))
                 .await
                 .unwrap()
                 .into_inner()
@@ -429,9 +392,7 @@ async fn host_network_pod_and_restart() -> anyhow::Result<()> {
     );
     assert_eq!(state(&mut c, hostnet.clone()).await, 0);
     for p in [own, hostnet] {
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(&p)).await?;
     }
     assert!(mounts_under(&d).is_empty());
     Ok(())

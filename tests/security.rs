@@ -6,6 +6,7 @@ mod common;
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri::{self as req, as_root, capabilities as caps};
 use kelson_testkit::daemon::Cri;
 
 /// A capability set from /proc/<pid>/status (`CapBnd:\t000001ffffffffff`).
@@ -35,45 +36,86 @@ async fn exec_fails(c: &mut Cri, id: &str, cmd: &[&str]) -> anyhow::Result<Strin
     Ok(err)
 }
 
-fn as_root(ctr: &mut cri::ContainerConfig) -> &mut cri::LinuxContainerSecurityContext {
-    let linux = ctr.linux.get_or_insert_with(Default::default);
-    let sc = linux.security_context.get_or_insert_with(Default::default);
-    sc.run_as_user = Some(cri::Int64Value { value: 0 });
-    sc
+/// A running kelsond with the standard image, and a pod `name` (in the test's cgroup tree
+/// `kelson-sectest-<pid>`) carrying two namespaced sysctls.
+struct SecPod {
+    /// The registry and kelsond, alive as long as the pod is used.
+    _env: common::Env,
+    image: String,
+    c: Cri,
+    top: String,
+    logs: tempfile::TempDir,
+    cfg: cri::PodSandboxConfig,
+    pod: String,
 }
 
-fn caps(add: &[&str], drop: &[&str]) -> Option<cri::Capability> {
-    Some(cri::Capability {
-        add_capabilities: add.iter().map(|s| s.to_string()).collect(),
-        drop_capabilities: drop.iter().map(|s| s.to_string()).collect(),
-        add_ambient_capabilities: vec![],
-    })
+impl SecPod {
+    async fn start(name: &str) -> anyhow::Result<SecPod> {
+        let (e, image) = common::env_standard().await?;
+        let mut c = e.daemon.cri().await?;
+        let top = format!("kelson-sectest-{}", std::process::id());
+        let logs = tempfile::tempdir()?;
+        let mut cfg = common::pod_config(name, "default", &format!("/{top}/{name}"), logs.path());
+        cfg.linux.as_mut().unwrap().sysctls = [
+            ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
+            ("kernel/msgmax".to_string(), "12345".to_string()),
+        ]
+        .into();
+        let pod = common::run_pod(&mut c, &cfg).await?;
+        Ok(SecPod {
+            _env: e,
+            image,
+            c,
+            top,
+            logs,
+            cfg,
+            pod,
+        })
+    }
+
+    fn sleeper(&self, name: &str) -> cri::ContainerConfig {
+        common::container_config(name, &self.image, &["/bin/sleep", "3600"])
+    }
+
+    /// Create and start `ctr` in the pod, naming the caller's line on failure.
+    async fn run(&mut self, ctr: cri::ContainerConfig, line: u32) -> anyhow::Result<String> {
+        common::create_start(&mut self.c, &self.pod, &self.cfg, ctr)
+            .await
+            .with_context(|| format!("line {line}"))
+    }
+
+    /// CreateContainer + StartContainer that must be refused: the gRPC status.
+    async fn refused(&mut self, ctr: cri::ContainerConfig) -> tonic::Status {
+        let err = common::create_start(&mut self.c, &self.pod, &self.cfg, ctr)
+            .await
+            .unwrap_err();
+        err.downcast_ref::<tonic::Status>()
+            .expect("a gRPC status")
+            .clone()
+    }
+
+    async fn remove(mut self) -> anyhow::Result<()> {
+        self.c
+            .runtime
+            .remove_pod_sandbox(req::remove_pod(&self.pod))
+            .await?;
+        common::remove_cgroup_tree(&self.top);
+        Ok(())
+    }
 }
 
+const PROC_STATUS: [&str; 3] = ["/bin/busybox", "cat", "/proc/self/status"];
+const MOUNTINFO: [&str; 3] = ["/bin/busybox", "cat", "/proc/self/mountinfo"];
+
+/// containerd's default set for root (CHOWN yes, NET_ADMIN and SYS_ADMIN no), an added and a
+/// dropped capability, and drop ALL with one added back.
 #[tokio::test(flavor = "multi_thread")]
-async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-sectest-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let mut cfg = common::pod_config("sec", "default", &format!("/{top}/sec"), logs.path());
-    cfg.linux.as_mut().unwrap().sysctls = [
-        ("kernel.shm_rmid_forced".to_string(), "1".to_string()),
-        ("kernel/msgmax".to_string(), "12345".to_string()),
-    ]
-    .into();
-    let pod = common::run_pod(&mut c, &cfg).await?;
-    let sleeper = |name: &str| common::container_config(name, &image, &["/bin/sleep", "3600"]);
-    let status = ["/bin/busybox", "cat", "/proc/self/status"];
-
-    // containerd's default set: CHOWN yes, NET_ADMIN and SYS_ADMIN no.
-    let mut ctr = sleeper("default");
+async fn capability_sets_follow_containerd_defaults_adds_and_drops() -> anyhow::Result<()> {
+    let mut s = SecPod::start("caps").await?;
+    let mut ctr = s.sleeper("default");
     as_root(&mut ctr);
-    let id = common::create_start(&mut c, &pod, &cfg, ctr)
-        .await
-        .with_context(|| format!("line {}", line!()))?;
-    let st = exec_out(&mut c, &id, &status).await?;
+    let id = s.run(ctr, line!()).await?;
+    let st = exec_out(&mut s.c, &id, &PROC_STATUS).await?;
     let bnd = cap_set(&st, "CapBnd");
     assert!(
         bnd & CAP_CHOWN != 0 && bnd & (CAP_NET_ADMIN | CAP_SYS_ADMIN) == 0,
@@ -81,16 +123,41 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
     );
     assert_eq!(cap_set(&st, "CapEff"), bnd, "root has its bounding set");
     assert_eq!(cap_set(&st, "CapInh"), 0, "no inheritable capabilities");
-    // The pod's namespaced sysctls reach the container; the host keeps its own.
+
+    // add NET_ADMIN, drop CHOWN.
+    let mut ctr = s.sleeper("added");
+    as_root(&mut ctr).capabilities = caps(&["NET_ADMIN"], &["CHOWN"]);
+    let id = s.run(ctr, line!()).await?;
+    let st = exec_out(&mut s.c, &id, &PROC_STATUS).await?;
+    let bnd = cap_set(&st, "CapBnd");
+    assert!(bnd & CAP_NET_ADMIN != 0 && bnd & CAP_CHOWN == 0, "{bnd:x}");
+
+    // drop ALL, add back one.
+    let mut ctr = s.sleeper("minimal");
+    as_root(&mut ctr).capabilities = caps(&["NET_BIND_SERVICE"], &["ALL"]);
+    let id = s.run(ctr, line!()).await?;
+    let st = exec_out(&mut s.c, &id, &PROC_STATUS).await?;
+    assert_eq!(cap_set(&st, "CapBnd"), CAP_NET_BIND_SERVICE);
+    s.remove().await
+}
+
+/// The pod's namespaced sysctls reach the container, the host keeps its own; node-wide and
+/// smuggled sysctls are refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaced_sysctls_apply_and_node_wide_ones_are_refused() -> anyhow::Result<()> {
+    let mut s = SecPod::start("sysctl").await?;
+    let mut ctr = s.sleeper("default");
+    as_root(&mut ctr);
+    let id = s.run(ctr, line!()).await?;
     let v = exec_out(
-        &mut c,
+        &mut s.c,
         &id,
         &["/bin/busybox", "cat", "/proc/sys/kernel/shm_rmid_forced"],
     )
     .await?;
     assert_eq!(v.trim(), "1");
     let v = exec_out(
-        &mut c,
+        &mut s.c,
         &id,
         &["/bin/busybox", "cat", "/proc/sys/kernel/msgmax"],
     )
@@ -100,14 +167,45 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
         std::fs::read_to_string("/proc/sys/kernel/msgmax")?.trim(),
         "12345"
     );
-    // Default masked paths: /proc/keys hides behind /dev/null (this kernel has no
-    // /proc/kcore), /proc/sys is read-only.
-    let mi = exec_out(
-        &mut c,
-        &id,
-        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
-    )
-    .await?;
+    for (k, v) in [
+        ("kernel.core_pattern", "|/tmp/x"),
+        ("kernel.shm_rmid_forced", "1+kernel.core_pattern=|/tmp/x"),
+    ] {
+        let mut bad = common::pod_config(
+            "badsys",
+            "default",
+            &format!("/{}/badsys", s.top),
+            s.logs.path(),
+        );
+        bad.linux.as_mut().unwrap().sysctls = [(k.to_string(), v.to_string())].into();
+        let r = match common::run_pod(&mut s.c, &bad).await {
+            Ok(p) => {
+                let x = s.sleeper("x");
+                let r = common::create_start(&mut s.c, &p, &bad, x).await;
+                s.c.runtime.remove_pod_sandbox(req::remove_pod(&p)).await?;
+                r.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        let err = r.expect_err("a bad sysctl was accepted");
+        let st = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+        assert!(st.message().contains("sysctl"), "{st:?}");
+    }
+    assert!(!std::fs::read_to_string("/proc/sys/kernel/core_pattern")?.contains("/tmp/x"));
+    s.remove().await
+}
+
+/// Default masked paths (/proc/keys hides behind /dev/null; this kernel has no /proc/kcore),
+/// /proc/sys and /sys read-only, the cgroup tree read-only so root inside cannot lift its own
+/// limits; a masked-path list of the request's own replaces the defaults.
+#[tokio::test(flavor = "multi_thread")]
+async fn masked_and_read_only_paths_keep_root_from_the_kernel() -> anyhow::Result<()> {
+    let mut s = SecPod::start("masked").await?;
+    let mut ctr = s.sleeper("default");
+    as_root(&mut ctr);
+    let id = s.run(ctr, line!()).await?;
+    let mi = exec_out(&mut s.c, &id, &MOUNTINFO).await?;
     assert!(mi.lines().any(|l| l.contains(" /proc/keys ")), "{mi}");
     assert!(
         mi.lines().any(|l| l.contains(" /proc/sys ")
@@ -121,8 +219,7 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
             .any(|l| l.contains(" /sys ") && l.contains(" ro,")),
         "{mi}"
     );
-    // The cgroup tree is read-only inside (the topmost mount at each point): root in the
-    // container cannot lift its own limits.
+    // The topmost mount at each point of the cgroup tree is read-only.
     let mut top_mounts = std::collections::BTreeMap::new();
     for l in mi.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -137,85 +234,40 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
             "writable cgroup mount {point} ({opts}): {mi}"
         );
     }
-    let r = c
-        .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: id.clone(),
-            cmd: [
-                "/bin/sh",
-                "-c",
+    let r =
+        s.c.runtime
+            .exec_sync(req::sh(
+                &id,
                 "echo 9999999999 > /sys/fs/cgroup/memory/memory.limit_in_bytes",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-            timeout: 20,
-        })
-        .await?
-        .into_inner();
+                20,
+            ))
+            .await?
+            .into_inner();
     assert_ne!(
         r.exit_code, 0,
         "root in the container rewrote its memory limit"
     );
 
-    // add NET_ADMIN, drop CHOWN.
-    let mut ctr = sleeper("added");
-    as_root(&mut ctr).capabilities = caps(&["NET_ADMIN"], &["CHOWN"]);
-    ctr.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .masked_paths = vec!["/proc/timer_list".into()];
-    let id = common::create_start(&mut c, &pod, &cfg, ctr)
-        .await
-        .with_context(|| format!("line {}", line!()))?;
-    let st = exec_out(&mut c, &id, &status).await?;
-    let bnd = cap_set(&st, "CapBnd");
-    assert!(bnd & CAP_NET_ADMIN != 0 && bnd & CAP_CHOWN == 0, "{bnd:x}");
-    // A masked-path list of the request's own replaces the defaults.
-    let mi = exec_out(
-        &mut c,
-        &id,
-        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
-    )
-    .await?;
+    let mut ctr = s.sleeper("own-list");
+    as_root(&mut ctr).masked_paths = vec!["/proc/timer_list".into()];
+    let id = s.run(ctr, line!()).await?;
+    let mi = exec_out(&mut s.c, &id, &MOUNTINFO).await?;
     assert!(mi.lines().any(|l| l.contains(" /proc/timer_list ")), "{mi}");
     assert!(!mi.lines().any(|l| l.contains(" /proc/keys ")), "{mi}");
+    s.remove().await
+}
 
-    // drop ALL, add back one.
-    let mut ctr = sleeper("minimal");
-    as_root(&mut ctr).capabilities = caps(&["NET_BIND_SERVICE"], &["ALL"]);
-    let id = common::create_start(&mut c, &pod, &cfg, ctr)
-        .await
-        .with_context(|| format!("line {}", line!()))?;
-    let st = exec_out(&mut c, &id, &status).await?;
-    assert_eq!(cap_set(&st, "CapBnd"), CAP_NET_BIND_SERVICE);
-
-    // Supplemental groups (Strict: the request's only), reported in the status as kubelet
-    // shows them, and what the process really has.
-    let mut ctr = sleeper("groups");
-    {
-        let sc = ctr
-            .linux
-            .get_or_insert_with(Default::default)
-            .security_context
-            .get_or_insert_with(Default::default);
-        sc.supplemental_groups = vec![3001, 3000];
-        sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
-    }
-    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
-    let st = c
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await?
-        .into_inner()
-        .status
-        .unwrap_or_default();
+/// Supplemental groups (Strict: the request's only), reported in the status as kubelet shows
+/// them, and what the process really has; the feature is advertised.
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_supplemental_groups_are_the_requests_only() -> anyhow::Result<()> {
+    let mut s = SecPod::start("groups").await?;
+    let mut ctr = s.sleeper("groups");
+    let sc = req::security(&mut ctr);
+    sc.supplemental_groups = vec![3001, 3000];
+    sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
+    let id = s.run(ctr, line!()).await?;
+    let st = common::container_status(&mut s.c, &id).await?;
     let user = st
         .user
         .and_then(|u| u.linux)
@@ -223,108 +275,83 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
     assert_eq!((user.uid, user.gid), (65534, 65534), "the image's USER");
     // The primary gid is one of the process's groups, as containerd sets them.
     assert_eq!(user.supplemental_groups, [3000, 3001, 65534]);
-    let groups = exec_out(&mut c, &id, &["/bin/busybox", "id", "-G"]).await?;
+    let groups = exec_out(&mut s.c, &id, &["/bin/busybox", "id", "-G"]).await?;
     assert_eq!(groups.trim(), "65534 3000 3001");
-    let features = c
-        .runtime
-        .status(cri::StatusRequest { verbose: false })
-        .await?
-        .into_inner()
-        .features
-        .unwrap_or_default();
+    let features =
+        s.c.runtime
+            .status(req::runtime_status())
+            .await?
+            .into_inner()
+            .features
+            .unwrap_or_default();
     assert!(features.supplemental_groups_policy);
+    s.remove().await
+}
 
-    // Refused by name, leaving nothing behind: an unknown capability, a privileged container
-    // in a pod that is not privileged.
-    let mut ctr = sleeper("bogus");
+/// Refused by name: an unknown capability, a privileged container in a pod that is not
+/// privileged, and (this host has neither AppArmor nor SELinux, as containerd on such a host)
+/// an AppArmor profile other than Unconfined; SELinux options are ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_capabilities_unprivileged_pods_and_apparmor_are_refused_by_name()
+-> anyhow::Result<()> {
+    let mut s = SecPod::start("refused").await?;
+    let mut ctr = s.sleeper("bogus");
     as_root(&mut ctr).capabilities = caps(&["TAKE_OVER"], &[]);
-    let err = common::create_start(&mut c, &pod, &cfg, ctr)
-        .await
-        .unwrap_err();
-    let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
-    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-    assert!(s.message().contains("TAKE_OVER"), "{s:?}");
-    let mut ctr = sleeper("priv");
+    let st = s.refused(ctr).await;
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert!(st.message().contains("TAKE_OVER"), "{st:?}");
+    let mut ctr = s.sleeper("priv");
     as_root(&mut ctr).privileged = true;
-    let err = common::create_start(&mut c, &pod, &cfg, ctr)
-        .await
-        .unwrap_err();
-    let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
-    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-    assert!(s.message().contains("privileged pod"), "{s:?}");
-
-    // This host has neither AppArmor nor SELinux: as containerd on such a host, an AppArmor
-    // profile other than Unconfined is refused, SELinux options are ignored.
-    let mut ctr = sleeper("apparmor");
+    let st = s.refused(ctr).await;
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert!(st.message().contains("privileged pod"), "{st:?}");
+    let mut ctr = s.sleeper("apparmor");
     as_root(&mut ctr).apparmor = Some(cri::SecurityProfile {
         profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
         localhost_ref: String::new(),
     });
-    let err = common::create_start(&mut c, &pod, &cfg, ctr)
-        .await
-        .unwrap_err();
-    let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
-    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-    assert!(s.message().contains("apparmor is not supported"), "{s:?}");
-    let mut ctr = sleeper("selinux");
+    let st = s.refused(ctr).await;
+    assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+    assert!(st.message().contains("apparmor is not supported"), "{st:?}");
+    let mut ctr = s.sleeper("selinux");
     as_root(&mut ctr).selinux_options = Some(cri::SeLinuxOption {
         user: "system_u".into(),
         role: "system_r".into(),
         r#type: "container_t".into(),
         level: "s0:c1,c2".into(),
     });
-    common::create_start(&mut c, &pod, &cfg, ctr)
+    s.run(ctr, line!())
         .await
         .context("SELinux options on a host without SELinux")?;
+    s.remove().await
+}
 
-    // Node-wide and smuggled sysctls are refused.
-    for (k, v) in [
-        ("kernel.core_pattern", "|/tmp/x"),
-        ("kernel.shm_rmid_forced", "1+kernel.core_pattern=|/tmp/x"),
-    ] {
-        let mut bad =
-            common::pod_config("badsys", "default", &format!("/{top}/badsys"), logs.path());
-        bad.linux.as_mut().unwrap().sysctls = [(k.to_string(), v.to_string())].into();
-        let r = match common::run_pod(&mut c, &bad).await {
-            Ok(p) => {
-                let r = common::create_start(&mut c, &p, &bad, sleeper("x")).await;
-                c.runtime
-                    .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-                    .await?;
-                r.map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
-        let err = r.expect_err("a bad sysctl was accepted");
-        let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
-        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-        assert!(s.message().contains("sysctl"), "{s:?}");
-    }
-    assert!(!std::fs::read_to_string("/proc/sys/kernel/core_pattern")?.contains("/tmp/x"));
-
-    // A privileged pod and container: every capability, /sys writable, nothing masked, the
-    // host's devices.
-    let mut pcfg = common::pod_config("priv", "default", &format!("/{top}/priv"), logs.path());
+/// A privileged pod and container: every capability, /sys writable, nothing masked, the
+/// host's devices.
+#[tokio::test(flavor = "multi_thread")]
+async fn privileged_containers_get_every_capability_and_the_host_devices() -> anyhow::Result<()> {
+    let mut s = SecPod::start("plain").await?;
+    let mut pcfg = common::pod_config(
+        "priv",
+        "default",
+        &format!("/{}/priv", s.top),
+        s.logs.path(),
+    );
     pcfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
         privileged: true,
         ..Default::default()
     });
-    let ppod = common::run_pod(&mut c, &pcfg).await?;
-    let mut ctr = sleeper("priv");
+    let ppod = common::run_pod(&mut s.c, &pcfg).await?;
+    let mut ctr = s.sleeper("priv");
     as_root(&mut ctr).privileged = true;
-    let id = common::create_start(&mut c, &ppod, &pcfg, ctr)
+    let id = common::create_start(&mut s.c, &ppod, &pcfg, ctr)
         .await
         .with_context(|| format!("line {}", line!()))?;
-    let st = exec_out(&mut c, &id, &status).await?;
+    let st = exec_out(&mut s.c, &id, &PROC_STATUS).await?;
     // Every capability kelsond has (this host withholds CAP_SYS_RESOURCE from it).
     let own = cap_set(&std::fs::read_to_string("/proc/self/status")?, "CapEff");
     assert_eq!(cap_set(&st, "CapBnd"), own);
-    let mi = exec_out(
-        &mut c,
-        &id,
-        &["/bin/busybox", "cat", "/proc/self/mountinfo"],
-    )
-    .await?;
+    let mi = exec_out(&mut s.c, &id, &MOUNTINFO).await?;
     assert!(!mi.lines().any(|l| l.contains(" /proc/keys ")), "{mi}");
     assert!(
         mi.lines()
@@ -335,15 +362,11 @@ async fn capabilities_privileged_masked_paths_and_sysctls() -> anyhow::Result<()
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
         .expect("a device node on the host");
-    exec_out(&mut c, &id, &["/bin/busybox", "test", "-e", host_dev]).await?;
-
-    for p in [pod, ppod] {
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await?;
-    }
-    common::remove_cgroup_tree(&top);
-    Ok(())
+    exec_out(&mut s.c, &id, &["/bin/busybox", "test", "-e", host_dev]).await?;
+    s.c.runtime
+        .remove_pod_sandbox(req::remove_pod(&ppod))
+        .await?;
+    s.remove().await
 }
 
 /// The container's log once it holds `needle`.
@@ -527,12 +550,7 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
         assert!(s.message().contains(bad), "{s:?}");
     }
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -541,13 +559,9 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
 /// stdio, pipes and sockets the shim gave it, and /dev/null).
 #[tokio::test(flavor = "multi_thread")]
 async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-sectest3-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("fds", "default", &format!("/{top}/fds"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    let (top, _logs, cfg, pod) = common::pod_in(&mut c, "kelson-sectest3", "fds").await?;
 
     for cwd in ["/proc/self/fd/7", "/proc/1/cwd", "/proc/thread-self/fd/3"] {
         let mut ctr = common::container_config("leak", &image, &["/bin/sleep", "3600"]);
@@ -585,12 +599,7 @@ async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
     let init: Vec<&str> = out.lines().filter(|l| l.starts_with("1 ")).collect();
     assert_eq!(init.len(), 3, "{out}");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -600,13 +609,9 @@ async fn no_host_fd_reaches_a_container() -> anyhow::Result<()> {
 /// never to the host's binary.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-sectest4-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("exe", "default", &format!("/{top}/exe"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    let (top, _logs, cfg, pod) = common::pod_in(&mut c, "kelson-sectest4", "exe").await?;
     let id = c
         .runtime
         .create_container(cri::CreateContainerRequest {
@@ -644,11 +649,7 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
         w.is_err(),
         "the engine's image was writable through /proc/<pid>/exe"
     );
-    c.runtime
-        .start_container(cri::StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
+    c.runtime.start_container(req::start(&id)).await?;
     // After start the container runs its own program, not the engine.
     let exe = std::fs::read_link(format!("/proc/{init}/exe"))?;
     assert!(
@@ -657,12 +658,7 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
         exe.display()
     );
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -835,12 +831,7 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
         "the pod's resolv.conf is not in place: {resolv}"
     );
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -872,37 +863,31 @@ fn userns_options(host: u32) -> cri::NamespaceOption {
     }
 }
 
+/// A user-namespaced pod (`hostUsers: false`, shared PID namespace) with a net sysctl, which
+/// works only when the pod's network namespace belongs to its user one.
+fn userns_pod(top: &str, logs: &std::path::Path) -> cri::PodSandboxConfig {
+    let mut cfg = common::pod_config("userns", "default", &format!("/{top}/u"), logs);
+    let linux = cfg.linux.as_mut().unwrap();
+    linux.security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(userns_options(USERNS_HOST_BASE)),
+        ..Default::default()
+    });
+    linux.sysctls = [(
+        "net.ipv4.ping_group_range".to_string(),
+        "0 65535".to_string(),
+    )]
+    .into();
+    cfg
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    // kubelet reads the feature from Status before it sends user namespaces.
-    let status = c
-        .runtime
-        .status(cri::StatusRequest { verbose: false })
-        .await?
-        .into_inner();
-    let features = status.runtime_handlers[0].features.unwrap();
-    assert!(features.user_namespaces && features.recursive_read_only_mounts);
-
     let top = format!("kelson-userns-{}", std::process::id());
     let logs = tempfile::tempdir()?;
-    let mut cfg = common::pod_config("userns", "default", &format!("/{top}/u"), logs.path());
-    {
-        let linux = cfg.linux.as_mut().unwrap();
-        linux.security_context = Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(userns_options(USERNS_HOST_BASE)),
-            ..Default::default()
-        });
-        // A net sysctl works only when the pod's network namespace belongs to its user one.
-        linux.sysctls = [(
-            "net.ipv4.ping_group_range".to_string(),
-            "0 65535".to_string(),
-        )]
-        .into();
-    }
+    let cfg = userns_pod(&top, logs.path());
     let pod = common::run_pod(&mut c, &cfg).await?;
     let mounts_before = common::mounts_of(&e.daemon);
 
@@ -1033,6 +1018,33 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
     let one = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/1/cmdline"]).await?;
     assert!(one.contains("pod-holder"), "{one:?}");
 
+    // Removing the container releases every idmapped mount and leaves the volume whole.
+    c.runtime.remove_container(req::remove(&id)).await?;
+    assert_eq!(common::mounts_of(&e.daemon), mounts_before);
+    assert_eq!(std::fs::read(vol.path().join("from-host"))?, b"host data\n");
+    assert_eq!(std::fs::read(vol.path().join("from-pod"))?, b"pod\n");
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
+    assert_eq!(common::mounts_of(&e.daemon), 0, "a pin or mount was left");
+
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+/// kubelet reads the feature from Status before it sends user namespaces; ids outside the
+/// mapping, a container asking for other mappings, and pods that would defeat the namespace
+/// are refused before anything is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespace_requests_that_defeat_it_are_refused() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let status = c.runtime.status(req::runtime_status()).await?.into_inner();
+    let features = status.runtime_handlers[0].features.unwrap();
+    assert!(features.user_namespaces && features.recursive_read_only_mounts);
+
+    let top = format!("kelson-userns-refused-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = userns_pod(&top, logs.path());
+    let pod = common::run_pod(&mut c, &cfg).await?;
     // Ids outside the mapping, or a container asking for other mappings, are refused.
     let mut bad = common::container_config("unmapped", &image, &["/bin/true"]);
     let sc = as_root(&mut bad);
@@ -1045,20 +1057,7 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
     let err = common::create(&mut c, &pod, &cfg, other).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
-    // Removing the container releases every idmapped mount and leaves the volume whole.
-    c.runtime
-        .remove_container(cri::RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-    assert_eq!(common::mounts_of(&e.daemon), mounts_before);
-    assert_eq!(std::fs::read(vol.path().join("from-host"))?, b"host data\n");
-    assert_eq!(std::fs::read(vol.path().join("from-pod"))?, b"pod\n");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0, "a pin or mount was left");
 
     // Pods that would defeat the namespace are refused before anything is made.
@@ -1112,8 +1111,7 @@ fn walk_owners(dir: &std::path::Path) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-rro-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -1169,11 +1167,7 @@ async fn recursive_read_only_mounts_reach_submounts() -> anyhow::Result<()> {
         anyhow::Ok(())
     }
     .await;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH)?;
     common::remove_cgroup_tree(&top);
     result
@@ -1256,11 +1250,7 @@ async fn image_volumes_stay_inside_the_rootfs() -> anyhow::Result<()> {
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("image volume"), "{err:?}");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     common::remove_cgroup_tree(&top);
     Ok(())
@@ -1279,8 +1269,7 @@ fn mounts_on(path: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
     use kelson_testkit::TarBuilder;
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
     let b = bait.path().display().to_string();
     for f in ["null", "console", "ptmx"] {
@@ -1423,9 +1412,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         match common::create(&mut c, &pod, &cfg, victim).await {
             Ok(id) => {
                 made += 1;
-                c.runtime
-                    .remove_container(cri::RemoveContainerRequest { container_id: id })
-                    .await?;
+                c.runtime.remove_container(req::remove(&id)).await?;
             }
             Err(s) => {
                 assert_ne!(s.code(), tonic::Code::Unknown, "{s:?}");
@@ -1435,11 +1422,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         untouched(&format!("swap race, attempt {i}"));
     }
     println!("mount-target race: {made} created, {refused} refused");
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0);
     untouched("after the pod");
     common::remove_cgroup_tree(&top);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 
 /// Records of a CRI log file: (stream, tag, content), each timestamp checked.
@@ -51,16 +52,8 @@ async fn start_in(
 }
 
 async fn remove_pod(c: &mut Cri, pod: &str, top: &str) -> anyhow::Result<()> {
-    c.runtime
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await?;
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await?;
+    c.runtime.stop_pod_sandbox(req::stop_pod(pod)).await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(pod)).await?;
     common::remove_cgroup_tree(top);
     Ok(())
 }
@@ -72,8 +65,7 @@ fn log_of(logs: &std::path::Path, pod: &str, name: &str) -> std::path::PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unterminated_output_is_logged_as_partial_records() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-shimio-p-{}", std::process::id());
     let logs = tempfile::tempdir()?;
@@ -143,8 +135,7 @@ async fn exec_sync(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_returns_when_a_background_child_keeps_its_output() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = common::pull_standard(&e).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-shimio-x-{}", std::process::id());
     let logs = tempfile::tempdir()?;

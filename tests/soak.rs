@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 use kelson_testkit::measure::rss_kib;
 
@@ -38,9 +39,7 @@ struct Counts {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let d = &e.daemon;
     let pid = d.pid().unwrap();
     let mut c = d.cri().await?;
@@ -69,9 +68,7 @@ async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
         )
         .await?;
         // Mostly exited by itself, sometimes still running: both removal paths.
-        c.runtime
-            .remove_container(cri::RemoveContainerRequest { container_id: id })
-            .await?;
+        c.runtime.remove_container(req::remove(&id)).await?;
         if i + 1 == WARM {
             let listed = c
                 .runtime
@@ -108,11 +105,7 @@ async fn thousand_create_remove_cycles_stay_flat() -> anyhow::Result<()> {
         rss <= warm_rss + warm_rss / 10 + 1024,
         "kelsond RSS {warm_rss} KiB after {WARM} cycles, {rss} KiB after {CYCLES}"
     );
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
     assert_eq!(common::mounts_of(d), 0);
     common::remove_cgroup_tree(&top);
     Ok(())
@@ -166,9 +159,7 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
             .and_then(|s| s.parse().ok())
             .unwrap_or(1000),
     );
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let d = &e.daemon;
     let pid = d.pid().unwrap();
     let mut c = d.cri().await?;
@@ -251,9 +242,7 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
         .len();
     assert_eq!(running, PODS);
     for p in pods {
-        c.runtime
-            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p })
-            .await?;
+        c.runtime.remove_pod_sandbox(req::remove_pod(&p)).await?;
     }
     assert_eq!(common::mounts_of(d), 0);
     common::remove_cgroup_tree(&top);

@@ -11,6 +11,7 @@ use anyhow::Context;
 
 use k8s_cri::v1 as cri;
 use kelson_conformance::stream;
+use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
 use sha2::{Digest, Sha256};
 
@@ -64,9 +65,7 @@ fn procs_with(needle: &str) -> Vec<i32> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -231,12 +230,7 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
             .join("\n")
     );
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -244,9 +238,7 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
     use stream::spdy;
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest3-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -330,12 +322,7 @@ async fn exec_over_spdy_as_the_api_server_speaks_it() -> anyhow::Result<()> {
     }
     assert!(procs_with(marker).is_empty(), "killed with its client gone");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -398,12 +385,7 @@ async fn streaming_urls_expire_sessions_are_bounded_and_garbage_ends_them() -> a
         }
     };
     assert_eq!(out.exit_code(), Some(0));
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -447,9 +429,7 @@ async fn serve_hello_and_echo(c: &mut Cri, pod: &str, image: &str) -> anyhow::Re
             .await?
             .into_inner()
             .container_id;
-        c.runtime
-            .start_container(cri::StartContainerRequest { container_id: id })
-            .await?;
+        c.runtime.start_container(req::start(&id)).await?;
     }
     Ok(())
 }
@@ -460,9 +440,7 @@ async fn serve_hello_and_echo(c: &mut Cri, pod: &str, image: &str) -> anyhow::Re
 #[tokio::test(flavor = "multi_thread")]
 async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<()> {
     use stream::spdy;
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest4-{}", std::process::id());
     let (pod, _) = running(&mut c, &image, &top).await?;
@@ -579,12 +557,7 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     assert!(got[&2].ends_with(b"ws ping"), "{got:?}");
     drop(ws);
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -597,9 +570,7 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
 async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow::Result<()> {
     use kelson_proto::spdy::frame::Frame;
     use stream::spdy;
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest9-{}", std::process::id());
     let (pod, _) = running(&mut c, &image, &top).await?;
@@ -685,12 +656,7 @@ async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow:
     .await;
     assert!(end.is_ok(), "the server kept a session that sent text");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -699,9 +665,7 @@ async fn port_forward_over_spdy_in_websocket_as_client_go_speaks_it() -> anyhow:
 /// through it, the exit code comes back.
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_with_a_terminal() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest5-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -761,12 +725,7 @@ async fn exec_with_a_terminal() -> anyhow::Result<()> {
     assert!(!text.contains("not-interrupted"), "{text:?}");
     assert_eq!(out.exit_code(), Some(130), "{text:?}");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -824,10 +783,7 @@ async fn attach_url(
 async fn container_state(c: &mut Cri, id: &str) -> anyhow::Result<(i32, i32)> {
     let s = c
         .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: false,
-        })
+        .container_status(req::status(id))
         .await?
         .into_inner()
         .status
@@ -852,14 +808,9 @@ async fn wait_exited(c: &mut Cri, id: &str) -> anyhow::Result<i32> {
 /// `stdin_once`, a container on a terminal (resize, TERM), and bad requests.
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_to_running_containers() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-stest6-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("attach", "default", &format!("/{top}/attach"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    let (top, logs, cfg, pod) = common::pod_in(&mut c, "kelson-stest6", "attach").await?;
     let start = |c: &mut Cri, name: &str, cmd: &[&str], stdin_once: bool, tty: bool| {
         let mut ctr = common::container_config(name, &image, cmd);
         ctr.stdin = true;
@@ -1000,12 +951,7 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     let log = std::fs::read_to_string(logs.path().join("attach/term.log"))?;
     assert!(log.contains("term=xterm"), "{log}");
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -1051,12 +997,7 @@ async fn streaming_over_tls() -> anyhow::Result<()> {
     let (other_ca, _, _) = kelson_testkit::registry::self_signed(other.path())?;
     assert!(stream::connect_tls(&url, &[V5], &other_ca).await.is_err());
 
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
 
@@ -1064,9 +1005,7 @@ async fn streaming_over_tls() -> anyhow::Result<()> {
 /// every one gets exactly its own bytes back and its exit code.
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_exec_sessions() -> anyhow::Result<()> {
-    let e = common::env().await?;
-    let image = format!("{}/test/standard:v1", e.registry.host);
-    common::pull(&e.daemon, &image).await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let top = format!("kelson-stest8-{}", std::process::id());
     let (pod, id) = running(&mut c, &image, &top).await?;
@@ -1110,11 +1049,6 @@ async fn concurrent_exec_sessions() -> anyhow::Result<()> {
     for s in sessions {
         s.await??;
     }
-    c.runtime
-        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
-    common::remove_cgroup_tree(&top);
+    common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }

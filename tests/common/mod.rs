@@ -136,37 +136,12 @@ pub fn pod_config(
     cgroup_parent: &str,
     logs: &std::path::Path,
 ) -> k8s_cri::v1::PodSandboxConfig {
-    use k8s_cri::v1 as cri;
-    cri::PodSandboxConfig {
-        metadata: Some(cri::PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: namespace.into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        log_directory: logs.join(name).display().to_string(),
-        linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: cgroup_parent.into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    kelson_testkit::cri::pod(name, namespace, cgroup_parent, &logs.join(name))
 }
 
 /// A container `name` running `cmd` from `image`, logging to `<name>.log`.
 pub fn container_config(name: &str, image: &str, cmd: &[&str]) -> k8s_cri::v1::ContainerConfig {
-    use k8s_cri::v1 as cri;
-    cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: spec(image),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
+    kelson_testkit::cri::container(name, image, cmd, &format!("{name}.log"))
 }
 
 /// RunPodSandbox with the default (native) handler: the pod's id.
@@ -324,13 +299,46 @@ pub async fn exec_sync(
     ))
 }
 
-/// A read-write bind mount of `host` at `container`, private propagation (what most volumes are).
-pub fn bind(container: &str, host: &std::path::Path) -> k8s_cri::v1::Mount {
-    k8s_cri::v1::Mount {
-        container_path: container.into(),
-        host_path: host.display().to_string(),
-        ..Default::default()
-    }
+#[allow(unused_imports)] // not every test file uses it
+pub use kelson_testkit::cri::bind;
+
+/// `env()` with the standard image pulled: the environment and the image's reference.
+pub async fn env_standard() -> anyhow::Result<(Env, String)> {
+    let e = env().await?;
+    let image = pull_standard(&e).await?;
+    Ok((e, image))
+}
+
+/// A pod `name` in the test's cgroup tree `<prefix>-<pid>` (removed by `remove_pod`), its logs
+/// in a temporary directory: (the tree's top, the logs, the pod's config, the pod's id).
+pub async fn pod_in(
+    c: &mut kelson_testkit::daemon::Cri,
+    prefix: &str,
+    name: &str,
+) -> anyhow::Result<(
+    String,
+    tempfile::TempDir,
+    k8s_cri::v1::PodSandboxConfig,
+    String,
+)> {
+    let top = format!("{prefix}-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = pod_config(name, "default", &format!("/{top}/{name}"), logs.path());
+    let pod = run_pod(c, &cfg).await?;
+    Ok((top, logs, cfg, pod))
+}
+
+/// RemovePodSandbox, then the test's cgroup tree `top`.
+pub async fn remove_pod(
+    c: &mut kelson_testkit::daemon::Cri,
+    pod: &str,
+    top: &str,
+) -> anyhow::Result<()> {
+    c.runtime
+        .remove_pod_sandbox(kelson_testkit::cri::remove_pod(pod))
+        .await?;
+    remove_cgroup_tree(top);
+    Ok(())
 }
 
 /// Pull the standard test image `env()` pushed: its reference.

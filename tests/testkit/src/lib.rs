@@ -3,6 +3,7 @@
 //! built here from the host's busybox; and a `kelsond` under test with its own dirs and socket.
 
 pub mod cgroups;
+pub mod cri;
 pub mod daemon;
 pub mod fake_registry;
 pub mod images;
