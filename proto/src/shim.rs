@@ -144,11 +144,32 @@ pub struct ExecResult {
     pub timed_out: bool,
 }
 
+/// What kind of failure a response's `error` reports, so the daemon decides by kind and never
+/// by the wording of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum ErrorKind {
+    /// Not classified (a shim from before kinds existed): a failure of the call.
+    Unspecified = 0,
+    /// The request itself is malformed (an unknown signal, an empty command, a bad frame).
+    BadRequest = 1,
+    /// The container is not in the state the request needs (start: created; exec, attach:
+    /// running).
+    WrongState = 2,
+    /// The container's command could not be started (missing, not executable, …).
+    StartFailed = 3,
+    /// The shim failed at what was asked (a helper it could not spawn, a system call).
+    Internal = 4,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Response {
     /// Empty on success.
     #[prost(string, tag = "1")]
     pub error: String,
+    /// With `error`: what kind of failure it is.
+    #[prost(enumeration = "ErrorKind", tag = "4")]
+    pub error_kind: i32,
     #[prost(message, optional, tag = "2")]
     pub state: Option<State>,
     #[prost(message, optional, tag = "3")]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{ContainerError, ContainerService};
-use crate::shim::{self, ShimError, msg};
+use crate::shim::{self, RemoteKind, ShimError, msg};
 
 impl ContainerService {
     pub async fn exec_sync(
@@ -40,7 +40,10 @@ impl ContainerService {
                     state: "exited",
                     op: "exec",
                 },
-                ShimError::Remote(m) if m.contains("not running") => ContainerError::WrongState {
+                ShimError::Remote {
+                    kind: RemoteKind::WrongState,
+                    ..
+                } => ContainerError::WrongState {
                     id: rec.id.clone(),
                     state: "not running",
                     op: "exec",

@@ -2,7 +2,7 @@
 //! start is recorded as exited with its reason, as kubelet expects of a start failure.
 
 use super::{ContainerError, ContainerService, KILL_GRACE, RunState, START_ERROR_EXIT, now_ns};
-use crate::shim::{self, ShimError, msg};
+use crate::shim::{self, RemoteKind, ShimError, msg};
 use crate::store::ExitInfo;
 
 impl ContainerService {
@@ -23,7 +23,10 @@ impl ContainerService {
             .await
         {
             Ok(r) => r,
-            Err(ShimError::Remote(reason)) => {
+            Err(ShimError::Remote {
+                kind: RemoteKind::StartFailed,
+                message: reason,
+            }) => {
                 // The command could not be started (missing, not executable, …): the init
                 // gave up. Whatever is left of the container goes, and it is recorded as
                 // exited with the reason, as kubelet expects of a start failure.
@@ -39,6 +42,19 @@ impl ContainerService {
                 self.store.update(&rec)?;
                 tracing::info!(container = %rec.id, reason = %reason, "container failed to start");
                 return Err(ContainerError::StartFailed { id: rec.id, reason });
+            }
+            // Refused because the container is no longer created (a concurrent start, an
+            // exit): a wrong state, the container left as it is.
+            Err(ShimError::Remote {
+                kind: RemoteKind::WrongState,
+                message,
+            }) => {
+                tracing::debug!(container = %rec.id, %message, "start refused by the shim");
+                return Err(ContainerError::WrongState {
+                    id: rec.id,
+                    state: "not created",
+                    op: "start",
+                });
             }
             Err(e) => return Err(e.into()),
         };

@@ -30,7 +30,7 @@ impl ContainerService {
         // from it (an unreachable or silent shim is not asked twice).
         for _ in 0..2 {
             match &answer {
-                Err(e @ ShimError::Remote(_)) => {
+                Err(e @ ShimError::Remote { .. }) => {
                     tracing::debug!(container = %v.rec.id, error = %e, "shim state: asking again");
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     answer = client.state().await;

@@ -33,6 +33,15 @@ impl From<ContainerError> for Status {
                 Code::FailedPrecondition
             }
             E::Shim(crate::shim::ShimError::Create(_)) => Code::FailedPrecondition,
+            E::Shim(crate::shim::ShimError::Remote { kind, .. }) => match kind {
+                crate::shim::RemoteKind::WrongState | crate::shim::RemoteKind::StartFailed => {
+                    Code::FailedPrecondition
+                }
+                crate::shim::RemoteKind::BadRequest => Code::InvalidArgument,
+                crate::shim::RemoteKind::Internal | crate::shim::RemoteKind::Unspecified => {
+                    Code::Internal
+                }
+            },
             // A volume (or the image store) on a filesystem without idmapped mounts.
             E::Idmap(crate::container::idmap::IdmapError::NotSupported { .. })
             | E::Rootfs(crate::container::rootfs::RootfsError::Idmap(

@@ -28,8 +28,34 @@ pub enum ShimError {
     Gone { id: String },
     #[error("shim for {id}: {reason}")]
     Call { id: String, reason: String },
-    #[error("{0}")]
-    Remote(String),
+    /// The shim (or the engine) answered with a failure, of this kind.
+    #[error("{message}")]
+    Remote { kind: RemoteKind, message: String },
+}
+
+/// What kind of failure the shim reported (its wire `ErrorKind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    /// Not classified (a shim from before kinds existed), or the engine's own failure.
+    Unspecified,
+    BadRequest,
+    /// The container is not in the state the request needs.
+    WrongState,
+    /// The container's command could not be started.
+    StartFailed,
+    Internal,
+}
+
+impl RemoteKind {
+    fn from_wire(kind: i32) -> RemoteKind {
+        match msg::ErrorKind::try_from(kind) {
+            Ok(msg::ErrorKind::BadRequest) => RemoteKind::BadRequest,
+            Ok(msg::ErrorKind::WrongState) => RemoteKind::WrongState,
+            Ok(msg::ErrorKind::StartFailed) => RemoteKind::StartFailed,
+            Ok(msg::ErrorKind::Internal) => RemoteKind::Internal,
+            Ok(msg::ErrorKind::Unspecified) | Err(_) => RemoteKind::Unspecified,
+        }
+    }
 }
 
 /// The shim binary: config, else next to kelsond, else on PATH.
@@ -128,9 +154,10 @@ pub async fn delete(engine: &Path, id: &str, root: &Path) -> Result<(), ShimErro
     if out.status.success() {
         Ok(())
     } else {
-        Err(ShimError::Remote(
-            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        ))
+        Err(ShimError::Remote {
+            kind: RemoteKind::Unspecified,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
     }
 }
 
@@ -216,7 +243,10 @@ impl Client {
             .await
             .map_err(|_| call_err(format!("no answer within {timeout:?}")))??;
         if !r.error.is_empty() {
-            return Err(ShimError::Remote(r.error));
+            return Err(ShimError::Remote {
+                kind: RemoteKind::from_wire(r.error_kind),
+                message: r.error,
+            });
         }
         Ok((r, conn))
     }
@@ -236,5 +266,22 @@ impl Client {
             id: self.id.clone(),
             reason: "no state in answer".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_kinds_come_from_the_wire_kind() {
+        let k = |w: msg::ErrorKind| RemoteKind::from_wire(w as i32);
+        assert_eq!(k(msg::ErrorKind::WrongState), RemoteKind::WrongState);
+        assert_eq!(k(msg::ErrorKind::StartFailed), RemoteKind::StartFailed);
+        assert_eq!(k(msg::ErrorKind::BadRequest), RemoteKind::BadRequest);
+        assert_eq!(k(msg::ErrorKind::Internal), RemoteKind::Internal);
+        assert_eq!(k(msg::ErrorKind::Unspecified), RemoteKind::Unspecified);
+        // A kind this daemon does not know yet is a plain failure of the call.
+        assert_eq!(RemoteKind::from_wire(99), RemoteKind::Unspecified);
     }
 }

@@ -64,10 +64,10 @@ impl Shim {
         let _ = conn.set_read_timeout(Some(REQUEST_TIMEOUT));
         let req = match read_request(&mut conn) {
             Ok(r) => r,
-            Err(e) => return respond(conn, error(e)),
+            Err(e) => return respond(conn, error(msg::ErrorKind::BadRequest, e)),
         };
         let resp = match req.kind {
-            None => error("empty request".into()),
+            None => error(msg::ErrorKind::BadRequest, "empty request".into()),
             Some(Kind::State(_)) => msg::Response {
                 state: Some(self.state()),
                 ..Default::default()
@@ -76,11 +76,11 @@ impl Shim {
             Some(Kind::Signal(s)) => self.signal(s),
             Some(Kind::ReopenLog(_)) => match self.log.reopen() {
                 Ok(()) => msg::Response::default(),
-                Err(e) => error(format!("reopening log: {e}")),
+                Err(e) => error(msg::ErrorKind::Internal, format!("reopening log: {e}")),
             },
             Some(Kind::Exec(x)) => match self.exec(conn, x) {
                 Ok(()) => return,
-                Err((conn, e)) => return respond(conn, error(e)),
+                Err((conn, kind, e)) => return respond(conn, error(kind, e)),
             },
             Some(Kind::Wait(_)) => {
                 if self.exit.is_none() {
@@ -104,7 +104,7 @@ impl Shim {
     /// Join `conn` to the container's stdio (see `attachers`), after an empty answer.
     fn attach(&mut self, mut conn: UnixStream, a: &msg::Attach) {
         if let Some(why) = attach_refusal(self.status, self.exit.is_some(), self.attachers.len()) {
-            return respond(conn, error(why));
+            return respond(conn, error(msg::ErrorKind::WrongState, why));
         }
         if write_response(&mut conn, msg::Response::default()).is_err() {
             return;
@@ -117,7 +117,7 @@ impl Shim {
 
     fn start(&mut self) -> msg::Response {
         if let Some(why) = start_refusal(self.status) {
-            return error(why);
+            return error(msg::ErrorKind::WrongState, why);
         }
         let mut cmd = Command::new(self.cfg.engine.path());
         cmd.args(["start", "--id", &self.cfg.id])
@@ -137,14 +137,20 @@ impl Shim {
                     ..Default::default()
                 }
             }
-            Ok(o) => error(String::from_utf8_lossy(&o.stderr).trim().to_owned()),
-            Err(e) => error(format!("spawning starter: {e}")),
+            Ok(o) => error(
+                msg::ErrorKind::StartFailed,
+                String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+            ),
+            Err(e) => error(msg::ErrorKind::Internal, format!("spawning starter: {e}")),
         }
     }
 
     fn signal(&mut self, s: msg::Signal) -> msg::Response {
         let Ok(sig) = Signal::try_from(s.signal) else {
-            return error(format!("bad signal {}", s.signal));
+            return error(
+                msg::ErrorKind::BadRequest,
+                format!("bad signal {}", s.signal),
+            );
         };
         if self.exit.is_some() {
             return msg::Response {
@@ -162,14 +168,15 @@ impl Shim {
                 state: Some(self.state()),
                 ..Default::default()
             },
-            Err(e) => error(format!("kill: {e}")),
+            Err(e) => error(msg::ErrorKind::Internal, format!("kill: {e}")),
         }
     }
 }
 
-fn error(e: String) -> msg::Response {
+fn error(kind: msg::ErrorKind, e: String) -> msg::Response {
     msg::Response {
         error: e,
+        error_kind: kind as i32,
         ..Default::default()
     }
 }
@@ -273,7 +280,10 @@ mod tests {
     #[test]
     fn an_answer_is_framed_for_the_client() {
         let (client, mut server) = UnixStream::pair().unwrap();
-        respond(client, error("bad signal 99".into()));
+        respond(
+            client,
+            error(msg::ErrorKind::BadRequest, "bad signal 99".into()),
+        );
         let mut got = BytesMut::new();
         let mut chunk = [0u8; 256];
         let n = server.read(&mut chunk).unwrap();

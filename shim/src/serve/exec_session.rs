@@ -109,12 +109,12 @@ fn output_cap(max_output: u64) -> usize {
 }
 
 /// Why an exec request is refused before anything runs.
-fn exec_refusal(status: msg::Status, args: &[String]) -> Option<&'static str> {
+fn exec_refusal(status: msg::Status, args: &[String]) -> Option<(msg::ErrorKind, &'static str)> {
     if status != msg::Status::Running {
-        return Some("container is not running");
+        return Some((msg::ErrorKind::WrongState, "container is not running"));
     }
     if args.is_empty() {
-        return Some("exec needs a command");
+        return Some((msg::ErrorKind::BadRequest, "exec needs a command"));
     }
     None
 }
@@ -125,9 +125,9 @@ impl Shim {
         &mut self,
         conn: UnixStream,
         x: msg::Exec,
-    ) -> Result<(), (UnixStream, String)> {
-        if let Some(why) = exec_refusal(self.status, &x.args) {
-            return Err((conn, why.into()));
+    ) -> Result<(), (UnixStream, msg::ErrorKind, String)> {
+        if let Some((kind, why)) = exec_refusal(self.status, &x.args) {
+            return Err((conn, kind, why.into()));
         }
         let pipes = || -> nix::Result<(OwnedFd, OwnedFd, OwnedFd, OwnedFd)> {
             let (or, ow) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -138,7 +138,7 @@ impl Shim {
         };
         let (or, ow, er, ew) = match pipes() {
             Ok(p) => p,
-            Err(e) => return Err((conn, format!("pipe: {e}"))),
+            Err(e) => return Err((conn, msg::ErrorKind::Internal, format!("pipe: {e}"))),
         };
         self.exec_seq += 1;
         let pid_file = self.cfg.dir.join(format!("exec-{}.pid", self.exec_seq));
@@ -156,7 +156,13 @@ impl Shim {
             .spawn();
         let child = match child {
             Ok(c) => c,
-            Err(e) => return Err((conn, format!("spawning exec: {e}"))),
+            Err(e) => {
+                return Err((
+                    conn,
+                    msg::ErrorKind::Internal,
+                    format!("spawning exec: {e}"),
+                ));
+            }
         };
         self.execs.push(ExecSession {
             conn,
@@ -258,11 +264,14 @@ mod tests {
         let cmd = vec!["true".to_owned()];
         assert_eq!(exec_refusal(msg::Status::Running, &cmd), None);
         for s in [msg::Status::Created, msg::Status::Exited] {
-            assert_eq!(exec_refusal(s, &cmd), Some("container is not running"));
+            assert_eq!(
+                exec_refusal(s, &cmd),
+                Some((msg::ErrorKind::WrongState, "container is not running"))
+            );
         }
         assert_eq!(
             exec_refusal(msg::Status::Running, &[]),
-            Some("exec needs a command")
+            Some((msg::ErrorKind::BadRequest, "exec needs a command"))
         );
     }
 
