@@ -27,11 +27,12 @@ fn ms_since(began: Instant) -> f64 {
 pub async fn start(cfg: Config) -> anyhow::Result<()> {
     let began = Instant::now();
     // Before anything is made: a node set up for a cgroup driver it cannot honour stops here.
-    let cgroups = kelson::pod::cgroup::detect()?;
+    let cgroups = kelson::cgroups::detect()?;
     let systemd = cfg.cgroup_driver == CgroupDriver::Systemd;
     if systemd {
         let booted = Path::new("/run/systemd/system").is_dir();
-        kelson::pod::cgroup::systemd_driver_usable(&cgroups, booted).map_err(anyhow::Error::msg)?;
+        kelson::cgroups::systemd::systemd_driver_usable(&cgroups, booted)
+            .map_err(anyhow::Error::msg)?;
     }
     let dirs = Dirs::new(&cfg.root, &cfg.state);
     dirs.create().with_context(|| {

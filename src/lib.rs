@@ -3,6 +3,7 @@
 //! calls go through nix.
 #![deny(unsafe_code)] // allowed only in sys.rs
 
+pub mod cgroups;
 pub mod config;
 pub mod container;
 pub mod cri;

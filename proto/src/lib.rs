@@ -3,7 +3,6 @@
 //! a hard cap on frame size so neither side can be made to allocate without bound. One request,
 //! one response per connection.
 
-pub mod cgroups;
 pub mod shim;
 #[cfg(feature = "spdy")]
 pub mod spdy;

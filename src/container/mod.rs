@@ -12,7 +12,6 @@ mod host;
 pub mod idmap;
 pub mod propagation;
 mod remove;
-pub mod resources;
 pub mod rootfs;
 pub mod seccomp;
 pub mod security;
@@ -86,7 +85,7 @@ pub enum ContainerError {
     #[error(transparent)]
     Shim(#[from] ShimError),
     #[error(transparent)]
-    Resources(#[from] resources::ResourceError),
+    Resources(#[from] crate::cgroups::CgroupError),
     #[error(transparent)]
     Propagation(#[from] propagation::PropagationError),
     /// The container's command could not be started (kubelet backs off and retries).
@@ -253,7 +252,7 @@ impl ContainerService {
     /// A container's cgroup, relative to each hierarchy (its directory under either driver).
     pub fn cgroup_of(&self, pod: &PodRecord, rec: &ContainerRecord) -> String {
         let path = spec::cgroups_path(&pod.cgroup, &pod.cgroup_slice, &rec.id);
-        kelson_proto::cgroups::dir_of(&path).unwrap_or(path)
+        crate::cgroups::systemd::dir_of(&path).unwrap_or(path)
     }
 
     /// Shim processes alive now: each container's recorded shim pid that still runs kelson-shim.

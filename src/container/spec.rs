@@ -871,7 +871,7 @@ mod tests {
         );
         assert_eq!(systemd, "kubepods-burstable-podX.slice:kelson:c1");
         assert_eq!(
-            kelson_proto::cgroups::dir_of(&systemd).unwrap(),
+            kelson_cgroups::dir_of(&systemd).unwrap(),
             "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-podX.slice/kelson-c1.scope"
         );
     }

@@ -141,7 +141,7 @@ impl ContainerService {
     pub fn stats(&self, rec: &ContainerRecord) -> (Option<StatsSample>, (u64, u64)) {
         let now = now_ns();
         let sample = self.pods.find(&rec.pod_id).ok().and_then(|pod| {
-            crate::stats::cgroup::read(self.pods.cgroups(), &self.cgroup_of(&pod, rec))
+            crate::cgroups::read::read(self.pods.cgroups(), &self.cgroup_of(&pod, rec))
         });
         let sample = sample.map(|s| (s, self.cpu_prev.update(&rec.id, now, s.cpu_ns)));
         let upper = crate::image::snapshot::disk_usage(&Path::new(&rec.root_dir).join("upper"));
@@ -154,19 +154,14 @@ impl ContainerService {
             return;
         };
         let mut killed = 0;
-        for dir in self.pods.cgroups().dirs(&self.cgroup_of(&pod, rec)) {
-            let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
-                continue;
-            };
-            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                if nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                )
-                .is_ok()
-                {
-                    killed += 1;
-                }
+        for pid in crate::cgroups::read::procs(self.pods.cgroups(), &self.cgroup_of(&pod, rec)) {
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                killed += 1;
             }
         }
         if killed > 0 {

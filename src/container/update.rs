@@ -3,7 +3,8 @@
 
 use k8s_cri::v1 as cri;
 
-use super::{ContainerError, ContainerService, RunState, resources};
+use super::{ContainerError, ContainerService, RunState};
+use crate::cgroups;
 use crate::shim::{self, ShimError, msg};
 
 impl ContainerService {
@@ -46,7 +47,7 @@ impl ContainerService {
             .pods
             .find(&rec.pod_id)
             .map_err(|e| ContainerError::Invalid(e.to_string()))?;
-        resources::apply(
+        cgroups::write::apply(
             self.pods.cgroups(),
             &format!("{}/{}", pod.cgroup, rec.id),
             &r,

@@ -47,9 +47,7 @@ impl From<ContainerError> for Status {
             | E::Rootfs(crate::container::rootfs::RootfsError::Idmap(
                 crate::container::idmap::IdmapError::NotSupported { .. },
             )) => Code::FailedPrecondition,
-            E::Resources(crate::container::resources::ResourceError::BadUnifiedKey(_)) => {
-                Code::InvalidArgument
-            }
+            E::Resources(crate::cgroups::CgroupError::BadUnifiedKey(_)) => Code::InvalidArgument,
             E::Propagation(crate::container::propagation::PropagationError::Read(_)) => {
                 Code::Internal
             }

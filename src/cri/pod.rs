@@ -20,9 +20,7 @@ impl From<PodError> for Status {
             | PodError::Userns(_)
             | PodError::Ambiguous(_) => Code::InvalidArgument,
             PodError::Unsupported(_) => Code::FailedPrecondition,
-            PodError::Cgroup(crate::pod::cgroup::CgroupError::Invalid { .. }) => {
-                Code::InvalidArgument
-            }
+            PodError::Cgroup(crate::cgroups::CgroupError::Invalid { .. }) => Code::InvalidArgument,
             PodError::NotFound(_) => Code::NotFound,
             PodError::Network(
                 crate::network::NetworkError::Conf(_)

@@ -8,9 +8,10 @@ use tonic::Status;
 use super::Shared;
 use super::container::{config as container_config, record};
 use super::pod::config as pod_config;
+use crate::cgroups::{Sample, read as cgroup};
 use crate::container::StatsSample;
 use crate::stats::metrics::{Extra, Labels};
-use crate::stats::{Sample, cgroup, metrics, netdev};
+use crate::stats::{metrics, netdev};
 use crate::store::{ContainerRecord, PodRecord, PodState};
 
 fn u64v(value: u64) -> Option<cri::UInt64Value> {

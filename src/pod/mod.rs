@@ -2,7 +2,6 @@
 //! /dev/shm its containers will share, and the sandbox's lifecycle and state. Speaks in domain
 //! types; the CRI edge converts. Every multi-step create unwinds what it did on failure.
 
-pub mod cgroup;
 pub mod files;
 pub mod namespaces;
 mod run;
@@ -14,10 +13,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_cri::v1 as cri;
 
+use crate::cgroups::{CgroupError, Hierarchy};
 use crate::ids::{self, IdError};
 use crate::network::{Network, NetworkList, PodNet};
 use crate::store::{PodRecord, PodState, Store, StoreError};
-use cgroup::{CgroupError, Hierarchy};
 use files::FilesError;
 use namespaces::NsError;
 

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1 as cri;
 
 use super::{
-    DEFAULT_SHM_BYTES, DEFAULT_SLICE, MAX_META_FIELD, PodError, PodService, cgroup, check_kv,
-    files, mode, namespaces, now_ns, userns, userns_supported,
+    DEFAULT_SHM_BYTES, DEFAULT_SLICE, MAX_META_FIELD, PodError, PodService, check_kv, files, mode,
+    namespaces, now_ns, userns, userns_supported,
 };
+use crate::cgroups;
 use crate::ids;
 use crate::network::NetworkList;
 use crate::rollback::Rollback;
@@ -178,7 +179,7 @@ impl PodService {
             } else {
                 linux.cgroup_parent.clone()
             };
-            let dir = kelson_proto::cgroups::expand_slice(&slice).ok_or_else(|| {
+            let dir = cgroups::systemd::expand_slice(&slice).ok_or_else(|| {
                 PodError::Invalid(format!(
                     "cgroup_parent {:?} is not a systemd slice name (the systemd cgroup driver is on)",
                     slice.chars().take(120).collect::<String>()
@@ -188,7 +189,7 @@ impl PodService {
         } else if linux.cgroup_parent.is_empty() {
             (format!("kelson/{id}"), String::new())
         } else {
-            (cgroup::validate(&linux.cgroup_parent)?, String::new())
+            (cgroups::validate(&linux.cgroup_parent)?, String::new())
         };
         Ok((cgroup, slice))
     }

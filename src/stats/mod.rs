@@ -1,16 +1,23 @@
-//! Resource statistics: what the kernel says about a cgroup (`cgroup.rs`, v1 and v2) and a pod's
-//! network namespace (`netdev.rs`), and the cAdvisor-named metrics built from them
+//! Resource statistics: a pod's network namespace (`netdev.rs`), CPU rates between cgroup
+//! samples (read by `crate::cgroups::read`), and the cAdvisor-named metrics built from them
 //! (`metrics.rs`). Reading is cheap (a handful of small files per cgroup) and pure parsing is
 //! unit-tested; the CRI conversion lives in `cri/stats.rs`.
 
-pub mod cgroup;
 pub mod metrics;
 pub mod netdev;
 
-pub use cgroup::{Sample, nano_cores};
+pub use crate::cgroups::Sample;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+
+/// Nano-cores between two cumulative samples taken `dt_ns` apart.
+pub fn nano_cores(prev_cpu_ns: u64, cpu_ns: u64, dt_ns: u64) -> u64 {
+    if dt_ns == 0 {
+        return 0;
+    }
+    ((cpu_ns.saturating_sub(prev_cpu_ns) as u128 * 1_000_000_000u128) / dt_ns as u128) as u64
+}
 
 /// The previous cumulative CPU reading per cgroup, for instantaneous nano-cores.
 #[derive(Default)]
@@ -27,5 +34,21 @@ impl Rates {
     /// Drop what is kept for `key` (its cgroup is gone).
     pub fn forget(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(
+            nano_cores(0, 500_000_000, 1_000_000_000),
+            500_000_000,
+            "half a core"
+        );
+        assert_eq!(nano_cores(10, 5, 1_000), 0, "counter reset");
+        assert_eq!(nano_cores(0, 1, 0), 0);
     }
 }

@@ -200,7 +200,7 @@ pub fn create(
             s.linux()
                 .as_ref()
                 .and_then(|l| l.cgroups_path().as_ref())
-                .map(|p| kelson_proto::cgroups::is_systemd(&p.to_string_lossy()))
+                .map(|p| kelson_cgroups::is_systemd(&p.to_string_lossy()))
         })
         .unwrap_or(false);
     let mut builder = ContainerBuilder::new(id.to_owned(), SyscallType::Linux);

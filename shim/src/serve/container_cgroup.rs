@@ -9,7 +9,7 @@ use std::path::Path;
 pub fn cgroup_path(bundle: &Path) -> Option<String> {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
-    kelson_proto::cgroups::dir_of(v["linux"]["cgroupsPath"].as_str()?)
+    kelson_cgroups::dir_of(v["linux"]["cgroupsPath"].as_str()?)
 }
 
 /// Every pid in the container's cgroup (v1 pids/memory hierarchy, or v2).

@@ -1,27 +1,15 @@
-//! The cgroupfs driver's pod cgroups on cgroup v1 (one directory per controller hierarchy) and
-//! v2 (one unified tree). Finds hierarchies from /proc/self/mountinfo; creates and removes only
-//! the directories it is asked to, below validated relative paths.
+//! Which cgroup hierarchies kelson manages (v1 controllers or the v2 unified tree, from
+//! /proc/self/mountinfo), and where a cgroup's directories are in them; kubelet's cgroupfs
+//! `cgroup_parent` is validated here before anything is made below it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use super::CgroupError;
 
 /// Deepest cgroup path accepted.
 pub const MAX_CGROUP_DEPTH: usize = 32;
 /// Longest cgroup path accepted.
 pub const MAX_CGROUP_PATH: usize = 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CgroupError {
-    #[error("cgroup path {path:?}: {reason}")]
-    Invalid { path: String, reason: &'static str },
-    #[error("no cgroup hierarchy is mounted")]
-    NoHierarchy,
-    #[error("cgroup {path}: {op}: {source}")]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        source: std::io::Error,
-    },
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hierarchy {
@@ -85,26 +73,6 @@ pub fn parse_mountinfo(text: &str) -> Option<Hierarchy> {
             Some(Hierarchy::V1(v1))
         }
         (None, true) => None,
-    }
-}
-
-/// Whether the systemd cgroup driver can work here: systemd runs the node (`/run/systemd/system`
-/// exists) and the hierarchy is unified cgroup v2 — the container library asks systemd for
-/// transient scopes only there. Checked once at start-up, so a node configured for systemd
-/// that cannot honour it fails loudly instead of making cgroups behind systemd's back.
-pub fn systemd_driver_usable(h: &Hierarchy, systemd_running: bool) -> Result<(), String> {
-    if !systemd_running {
-        return Err(
-            "cgroup_driver = \"systemd\" needs systemd running the node (/run/systemd/system is missing); use \"cgroupfs\""
-                .into(),
-        );
-    }
-    match h {
-        Hierarchy::V2(_) => Ok(()),
-        Hierarchy::V1(_) => Err(
-            "cgroup_driver = \"systemd\" needs the unified cgroup v2 hierarchy; this node runs cgroup v1 — use \"cgroupfs\" (with kubelet's cgroupDriver the same)"
-                .into(),
-        ),
     }
 }
 
@@ -174,77 +142,6 @@ impl Hierarchy {
     pub fn exists(&self, rel: &str) -> bool {
         self.dirs(rel).iter().all(|d| d.is_dir())
     }
-
-    /// Create `rel` (and missing parents) everywhere; returns whether it did not exist before.
-    pub fn create(&self, rel: &str) -> Result<bool, CgroupError> {
-        let existed = self.exists(rel);
-        let roots: Vec<&Path> = match self {
-            Hierarchy::V1(mounts) => mounts.iter().map(PathBuf::as_path).collect(),
-            Hierarchy::V2(root) => vec![root.as_path()],
-        };
-        for root in roots {
-            let d = root.join(rel);
-            // v1 cpuset children start with empty sets and refuse tasks: copy the parent's down.
-            if matches!(self, Hierarchy::V1(_)) && root.join("cpuset.cpus").exists() {
-                create_cpuset(&d)?;
-            } else {
-                std::fs::create_dir_all(&d).map_err(|source| CgroupError::Io {
-                    path: d.clone(),
-                    op: "create",
-                    source,
-                })?;
-            }
-        }
-        Ok(!existed)
-    }
-
-    /// Remove `rel`'s leaf directories (a cgroup directory is removed with rmdir).
-    pub fn remove(&self, rel: &str) -> Result<(), CgroupError> {
-        for d in self.dirs(rel) {
-            match std::fs::remove_dir(&d) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(CgroupError::Io {
-                        path: d,
-                        op: "remove",
-                        source: e,
-                    });
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-}
-
-fn create_cpuset(d: &Path) -> Result<(), CgroupError> {
-    if d.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = d.parent() {
-        if !parent.is_dir() {
-            create_cpuset(parent)?;
-        }
-    }
-    std::fs::create_dir(d).map_err(|source| CgroupError::Io {
-        path: d.to_owned(),
-        op: "create",
-        source,
-    })?;
-    for f in ["cpuset.cpus", "cpuset.mems"] {
-        let from = d.parent().map(|p| p.join(f)).unwrap_or_default();
-        let v = std::fs::read_to_string(&from).map_err(|source| CgroupError::Io {
-            path: from.clone(),
-            op: "read",
-            source,
-        })?;
-        let to = d.join(f);
-        std::fs::write(&to, v.trim()).map_err(|source| CgroupError::Io {
-            path: to,
-            op: "write",
-            source,
-        })?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -262,23 +159,6 @@ mod tests {
     const UNIFIED: &str = "\
 25 1 0:22 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
 ";
-
-    #[test]
-    fn the_systemd_driver_needs_systemd_and_cgroup_v2() {
-        let v2 = Hierarchy::V2("/sys/fs/cgroup".into());
-        let v1 = Hierarchy::V1(vec!["/sys/fs/cgroup/memory".into()]);
-        assert!(systemd_driver_usable(&v2, true).is_ok());
-        assert!(
-            systemd_driver_usable(&v1, true)
-                .unwrap_err()
-                .contains("cgroup v1")
-        );
-        assert!(
-            systemd_driver_usable(&v2, false)
-                .unwrap_err()
-                .contains("systemd running")
-        );
-    }
 
     #[test]
     fn detects_modes() {
@@ -317,37 +197,5 @@ mod tests {
             assert!(validate(bad).is_err(), "{bad:?}");
         }
         assert!(validate(&"a/".repeat(40)).is_err());
-    }
-
-    #[test]
-    fn v2_create_and_remove_on_the_unified_hierarchy() {
-        // cgroup2 at /sys/fs/cgroup (unified host) or /sys/fs/cgroup/unified (hybrid host).
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let root = mountinfo.lines().find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split(' ').next() == Some("cgroup2")).then(|| pre.split(' ').nth(4))?
-        });
-        let Some(root) = root.map(Path::new) else {
-            let skip = "KELSON_SKIP_CGROUP2";
-            assert!(
-                std::env::var_os(skip).is_some_and(|v| v == "1"),
-                "no cgroup2 hierarchy in /proc/self/mountinfo; {skip}=1 skips this test"
-            );
-            // Straight to stderr: the harness captures eprintln! and would hide the skip.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP v2_create_and_remove: no cgroup2 ({skip}=1)"
-            );
-            return;
-        };
-        let h = Hierarchy::V2(root.to_owned());
-        let rel = format!("kelson-unit-{}/pod", std::process::id());
-        assert!(h.create(&rel).unwrap());
-        assert!(root.join(&rel).join("cgroup.procs").exists());
-        assert!(!h.create(&rel).unwrap(), "second create reports it existed");
-        h.remove(&rel).unwrap();
-        h.remove(rel.split('/').next().unwrap()).unwrap();
-        assert!(!root.join(&rel).exists());
     }
 }

@@ -1,19 +1,12 @@
-//! UpdateContainerResources: CRI resources → cgroup files, v1 and v2 (kubelet's conversions),
-//! written into the container's live cgroup. The mapping is pure and tested for both versions.
+//! Writing a container's live cgroup for UpdateContainerResources: CRI resources → cgroup
+//! files, v1 and v2 `unified` (kubelet's conversions). The mapping is pure and tested for both
+//! versions.
 
 use std::path::Path;
 
 use k8s_cri::v1 as cri;
 
-use crate::pod::cgroup::Hierarchy;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ResourceError {
-    #[error("unified key {0:?} is not a cgroup v2 interface file name")]
-    BadUnifiedKey(String),
-    #[error("writing {file}: {reason}")]
-    Write { file: String, reason: String },
-}
+use super::{CgroupError, Hierarchy};
 
 /// runc's shares → weight conversion (cgroup v2 cpu.weight is 1..10000).
 pub fn shares_to_weight(shares: i64) -> i64 {
@@ -27,7 +20,7 @@ pub fn shares_to_weight(shares: i64) -> i64 {
 pub fn writes(
     v2: bool,
     r: &cri::LinuxContainerResources,
-) -> Result<Vec<(String, String)>, ResourceError> {
+) -> Result<Vec<(String, String)>, CgroupError> {
     let mut w: Vec<(String, String)> = Vec::new();
     let mut put = |f: &str, v: String| w.push((f.to_owned(), v));
     if v2 {
@@ -105,7 +98,7 @@ pub fn writes(
                     })
             }) && !k.starts_with("cgroup.");
             if !ok || v.contains('\n') {
-                return Err(ResourceError::BadUnifiedKey(k.clone()));
+                return Err(CgroupError::BadUnifiedKey(k.clone()));
             }
             put(k, v.clone());
         }
@@ -118,7 +111,7 @@ pub fn apply(
     h: &Hierarchy,
     rel: &str,
     r: &cri::LinuxContainerResources,
-) -> Result<(), ResourceError> {
+) -> Result<(), CgroupError> {
     let v2 = matches!(h, Hierarchy::V2(_));
     let w = writes(v2, r)?;
     let dirs = h.dirs(rel);
@@ -127,9 +120,9 @@ pub fn apply(
         for d in &dirs {
             let p = d.join(&file);
             if Path::new(&p).exists() {
-                std::fs::write(&p, &value).map_err(|e| ResourceError::Write {
-                    file: p.display().to_string(),
-                    reason: e.to_string(),
+                std::fs::write(&p, &value).map_err(|source| CgroupError::Write {
+                    path: p.clone(),
+                    source,
                 })?;
                 written = true;
             }

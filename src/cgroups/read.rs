@@ -1,12 +1,12 @@
-//! Statistics of one cgroup from its files (v1 and v2), with kubelet's and cAdvisor's
-//! definitions: working set = usage − inactive file pages; nano-cores from two cumulative
-//! samples; process count from `pids.current`, else by counting `cgroup.procs` in the subtree.
-//! Parsing takes a file-reading function, so both versions are tested without a kernel.
+//! Reading one cgroup's files (v1 and v2) into a sample, with kubelet's and cAdvisor's
+//! definitions: working set = usage − inactive file pages; process count from `pids.current`,
+//! else by counting `cgroup.procs` in the subtree; the pids in a cgroup. Parsing takes a
+//! file-reading function, so both versions are tested without a kernel.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::pod::cgroup::Hierarchy;
+use super::Hierarchy;
 
 /// Clock ticks per second in `cpuacct.stat`: USER_HZ, which Linux fixes at 100 in its ABI on
 /// every architecture kelson builds for.
@@ -200,6 +200,19 @@ pub fn process_count(h: &Hierarchy, rel: &str) -> Option<u64> {
     Some(count_procs(&dir, 0))
 }
 
+/// The pids listed in cgroup `rel`'s `cgroup.procs`, hierarchy by hierarchy (a v1 pid appears
+/// once per hierarchy that holds it); empty once the cgroup is gone.
+pub fn procs(h: &Hierarchy, rel: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for dir in h.dirs(rel) {
+        let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+            continue;
+        };
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    pids
+}
+
 fn count_procs(dir: &Path, depth: usize) -> u64 {
     let own = std::fs::read_to_string(dir.join("cgroup.procs"))
         .map(|t| t.lines().filter(|l| !l.trim().is_empty()).count() as u64)
@@ -219,14 +232,6 @@ fn count_procs(dir: &Path, depth: usize) -> u64 {
         .iter()
         .map(|c| count_procs(c, depth + 1))
         .sum::<u64>()
-}
-
-/// Nano-cores between two cumulative samples taken `dt_ns` apart.
-pub fn nano_cores(prev_cpu_ns: u64, cpu_ns: u64, dt_ns: u64) -> u64 {
-    if dt_ns == 0 {
-        return 0;
-    }
-    ((cpu_ns.saturating_sub(prev_cpu_ns) as u128 * 1_000_000_000u128) / dt_ns as u128) as u64
 }
 
 #[cfg(test)]
@@ -361,16 +366,5 @@ mod tests {
         std::fs::write(pod.join("pids.current"), "9\n").unwrap();
         assert_eq!(process_count(&h, "pod"), Some(9), "pids.current wins");
         assert_eq!(process_count(&h, "missing"), None);
-    }
-
-    #[test]
-    fn rates() {
-        assert_eq!(
-            nano_cores(0, 500_000_000, 1_000_000_000),
-            500_000_000,
-            "half a core"
-        );
-        assert_eq!(nano_cores(10, 5, 1_000), 0, "counter reset");
-        assert_eq!(nano_cores(0, 1, 0), 0);
     }
 }

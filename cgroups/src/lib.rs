@@ -1,6 +1,6 @@
-//! Where a container's cgroup is, from the spec's `linux.cgroupsPath` — shared by kelsond
-//! (stats, clean-up) and the shim (kill, OOM), which must agree. Two forms, as the OCI runtime
-//! spec has them: a path (`/kelson/<pod>/<id>`, the cgroupfs driver) or systemd's
+//! kelson-cgroups: where a container's cgroup is, from the spec's `linux.cgroupsPath` — shared
+//! by kelsond (stats, clean-up) and the shim (kill, OOM), which must agree. Two forms, as the OCI
+//! runtime spec has them: a path (`/kelson/<pod>/<id>`, the cgroupfs driver) or systemd's
 //! `<slice>:<prefix>:<name>` (the systemd driver: a transient scope `<prefix>-<name>.scope` in
 //! the slice, whose directory is the slice's expanded path). Pure.
 
