@@ -14,8 +14,6 @@ pub mod propagation;
 mod remove;
 pub mod resources;
 pub mod rootfs;
-pub mod seccomp;
-pub mod security;
 pub mod spec;
 mod start;
 mod status;
@@ -77,6 +75,8 @@ pub enum ContainerError {
     },
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error(transparent)]
     User(#[from] user::UserError),
     #[error(transparent)]
