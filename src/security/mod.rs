@@ -60,3 +60,99 @@ pub enum SecurityError {
     #[error("seccomp profile {reference:?}: {reason}")]
     SeccompLocalhost { reference: String, reason: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SecurityError as S;
+
+    /// The messages kubelet and operators see, word for word as they were before the policy
+    /// had its own error type (field first, then what was wrong).
+    #[test]
+    fn messages_name_the_field_and_what_was_wrong() {
+        let cases = [
+            (
+                S::UnknownCapability {
+                    field: "capabilities.add_capabilities",
+                    name: "TAKE_OVER".into(),
+                },
+                "capabilities.add_capabilities: unknown capability \"TAKE_OVER\"",
+            ),
+            (
+                S::CapabilityUnavailable {
+                    field: "capabilities.drop_capabilities",
+                    name: "CAP_SYS_RESOURCE".into(),
+                },
+                "capabilities.drop_capabilities: capability CAP_SYS_RESOURCE is not available to the runtime on this host",
+            ),
+            (
+                S::UncleanPath {
+                    field: "masked_paths",
+                    path: "proc/kcore".into(),
+                },
+                "masked_paths: \"proc/kcore\" is not a clean absolute path",
+            ),
+            (
+                S::SysctlName { name: "a=b".into() },
+                "sysctls: \"a=b\" is not a sysctl name",
+            ),
+            (
+                S::SysctlValue {
+                    name: "kernel.sem".into(),
+                },
+                "sysctls: the value of kernel.sem holds a separator or control character",
+            ),
+            (
+                S::SysctlNotNamespaced {
+                    name: "vm.swappiness".into(),
+                },
+                "sysctls: vm.swappiness is not a namespaced sysctl; it would change the node",
+            ),
+            (
+                S::SysctlHostNamespace {
+                    name: "net.ipv4.ip_forward".into(),
+                    namespace: "network",
+                },
+                "sysctls: net.ipv4.ip_forward needs a network namespace of the pod's own, but the pod shares the host's",
+            ),
+            (
+                S::AppArmorProfileType(9),
+                "apparmor: unknown profile type 9",
+            ),
+            (
+                S::AppArmorProfile("x".into()),
+                "apparmor_profile: unknown profile \"x\"",
+            ),
+            (
+                S::AppArmorUnsupported,
+                "apparmor: apparmor is not supported on this host",
+            ),
+            (
+                S::AppArmorLocalhostName,
+                "apparmor: a Localhost profile needs a profile name",
+            ),
+            (
+                S::SelinuxLabels,
+                "selinux_options: kelson does not apply SELinux labels yet; this host enforces SELinux",
+            ),
+            (
+                S::SeccompLocalhostRef,
+                "seccomp: a Localhost profile needs localhost_ref",
+            ),
+            (S::SeccompProfileType(9), "seccomp: unknown profile type 9"),
+            (
+                S::SeccompProfilePath("bogus".into()),
+                "seccomp: unknown seccomp_profile_path \"bogus\"",
+            ),
+            (
+                S::SeccompLocalhost {
+                    reference: "p.json".into(),
+                    reason: "is not a regular file".into(),
+                },
+                "seccomp profile \"p.json\": is not a regular file",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
+    }
+}
