@@ -14,6 +14,7 @@ pub mod network;
 pub mod notify;
 pub mod pod;
 pub mod rollback;
+pub mod security;
 pub mod server;
 pub mod shim;
 pub mod stats;

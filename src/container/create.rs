@@ -7,18 +7,21 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1 as cri;
 
 use super::{
-    ContainerError, ContainerService, host, idmap, io_err, now_ns, propagation, rootfs, seccomp,
-    security, spec, user, volumes,
+    ContainerError, ContainerService, host, idmap, io_err, now_ns, propagation, rootfs, spec, user,
+    volumes,
 };
 use crate::ids;
 use crate::image::digest::Digest;
 use crate::pod::userns::UserNs;
 use crate::rollback::Rollback;
+use crate::security::{self, SecurityError, seccomp};
 use crate::shim;
 use crate::store::{ContainerRecord, ImageRecord, PodRecord, PodState};
 
 /// Longest log path kelson accepts from kubelet.
 const MAX_LOG_PATH: usize = 4096;
+/// Largest Localhost seccomp profile read.
+pub const MAX_PROFILE: u64 = 1 << 20;
 
 /// What a create request resolves to before anything is made.
 struct Resolved {
@@ -324,13 +327,11 @@ impl ContainerService {
                 .security_context
                 .as_ref()
                 .map(seccomp::choose)
-                .transpose()
-                .map_err(|e| ContainerError::Invalid(e.to_string()))?
+                .transpose()?
             {
-                Some(seccomp::Choice::Localhost(r)) => Some(
-                    seccomp::read_localhost(&r, self.cfg.container.seccomp_root())
-                        .map_err(|e| ContainerError::Invalid(e.to_string()))?,
-                ),
+                Some(seccomp::Choice::Localhost(r)) => {
+                    Some(read_localhost(&r, self.cfg.container.seccomp_root())?)
+                }
                 _ => None,
             },
         )
@@ -677,6 +678,51 @@ fn pod_hostname(pod_dir: &Path) -> String {
     s.trim().to_owned()
 }
 
+/// Read and check a Localhost profile: a regular file, at most `MAX_PROFILE` bytes, an OCI
+/// seccomp object. With a confinement root, symlinks are not followed out of it: the resolved
+/// path must still be inside it.
+pub fn read_localhost(
+    reference: &str,
+    root: Option<&Path>,
+) -> Result<serde_json::Value, SecurityError> {
+    use std::io::Read;
+    let err = |why: String| SecurityError::SeccompLocalhost {
+        reference: reference.to_owned(),
+        reason: why,
+    };
+    let path = seccomp::localhost_path(reference, root)?;
+    let real = std::fs::canonicalize(&path).map_err(|e| err(e.to_string()))?;
+    if let Some(root) = root {
+        let real_root =
+            std::fs::canonicalize(root).map_err(|e| err(format!("profile root: {e}")))?;
+        if !real.starts_with(&real_root) {
+            return Err(err("resolves outside the seccomp profile root".into()));
+        }
+    }
+    // Non-blocking: a FIFO planted at the path must not hang the call (it is refused below,
+    // once the opened file is known not to be a regular one).
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&real)
+            .map_err(|e| err(e.to_string()))?
+    };
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("is not a regular file".into()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PROFILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_PROFILE {
+        return Err(err(format!("is larger than {MAX_PROFILE} bytes")));
+    }
+    seccomp::parse_profile(&bytes).map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -691,5 +737,64 @@ mod tests {
         assert!(log_path("/var/log/pods/x", "../../etc/passwd").is_err());
         assert!(log_path("/var/log/pods/x", "/etc/passwd").is_err());
         assert!(log_path("relative", "a.log").is_err());
+    }
+
+    #[test]
+    fn localhost_profiles_by_absolute_path_without_a_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = br#"{"defaultAction":"SCMP_ACT_ALLOW"}"#;
+        let p = dir.path().join("kubelet-root/seccomp/p.json");
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, good).unwrap();
+        assert!(read_localhost(&p.display().to_string(), None).is_ok());
+        // Relative references need a root to be relative to; `..` is refused either way.
+        let e = read_localhost("p.json", None).unwrap_err();
+        assert!(e.to_string().contains("absolute"), "{e}");
+        let dotdot = format!("{}/../seccomp/p.json", p.parent().unwrap().display());
+        assert!(read_localhost(&dotdot, None).is_err());
+        // A FIFO is refused, not waited on.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = read_localhost(&fifo.display().to_string(), None).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn localhost_profiles_stay_in_their_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("seccomp");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let good = br#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#;
+        std::fs::write(root.join("sub/p.json"), good).unwrap();
+        assert!(read_localhost("sub/p.json", Some(&root)).is_ok());
+        let abs = root.join("sub/p.json").display().to_string();
+        assert!(read_localhost(&abs, Some(&root)).is_ok());
+        // Outside the root, by .., by absolute path or by a symlink.
+        std::fs::write(dir.path().join("outside.json"), good).unwrap();
+        for r in ["../outside.json", "/etc/passwd", "sub/../../outside.json"] {
+            let e = read_localhost(r, Some(&root)).unwrap_err();
+            assert!(e.to_string().contains(r), "{e}");
+        }
+        std::os::unix::fs::symlink(dir.path().join("outside.json"), root.join("link.json"))
+            .unwrap();
+        let e = read_localhost("link.json", Some(&root)).unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+        // Not a profile, not a file, missing, too big.
+        std::fs::write(root.join("bad.json"), b"{\"defaultAction\": 7}").unwrap();
+        assert!(
+            read_localhost("bad.json", Some(&root))
+                .unwrap_err()
+                .to_string()
+                .contains("not a seccomp profile")
+        );
+        assert!(read_localhost("sub", Some(&root)).is_err());
+        assert!(read_localhost("missing.json", Some(&root)).is_err());
+        std::fs::write(root.join("big.json"), vec![b' '; MAX_PROFILE as usize + 1]).unwrap();
+        assert!(
+            read_localhost("big.json", Some(&root))
+                .unwrap_err()
+                .to_string()
+                .contains("larger")
+        );
     }
 }

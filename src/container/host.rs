@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use k8s_cri::v1 as cri;
 
-use super::{ContainerError, security, spec};
+use super::{ContainerError, spec};
+use crate::security;
 
 /// The host facts every container's spec takes, probed on first use.
 pub(super) struct Facts {

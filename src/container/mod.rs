@@ -13,8 +13,6 @@ pub mod idmap;
 pub mod propagation;
 mod remove;
 pub mod rootfs;
-pub mod seccomp;
-pub mod security;
 pub mod spec;
 mod start;
 mod status;
@@ -76,6 +74,8 @@ pub enum ContainerError {
     },
     #[error(transparent)]
     Spec(#[from] spec::SpecError),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
     #[error(transparent)]
     User(#[from] user::UserError),
     #[error(transparent)]

@@ -8,46 +8,8 @@ use std::path::PathBuf;
 use k8s_cri::v1 as cri;
 use serde_json::{Value, json};
 
-use super::{seccomp, security};
+use crate::security::{self, SecurityError, seccomp};
 
-/// containerd's default capability set for CRI containers.
-pub const DEFAULT_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
-/// Paths masked and made read-only, as containerd/runc default them.
-pub const MASKED_PATHS: &[&str] = &[
-    "/proc/asound",
-    "/proc/acpi",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
-pub const READONLY_PATHS: &[&str] = &[
-    "/proc/bus",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-];
 /// Bounds on what a request may put into a spec.
 pub const MAX_ARGS: usize = 4096;
 pub const MAX_ENV: usize = 4096;
@@ -59,6 +21,8 @@ pub enum SpecError {
     NoCommand,
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
+    #[error(transparent)]
+    Security(#[from] SecurityError),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {

@@ -9,6 +9,7 @@ use tonic::{Code, Status};
 
 use super::{Shared, events};
 use crate::container::{ContainerError, RunState, View};
+use crate::security::SecurityError;
 use crate::store::ContainerRecord;
 
 /// Cap on ExecSync output per stream (CVE-2022-1708: unbounded probe output exhausted memory).
@@ -18,10 +19,37 @@ pub const MAX_EXEC_SYNC_OUTPUT: u64 = 16 << 20;
 /// above any spec kelsond writes, which is built from a request under the gRPC message limit.
 pub const MAX_RUNTIME_SPEC_BYTES: u64 = 16 << 20;
 
+/// Every security refusal is about what the request asked for (a Localhost seccomp profile
+/// that cannot be read included: kubelet named it).
+pub(super) fn security_code(e: &SecurityError) -> Code {
+    use SecurityError as S;
+    match e {
+        S::UnknownCapability { .. }
+        | S::CapabilityUnavailable { .. }
+        | S::UncleanPath { .. }
+        | S::SysctlName { .. }
+        | S::SysctlValue { .. }
+        | S::SysctlNotNamespaced { .. }
+        | S::SysctlHostNamespace { .. }
+        | S::AppArmorProfileType(_)
+        | S::AppArmorProfile(_)
+        | S::AppArmorUnsupported
+        | S::AppArmorLocalhostName
+        | S::SelinuxLabels
+        | S::SeccompLocalhostRef
+        | S::SeccompProfileType(_)
+        | S::SeccompProfilePath(_)
+        | S::SeccompLocalhost { .. } => Code::InvalidArgument,
+    }
+}
+
 impl From<ContainerError> for Status {
     fn from(e: ContainerError) -> Status {
         use ContainerError as E;
         let code = match &e {
+            E::Security(s) | E::Spec(crate::container::spec::SpecError::Security(s)) => {
+                security_code(s)
+            }
             E::Invalid(_) | E::Id(_) | E::Ambiguous(_) | E::Spec(_) | E::User(_) => {
                 Code::InvalidArgument
             }

@@ -20,6 +20,7 @@ impl From<PodError> for Status {
             | PodError::Userns(_)
             | PodError::Ambiguous(_) => Code::InvalidArgument,
             PodError::Unsupported(_) => Code::FailedPrecondition,
+            PodError::Security(s) => super::container::security_code(s),
             PodError::Cgroup(crate::cgroups::CgroupError::Invalid { .. }) => Code::InvalidArgument,
             PodError::NotFound(_) => Code::NotFound,
             PodError::Network(

@@ -76,6 +76,8 @@ pub enum PodError {
     Userns(#[from] userns::UsernsError),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    Security(#[from] crate::security::SecurityError),
 }
 
 impl From<StoreError> for PodError {

@@ -143,15 +143,14 @@ impl PodService {
             }
         }
         // Sysctls apply in every container of the pod: refuse bad ones before anything exists.
-        crate::container::security::sysctls(
+        crate::security::sysctls(
             &linux.sysctls,
-            crate::container::security::OwnNamespaces {
+            crate::security::OwnNamespaces {
                 net: !host_net,
                 ipc: !host_ipc,
                 uts: !host_net,
             },
-        )
-        .map_err(|e| PodError::Invalid(e.to_string()))?;
+        )?;
 
         Ok(Checked {
             meta,

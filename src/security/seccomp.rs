@@ -4,7 +4,8 @@
 //! absolute path kubelet sends, or confined to a configured profile root), `Unconfined`
 //! (also what no profile at all means, as in containerd), and nothing for privileged
 //! containers. The deprecated `seccomp_profile_path` is still read
-//! (`runtime/default`, `docker/default`, `unconfined`, `localhost/<path>`).
+//! (`runtime/default`, `docker/default`, `unconfined`, `localhost/<path>`). Pure: this file
+//! decides where a Localhost profile is and checks its bytes; `container::create` reads it.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -14,16 +15,7 @@ use k8s_cri::v1 as cri;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// Largest Localhost profile read.
-pub const MAX_PROFILE: u64 = 1 << 20;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SeccompError {
-    #[error("seccomp profile {0:?}: {1}")]
-    Localhost(String, String),
-    #[error("seccomp: {0}")]
-    Invalid(String),
-}
+use super::SecurityError;
 
 /// What the request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +28,7 @@ pub enum Choice {
 /// The choice from the security context (the structured field first, then the deprecated path,
 /// which kubelets before 1.19's field still send).
 #[allow(deprecated)]
-pub fn choose(sc: &cri::LinuxContainerSecurityContext) -> Result<Choice, SeccompError> {
+pub fn choose(sc: &cri::LinuxContainerSecurityContext) -> Result<Choice, SecurityError> {
     if sc.privileged {
         return Ok(Choice::Unconfined);
     }
@@ -47,17 +39,12 @@ pub fn choose(sc: &cri::LinuxContainerSecurityContext) -> Result<Choice, Seccomp
                 Ok(cri::security_profile::ProfileType::Unconfined) => Choice::Unconfined,
                 Ok(cri::security_profile::ProfileType::Localhost) => {
                     if p.localhost_ref.is_empty() {
-                        return Err(SeccompError::Invalid(
-                            "a Localhost profile needs localhost_ref".into(),
-                        ));
+                        return Err(SecurityError::SeccompLocalhostRef);
                     }
                     Choice::Localhost(p.localhost_ref.clone())
                 }
                 Err(_) => {
-                    return Err(SeccompError::Invalid(format!(
-                        "unknown profile type {}",
-                        p.profile_type
-                    )));
+                    return Err(SecurityError::SeccompProfileType(p.profile_type));
                 }
             },
         );
@@ -68,10 +55,9 @@ pub fn choose(sc: &cri::LinuxContainerSecurityContext) -> Result<Choice, Seccomp
         p => match p.strip_prefix("localhost/") {
             Some(rest) if !rest.is_empty() => Choice::Localhost(rest.to_owned()),
             _ => {
-                return Err(SeccompError::Invalid(format!(
-                    "unknown seccomp_profile_path {:?}",
-                    p.chars().take(120).collect::<String>()
-                )));
+                return Err(SecurityError::SeccompProfilePath(
+                    p.chars().take(120).collect(),
+                ));
             }
         },
     })
@@ -133,8 +119,11 @@ pub fn runtime_default(caps: &[String], arch: &str) -> Value {
 /// operator can move) and sends the absolute path, so an absolute path is taken as it is, as
 /// containerd and CRI-O take it. With a confinement `root` configured, a relative reference is
 /// taken under it and every reference must stay inside it (no `..`, no absolute path elsewhere).
-pub fn localhost_path(reference: &str, root: Option<&Path>) -> Result<PathBuf, SeccompError> {
-    let err = |why: &str| SeccompError::Localhost(reference.to_owned(), why.to_owned());
+pub fn localhost_path(reference: &str, root: Option<&Path>) -> Result<PathBuf, SecurityError> {
+    let err = |why: &str| SecurityError::SeccompLocalhost {
+        reference: reference.to_owned(),
+        reason: why.to_owned(),
+    };
     if reference.contains('\0') {
         return Err(err("contains NUL"));
     }
@@ -164,45 +153,6 @@ pub fn localhost_path(reference: &str, root: Option<&Path>) -> Result<PathBuf, S
     Ok(full)
 }
 
-/// Read and check a Localhost profile: a regular file, at most `MAX_PROFILE` bytes, an OCI
-/// seccomp object. With a confinement root, symlinks are not followed out of it: the resolved
-/// path must still be inside it.
-pub fn read_localhost(reference: &str, root: Option<&Path>) -> Result<Value, SeccompError> {
-    use std::io::Read;
-    let err = |why: String| SeccompError::Localhost(reference.to_owned(), why);
-    let path = localhost_path(reference, root)?;
-    let real = std::fs::canonicalize(&path).map_err(|e| err(e.to_string()))?;
-    if let Some(root) = root {
-        let real_root =
-            std::fs::canonicalize(root).map_err(|e| err(format!("profile root: {e}")))?;
-        if !real.starts_with(&real_root) {
-            return Err(err("resolves outside the seccomp profile root".into()));
-        }
-    }
-    // Non-blocking: a FIFO planted at the path must not hang the call (it is refused below,
-    // once the opened file is known not to be a regular one).
-    let file = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-            .open(&real)
-            .map_err(|e| err(e.to_string()))?
-    };
-    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(err("is not a regular file".into()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_PROFILE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| err(e.to_string()))?;
-    if bytes.len() as u64 > MAX_PROFILE {
-        return Err(err(format!("is larger than {MAX_PROFILE} bytes")));
-    }
-    parse_profile(&bytes).map_err(err)
-}
-
 /// An OCI seccomp object (`defaultAction`, `syscalls`, …), checked by the spec's own types.
 pub fn parse_profile(bytes: &[u8]) -> Result<Value, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
@@ -228,7 +178,7 @@ mod tests {
 
     #[test]
     fn runtime_default_is_a_valid_allow_list_widened_by_capabilities() {
-        let caps: Vec<String> = crate::container::spec::DEFAULT_CAPS
+        let caps: Vec<String> = crate::security::DEFAULT_CAPS
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -323,64 +273,5 @@ mod tests {
         assert!(choose(&sc).is_err());
         sc.privileged = true;
         assert_eq!(choose(&sc).unwrap(), Choice::Unconfined);
-    }
-
-    #[test]
-    fn localhost_profiles_by_absolute_path_without_a_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = br#"{"defaultAction":"SCMP_ACT_ALLOW"}"#;
-        let p = dir.path().join("kubelet-root/seccomp/p.json");
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, good).unwrap();
-        assert!(read_localhost(&p.display().to_string(), None).is_ok());
-        // Relative references need a root to be relative to; `..` is refused either way.
-        let e = read_localhost("p.json", None).unwrap_err();
-        assert!(e.to_string().contains("absolute"), "{e}");
-        let dotdot = format!("{}/../seccomp/p.json", p.parent().unwrap().display());
-        assert!(read_localhost(&dotdot, None).is_err());
-        // A FIFO is refused, not waited on.
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        let e = read_localhost(&fifo.display().to_string(), None).unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
-    }
-
-    #[test]
-    fn localhost_profiles_stay_in_their_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("seccomp");
-        std::fs::create_dir_all(root.join("sub")).unwrap();
-        let good = br#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir"],"action":"SCMP_ACT_ERRNO"}]}"#;
-        std::fs::write(root.join("sub/p.json"), good).unwrap();
-        assert!(read_localhost("sub/p.json", Some(&root)).is_ok());
-        let abs = root.join("sub/p.json").display().to_string();
-        assert!(read_localhost(&abs, Some(&root)).is_ok());
-        // Outside the root, by .., by absolute path or by a symlink.
-        std::fs::write(dir.path().join("outside.json"), good).unwrap();
-        for r in ["../outside.json", "/etc/passwd", "sub/../../outside.json"] {
-            let e = read_localhost(r, Some(&root)).unwrap_err();
-            assert!(e.to_string().contains(r), "{e}");
-        }
-        std::os::unix::fs::symlink(dir.path().join("outside.json"), root.join("link.json"))
-            .unwrap();
-        let e = read_localhost("link.json", Some(&root)).unwrap_err();
-        assert!(e.to_string().contains("outside"), "{e}");
-        // Not a profile, not a file, missing, too big.
-        std::fs::write(root.join("bad.json"), b"{\"defaultAction\": 7}").unwrap();
-        assert!(
-            read_localhost("bad.json", Some(&root))
-                .unwrap_err()
-                .to_string()
-                .contains("not a seccomp profile")
-        );
-        assert!(read_localhost("sub", Some(&root)).is_err());
-        assert!(read_localhost("missing.json", Some(&root)).is_err());
-        std::fs::write(root.join("big.json"), vec![b' '; MAX_PROFILE as usize + 1]).unwrap();
-        assert!(
-            read_localhost("big.json", Some(&root))
-                .unwrap_err()
-                .to_string()
-                .contains("larger")
-        );
     }
 }
