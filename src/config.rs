@@ -553,7 +553,7 @@ impl Config {
             });
         }
         for p in &self.image.pinned {
-            if crate::image::reference::ImageRef::parse(p).is_err() {
+            if crate::reference::ImageRef::parse(p).is_err() {
                 return Err(ConfigError::Invalid {
                     key: "image.pinned",
                     message: format!("{p:?} is not an image reference"),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::image::digest::Digest;
+use crate::digest::Digest;
 
 #[derive(Debug, Clone)]
 pub struct Dirs {

@@ -2,16 +2,16 @@
 //! collection of unreferenced content. Speaks in domain types; gRPC lives in `cri/`.
 
 pub mod content;
-pub mod digest;
 pub mod gc;
 pub mod hosts;
 pub mod manifest;
 mod pull;
-pub mod reference;
 pub mod registry;
 pub mod snapshot;
 pub mod token;
 pub mod unpack;
+// Below image/ so that config and dirs can use them without importing the image service.
+pub use crate::{digest, reference};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

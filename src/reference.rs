@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use super::digest::{Digest, DigestError};
+use crate::digest::{Digest, DigestError};
 
 // The grammar of distribution/reference, by hand: oci-spec's parser compiles a large regex
 // on first use and keeps it for the life of the process (about 12 MiB of kelsond's RSS).
