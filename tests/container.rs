@@ -201,7 +201,7 @@ fn web(image: &str) -> cri::ContainerConfig {
         &[
             "/bin/sh",
             "-c",
-            "trap 'echo bye; exit 0' TERM; while true; do sleep 0.1; done",
+            "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
         ],
     );
     let r = req::resources(&mut cfg);
@@ -217,6 +217,13 @@ async fn running_web(pod_name: &str) -> anyhow::Result<(common::Env, String, Cri
     let p = pod(&mut c, pod_name).await?;
     let web = create(&mut c, &p, web(&image)).await?;
     start(&mut c, &web).await?;
+    // Its TERM trap is set once it says so: a stop before that would find none.
+    let log = status(&mut c, &web).await.log_path;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("stdout F ready")) {
+        anyhow::ensure!(Instant::now() < deadline, "web never said it was ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Ok((e, image, c, p, web))
 }
 
