@@ -5,14 +5,14 @@ use std::io::Read;
 
 pub const ID_LEN: usize = 64;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum IdError {
     #[error("id {0:?} is not 1 to 64 lower-case hex digits")]
     Malformed(String),
     #[error("an id is required")]
     Missing,
     #[error("reading random bytes: {0}")]
-    Random(String),
+    Random(std::io::Error),
 }
 
 /// A fresh random id.
@@ -20,7 +20,7 @@ pub fn generate() -> Result<String, IdError> {
     let mut b = [0u8; ID_LEN / 2];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut b))
-        .map_err(|e| IdError::Random(e.to_string()))?;
+        .map_err(IdError::Random)?;
     Ok(hex::encode(b))
 }
 

@@ -16,8 +16,10 @@ pub const MAX_FRAME_LEN: usize = 4 << 20;
 pub enum FrameError {
     #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
     TooLarge(usize),
+    #[error("frame does not encode: {0}")]
+    Encode(#[from] prost::EncodeError),
     #[error("frame does not decode: {0}")]
-    Decode(String),
+    Decode(#[from] prost::DecodeError),
 }
 
 /// Append `msg` to `out` as a 4-byte big-endian length followed by its encoding.
@@ -28,8 +30,7 @@ pub fn encode<M: prost::Message>(msg: &M, out: &mut BytesMut) -> Result<(), Fram
     }
     out.reserve(4 + len);
     out.put_u32(len as u32);
-    msg.encode(out)
-        .map_err(|e| FrameError::Decode(e.to_string()))
+    Ok(msg.encode(out)?)
 }
 
 /// Take one whole frame off the front of `buf`, if one is there.
@@ -46,9 +47,7 @@ pub fn decode<M: prost::Message + Default>(buf: &mut BytesMut) -> Result<Option<
     }
     buf.advance(4);
     let frame = buf.split_to(len);
-    M::decode(frame)
-        .map(Some)
-        .map_err(|e| FrameError::Decode(e.to_string()))
+    Ok(Some(M::decode(frame)?))
 }
 
 #[cfg(test)]

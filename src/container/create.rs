@@ -18,10 +18,19 @@ use crate::security::{self, SecurityError, seccomp};
 use crate::shim;
 use crate::store::{ContainerRecord, ImageRecord, PodRecord, PodState};
 
-/// Longest log path kelson accepts from kubelet.
-const MAX_LOG_PATH: usize = 4096;
+/// Longest log path (and pod log directory) kelson accepts from kubelet.
+pub const MAX_LOG_PATH: usize = 4096;
 /// Largest Localhost seccomp profile read.
 pub const MAX_PROFILE: u64 = 1 << 20;
+
+/// A CreateContainer request as the CRI edge checked it (`cri::request`): metadata present and
+/// named, an image named, the log path relative and clean.
+pub struct CreateRequest {
+    pub pod_id: String,
+    pub meta: cri::ContainerMetadata,
+    pub image: String,
+    pub config: cri::ContainerConfig,
+}
 
 /// What a create request resolves to before anything is made.
 struct Resolved {
@@ -42,13 +51,10 @@ struct Rootfs {
 }
 
 impl ContainerService {
-    pub async fn create(
-        &self,
-        pod_id: &str,
-        config: cri::ContainerConfig,
-    ) -> Result<String, ContainerError> {
+    pub async fn create(&self, req: CreateRequest) -> Result<String, ContainerError> {
         let began = std::time::Instant::now();
-        let r = self.resolve(pod_id, &config)?;
+        let config = req.config;
+        let r = self.resolve(&req.pod_id, req.meta, req.image, &config)?;
         let mut undo = Rollback::default();
         let id = self.record(&r, &config, &mut undo)?;
         let (root_dir, state_dir) = (self.root_dir(&id), self.state_dir(&id));
@@ -75,45 +81,25 @@ impl ContainerService {
         Ok(id)
     }
 
-    /// The pod (ready), the metadata, the image (pulled) and the log path, all checked.
+    /// The pod (ready), the image (pulled) and the log path, all checked.
     fn resolve(
         &self,
         pod_id: &str,
+        meta: cri::ContainerMetadata,
+        image_name: String,
         config: &cri::ContainerConfig,
     ) -> Result<Resolved, ContainerError> {
         let pod: PodRecord = self.pods.find(pod_id).map_err(|e| match e {
             crate::pod::PodError::NotFound(id) => ContainerError::PodNotFound(id),
-            other => ContainerError::Invalid(other.to_string()),
+            other => ContainerError::Pod(other),
         })?;
         if pod.state != PodState::Ready {
             return Err(ContainerError::PodNotReady(pod.id));
         }
-        let meta = config.metadata.clone().ok_or_else(|| {
-            ContainerError::Invalid("container config: metadata is required".into())
-        })?;
-        if meta.name.is_empty()
-            || meta.name.len() > 253
-            || meta.name.chars().any(|c| c.is_control() || c == '/')
-        {
-            return Err(ContainerError::Invalid(format!(
-                "metadata.name {:?} must be 1 to 253 characters without '/'",
-                meta.name.chars().take(80).collect::<String>()
-            )));
-        }
-        let image_name = config
-            .image
-            .as_ref()
-            .map(|i| i.image.clone())
-            .unwrap_or_default();
-        if image_name.is_empty() {
-            return Err(ContainerError::Invalid(
-                "container config: image is required".into(),
-            ));
-        }
         let (image, _) = self
             .images
             .resolve(&image_name)
-            .map_err(|e| ContainerError::Invalid(e.to_string()))?
+            .map_err(ContainerError::Image)?
             .ok_or_else(|| ContainerError::ImageNotFound(image_name.clone()))?;
         let image_config = self.images.config_json(&image).unwrap_or_default();
         let pod_cfg: cri::PodSandboxConfig =
@@ -185,7 +171,7 @@ impl ContainerService {
             .map(|l| {
                 Digest::parse(&l.diff_id)
                     .map(|d| self.images.snapshots().path(&d))
-                    .map_err(|e| ContainerError::Internal(e.to_string()))
+                    .map_err(ContainerError::from)
             })
             .collect::<Result<_, _>>()?;
         let pod_cfg_linux = r.pod_cfg.linux.clone().unwrap_or_default();
@@ -208,8 +194,7 @@ impl ContainerService {
                     .map(|(userns, root)| rootfs::Idmapped { userns, root });
                 rootfs::mount_rootfs(&lowers, &dir, idmap)
             })
-            .await
-            .map_err(|e| ContainerError::Internal(e.to_string()))??
+            .await??
         };
         {
             let dir = root_dir.to_owned();
@@ -245,10 +230,7 @@ impl ContainerService {
         if let Some(p) = &init
             && !p.is_file()
         {
-            return Err(ContainerError::Invalid(format!(
-                "the built-in init was requested but {} is missing",
-                p.display()
-            )));
+            return Err(ContainerError::InitMissing(p.clone()));
         }
         let pod_linux = pod_cfg.linux.clone().unwrap_or_default();
         let linux = config.linux.clone().unwrap_or_default();
@@ -281,9 +263,7 @@ impl ContainerService {
         };
         let (spec, warnings) = spec::generate(&input)?;
         if spec["process"]["apparmorProfile"] == security::APPARMOR_DEFAULT_NAME {
-            tokio::task::spawn_blocking(host::ensure_apparmor_default)
-                .await
-                .map_err(|e| ContainerError::Internal(e.to_string()))??;
+            tokio::task::spawn_blocking(host::ensure_apparmor_default).await??;
         }
         for w in warnings {
             tracing::warn!(container = %id, "{w}");
@@ -418,19 +398,18 @@ impl ContainerService {
         bundle: &Path,
     ) -> Result<(), ContainerError> {
         let name = &pod.runtime_handler;
-        let handler = self.cfg.handler(name).ok_or_else(|| {
-            ContainerError::Invalid(format!(
-                "the pod's runtime handler {name:?} is no longer configured"
-            ))
-        })?;
+        let handler = self
+            .cfg
+            .handler(name)
+            .ok_or_else(|| ContainerError::HandlerGone(name.clone()))?;
         if handler.runtime_type == crate::config::RuntimeType::Native {
             return Ok(());
         }
         if !handler.path.is_file() {
-            return Err(ContainerError::Unavailable(format!(
-                "runtime handler {name:?}: {} is not installed",
-                handler.path.display()
-            )));
+            return Err(ContainerError::HandlerNotInstalled {
+                name: name.clone(),
+                path: handler.path.clone(),
+            });
         }
         let record = serde_json::json!({
             "binary": handler.path,
@@ -501,8 +480,7 @@ fn make_image_volumes(
     config: &cri::ContainerConfig,
     uid_gid: &(u32, u32, Vec<u32>),
 ) -> Result<(), ContainerError> {
-    let image_volumes =
-        volumes::from_config(image_config).map_err(|e| ContainerError::Invalid(e.to_string()))?;
+    let image_volumes = volumes::from_config(image_config)?;
     let owner = match &rootfs.user_ns {
         Some(u) => (
             crate::pod::userns::to_host(&u.uids, uid_gid.0).unwrap_or(uid_gid.0),
@@ -582,28 +560,19 @@ fn prepare_volumes(
     Ok(spec_config)
 }
 
-/// A log path from kubelet: relative, no `..`, under the pod's log directory.
+/// The container's log file: its log path (relative and clean, as the CRI edge checked it)
+/// under the pod's log directory, which must be absolute and without `..`.
 fn log_path(pod_log_dir: &str, rel: &str) -> Result<Option<PathBuf>, ContainerError> {
     if pod_log_dir.is_empty() || rel.is_empty() {
         return Ok(None);
     }
-    let bad = |what: &str, p: &str| {
-        ContainerError::Invalid(format!(
-            "{what} {:?} must be a clean path without ..",
-            p.chars().take(120).collect::<String>()
-        ))
-    };
     if !pod_log_dir.starts_with('/')
         || pod_log_dir.split('/').any(|c| c == "..")
         || pod_log_dir.len() > MAX_LOG_PATH
     {
-        return Err(bad("log_directory", pod_log_dir));
-    }
-    if rel.starts_with('/')
-        || rel.split('/').any(|c| c == ".." || c.is_empty())
-        || rel.len() > MAX_LOG_PATH
-    {
-        return Err(bad("log_path", rel));
+        return Err(ContainerError::LogDirectory(
+            pod_log_dir.chars().take(120).collect(),
+        ));
     }
     Ok(Some(Path::new(pod_log_dir).join(rel)))
 }
@@ -617,7 +586,7 @@ fn pod_user_ns(
 ) -> Result<Option<UserNs>, ContainerError> {
     let ns_of = |o: Option<&cri::NamespaceOption>| {
         crate::pod::userns::from_cri(o.and_then(|n| n.userns_options.as_ref()))
-            .map_err(|e| ContainerError::Invalid(e.to_string()))
+            .map_err(ContainerError::from)
     };
     let pod_ns = if pod.userns.is_empty() {
         None
@@ -637,13 +606,8 @@ fn pod_user_ns(
             .and_then(|s| s.namespace_options.as_ref()),
     )?;
     match (&pod_ns, own) {
-        (None, Some(_)) => Err(ContainerError::Invalid(
-            "userns_options: the container asks for a user namespace its pod sandbox does not have"
-                .into(),
-        )),
-        (Some(p), Some(c)) if *p != c => Err(ContainerError::Invalid(
-            "userns_options: the container's mappings differ from its pod sandbox's".into(),
-        )),
+        (None, Some(_)) => Err(ContainerError::UsernsNotInPod),
+        (Some(p), Some(c)) if *p != c => Err(ContainerError::UsernsDiffers),
         _ => Ok(pod_ns),
     }
 }
@@ -651,11 +615,7 @@ fn pod_user_ns(
 /// Every id the container starts with must exist in its user namespace.
 fn check_mapped(u: &UserNs, ids: &(u32, u32, Vec<u32>)) -> Result<(), ContainerError> {
     use crate::pod::userns::to_host;
-    let unmapped = |what: &str, id: u32| {
-        ContainerError::Invalid(format!(
-            "{what} {id} is not mapped in the pod's user namespace"
-        ))
-    };
+    let unmapped = |what, id| ContainerError::Unmapped { what, id };
     if to_host(&u.uids, ids.0).is_none() {
         return Err(unmapped("user id", ids.0));
     }
@@ -734,9 +694,9 @@ mod tests {
             Some(PathBuf::from("/var/log/pods/x/c/0.log"))
         );
         assert_eq!(log_path("", "c/0.log").unwrap(), None);
-        assert!(log_path("/var/log/pods/x", "../../etc/passwd").is_err());
-        assert!(log_path("/var/log/pods/x", "/etc/passwd").is_err());
+        // The log path itself is checked at the edge (cri::request).
         assert!(log_path("relative", "a.log").is_err());
+        assert!(log_path("/var/log/../../etc", "a.log").is_err());
     }
 
     #[test]

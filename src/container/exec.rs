@@ -60,15 +60,12 @@ impl ExecProcess {
 }
 
 impl ContainerService {
-    /// The running container `cmd` is for, a fresh name for the session, and its pid file.
+    /// The running container a command is for (checked non-empty at the CRI edge), a fresh
+    /// name for the session, and its pid file.
     async fn exec_target(
         &self,
         id: &str,
-        cmd: &[String],
     ) -> Result<(ContainerRecord, String, PathBuf), ContainerError> {
-        if cmd.is_empty() {
-            return Err(ContainerError::Invalid("exec: cmd is empty".into()));
-        }
         let rec = self.find(id)?;
         if self.view(rec.clone()).await.state != RunState::Running {
             return Err(ContainerError::WrongState {
@@ -78,8 +75,7 @@ impl ContainerService {
             });
         }
         let mut raw = [0u8; 8];
-        getrandom::fill(&mut raw)
-            .map_err(|e| ContainerError::Internal(format!("exec: random: {e}")))?;
+        getrandom::fill(&mut raw).map_err(ContainerError::Random)?;
         let name = hex::encode(raw);
         let pid_file = PathBuf::from(&rec.state_dir).join(format!("stream-exec-{name}.pid"));
         Ok((rec, name, pid_file))
@@ -106,7 +102,7 @@ impl ContainerService {
         cmd: &[String],
         stdin: bool,
     ) -> Result<ExecProcess, ContainerError> {
-        let (rec, _, pid_file) = self.exec_target(id, cmd).await?;
+        let (rec, _, pid_file) = self.exec_target(id).await?;
         let mut c = self.engine_exec(&rec, &pid_file);
         if stdin {
             c.arg("--stdin");
@@ -118,7 +114,7 @@ impl ContainerService {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| ContainerError::Internal(format!("exec: starting the engine: {e}")))?;
+            .map_err(ContainerError::EngineSpawn)?;
         Ok(ExecProcess {
             child,
             pty: None,
@@ -135,16 +131,14 @@ impl ContainerService {
         cmd: &[String],
     ) -> Result<ExecProcess, ContainerError> {
         use std::os::unix::fs::PermissionsExt;
-        let (rec, name, pid_file) = self.exec_target(id, cmd).await?;
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            ContainerError::Internal(format!("exec with a terminal: {what}: {e}"))
-        };
+        let (rec, name, pid_file) = self.exec_target(id).await?;
+        let internal = |step, source| ContainerError::Terminal { step, source };
         let dir = self.dirs.state.join("tty");
-        std::fs::create_dir_all(&dir).map_err(|e| internal("socket dir", &e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| internal("socket dir", e))?;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
         let sock = dir.join(format!("{name}.sock"));
         let listener =
-            tokio::net::UnixListener::bind(&sock).map_err(|e| internal("console socket", &e))?;
+            tokio::net::UnixListener::bind(&sock).map_err(|e| internal("console socket", e))?;
         struct Remove(PathBuf);
         impl Drop for Remove {
             fn drop(&mut self) {
@@ -162,7 +156,7 @@ impl ContainerService {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| internal("starting the engine", &e))?;
+            .map_err(|e| internal("starting the engine", e))?;
         // The container's side connects and sends the master; an engine that fails first
         // says why on stderr.
         let accepted = tokio::select! {
@@ -173,16 +167,17 @@ impl ContainerService {
                     use tokio::io::AsyncReadExt;
                     let _ = e.read_to_string(&mut msg).await;
                 }
-                return Err(internal(
-                    "the engine exited",
-                    &format!("{}: {}", st.map(|s| s.to_string()).unwrap_or_default(), msg.trim()),
-                ));
+                return Err(ContainerError::TerminalEngineExited(format!(
+                    "{}: {}",
+                    st.map(|s| s.to_string()).unwrap_or_default(),
+                    msg.trim()
+                )));
             }
         };
         let conn = match accepted {
             Ok(Ok((c, _))) => c,
-            Ok(Err(e)) => return Err(internal("accepting the console", &e)),
-            Err(_) => return Err(internal("console", &"no terminal within 30 s")),
+            Ok(Err(e)) => return Err(internal("accepting the console", e)),
+            Err(_) => return Err(ContainerError::NoTerminal),
         };
         let conn = conn
             .into_std()
@@ -191,11 +186,10 @@ impl ContainerService {
                 c.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
                 Ok(c)
             })
-            .map_err(|e| internal("console connection", &e))?;
+            .map_err(|e| internal("console connection", e))?;
         let master = tokio::task::spawn_blocking(move || crate::sys::recv_fd(&conn))
-            .await
-            .map_err(|e| internal("console task", &e))?
-            .map_err(|e| internal("receiving the terminal", &e))?;
+            .await?
+            .map_err(|e| internal("receiving the terminal", e))?;
         Ok(ExecProcess {
             child,
             pty: Some(master),

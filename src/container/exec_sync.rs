@@ -15,9 +15,6 @@ impl ContainerService {
         max_output: u64,
     ) -> Result<msg::ExecResult, ContainerError> {
         let rec = self.find(id)?;
-        if cmd.is_empty() {
-            return Err(ContainerError::Invalid("ExecSync: cmd is empty".into()));
-        }
         let wait = if timeout.is_zero() {
             shim::CALL_TIMEOUT * 10
         } else {
@@ -50,7 +47,6 @@ impl ContainerService {
                 },
                 e => e.into(),
             })?;
-        r.exec
-            .ok_or_else(|| ContainerError::Internal("shim answered exec without a result".into()))
+        r.exec.ok_or(ContainerError::NoExecResult)
     }
 }

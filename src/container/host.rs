@@ -45,18 +45,17 @@ pub(super) fn host_devices(reqs: &[cri::Device]) -> Result<Vec<spec::Device>, Co
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     reqs.iter()
         .map(|d| {
-            let m = std::fs::metadata(&d.host_path)
-                .map_err(|e| ContainerError::Invalid(format!("device {:?}: {e}", d.host_path)))?;
+            let m = std::fs::metadata(&d.host_path).map_err(|source| ContainerError::Device {
+                path: d.host_path.clone(),
+                source,
+            })?;
             let ft = m.file_type();
             let kind = if ft.is_char_device() {
                 'c'
             } else if ft.is_block_device() {
                 'b'
             } else {
-                return Err(ContainerError::Invalid(format!(
-                    "device {:?} is not a device node",
-                    d.host_path
-                )));
+                return Err(ContainerError::NotADevice(d.host_path.clone()));
             };
             let rdev = m.rdev();
             Ok(spec::Device {
@@ -126,9 +125,7 @@ pub(super) fn ensure_apparmor_default() -> Result<(), ContainerError> {
     let listed = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
         .is_ok_and(|p| p.lines().any(|l| l.starts_with(&format!("{name} ("))));
     if !listed {
-        let fail = |why: String| {
-            ContainerError::Unavailable(format!("apparmor: loading the {name} profile: {why}"))
-        };
+        let fail = |why: String| ContainerError::AppArmorLoad { profile: name, why };
         let mut child = std::process::Command::new("apparmor_parser")
             .arg("-Kr")
             .stdin(std::process::Stdio::piped())

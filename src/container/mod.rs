@@ -21,6 +21,7 @@ mod update;
 pub mod user;
 pub mod volumes;
 
+pub use create::{CreateRequest, MAX_LOG_PATH};
 pub use stop::stop_signal;
 
 use std::path::{Path, PathBuf};
@@ -28,11 +29,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::dirs::Dirs;
-use crate::ids::{self, IdError};
+use crate::ids::IdError;
 use crate::image::ImageService;
 use crate::pod::PodService;
 use crate::shim::{self, Client, ShimError};
-use crate::store::{ContainerRecord, PodRecord, Store, StoreError};
+use crate::store::{ContainerRecord, Found, PodRecord, Store, StoreError};
 
 /// A cgroup stats sample and the CPU rate (nano-cores) since the previous one, if any.
 pub type StatsSample = (crate::stats::Sample, Option<u64>);
@@ -50,8 +51,6 @@ const KILL_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("{0}")]
-    Invalid(String),
     #[error(transparent)]
     Id(#[from] IdError),
     #[error("container {0} not found")]
@@ -95,10 +94,64 @@ pub enum ContainerError {
     Io { path: PathBuf, reason: String },
     #[error(transparent)]
     Store(StoreError),
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Internal(String),
+    /// Looking up the container's pod failed for another reason than its absence.
+    #[error(transparent)]
+    Pod(crate::pod::PodError),
+    /// Looking up the container's image in the image store failed.
+    #[error(transparent)]
+    Image(crate::image::ImageError),
+    /// A stored layer digest that does not parse (the store is damaged).
+    #[error(transparent)]
+    LayerDigest(#[from] crate::digest::DigestError),
+    #[error(transparent)]
+    Volumes(#[from] volumes::VolumeError),
+    #[error(transparent)]
+    Userns(#[from] crate::pod::userns::UsernsError),
+    #[error(
+        "userns_options: the container asks for a user namespace its pod sandbox does not have"
+    )]
+    UsernsNotInPod,
+    #[error("userns_options: the container's mappings differ from its pod sandbox's")]
+    UsernsDiffers,
+    #[error("{what} {id} is not mapped in the pod's user namespace")]
+    Unmapped { what: &'static str, id: u32 },
+    #[error("log_directory {0:?} must be a clean path without ..")]
+    LogDirectory(String),
+    #[error("the built-in init was requested but {} is missing", .0.display())]
+    InitMissing(PathBuf),
+    #[error("device {path:?}: {source}")]
+    Device {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("device {0:?} is not a device node")]
+    NotADevice(String),
+    #[error("the pod's runtime handler {0:?} is no longer configured")]
+    HandlerGone(String),
+    #[error("runtime handler {name:?}: {} is not installed", path.display())]
+    HandlerNotInstalled { name: String, path: PathBuf },
+    #[error("apparmor: loading the {profile} profile: {why}")]
+    AppArmorLoad { profile: &'static str, why: String },
+    /// A blocking step (mount, unmount, profile load) that panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+    #[error("exec: random: {0}")]
+    Random(getrandom::Error),
+    #[error("exec: starting the engine: {0}")]
+    EngineSpawn(std::io::Error),
+    #[error("exec with a terminal: {step}: {source}")]
+    Terminal {
+        step: &'static str,
+        source: std::io::Error,
+    },
+    #[error("exec with a terminal: the engine exited: {0}")]
+    TerminalEngineExited(String),
+    #[error("exec with a terminal: console: no terminal within 30 s")]
+    NoTerminal,
+    #[error("container {0} did not exit after SIGKILL")]
+    Unkillable(String),
+    #[error("shim answered exec without a result")]
+    NoExecResult,
 }
 
 impl From<StoreError> for ContainerError {
@@ -218,26 +271,11 @@ impl ContainerService {
     }
 
     pub fn find(&self, id: &str) -> Result<ContainerRecord, ContainerError> {
-        let id = match ids::lookup(id) {
-            ids::Lookup::Id(id) => id,
-            ids::Lookup::Empty => return Err(IdError::Missing.into()),
-            ids::Lookup::Foreign => return Err(ContainerError::NotFound(ids::shown(id))),
-        };
-        if id.len() == ids::ID_LEN {
-            return self
-                .store
-                .get::<ContainerRecord>(id)?
-                .ok_or_else(|| ContainerError::NotFound(id.to_owned()));
-        }
-        let mut hits = self
-            .store
-            .list::<ContainerRecord>()?
-            .into_iter()
-            .filter(|c| c.id.starts_with(id));
-        match (hits.next(), hits.next()) {
-            (Some(c), None) => Ok(c),
-            (None, _) => Err(ContainerError::NotFound(id.to_owned())),
-            _ => Err(ContainerError::Ambiguous(id.to_owned())),
+        match self.store.find::<ContainerRecord>(id)? {
+            Found::One(c) => Ok(c),
+            Found::None(id) => Err(ContainerError::NotFound(id)),
+            Found::Many(id) => Err(ContainerError::Ambiguous(id)),
+            Found::Empty => Err(IdError::Missing.into()),
         }
     }
 

@@ -13,7 +13,7 @@ use k8s_cri::v1 as cri;
 /// Largest /proc/self/mountinfo read (a node with many pods has thousands of mounts).
 pub const MAX_MOUNTINFO_BYTES: u64 = 32 << 20;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum PropagationError {
     #[error(
         "mounts {path}: {wanted} propagation needs its source on a {needs} mount, but {mount_point} is not (make it shared with `mount --make-rshared {mount_point}`)"
@@ -27,7 +27,7 @@ pub enum PropagationError {
     #[error("mounts {path}: no mount holds the source")]
     NoMount { path: String },
     #[error("reading /proc/self/mountinfo: {0}")]
-    Read(String),
+    Read(std::io::Error),
 }
 
 /// What a host mount passes on, from its optional fields.
@@ -130,7 +130,7 @@ pub fn read_mountinfo() -> Result<String, PropagationError> {
     let mut s = String::new();
     std::fs::File::open("/proc/self/mountinfo")
         .and_then(|f| f.take(MAX_MOUNTINFO_BYTES).read_to_string(&mut s))
-        .map_err(|e| PropagationError::Read(e.to_string()))?;
+        .map_err(PropagationError::Read)?;
     Ok(s)
 }
 

@@ -28,8 +28,7 @@ impl ContainerService {
                 idmap::release(&idmap::volume_clones(&r));
                 rootfs::unmount_rootfs(&r)
             })
-            .await
-            .map_err(|e| ContainerError::Internal(e.to_string()))??;
+            .await??;
         }
         for d in [&root, &PathBuf::from(&rec.state_dir)] {
             match std::fs::remove_dir_all(d) {

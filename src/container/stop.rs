@@ -129,10 +129,7 @@ impl ContainerService {
         }
         self.signal(&rec, nix::libc::SIGKILL, true).await?;
         if !self.wait_exit(&rec, KILL_GRACE).await {
-            return Err(ContainerError::Internal(format!(
-                "container {} did not exit after SIGKILL",
-                rec.id
-            )));
+            return Err(ContainerError::Unkillable(rec.id));
         }
         tracing::info!(container = %rec.id, "container stopped");
         Ok(())

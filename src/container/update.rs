@@ -43,10 +43,7 @@ impl ContainerService {
                 op: "update resources",
             });
         }
-        let pod = self
-            .pods
-            .find(&rec.pod_id)
-            .map_err(|e| ContainerError::Invalid(e.to_string()))?;
+        let pod = self.pods.find(&rec.pod_id).map_err(ContainerError::Pod)?;
         cgroups::write::apply(
             self.pods.cgroups(),
             &format!("{}/{}", pod.cgroup, rec.id),

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::ContainerEventType as Event;
-use tonic::{Code, Status};
+use tonic::Status;
 
-use super::{Shared, events};
-use crate::container::{ContainerError, RunState, View};
-use crate::security::SecurityError;
+use super::status::EdgeError;
+use super::{Shared, events, request};
+use crate::container::{RunState, View};
 use crate::store::ContainerRecord;
 
 /// Cap on ExecSync output per stream (CVE-2022-1708: unbounded probe output exhausted memory).
@@ -18,81 +18,6 @@ pub const MAX_EXEC_SYNC_OUTPUT: u64 = 16 << 20;
 /// The most of a container's OCI spec (its bundle's config.json) a verbose status reads: far
 /// above any spec kelsond writes, which is built from a request under the gRPC message limit.
 pub const MAX_RUNTIME_SPEC_BYTES: u64 = 16 << 20;
-
-/// Every security refusal is about what the request asked for (a Localhost seccomp profile
-/// that cannot be read included: kubelet named it).
-pub(super) fn security_code(e: &SecurityError) -> Code {
-    use SecurityError as S;
-    match e {
-        S::UnknownCapability { .. }
-        | S::CapabilityUnavailable { .. }
-        | S::UncleanPath { .. }
-        | S::SysctlName { .. }
-        | S::SysctlValue { .. }
-        | S::SysctlNotNamespaced { .. }
-        | S::SysctlHostNamespace { .. }
-        | S::AppArmorProfileType(_)
-        | S::AppArmorProfile(_)
-        | S::AppArmorUnsupported
-        | S::AppArmorLocalhostName
-        | S::SelinuxLabels
-        | S::SeccompLocalhostRef
-        | S::SeccompProfileType(_)
-        | S::SeccompProfilePath(_)
-        | S::SeccompLocalhost { .. } => Code::InvalidArgument,
-    }
-}
-
-impl From<ContainerError> for Status {
-    fn from(e: ContainerError) -> Status {
-        use ContainerError as E;
-        let code = match &e {
-            E::Security(s) | E::Spec(crate::container::spec::SpecError::Security(s)) => {
-                security_code(s)
-            }
-            E::Invalid(_) | E::Id(_) | E::Ambiguous(_) | E::Spec(_) | E::User(_) => {
-                Code::InvalidArgument
-            }
-            E::NotFound(_) | E::PodNotFound(_) | E::ImageNotFound(_) => Code::NotFound,
-            E::NameTaken { .. } => Code::AlreadyExists,
-            E::PodNotReady(_) | E::WrongState { .. } => Code::FailedPrecondition,
-            E::Unavailable(_) => Code::Unavailable,
-            E::Rootfs(crate::container::rootfs::RootfsError::TooManyLayers(_)) => {
-                Code::FailedPrecondition
-            }
-            E::Shim(crate::shim::ShimError::Create(_)) => Code::FailedPrecondition,
-            E::Shim(crate::shim::ShimError::Remote { kind, .. }) => match kind {
-                crate::shim::RemoteKind::WrongState | crate::shim::RemoteKind::StartFailed => {
-                    Code::FailedPrecondition
-                }
-                crate::shim::RemoteKind::BadRequest => Code::InvalidArgument,
-                crate::shim::RemoteKind::Internal | crate::shim::RemoteKind::Unspecified => {
-                    Code::Internal
-                }
-            },
-            // A volume (or the image store) on a filesystem without idmapped mounts.
-            E::Idmap(crate::container::idmap::IdmapError::NotSupported { .. })
-            | E::Rootfs(crate::container::rootfs::RootfsError::Idmap(
-                crate::container::idmap::IdmapError::NotSupported { .. },
-            )) => Code::FailedPrecondition,
-            E::Resources(crate::cgroups::CgroupError::BadUnifiedKey(_)) => Code::InvalidArgument,
-            E::Propagation(crate::container::propagation::PropagationError::Read(_)) => {
-                Code::Internal
-            }
-            E::Propagation(_) => Code::FailedPrecondition,
-            E::StartFailed { .. } => Code::FailedPrecondition,
-            E::Rootfs(_)
-            | E::Idmap(_)
-            | E::Shim(_)
-            | E::Io { .. }
-            | E::Store(_)
-            | E::Internal(_)
-            | E::Resources(_) => Code::Internal,
-        };
-        super::status::log_error(code, &e);
-        Status::new(code, e.to_string())
-    }
-}
 
 pub(crate) fn config(rec: &ContainerRecord) -> cri::ContainerConfig {
     serde_json::from_value(rec.config.clone()).unwrap_or_default()
@@ -186,30 +111,30 @@ fn container_user(rec: &ContainerRecord) -> Option<cri::ContainerUser> {
 }
 
 /// The OCI runtime spec the container was created with, as its bundle holds it.
-fn runtime_spec(rec: &ContainerRecord) -> Result<serde_json::Value, Status> {
+fn runtime_spec(rec: &ContainerRecord) -> Result<serde_json::Value, EdgeError> {
     use std::io::Read;
     let path = std::path::Path::new(&rec.state_dir).join("bundle/config.json");
-    let fail = |code, why: String| {
-        let e = format!(
-            "container {}: runtime spec {}: {why}",
-            rec.id,
-            path.display()
-        );
-        super::status::log_error(code, &e);
-        Status::new(code, e)
-    };
+    let id = || rec.id.clone();
     let mut bytes = Vec::new();
     std::fs::File::open(&path)
         .and_then(|f| f.take(MAX_RUNTIME_SPEC_BYTES + 1).read_to_end(&mut bytes))
-        // The bundle lives in the state dir (tmpfs): gone after a reboot until recovery.
-        .map_err(|e| fail(Code::FailedPrecondition, e.to_string()))?;
+        .map_err(|source| EdgeError::RuntimeSpecUnreadable {
+            id: id(),
+            path: path.clone(),
+            source,
+        })?;
     if bytes.len() as u64 > MAX_RUNTIME_SPEC_BYTES {
-        return Err(fail(
-            Code::Internal,
-            format!("over {MAX_RUNTIME_SPEC_BYTES} bytes"),
-        ));
+        return Err(EdgeError::RuntimeSpecTooLarge {
+            id: id(),
+            path,
+            max: MAX_RUNTIME_SPEC_BYTES,
+        });
     }
-    serde_json::from_slice(&bytes).map_err(|e| fail(Code::Internal, e.to_string()))
+    serde_json::from_slice(&bytes).map_err(|source| EdgeError::RuntimeSpecMalformed {
+        id: id(),
+        path,
+        source,
+    })
 }
 
 pub fn matches(v: &View, f: &cri::ContainerFilter) -> bool {
@@ -225,10 +150,7 @@ pub fn matches(v: &View, f: &cri::ContainerFilter) -> bool {
     {
         return false;
     }
-    let labels = config(&v.rec).labels;
-    f.label_selector
-        .iter()
-        .all(|(k, val)| labels.get(k) == Some(val))
+    super::selected(&f.label_selector, &config(&v.rec).labels)
 }
 
 pub(crate) fn record(field: &str, id: &str) {
@@ -240,10 +162,10 @@ pub async fn create(
     req: cri::CreateContainerRequest,
 ) -> Result<cri::CreateContainerResponse, Status> {
     record("pod", &req.pod_sandbox_id);
-    let config = req
-        .config
-        .ok_or_else(|| Status::invalid_argument("CreateContainer: config is required"))?;
-    let id = rt.containers.create(&req.pod_sandbox_id, config).await?;
+    let id = rt
+        .containers
+        .create(request::create_container(req)?)
+        .await?;
     record("container", &id);
     if let Ok(rec) = rt.containers.find(&id) {
         events::emit(rt, &id, &rec.pod_id, Event::ContainerCreatedEvent).await;
@@ -346,35 +268,16 @@ pub async fn list(
 /// Exec: a single-use URL on the streaming server for this command.
 pub async fn exec(rt: &Shared, r: cri::ExecRequest) -> Result<cri::ExecResponse, Status> {
     record("container", &r.container_id);
-    if r.cmd.is_empty() {
-        return Err(Status::invalid_argument("Exec: cmd is empty"));
-    }
-    if !(r.stdin || r.stdout || r.stderr) {
-        return Err(Status::invalid_argument(
-            "Exec: one of stdin, stdout or stderr must be requested",
-        ));
-    }
-    if r.tty && r.stderr {
-        return Err(Status::invalid_argument(
-            "Exec: tty and stderr cannot both be true (a terminal has one output)",
-        ));
-    }
+    request::exec(&r)?;
     // The container must exist now (the session checks that it still runs).
     rt.containers.find(&r.container_id)?;
-    let url = rt
-        .streaming
-        .url(crate::streaming::Session::Exec(r))
-        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    let url = rt.streaming.url(crate::streaming::Session::Exec(r))?;
     Ok(cri::ExecResponse { url })
 }
 
 pub async fn attach(rt: &Shared, r: cri::AttachRequest) -> Result<cri::AttachResponse, Status> {
     record("container", &r.container_id);
-    if !(r.stdin || r.stdout || r.stderr) {
-        return Err(Status::invalid_argument(
-            "Attach: one of stdin, stdout or stderr must be requested",
-        ));
-    }
+    request::attach(&r)?;
     // The container must run now, as containerd requires (the session checks again).
     let rec = rt.containers.find(&r.container_id)?;
     if rt.containers.view(rec.clone()).await.state != RunState::Running {
@@ -385,10 +288,7 @@ pub async fn attach(rt: &Shared, r: cri::AttachRequest) -> Result<cri::AttachRes
         }
         .into());
     }
-    let url = rt
-        .streaming
-        .url(crate::streaming::Session::Attach(r))
-        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+    let url = rt.streaming.url(crate::streaming::Session::Attach(r))?;
     Ok(cri::AttachResponse { url })
 }
 
@@ -397,16 +297,14 @@ pub async fn exec_sync(
     req: cri::ExecSyncRequest,
 ) -> Result<cri::ExecSyncResponse, Status> {
     record("container", &req.container_id);
+    request::exec_sync(&req)?;
     let timeout = Duration::from_secs(req.timeout.max(0) as u64);
     let r = rt
         .containers
         .exec_sync(&req.container_id, req.cmd, timeout, MAX_EXEC_SYNC_OUTPUT)
         .await?;
     if r.timed_out {
-        return Err(Status::deadline_exceeded(format!(
-            "command timed out after {}s",
-            req.timeout
-        )));
+        return Err(EdgeError::ExecTimedOut(req.timeout).into());
     }
     Ok(cri::ExecSyncResponse {
         stdout: r.stdout,
@@ -429,11 +327,7 @@ pub async fn update_resources(
     req: cri::UpdateContainerResourcesRequest,
 ) -> Result<cri::UpdateContainerResourcesResponse, Status> {
     record("container", &req.container_id);
-    let linux = req.linux.ok_or_else(|| {
-        Status::invalid_argument("UpdateContainerResources: linux resources are required")
-    })?;
-    rt.containers
-        .update_resources(&req.container_id, linux)
-        .await?;
+    let (id, linux) = request::update_container_resources(req)?;
+    rt.containers.update_resources(&id, linux).await?;
     Ok(cri::UpdateContainerResourcesResponse {})
 }

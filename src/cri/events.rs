@@ -112,12 +112,9 @@ impl EventBus {
             };
             match got {
                 Ok(ev) => Some((Ok(ev), Some((rx, closed)))),
-                Err(broadcast::error::RecvError::Lagged(n)) => Some((
-                    Err(Status::resource_exhausted(format!(
-                        "container event subscriber fell {n} events behind; list containers and subscribe again"
-                    ))),
-                    None,
-                )),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Some((Err(super::status::EdgeError::EventsLagged(n).into()), None))
+                }
                 Err(broadcast::error::RecvError::Closed) => None,
             }
         }))

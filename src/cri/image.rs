@@ -7,19 +7,11 @@ use k8s_cri::v1 as cri;
 use tonic::{Request, Response, Status};
 
 use super::Shared;
-use super::status::invalid;
+use super::request::image_spec as spec_image;
+use super::status::EdgeError;
 use crate::image::{Credentials, ImageInfo, manifest::split_user};
 
 pub struct ImageApi(pub Shared);
-
-fn spec_image(spec: Option<&cri::ImageSpec>, what: &str) -> Result<String, Status> {
-    match spec.map(|s| s.image.trim()) {
-        Some(s) if !s.is_empty() => Ok(s.to_owned()),
-        _ => Err(invalid(format!(
-            "{what}: image spec with a non-empty image is required"
-        ))),
-    }
-}
 
 fn to_cri(info: ImageInfo) -> cri::Image {
     let (uid, username) = split_user(&info.record.user);
@@ -121,7 +113,7 @@ impl cri::image_service_server::ImageService for ImageApi {
         let images = self.0.images.clone();
         tokio::task::spawn_blocking(move || images.remove(&image))
             .await
-            .map_err(|e| Status::internal(e.to_string()))??;
+            .map_err(EdgeError::task("RemoveImage"))??;
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
 
@@ -132,7 +124,7 @@ impl cri::image_service_server::ImageService for ImageApi {
         let images = self.0.images.clone();
         let (bytes, inodes) = tokio::task::spawn_blocking(move || images.usage())
             .await
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(EdgeError::task("ImageFsInfo"))?;
         let timestamp = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)

@@ -5,6 +5,7 @@ pub mod container;
 pub mod events;
 pub mod image;
 pub mod pod;
+pub mod request;
 pub mod runtime;
 pub mod stats;
 pub mod status;
@@ -39,3 +40,11 @@ pub struct Runtime {
 }
 
 pub type Shared = Arc<Runtime>;
+
+/// A list filter's label selector: every key it names, with the same value.
+pub(crate) fn selected(
+    selector: &std::collections::HashMap<String, String>,
+    labels: &std::collections::HashMap<String, String>,
+) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

@@ -4,40 +4,12 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use super::Shared;
+use super::status::EdgeError;
 use crate::pod::PodError;
 use crate::store::{PodRecord, PodState};
-
-impl From<PodError> for Status {
-    fn from(e: PodError) -> Status {
-        let code = match &e {
-            PodError::Invalid(_)
-            | PodError::Id(_)
-            | PodError::Files(_)
-            | PodError::UnknownHandler(_)
-            | PodError::Userns(_)
-            | PodError::Ambiguous(_) => Code::InvalidArgument,
-            PodError::Unsupported(_) => Code::FailedPrecondition,
-            PodError::Security(s) => super::container::security_code(s),
-            PodError::Cgroup(crate::cgroups::CgroupError::Invalid { .. }) => Code::InvalidArgument,
-            PodError::NotFound(_) => Code::NotFound,
-            PodError::Network(
-                crate::network::NetworkError::Conf(_)
-                | crate::network::NetworkError::PluginMissing { .. },
-            ) => Code::FailedPrecondition,
-            PodError::Network(_) => Code::Unavailable,
-            PodError::NameTaken { .. } => Code::AlreadyExists,
-            PodError::Cgroup(_)
-            | PodError::Namespace(_)
-            | PodError::Io { .. }
-            | PodError::Store(_) => Code::Internal,
-        };
-        super::status::log_error(code, &e);
-        Status::new(code, e.to_string())
-    }
-}
 
 pub(crate) fn config(rec: &PodRecord) -> cri::PodSandboxConfig {
     serde_json::from_value(rec.config.clone()).unwrap_or_default()
@@ -108,10 +80,7 @@ pub fn matches(rec: &PodRecord, f: &cri::PodSandboxFilter) -> bool {
     if f.label_selector.is_empty() {
         return true;
     }
-    let labels = config(rec).labels;
-    f.label_selector
-        .iter()
-        .all(|(k, v)| labels.get(k) == Some(v))
+    super::selected(&f.label_selector, &config(rec).labels)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -119,7 +88,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(EdgeError::task("pod sandbox"))?
         .map_err(Status::from)
 }
 
@@ -127,12 +96,9 @@ pub async fn run(
     rt: &Shared,
     req: cri::RunPodSandboxRequest,
 ) -> Result<cri::RunPodSandboxResponse, Status> {
-    let config = req
-        .config
-        .ok_or_else(|| Status::invalid_argument("RunPodSandbox: config is required"))?;
+    let req = super::request::run_pod_sandbox(req)?;
     let pods = rt.pods.clone();
-    let handler = req.runtime_handler;
-    let rec = blocking(move || pods.run(config, &handler)).await?;
+    let rec = blocking(move || pods.run(req)).await?;
     tracing::Span::current().record("pod", rec.id.as_str());
     Ok(cri::RunPodSandboxResponse {
         pod_sandbox_id: rec.id,
@@ -180,22 +146,14 @@ pub async fn port_forward(
     req: cri::PortForwardRequest,
 ) -> Result<cri::PortForwardResponse, Status> {
     tracing::Span::current().record("pod", req.pod_sandbox_id.as_str());
-    if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
-        return Err(Status::invalid_argument(format!(
-            "PortForward: port {p} is not 1-65535"
-        )));
-    }
+    super::request::port_forward(&req)?;
     let pod = rt.pods.find(&req.pod_sandbox_id)?;
     if pod.state != PodState::Ready {
-        return Err(Status::failed_precondition(format!(
-            "PortForward: pod sandbox {} is not ready",
-            pod.id
-        )));
+        return Err(EdgeError::PortForwardNotReady(pod.id).into());
     }
     let url = rt
         .streaming
-        .url(crate::streaming::Session::PortForward(req))
-        .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+        .url(crate::streaming::Session::PortForward(req))?;
     Ok(cri::PortForwardResponse { url })
 }
 

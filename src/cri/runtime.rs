@@ -303,17 +303,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         req: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        let cidr = req
-            .into_inner()
-            .runtime_config
-            .and_then(|c| c.network_config)
-            .map(|n| n.pod_cidr)
-            .unwrap_or_default();
-        self.0
-            .pods
-            .network()
-            .set_pod_cidr(&cidr)
-            .map_err(Status::invalid_argument)?;
+        let cidr = super::request::update_runtime_config(req.into_inner())?;
+        self.0.pods.network().set_pod_cidr(&cidr);
         Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
     async fn checkpoint_container(

@@ -8,6 +8,7 @@ use tonic::Status;
 use super::Shared;
 use super::container::{config as container_config, record};
 use super::pod::config as pod_config;
+use super::status::EdgeError;
 use crate::cgroups::{Sample, read as cgroup};
 use crate::container::StatsSample;
 use crate::stats::metrics::{Extra, Labels};
@@ -85,7 +86,7 @@ fn to_container_stats(rt: &Shared, rec: &ContainerRecord) -> cri::ContainerStats
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| Status::internal(format!("stats task: {e}")))
+        .map_err(|e| EdgeError::task("stats")(e).into())
 }
 
 pub async fn container(
@@ -112,12 +113,7 @@ pub async fn list_containers(
             (f.id.is_empty() || r.id.starts_with(&f.id))
                 && (f.pod_sandbox_id.is_empty() || r.pod_id.starts_with(&f.pod_sandbox_id))
         })
-        .filter(|r| {
-            let labels = container_config(r).labels;
-            f.label_selector
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
+        .filter(|r| super::selected(&f.label_selector, &container_config(r).labels))
         .collect();
     let rt2 = rt.clone();
     let stats =
@@ -203,12 +199,7 @@ pub async fn list_pods(
         .list()?
         .into_iter()
         .filter(|p| f.id.is_empty() || p.id.starts_with(&f.id))
-        .filter(|p| {
-            let labels = pod_config(p).labels;
-            f.label_selector
-                .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
-        })
+        .filter(|p| super::selected(&f.label_selector, &pod_config(p).labels))
         .collect();
     let rt2 = rt.clone();
     let stats = blocking(move || pods.iter().map(|p| to_pod_stats(&rt2, p)).collect()).await?;

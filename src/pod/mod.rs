@@ -6,6 +6,7 @@ pub mod files;
 pub mod namespaces;
 mod run;
 pub mod userns;
+pub use run::RunRequest;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use k8s_cri::v1 as cri;
 
 use crate::cgroups::{CgroupError, Hierarchy};
-use crate::ids::{self, IdError};
+use crate::ids::IdError;
 use crate::network::{Network, NetworkList, PodNet};
-use crate::store::{PodRecord, PodState, Store, StoreError};
+use crate::store::{Found, PodRecord, PodState, Store, StoreError};
 use files::FilesError;
 use namespaces::NsError;
 
@@ -37,16 +38,9 @@ pub fn userns_supported() -> bool {
 pub const DEFAULT_SLICE: &str = "kelson.slice";
 /// Size of a pod's /dev/shm, as docker and containerd default it.
 pub const DEFAULT_SHM_BYTES: u64 = 64 << 20;
-/// Longest pod name, namespace or uid accepted (Kubernetes allows 253).
-pub const MAX_META_FIELD: usize = 253;
-/// Labels and annotations: count and total size caps.
-pub const MAX_KV_ENTRIES: usize = 1024;
-pub const MAX_KV_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PodError {
-    #[error("{0}")]
-    Invalid(String),
     #[error(transparent)]
     Id(#[from] IdError),
     #[error("pod sandbox {0} not found")]
@@ -74,8 +68,22 @@ pub enum PodError {
     Network(#[from] crate::network::NetworkError),
     #[error(transparent)]
     Userns(#[from] userns::UsernsError),
-    #[error("{0}")]
-    Unsupported(String),
+    #[error(
+        "hostname {hostname:?}: a pod on the host's network has the node's hostname ({node:?}); leave it empty"
+    )]
+    HostNetworkHostname { hostname: String, node: String },
+    #[error(
+        "a pod with its own user namespace cannot use the host's network, IPC or PID namespace"
+    )]
+    UsernsWithHostNamespace,
+    #[error("a pod with its own user namespace cannot be privileged")]
+    UsernsPrivileged,
+    #[error(
+        "user namespaces need idmapped mounts (mount_setattr, Linux 5.12+) and user namespaces enabled on the node"
+    )]
+    UsernsUnsupported,
+    #[error("cgroup_parent {0:?} is not a systemd slice name (the systemd cgroup driver is on)")]
+    NotASlice(String),
     #[error(transparent)]
     Security(#[from] crate::security::SecurityError),
 }
@@ -110,16 +118,6 @@ pub struct PodService {
     handlers: Vec<String>,
     /// The systemd cgroup driver: pod cgroups are slices systemd (and kubelet) own.
     systemd: bool,
-}
-
-fn check_kv(what: &str, m: &std::collections::HashMap<String, String>) -> Result<(), PodError> {
-    let bytes: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
-    if m.len() > MAX_KV_ENTRIES || bytes > MAX_KV_BYTES {
-        return Err(PodError::Invalid(format!(
-            "{what}: more than {MAX_KV_ENTRIES} entries or {MAX_KV_BYTES} bytes"
-        )));
-    }
-    Ok(())
 }
 
 impl PodService {
@@ -210,26 +208,11 @@ impl PodService {
 
     /// Find a pod by id or unique id prefix.
     pub fn find(&self, id: &str) -> Result<PodRecord, PodError> {
-        let id = match ids::lookup(id) {
-            ids::Lookup::Id(id) => id,
-            ids::Lookup::Empty => return Err(IdError::Missing.into()),
-            ids::Lookup::Foreign => return Err(PodError::NotFound(ids::shown(id))),
-        };
-        if id.len() == ids::ID_LEN {
-            return self
-                .store
-                .get::<PodRecord>(id)?
-                .ok_or_else(|| PodError::NotFound(id.to_owned()));
-        }
-        let mut hits = self
-            .store
-            .list::<PodRecord>()?
-            .into_iter()
-            .filter(|p| p.id.starts_with(id));
-        match (hits.next(), hits.next()) {
-            (Some(p), None) => Ok(p),
-            (None, _) => Err(PodError::NotFound(id.to_owned())),
-            (Some(_), Some(_)) => Err(PodError::Ambiguous(id.to_owned())),
+        match self.store.find::<PodRecord>(id)? {
+            Found::One(p) => Ok(p),
+            Found::None(id) => Err(PodError::NotFound(id)),
+            Found::Many(id) => Err(PodError::Ambiguous(id)),
+            Found::Empty => Err(IdError::Missing.into()),
         }
     }
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1 as cri;
 
 use super::{
-    DEFAULT_SHM_BYTES, DEFAULT_SLICE, MAX_META_FIELD, PodError, PodService, check_kv, files, mode,
-    namespaces, now_ns, userns, userns_supported,
+    DEFAULT_SHM_BYTES, DEFAULT_SLICE, PodError, PodService, files, mode, namespaces, now_ns,
+    userns, userns_supported,
 };
 use crate::cgroups;
 use crate::ids;
@@ -18,7 +18,15 @@ use crate::store::{PodRecord, PodState};
 use namespaces::PinRequest;
 use userns::UserNs;
 
-/// A request checked before anything is made.
+/// A RunPodSandbox request as the CRI edge checked it (`cri::request`): metadata present, its
+/// fields well formed, labels and annotations within their caps.
+pub struct RunRequest {
+    pub meta: cri::PodSandboxMetadata,
+    pub config: cri::PodSandboxConfig,
+    pub handler: String,
+}
+
+/// A request checked against the node before anything is made.
 struct Checked {
     meta: cri::PodSandboxMetadata,
     /// The pod's resolv.conf, or None for the host's.
@@ -31,8 +39,14 @@ struct Checked {
 }
 
 impl PodService {
-    pub fn run(&self, config: cri::PodSandboxConfig, handler: &str) -> Result<PodRecord, PodError> {
-        let c = self.validate(&config, handler)?;
+    pub fn run(&self, req: RunRequest) -> Result<PodRecord, PodError> {
+        let RunRequest {
+            meta,
+            config,
+            handler,
+        } = req;
+        let handler = handler.as_str();
+        let c = self.validate(meta, &config, handler)?;
         let id = ids::generate()?;
         let (cgroup, slice) = self.cgroup_for(&c.linux, &id)?;
         let dir = self.pod_dir(&id);
@@ -64,33 +78,17 @@ impl PodService {
         Ok(rec)
     }
 
-    /// Everything that can be refused before anything exists: the handler, metadata, labels,
-    /// hostname, DNS, namespace modes, the user namespace and the sysctls.
-    fn validate(&self, config: &cri::PodSandboxConfig, handler: &str) -> Result<Checked, PodError> {
+    /// Everything else that can be refused before anything exists: the handler, hostname,
+    /// DNS, namespace modes, the user namespace and the sysctls.
+    fn validate(
+        &self,
+        meta: cri::PodSandboxMetadata,
+        config: &cri::PodSandboxConfig,
+        handler: &str,
+    ) -> Result<Checked, PodError> {
         if !handler.is_empty() && !self.handlers.iter().any(|h| h == handler) {
             return Err(PodError::UnknownHandler(handler.to_owned()));
         }
-        let meta = config
-            .metadata
-            .clone()
-            .ok_or_else(|| PodError::Invalid("pod sandbox config: metadata is required".into()))?;
-        for (f, v) in [
-            ("metadata.name", &meta.name),
-            ("metadata.namespace", &meta.namespace),
-            ("metadata.uid", &meta.uid),
-        ] {
-            if v.is_empty()
-                || v.len() > MAX_META_FIELD
-                || v.chars().any(|c| c.is_control() || c == '/')
-            {
-                return Err(PodError::Invalid(format!(
-                    "{f} {:?} must be 1 to {MAX_META_FIELD} characters without '/' or control characters",
-                    v.chars().take(80).collect::<String>()
-                )));
-            }
-        }
-        check_kv("labels", &config.labels)?;
-        check_kv("annotations", &config.annotations)?;
         if !config.hostname.is_empty() {
             files::validate_hostname(&config.hostname)?;
         }
@@ -111,10 +109,10 @@ impl PodService {
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default();
             if !config.hostname.eq_ignore_ascii_case(&node) {
-                return Err(PodError::Invalid(format!(
-                    "hostname {:?}: a pod on the host's network has the node's hostname ({node:?}); leave it empty",
-                    config.hostname
-                )));
+                return Err(PodError::HostNetworkHostname {
+                    hostname: config.hostname.clone(),
+                    node,
+                });
             }
         }
         let host_ipc = mode(ns.ipc) == cri::NamespaceMode::Node;
@@ -123,23 +121,17 @@ impl PodService {
         if user_ns.is_some() {
             // The pod's namespaces must belong to its user namespace: the host's do not.
             if host_net || host_ipc || mode(ns.pid) == cri::NamespaceMode::Node {
-                return Err(PodError::Invalid(
-                    "a pod with its own user namespace cannot use the host's network, IPC or PID namespace".into(),
-                ));
+                return Err(PodError::UsernsWithHostNamespace);
             }
             if linux
                 .security_context
                 .as_ref()
                 .is_some_and(|s| s.privileged)
             {
-                return Err(PodError::Invalid(
-                    "a pod with its own user namespace cannot be privileged".into(),
-                ));
+                return Err(PodError::UsernsPrivileged);
             }
             if !userns_supported() {
-                return Err(PodError::Unsupported(
-                    "user namespaces need idmapped mounts (mount_setattr, Linux 5.12+) and user namespaces enabled on the node".into(),
-                ));
+                return Err(PodError::UsernsUnsupported);
             }
         }
         // Sysctls apply in every container of the pod: refuse bad ones before anything exists.
@@ -178,12 +170,8 @@ impl PodService {
             } else {
                 linux.cgroup_parent.clone()
             };
-            let dir = cgroups::systemd::expand_slice(&slice).ok_or_else(|| {
-                PodError::Invalid(format!(
-                    "cgroup_parent {:?} is not a systemd slice name (the systemd cgroup driver is on)",
-                    slice.chars().take(120).collect::<String>()
-                ))
-            })?;
+            let dir = cgroups::systemd::expand_slice(&slice)
+                .ok_or_else(|| PodError::NotASlice(slice.chars().take(120).collect()))?;
             (dir, slice)
         } else if linux.cgroup_parent.is_empty() {
             (format!("kelson/{id}"), String::new())

@@ -27,10 +27,27 @@ pub enum ShimError {
     #[error("shim for {id} is not running")]
     Gone { id: String },
     #[error("shim for {id}: {reason}")]
-    Call { id: String, reason: String },
+    Call { id: String, reason: CallFailure },
     /// The shim (or the engine) answered with a failure, of this kind.
     #[error("{message}")]
     Remote { kind: RemoteKind, message: String },
+}
+
+/// Why a call to a running shim failed before it answered.
+#[derive(Debug, thiserror::Error)]
+pub enum CallFailure {
+    #[error(transparent)]
+    Frame(#[from] kelson_proto::FrameError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("response too large")]
+    TooLarge,
+    #[error("connection closed")]
+    Closed,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no state in answer")]
+    NoState,
 }
 
 /// What kind of failure the shim reported (its wire `ErrorKind`).
@@ -204,7 +221,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<(msg::Response, Connection), ShimError> {
         let id = self.id.clone();
-        let call_err = |reason: String| ShimError::Call {
+        let call_err = |reason: CallFailure| ShimError::Call {
             id: id.clone(),
             reason,
         };
@@ -216,32 +233,30 @@ impl Client {
                 })?;
             let mut out = BytesMut::new();
             kelson_proto::encode(&msg::Request { kind: Some(kind) }, &mut out)
-                .map_err(|e| call_err(e.to_string()))?;
-            conn.write_all(&out)
-                .await
-                .map_err(|e| call_err(e.to_string()))?;
+                .map_err(|e| call_err(e.into()))?;
+            conn.write_all(&out).await.map_err(|e| call_err(e.into()))?;
             let mut buf = BytesMut::new();
             loop {
                 if let Some(r) = kelson_proto::decode::<msg::Response>(&mut buf)
-                    .map_err(|e| call_err(e.to_string()))?
+                    .map_err(|e| call_err(e.into()))?
                 {
                     return Ok((r, Connection { conn, buf }));
                 }
                 if buf.len() > MAX_RESPONSE {
-                    return Err(call_err("response too large".into()));
+                    return Err(call_err(CallFailure::TooLarge));
                 }
                 let n = conn
                     .read_buf(&mut buf)
                     .await
-                    .map_err(|e| call_err(e.to_string()))?;
+                    .map_err(|e| call_err(e.into()))?;
                 if n == 0 {
-                    return Err(call_err("connection closed".into()));
+                    return Err(call_err(CallFailure::Closed));
                 }
             }
         };
         let (r, conn) = tokio::time::timeout(timeout, fut)
             .await
-            .map_err(|_| call_err(format!("no answer within {timeout:?}")))??;
+            .map_err(|_| call_err(CallFailure::Timeout(timeout)))??;
         if !r.error.is_empty() {
             return Err(ShimError::Remote {
                 kind: RemoteKind::from_wire(r.error_kind),
@@ -264,7 +279,7 @@ impl Client {
             .await?;
         r.state.ok_or_else(|| ShimError::Call {
             id: self.id.clone(),
-            reason: "no state in answer".into(),
+            reason: CallFailure::NoState,
         })
     }
 }

@@ -244,6 +244,18 @@ impl Store {
 
 type Json = TableDefinition<'static, &'static str, &'static [u8]>;
 
+/// What a requested id names among the records of one kind.
+#[derive(Debug)]
+pub enum Found<T> {
+    One(T),
+    /// Nothing (the id as shown in an error message).
+    None(String),
+    /// A prefix of more than one record's id.
+    Many(String),
+    /// No id was given.
+    Empty,
+}
+
 /// Records kept under a reserved, unique name (pods, containers).
 pub trait Named: serde::Serialize + serde::de::DeserializeOwned {
     const TABLE: Json;
@@ -284,6 +296,30 @@ impl Store {
             out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
+    }
+
+    /// The record a requested id names: a full id by its key, a prefix by a scan (unique or
+    /// ambiguous). An id of a shape kelson never makes names nothing (see `ids::Lookup`).
+    pub fn find<T: Named>(&self, requested: &str) -> Result<Found<T>, StoreError> {
+        let id = match crate::ids::lookup(requested) {
+            crate::ids::Lookup::Id(id) => id,
+            crate::ids::Lookup::Empty => return Ok(Found::Empty),
+            crate::ids::Lookup::Foreign => return Ok(Found::None(crate::ids::shown(requested))),
+        };
+        if id.len() == crate::ids::ID_LEN {
+            return Ok(self
+                .get::<T>(id)?
+                .map_or_else(|| Found::None(id.to_owned()), Found::One));
+        }
+        let mut hits = self
+            .list::<T>()?
+            .into_iter()
+            .filter(|r| r.id().starts_with(id));
+        Ok(match (hits.next(), hits.next()) {
+            (Some(r), None) => Found::One(r),
+            (None, _) => Found::None(id.to_owned()),
+            (Some(_), Some(_)) => Found::Many(id.to_owned()),
+        })
     }
 
     pub fn get<T: Named>(&self, id: &str) -> Result<Option<T>, StoreError> {

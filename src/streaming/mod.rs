@@ -115,7 +115,7 @@ pub enum StreamingError {
     #[error("too many streaming URLs handed out and not used yet; try again")]
     Busy,
     #[error("streaming token: {0}")]
-    Random(String),
+    Random(getrandom::Error),
 }
 
 pub struct Streaming {

@@ -19,7 +19,7 @@ pub enum TokenError {
     /// Too many URLs handed out and not used yet.
     Full,
     /// The system's random source failed.
-    Random(String),
+    Random(getrandom::Error),
 }
 
 impl<T> Tokens<T> {
@@ -37,7 +37,7 @@ impl<T> Tokens<T> {
             return Err(TokenError::Full);
         }
         let mut raw = [0u8; 32];
-        getrandom::fill(&mut raw).map_err(|e| TokenError::Random(e.to_string()))?;
+        getrandom::fill(&mut raw).map_err(TokenError::Random)?;
         let token = hex::encode(raw);
         self.pending.insert(token.clone(), (now + self.ttl, what));
         Ok(token)
