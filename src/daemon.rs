@@ -49,7 +49,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || images.recover()).await??;
     }
     let images_ms = ms_since(began);
-    let listener = kelson::server::bind(&cfg.grpc.address, cfg.grpc.gid)?;
+    let listener = kelson::cri_socket::bind(&cfg.grpc.address, cfg.grpc.gid)?;
     tracing::info!(
         address = %cfg.grpc.address.display(),
         root = %cfg.root.display(),
@@ -147,7 +147,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
     }
     // The socket is bound and state recovered: calls are answered from here on.
     kelson::notify::ready();
-    kelson::server::serve(shared, listener, shutdown_signal()).await?;
+    kelson::cri_socket::serve(shared, listener, shutdown_signal()).await?;
     let _ = std::fs::remove_file(&cfg.grpc.address);
     tracing::info!("kelsond stopped");
     Ok(())
