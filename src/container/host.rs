@@ -125,22 +125,31 @@ pub(super) fn ensure_apparmor_default() -> Result<(), ContainerError> {
     let listed = std::fs::read_to_string("/sys/kernel/security/apparmor/profiles")
         .is_ok_and(|p| p.lines().any(|l| l.starts_with(&format!("{name} ("))));
     if !listed {
-        let fail = |why: String| ContainerError::AppArmorLoad { profile: name, why };
+        let fail = |step, source| ContainerError::AppArmorParser {
+            profile: name,
+            step,
+            source,
+        };
         let mut child = std::process::Command::new("apparmor_parser")
             .arg("-Kr")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .map_err(|e| fail(format!("running apparmor_parser: {e}")))?;
+            .map_err(|e| fail("running apparmor_parser", e))?;
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(security::APPARMOR_DEFAULT_PROFILE.as_bytes())
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| fail("writing the profile", e))?;
         }
-        let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| fail("waiting for apparmor_parser", e))?;
         if !out.status.success() {
-            return Err(fail(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+            return Err(ContainerError::AppArmorLoad {
+                profile: name,
+                why: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
         tracing::info!(profile = name, "loaded the default AppArmor profile");
     }

@@ -130,8 +130,15 @@ pub enum ContainerError {
     HandlerGone(String),
     #[error("runtime handler {name:?}: {} is not installed", path.display())]
     HandlerNotInstalled { name: String, path: PathBuf },
+    /// apparmor_parser refused the profile (what it said).
     #[error("apparmor: loading the {profile} profile: {why}")]
     AppArmorLoad { profile: &'static str, why: String },
+    #[error("apparmor: loading the {profile} profile: {step}: {source}")]
+    AppArmorParser {
+        profile: &'static str,
+        step: &'static str,
+        source: std::io::Error,
+    },
     /// A blocking step (mount, unmount, profile load) that panicked or was cancelled.
     #[error(transparent)]
     Task(#[from] tokio::task::JoinError),

@@ -15,7 +15,7 @@ pub const MAX_ARGS: usize = 4096;
 pub const MAX_ENV: usize = 4096;
 pub const MAX_MOUNTS: usize = 512;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     #[error("no command: neither the request nor the image gives one")]
     NoCommand,
@@ -23,6 +23,9 @@ pub enum SpecError {
     Invalid { field: String, reason: String },
     #[error(transparent)]
     Security(#[from] SecurityError),
+    /// The generated spec does not read back as an OCI runtime spec.
+    #[error("spec: {0}")]
+    Oci(serde_json::Error),
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
@@ -318,8 +321,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
     if crate::container::propagation::needs_shared_root(&c.mounts) {
         spec["linux"]["rootfsPropagation"] = json!("shared");
     }
-    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone())
-        .map_err(|e| invalid("spec", e.to_string()))?;
+    serde_json::from_value::<oci_spec::runtime::Spec>(spec.clone()).map_err(SpecError::Oci)?;
     Ok((spec, warnings))
 }
 
@@ -385,7 +387,7 @@ fn security_parts(
             uts: !i.pod.utsns.is_empty(),
         },
     )?;
-    let seccomp = match seccomp::choose(sc).map_err(|e| invalid("seccomp", e.to_string()))? {
+    let seccomp = match seccomp::choose(sc)? {
         seccomp::Choice::Unconfined => None,
         seccomp::Choice::RuntimeDefault => {
             let bounding: Vec<String> =
@@ -686,10 +688,10 @@ mod tests {
             ["/x"],
             "a command drops the image Cmd"
         );
-        assert_eq!(
+        assert!(matches!(
             argv(&cfg(), &ImageRun::default()),
             Err(SpecError::NoCommand)
-        );
+        ));
     }
 
     #[test]

@@ -284,7 +284,9 @@ fn container_code(e: &ContainerError) -> Code {
         E::PodNotReady(_) | E::WrongState { .. } | E::StartFailed { .. } => {
             Code::FailedPrecondition
         }
-        E::HandlerNotInstalled { .. } | E::AppArmorLoad { .. } => Code::Unavailable,
+        E::HandlerNotInstalled { .. } | E::AppArmorLoad { .. } | E::AppArmorParser { .. } => {
+            Code::Unavailable
+        }
         E::Rootfs(RootfsError::TooManyLayers(_)) => Code::FailedPrecondition,
         // A volume (or the image store) on a filesystem without idmapped mounts.
         E::Idmap(IdmapError::NotSupported { .. })
