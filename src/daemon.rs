@@ -75,7 +75,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
         let pods = pods.clone();
         tokio::task::spawn_blocking(move || pods.recover()).await??;
     }
-    let shim = kelson::shim::locate(&cfg.shim_path);
+    let shim = kelson::shim_client::locate(&cfg.shim_path);
     let containers = Arc::new(ContainerService::new(
         store.clone(),
         images.clone(),

@@ -18,7 +18,7 @@ pub mod pod;
 pub mod reference;
 pub mod rollback;
 pub mod security;
-pub mod shim;
+pub mod shim_client;
 pub mod stats;
 pub mod store;
 pub mod streaming;

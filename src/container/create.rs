@@ -15,7 +15,7 @@ use crate::image::digest::Digest;
 use crate::pod::userns::UserNs;
 use crate::rollback::Rollback;
 use crate::security::{self, SecurityError, seccomp};
-use crate::shim;
+use crate::shim_client;
 use crate::store::{ContainerRecord, ImageRecord, PodRecord, PodState};
 
 /// Longest log path (and pod log directory) kelson accepts from kubelet.
@@ -349,7 +349,7 @@ impl ContainerService {
             });
         }
         self.record_runtime(&r.pod, id, bundle)?;
-        Ok(shim::spawn(shim::Spawn {
+        Ok(shim_client::spawn(shim_client::Spawn {
             binary: &self.shim_binary,
             id,
             root: &self.engine_root(),

@@ -204,8 +204,8 @@ impl ContainerService {
     pub async fn attach(
         &self,
         id: &str,
-        a: crate::shim::msg::Attach,
-    ) -> Result<(crate::shim::Connection, bool), ContainerError> {
+        a: crate::shim_client::msg::Attach,
+    ) -> Result<(crate::shim_client::Connection, bool), ContainerError> {
         let rec = self.find(id)?;
         if self.view(rec.clone()).await.state != RunState::Running {
             return Err(ContainerError::WrongState {

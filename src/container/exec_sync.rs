@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{ContainerError, ContainerService};
-use crate::shim::{self, RemoteKind, ShimError, msg};
+use crate::shim_client::{self, RemoteKind, ShimError, msg};
 
 impl ContainerService {
     pub async fn exec_sync(
@@ -16,7 +16,7 @@ impl ContainerService {
     ) -> Result<msg::ExecResult, ContainerError> {
         let rec = self.find(id)?;
         let wait = if timeout.is_zero() {
-            shim::CALL_TIMEOUT * 10
+            shim_client::CALL_TIMEOUT * 10
         } else {
             timeout + Duration::from_secs(10)
         };

@@ -32,7 +32,7 @@ use crate::dirs::Dirs;
 use crate::ids::IdError;
 use crate::image::ImageService;
 use crate::pod::PodService;
-use crate::shim::{self, Client, ShimError};
+use crate::shim_client::{self, Client, ShimError};
 use crate::store::{ContainerRecord, Found, PodRecord, Store, StoreError};
 
 /// A cgroup stats sample and the CPU rate (nano-cores) since the previous one, if any.
@@ -213,8 +213,8 @@ pub struct ContainerService {
     pods: Arc<PodService>,
     dirs: Dirs,
     shim_binary: PathBuf,
-    /// The engine, run from a sealed copy (see `shim::engine`).
-    engine: shim::engine::Engine,
+    /// The engine, run from a sealed copy (see `shim_client::engine`).
+    engine: shim_client::sealed_engine::Engine,
     init_binary: PathBuf,
     /// kelsond's configuration (the `container` table, the RuntimeClass handlers).
     cfg: crate::config::Config,
@@ -244,7 +244,9 @@ impl ContainerService {
         } else {
             PathBuf::from(&cfg.container.init_path)
         };
-        let engine = shim::engine::Engine::new(shim_binary.with_file_name("kelson-shim-engine"));
+        let engine = shim_client::sealed_engine::Engine::new(
+            shim_binary.with_file_name("kelson-shim-engine"),
+        );
         ContainerService {
             store,
             images,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{ContainerError, ContainerService, idmap, io_err, rootfs};
-use crate::shim;
+use crate::shim_client;
 use crate::store::ContainerRecord;
 
 impl ContainerService {
@@ -19,7 +19,7 @@ impl ContainerService {
         self.stop(&rec.id, Duration::ZERO).await?;
         // A created-but-never-started container has an init parked in the engine: SIGKILL above
         // ended it; the engine's delete removes its state and cgroup.
-        shim::delete(&self.engine.path(), &rec.id, &self.engine_root()).await?;
+        shim_client::delete(&self.engine.path(), &rec.id, &self.engine_root()).await?;
         let root = PathBuf::from(&rec.root_dir);
         {
             let r = root.clone();

@@ -2,7 +2,7 @@
 //! start is recorded as exited with its reason, as kubelet expects of a start failure.
 
 use super::{ContainerError, ContainerService, KILL_GRACE, RunState, START_ERROR_EXIT, now_ns};
-use crate::shim::{self, RemoteKind, ShimError, msg};
+use crate::shim_client::{self, RemoteKind, ShimError, msg};
 use crate::store::ExitInfo;
 
 impl ContainerService {
@@ -19,7 +19,10 @@ impl ContainerService {
         }
         let r = match self
             .client(&rec)
-            .call(msg::request::Kind::Start(msg::Empty {}), shim::CALL_TIMEOUT)
+            .call(
+                msg::request::Kind::Start(msg::Empty {}),
+                shim_client::CALL_TIMEOUT,
+            )
             .await
         {
             Ok(r) => r,

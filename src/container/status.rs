@@ -8,7 +8,7 @@ use super::{
     ContainerService, EXIT_UNKNOWN, REASON_SHIM_GONE, REASON_START_ERROR, RunState,
     START_ERROR_EXIT, StatsSample, View, now_ns, shim_alive,
 };
-use crate::shim::{self, ShimError, msg};
+use crate::shim_client::{self, ShimError, msg};
 use crate::store::{ContainerRecord, ExitInfo};
 
 impl ContainerService {
@@ -61,11 +61,13 @@ impl ContainerService {
             }
             Err(err) => {
                 let exit = v.rec.exit.or_else(|| {
-                    shim::read_exit(&Path::new(&v.rec.state_dir).join("shim")).map(|e| ExitInfo {
-                        exit_code: e.exit_code,
-                        started_at: e.started_at,
-                        finished_at: e.finished_at,
-                        oom_killed: e.oom_killed,
+                    shim_client::read_exit(&Path::new(&v.rec.state_dir).join("shim")).map(|e| {
+                        ExitInfo {
+                            exit_code: e.exit_code,
+                            started_at: e.started_at,
+                            finished_at: e.finished_at,
+                            oom_killed: e.oom_killed,
+                        }
                     })
                 });
                 match exit {

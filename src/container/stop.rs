@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{ContainerError, ContainerService, KILL_GRACE, RunState};
-use crate::shim::{self, ShimError, msg};
+use crate::shim_client::{self, ShimError, msg};
 use crate::store::ContainerRecord;
 
 /// The most of a stop's timeout kept for SIGKILL and reaping.
@@ -50,7 +50,7 @@ impl ContainerService {
             .client(rec)
             .call(
                 msg::request::Kind::Signal(msg::Signal { signal, all }),
-                shim::CALL_TIMEOUT,
+                shim_client::CALL_TIMEOUT,
             )
             .await
         {
@@ -58,7 +58,7 @@ impl ContainerService {
             // The shim exits once the container has exited and its output is drained; a
             // call that raced with that (connection reset or closed) finds the exit recorded.
             Err(ShimError::Call { .. })
-                if shim::read_exit(&Path::new(&rec.state_dir).join("shim")).is_some() =>
+                if shim_client::read_exit(&Path::new(&rec.state_dir).join("shim")).is_some() =>
             {
                 Ok(())
             }

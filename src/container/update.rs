@@ -5,7 +5,7 @@ use k8s_cri::v1 as cri;
 
 use super::{ContainerError, ContainerService, RunState};
 use crate::cgroups;
-use crate::shim::{self, ShimError, msg};
+use crate::shim_client::{self, ShimError, msg};
 
 impl ContainerService {
     pub async fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
@@ -14,7 +14,7 @@ impl ContainerService {
             .client(&rec)
             .call(
                 msg::request::Kind::ReopenLog(msg::Empty {}),
-                shim::CALL_TIMEOUT,
+                shim_client::CALL_TIMEOUT,
             )
             .await
         {

@@ -17,7 +17,7 @@ use crate::image::registry::RegistryError;
 use crate::network::NetworkError;
 use crate::pod::PodError;
 use crate::security::SecurityError;
-use crate::shim::{RemoteKind, ShimError};
+use crate::shim_client::{RemoteKind, ShimError};
 use crate::streaming::StreamingError;
 
 /// Failures of the gRPC edge itself rather than of a domain service.
