@@ -1,5 +1,7 @@
-//! CRI RuntimeService. `Version`, `Status`, `RuntimeConfig` and the pod sandbox verbs are
-//! answered for real; container verbs answer `Unimplemented` with a clear message until they land.
+//! CRI RuntimeService on tonic: each RPC handed to its verb in `pod.rs`, `container.rs`,
+//! `stats.rs` or `events.rs`; `Version`, `Status` (runtime and network conditions, handlers,
+//! features) and `UpdateRuntimeConfig` answered here. `CheckpointContainer` answers
+//! `Unimplemented`, saying so (checkpointing is a later issue).
 
 use std::collections::HashMap;
 

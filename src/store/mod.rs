@@ -1,5 +1,5 @@
 //! The embedded transactional store (redb): image records and the name → image index, pod
-//! sandbox records and the reserved pod names.
+//! sandbox and container records with their reserved names, and id lookups by prefix.
 //! Every change is one ACID transaction, durable before it returns, so a `kill -9` at any point
 //! leaves either the old or the new state. Knows nothing of registries, files or gRPC.
 
