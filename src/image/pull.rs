@@ -4,6 +4,7 @@
 //! (compressed, uncompressed) has checked out; the image record is committed last.
 
 use std::io::{self, Read};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -393,81 +394,11 @@ impl ImageService {
         let fs = pending.fs();
         let (tx, rx) = mpsc::channel::<Result<Bytes, ()>>(UNPACK_QUEUE_CHUNKS);
         let max = self.config.image.max_layer_bytes;
-        let unpacker = tokio::task::spawn_blocking(
-            move || -> Result<(Digest, unpack::UnpackStats), (Option<UnpackError>, io::Error)> {
-                let reader = io::BufReader::with_capacity(
-                    256 * 1024,
-                    ChannelReader {
-                        rx,
-                        cur: Bytes::new(),
-                    },
-                );
-                let dec = unpack::decompressor(reader).map_err(|e| (None, e))?;
-                let mut h = HashingReader {
-                    inner: dec,
-                    hasher: Sha256::new(),
-                    n: 0,
-                    max,
-                };
-                let stats = unpack::unpack(&mut h, &fs)
-                    .map_err(|e| (Some(e), io::Error::other("unpack")))?;
-                // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
-                io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
-                Ok((Digest::from_hasher(h.hasher), stats))
-            },
-        );
+        let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, &fs, max));
 
         let what = format!("layer {}", desc.digest);
-        let mut download_err: Option<ImageError> = None;
-        let mut unpacker_stopped = false;
-        let mut hasher = Sha256::new();
-        let mut n = 0u64;
-        match reg.blob(r, desc).await {
-            Err(source) => {
-                download_err = Some(ImageError::Registry {
-                    image: shown.into(),
-                    source,
-                })
-            }
-            Ok(mut s) => {
-                while let Some(chunk) = s.next().await {
-                    match chunk {
-                        Ok(b) => {
-                            n += b.len() as u64;
-                            self.counters
-                                .pulled_bytes
-                                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            if n > desc.size {
-                                download_err = Some(ImageError::Registry {
-                                    image: shown.into(),
-                                    source: RegistryError::TooLarge {
-                                        what: what.clone(),
-                                        max: desc.size,
-                                    },
-                                });
-                                break;
-                            }
-                            hasher.update(&b);
-                            if tx.send(Ok(b)).await.is_err() {
-                                // The unpacker stopped (full disk, bad entry): its error,
-                                // not the short download, is the reason.
-                                unpacker_stopped = true;
-                                break;
-                            }
-                        }
-                        Err(source) => {
-                            download_err = Some(ImageError::Registry {
-                                image: shown.into(),
-                                source,
-                            });
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        let actual = Digest::from_hasher(hasher);
-        let complete = download_err.is_none() && n == desc.size && actual == desc.digest;
+        let dl = self.download(reg, r, desc, shown, &what, &tx).await;
+        let complete = dl.err.is_none() && dl.bytes == desc.size && dl.digest == desc.digest;
         let _ = tx
             .send(if complete { Ok(Bytes::new()) } else { Err(()) })
             .await;
@@ -475,43 +406,21 @@ impl ImageService {
         let unpacked = unpacker
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?;
-        if let Some(e) = download_err {
+        if let Some(e) = dl.err {
             return Err(e);
         }
         let mismatch = || ImageError::DigestMismatch {
             image: shown.into(),
             what: what.clone(),
             expected: desc.digest.to_string(),
-            actual: format!("{actual} ({n} of {} bytes)", desc.size),
+            actual: format!("{} ({} of {} bytes)", dl.digest, dl.bytes, desc.size),
         };
         // A short download is the reason unless the unpacker stopped first with its own error.
-        let unpacker_failed_first = unpacker_stopped && unpacked.is_err();
+        let unpacker_failed_first = dl.unpacker_stopped && unpacked.is_err();
         if !complete && !unpacker_failed_first {
             return Err(mismatch());
         }
-        let too_large = |e: &io::Error| e.kind() == io::ErrorKind::FileTooLarge;
-        let (diff, stats) = unpacked.map_err(|(ue, ioe)| match ue {
-            Some(UnpackError::Archive(e)) if too_large(&e) => ImageError::LayerTooLarge {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                max,
-            },
-            Some(source) => ImageError::Unpack {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                source,
-            },
-            None if too_large(&ioe) => ImageError::LayerTooLarge {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                max,
-            },
-            None => ImageError::Unpack {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                source: UnpackError::Archive(ioe),
-            },
-        })?;
+        let (diff, stats) = unpacked.map_err(|f| unpack_failure(f, shown, desc, max))?;
         if !complete {
             return Err(mismatch());
         }
@@ -525,5 +434,138 @@ impl ImageService {
         }
         tracing::debug!(layer = %desc.digest, entries = stats.entries, bytes = stats.file_bytes, "unpacked layer");
         Ok(record(self.snapshots.commit(pending, diff_id)?))
+    }
+
+    /// Stream the compressed layer `desc` into `tx`, hashing and counting it on the way; stops
+    /// at the first registry error, at more bytes than the descriptor says, or when the
+    /// unpacker stops taking them.
+    async fn download(
+        &self,
+        reg: &Registry,
+        r: &ImageRef,
+        desc: &Descriptor,
+        shown: &str,
+        what: &str,
+        tx: &mpsc::Sender<Result<Bytes, ()>>,
+    ) -> Download {
+        let reg_err = |source| ImageError::Registry {
+            image: shown.into(),
+            source,
+        };
+        let mut err: Option<ImageError> = None;
+        let mut unpacker_stopped = false;
+        let mut hasher = Sha256::new();
+        let mut n = 0u64;
+        match reg.blob(r, desc).await {
+            Err(source) => err = Some(reg_err(source)),
+            Ok(mut s) => {
+                while let Some(chunk) = s.next().await {
+                    let b = match chunk {
+                        Ok(b) => b,
+                        Err(source) => {
+                            err = Some(reg_err(source));
+                            break;
+                        }
+                    };
+                    n += b.len() as u64;
+                    self.counters
+                        .pulled_bytes
+                        .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    if n > desc.size {
+                        err = Some(reg_err(RegistryError::TooLarge {
+                            what: what.to_owned(),
+                            max: desc.size,
+                        }));
+                        break;
+                    }
+                    hasher.update(&b);
+                    if tx.send(Ok(b)).await.is_err() {
+                        // The unpacker stopped (full disk, bad entry): its error, not the
+                        // short download, is the reason.
+                        unpacker_stopped = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Download {
+            err,
+            unpacker_stopped,
+            digest: Digest::from_hasher(hasher),
+            bytes: n,
+        }
+    }
+}
+
+/// How the download of one layer ended.
+struct Download {
+    /// A registry error, or more bytes than the descriptor says.
+    err: Option<ImageError>,
+    /// The unpacker stopped taking chunks before the end.
+    unpacker_stopped: bool,
+    /// Of the bytes received.
+    digest: Digest,
+    bytes: u64,
+}
+
+/// Why the unpacker stopped: the unpack error if it got that far, and the I/O error otherwise.
+type UnpackFailure = (Option<UnpackError>, io::Error);
+
+/// The blocking side of a layer pull: decompress the chunks `rx` receives, hash the result (the
+/// diff id) and unpack it into `fs`.
+fn unpack_stream(
+    rx: mpsc::Receiver<Result<Bytes, ()>>,
+    fs: &Path,
+    max: u64,
+) -> Result<(Digest, unpack::UnpackStats), UnpackFailure> {
+    let reader = io::BufReader::with_capacity(
+        256 * 1024,
+        ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        },
+    );
+    let dec = unpack::decompressor(reader).map_err(|e| (None, e))?;
+    let mut h = HashingReader {
+        inner: dec,
+        hasher: Sha256::new(),
+        n: 0,
+        max,
+    };
+    let stats = unpack::unpack(&mut h, fs).map_err(|e| (Some(e), io::Error::other("unpack")))?;
+    // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
+    io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
+    Ok((Digest::from_hasher(h.hasher), stats))
+}
+
+/// The pull's error for an unpacker failure: a layer over `max` bytes is named as such.
+fn unpack_failure(
+    (ue, ioe): UnpackFailure,
+    shown: &str,
+    desc: &Descriptor,
+    max: u64,
+) -> ImageError {
+    let too_large = |e: &io::Error| e.kind() == io::ErrorKind::FileTooLarge;
+    match ue {
+        Some(UnpackError::Archive(e)) if too_large(&e) => ImageError::LayerTooLarge {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            max,
+        },
+        Some(source) => ImageError::Unpack {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            source,
+        },
+        None if too_large(&ioe) => ImageError::LayerTooLarge {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            max,
+        },
+        None => ImageError::Unpack {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            source: UnpackError::Archive(ioe),
+        },
     }
 }
