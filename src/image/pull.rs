@@ -214,34 +214,12 @@ impl ImageService {
         let auth = creds.to_registry_auth()?;
         let endpoints = super::hosts::resolve(&self.config.registry.config_path, &r.registry)?;
         let reg = Registry::new(endpoints, auth, self.config.image.pull_progress_timeout);
-        let reg_err = |source| ImageError::Registry {
-            image: shown.clone(),
-            source,
-        };
-        let man_err = |source| ImageError::Manifest {
-            image: shown.clone(),
-            source,
-        };
 
-        let (top, top_digest) = reg.manifest(&r, r.digest.as_ref()).await.map_err(reg_err)?;
-        let mut docs = vec![(top_digest.clone(), top.clone())];
-        let manifest = match manifest::parse_document(&top).map_err(man_err)? {
-            Document::Manifest(m) => m,
-            Document::Index(entries) => {
-                let d = manifest::select_platform(&entries, &Platform::host()).map_err(man_err)?;
-                let (b, d) = reg.manifest(&r, Some(&d)).await.map_err(reg_err)?;
-                docs.push((d, b.clone()));
-                match manifest::parse_document(&b).map_err(man_err)? {
-                    Document::Manifest(m) => m,
-                    Document::Index(_) => {
-                        return Err(man_err(manifest::ManifestError::Malformed {
-                            what: "index",
-                            reason: "an index entry is itself an index".into(),
-                        }));
-                    }
-                }
-            }
-        };
+        let Resolved {
+            manifest,
+            top_digest,
+            docs,
+        } = resolve_manifest(&reg, &r, &shown).await?;
         let manifest_digest = docs
             .last()
             .map(|(d, _)| d.clone())
@@ -255,27 +233,16 @@ impl ImageService {
                 &shown,
             )
             .await?;
-        let summary = manifest::parse_config(&config, manifest.layers.len()).map_err(man_err)?;
+        let summary = manifest::parse_config(&config, manifest.layers.len())
+            .map_err(manifest_error(&shown))?;
 
         let mut leased: Vec<Digest> = summary.diff_ids.clone();
         leased.extend(docs.iter().map(|(d, _)| d.clone()));
         leased.push(manifest.config.digest.clone());
         let _lease = self.lease(leased);
 
-        let work: Vec<(Descriptor, Digest)> = manifest
-            .layers
-            .iter()
-            .cloned()
-            .zip(summary.diff_ids.iter().cloned())
-            .collect();
-        let (reg_ref, r_ref, shown_ref) = (&reg, &r, shown.as_str());
-        let layers: Vec<LayerRecord> = futures::stream::iter(work)
-            .map(|(desc, diff_id)| async move {
-                self.ensure_layer(reg_ref, r_ref, &desc, &diff_id, shown_ref)
-                    .await
-            })
-            .buffered(self.config.image.max_concurrent_downloads)
-            .try_collect()
+        let layers = self
+            .ensure_layers(&reg, &r, &manifest.layers, &summary.diff_ids, &shown)
             .await?;
 
         for (d, b) in &docs {
@@ -305,6 +272,29 @@ impl ImageService {
         Ok(rec.id)
     }
 
+    /// Every layer (with its diff id), `max_concurrent_downloads` at a time, in order.
+    async fn ensure_layers(
+        &self,
+        reg: &Registry,
+        r: &ImageRef,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+        shown: &str,
+    ) -> Result<Vec<LayerRecord>, ImageError> {
+        let work: Vec<(Descriptor, Digest)> = layers
+            .iter()
+            .cloned()
+            .zip(diff_ids.iter().cloned())
+            .collect();
+        futures::stream::iter(work)
+            .map(|(desc, diff_id)| async move {
+                self.ensure_layer(reg, r, &desc, &diff_id, shown).await
+            })
+            .buffered(self.config.image.max_concurrent_downloads)
+            .try_collect()
+            .await
+    }
+
     /// A small blob (the config) fully into memory, bounded and digest-checked.
     async fn fetch_small(
         &self,
@@ -328,19 +318,10 @@ impl ImageService {
                 },
             });
         }
-        let mut s = reg
-            .blob(r, desc)
-            .await
-            .map_err(|source| ImageError::Registry {
-                image: shown.into(),
-                source,
-            })?;
+        let mut s = reg.blob(r, desc).await.map_err(registry_error(shown))?;
         let mut buf = Vec::new();
         while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(|source| ImageError::Registry {
-                image: shown.into(),
-                source,
-            })?;
+            let chunk = chunk.map_err(registry_error(shown))?;
             if (buf.len() + chunk.len()) as u64 > desc.size {
                 return Err(ImageError::Registry {
                     image: shown.into(),
@@ -448,10 +429,7 @@ impl ImageService {
         what: &str,
         tx: &mpsc::Sender<Result<Bytes, ()>>,
     ) -> Download {
-        let reg_err = |source| ImageError::Registry {
-            image: shown.into(),
-            source,
-        };
+        let reg_err = registry_error(shown);
         let mut err: Option<ImageError> = None;
         let mut unpacker_stopped = false;
         let mut hasher = Sha256::new();
@@ -494,6 +472,62 @@ impl ImageService {
             digest: Digest::from_hasher(hasher),
             bytes: n,
         }
+    }
+}
+
+/// The image manifest a reference resolved to.
+struct Resolved {
+    manifest: manifest::Manifest,
+    /// The digest the reference resolved to (an index's, for a multi-platform image).
+    top_digest: Digest,
+    /// Each manifest document fetched on the way, the top one first.
+    docs: Vec<(Digest, Bytes)>,
+}
+
+/// The manifest `r` names; from an index, the one for the node's platform.
+async fn resolve_manifest(
+    reg: &Registry,
+    r: &ImageRef,
+    shown: &str,
+) -> Result<Resolved, ImageError> {
+    let (reg_err, man_err) = (registry_error(shown), manifest_error(shown));
+    let (top, top_digest) = reg.manifest(r, r.digest.as_ref()).await.map_err(&reg_err)?;
+    let mut docs = vec![(top_digest.clone(), top.clone())];
+    let manifest = match manifest::parse_document(&top).map_err(&man_err)? {
+        Document::Manifest(m) => m,
+        Document::Index(entries) => {
+            let d = manifest::select_platform(&entries, &Platform::host()).map_err(&man_err)?;
+            let (b, d) = reg.manifest(r, Some(&d)).await.map_err(&reg_err)?;
+            docs.push((d, b.clone()));
+            match manifest::parse_document(&b).map_err(&man_err)? {
+                Document::Manifest(m) => m,
+                Document::Index(_) => {
+                    return Err(man_err(manifest::ManifestError::Malformed {
+                        what: "index",
+                        reason: "an index entry is itself an index".into(),
+                    }));
+                }
+            }
+        }
+    };
+    Ok(Resolved {
+        manifest,
+        top_digest,
+        docs,
+    })
+}
+
+fn registry_error(shown: &str) -> impl Fn(RegistryError) -> ImageError + '_ {
+    move |source| ImageError::Registry {
+        image: shown.into(),
+        source,
+    }
+}
+
+fn manifest_error(shown: &str) -> impl Fn(manifest::ManifestError) -> ImageError + '_ {
+    move |source| ImageError::Manifest {
+        image: shown.into(),
+        source,
     }
 }
 
