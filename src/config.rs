@@ -405,7 +405,34 @@ impl Config {
         }
     }
 
+    /// Every key checked, a step per section, in a fixed order: the first problem is reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_paths()?;
+        self.image.gc.check()?;
+        self.metrics.check()?;
+        self.streaming.check()?;
+        for (name, h) in &self.runtimes {
+            h.check(name)?;
+        }
+        if !valid_log_filter(&self.log_level) {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                message: format!("{:?} is not a log level or filter", self.log_level),
+            });
+        }
+        self.image.check_pulls()?;
+        if self.grpc.max_message_bytes < 4096 {
+            return Err(ConfigError::Invalid {
+                key: "grpc.max_message_bytes",
+                message: "must be at least 4096".into(),
+            });
+        }
+        self.image.check_pinned()
+    }
+
+    /// The directories and files kelsond uses: absolute, root and state apart, TLS cert and
+    /// key as a pair.
+    fn check_paths(&self) -> Result<(), ConfigError> {
         for (key, p) in [
             ("root", &self.root),
             ("state", &self.state),
@@ -432,127 +459,140 @@ impl Config {
                 message: "tls_cert_file and tls_key_file go together".into(),
             });
         }
-        let gc = &self.image.gc;
-        if !(gc.low_threshold_percent < gc.high_threshold_percent
-            && gc.high_threshold_percent <= 100)
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+impl ImageGcConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(self.low_threshold_percent < self.high_threshold_percent
+            && self.high_threshold_percent <= 100)
         {
             return Err(ConfigError::Invalid {
                 key: "image.gc.high_threshold_percent",
                 message: format!(
                     "need low_threshold_percent ({}) < high_threshold_percent ({}) <= 100",
-                    gc.low_threshold_percent, gc.high_threshold_percent
+                    self.low_threshold_percent, self.high_threshold_percent
                 ),
             });
         }
-        if gc.interval < Duration::from_secs(1) {
+        if self.interval < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 key: "image.gc.interval",
                 message: "must be at least 1s".into(),
             });
         }
-        if !self.metrics.address.is_empty()
-            && self
-                .metrics
-                .address
-                .parse::<std::net::SocketAddr>()
-                .is_err()
-        {
+        Ok(())
+    }
+}
+
+impl MetricsConfig {
+    fn check(&self) -> Result<(), ConfigError> {
+        if !self.address.is_empty() && self.address.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid {
                 key: "metrics.address",
-                message: format!("{:?} is not an ip:port address", self.metrics.address),
+                message: format!("{:?} is not an ip:port address", self.address),
             });
         }
-        if self
-            .streaming
-            .address
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-        {
+        Ok(())
+    }
+}
+
+impl StreamingConfig {
+    /// The listen address and the session limits (the TLS pair is checked with the paths).
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.address.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid {
                 key: "streaming.address",
-                message: format!("{:?} is not an ip:port address", self.streaming.address),
+                message: format!("{:?} is not an ip:port address", self.address),
             });
         }
-        if self.streaming.token_ttl < Duration::from_secs(1) || self.streaming.max_sessions == 0 {
+        if self.token_ttl < Duration::from_secs(1) || self.max_sessions == 0 {
             return Err(ConfigError::Invalid {
                 key: "streaming",
                 message: "token_ttl must be at least 1s and max_sessions at least 1".into(),
             });
         }
-        for (name, h) in &self.runtimes {
-            let label = !name.is_empty()
-                && name.len() <= MAX_HANDLER_NAME
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !name.starts_with('-')
-                && !name.ends_with('-');
-            if !label {
+        Ok(())
+    }
+}
+
+impl RuntimeHandler {
+    /// The handler `name` (a `[runtimes.<name>]` table).
+    fn check(&self, name: &str) -> Result<(), ConfigError> {
+        let label = !name.is_empty()
+            && name.len() <= MAX_HANDLER_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !label {
+            return Err(ConfigError::Invalid {
+                key: "runtimes",
+                message: format!("handler name {name:?} must be a DNS label (a-z, 0-9, -)"),
+            });
+        }
+        match self.runtime_type {
+            RuntimeType::Oci if !self.path.is_absolute() => {
                 return Err(ConfigError::Invalid {
-                    key: "runtimes",
-                    message: format!("handler name {name:?} must be a DNS label (a-z, 0-9, -)"),
-                });
-            }
-            match h.runtime_type {
-                RuntimeType::Oci if !h.path.is_absolute() => {
-                    return Err(ConfigError::Invalid {
-                        key: "runtimes.path",
-                        message: format!(
-                            "handler {name:?}: an oci handler needs the absolute path of its runtime binary"
-                        ),
-                    });
-                }
-                RuntimeType::Native if !h.path.as_os_str().is_empty() => {
-                    return Err(ConfigError::Invalid {
-                        key: "runtimes.path",
-                        message: format!("handler {name:?}: a native handler takes no path"),
-                    });
-                }
-                _ => {}
-            }
-            if h.args
-                .iter()
-                .any(|a| !a.starts_with('-') || a.contains('\0'))
-            {
-                return Err(ConfigError::Invalid {
-                    key: "runtimes.args",
+                    key: "runtimes.path",
                     message: format!(
-                        "handler {name:?}: args are global options (each starts with -)"
+                        "handler {name:?}: an oci handler needs the absolute path of its runtime binary"
                     ),
                 });
             }
-            if !h.root.as_os_str().is_empty() && !h.root.is_absolute() {
+            RuntimeType::Native if !self.path.as_os_str().is_empty() => {
                 return Err(ConfigError::Invalid {
-                    key: "runtimes.root",
-                    message: format!("handler {name:?}: {} is not absolute", h.root.display()),
+                    key: "runtimes.path",
+                    message: format!("handler {name:?}: a native handler takes no path"),
                 });
             }
+            _ => {}
         }
-        if !valid_log_filter(&self.log_level) {
+        if self
+            .args
+            .iter()
+            .any(|a| !a.starts_with('-') || a.contains('\0'))
+        {
             return Err(ConfigError::Invalid {
-                key: "log_level",
-                message: format!("{:?} is not a log level or filter", self.log_level),
+                key: "runtimes.args",
+                message: format!("handler {name:?}: args are global options (each starts with -)"),
             });
         }
-        if !(1..=64).contains(&self.image.max_concurrent_downloads) {
+        if !self.root.as_os_str().is_empty() && !self.root.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "runtimes.root",
+                message: format!("handler {name:?}: {} is not absolute", self.root.display()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ImageConfig {
+    fn check_pulls(&self) -> Result<(), ConfigError> {
+        if !(1..=64).contains(&self.max_concurrent_downloads) {
             return Err(ConfigError::Invalid {
                 key: "image.max_concurrent_downloads",
                 message: "must be between 1 and 64".into(),
             });
         }
-        if self.image.pull_progress_timeout < Duration::from_secs(1) {
+        if self.pull_progress_timeout < Duration::from_secs(1) {
             return Err(ConfigError::Invalid {
                 key: "image.pull_progress_timeout",
                 message: "must be at least 1s".into(),
             });
         }
-        if self.grpc.max_message_bytes < 4096 {
-            return Err(ConfigError::Invalid {
-                key: "grpc.max_message_bytes",
-                message: "must be at least 4096".into(),
-            });
-        }
-        for p in &self.image.pinned {
+        Ok(())
+    }
+
+    fn check_pinned(&self) -> Result<(), ConfigError> {
+        for p in &self.pinned {
             if crate::reference::ImageRef::parse(p).is_err() {
                 return Err(ConfigError::Invalid {
                     key: "image.pinned",
@@ -561,10 +601,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
 }
 

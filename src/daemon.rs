@@ -2,11 +2,13 @@
 //! the services in start-up order, recovers their state, hands each server only the handles it
 //! uses, and serves until a signal. Nothing in the library can reach back into it.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use kelson::cgroups::Hierarchy;
 use kelson::config::{CgroupDriver, Config};
 use kelson::container::ContainerService;
 use kelson::cri::{Runtime, Shared};
@@ -15,8 +17,10 @@ use kelson::image::ImageService;
 use kelson::network::{Network, NetworkConfig};
 use kelson::pod::PodService;
 use kelson::store::Store;
-use kelson::streaming::{Backend, Streaming};
+use kelson::streaming::{Backend, Handle, Streaming};
 use kelson::telemetry::{Sources, Telemetry};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 /// Milliseconds since `began`.
 fn ms_since(began: Instant) -> f64 {
@@ -26,14 +30,7 @@ fn ms_since(began: Instant) -> f64 {
 /// Serve CRI with `cfg` until SIGTERM or SIGINT. Call on a tokio runtime, logging set up.
 pub async fn start(cfg: Config) -> anyhow::Result<()> {
     let began = Instant::now();
-    // Before anything is made: a node set up for a cgroup driver it cannot honour stops here.
-    let cgroups = kelson::cgroups::detect()?;
-    let systemd = cfg.cgroup_driver == CgroupDriver::Systemd;
-    if systemd {
-        let booted = Path::new("/run/systemd/system").is_dir();
-        kelson::cgroups::systemd::systemd_driver_usable(&cgroups, booted)
-            .map_err(anyhow::Error::msg)?;
-    }
+    let (cgroups, systemd) = cgroups_for(&cfg)?;
     let dirs = Dirs::new(&cfg.root, &cfg.state);
     dirs.create().with_context(|| {
         format!(
@@ -43,11 +40,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
         )
     })?;
     let store = Arc::new(Store::open(&dirs.database())?);
-    let images = Arc::new(ImageService::new(dirs.clone(), store.clone(), cfg.clone()));
-    {
-        let images = images.clone();
-        tokio::task::spawn_blocking(move || images.recover()).await??;
-    }
+    let images = recover_images(&dirs, &store, &cfg).await?;
     let images_ms = ms_since(began);
     let listener = kelson::cri_socket::bind(&cfg.grpc.address, cfg.grpc.gid)?;
     tracing::info!(
@@ -57,6 +50,93 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "kelsond serving CRI"
     );
+    let pods = recover_pods(&cfg, &store, cgroups, systemd).await?;
+    let shim = kelson::shim_client::locate(&cfg.shim_path);
+    let containers = Arc::new(ContainerService::new(
+        store.clone(),
+        images.clone(),
+        pods.clone(),
+        dirs.clone(),
+        shim,
+        cfg.clone(),
+    ));
+    let endpoint = bind_streaming(&cfg).await?;
+    let streaming = Arc::new(Streaming::new(
+        endpoint.base.clone(),
+        cfg.streaming.token_ttl,
+    ));
+    let telemetry = Arc::new(Telemetry::default());
+    let shared: Shared = Arc::new(Runtime {
+        config: cfg.clone(),
+        images: images.clone(),
+        pods: pods.clone(),
+        containers: containers.clone(),
+        events: Default::default(),
+        pod_rates: Default::default(),
+        telemetry: telemetry.clone(),
+        streaming: streaming.clone(),
+    });
+    let backend = Arc::new(Backend {
+        urls: streaming,
+        containers: containers.clone(),
+        pods: pods.clone(),
+    });
+    endpoint.serve(backend, cfg.streaming.max_sessions);
+    let pods_ms = ms_since(began) - images_ms;
+    kelson::cri::events::rearm(&shared).await;
+    let containers_ms = ms_since(began) - images_ms - pods_ms;
+    tracing::info!(images_ms, pods_ms, containers_ms, "state recovered");
+    if cfg.image.gc.enabled {
+        tokio::spawn(image_gc(images.clone(), cfg.image.gc.interval));
+    }
+    if !cfg.metrics.address.is_empty() {
+        let sources = Sources {
+            images,
+            pods,
+            containers,
+        };
+        serve_metrics(&cfg.metrics.address, telemetry, sources).await?;
+    }
+    // The socket is bound and state recovered: calls are answered from here on.
+    kelson::notify::ready();
+    kelson::cri_socket::serve(shared, listener, shutdown_signal()).await?;
+    let _ = std::fs::remove_file(&cfg.grpc.address);
+    tracing::info!("kelsond stopped");
+    Ok(())
+}
+
+/// The cgroup hierarchy, and whether the systemd driver is configured. Runs before anything is
+/// made: a node set up for a cgroup driver it cannot honour stops here.
+fn cgroups_for(cfg: &Config) -> anyhow::Result<(Hierarchy, bool)> {
+    let cgroups = kelson::cgroups::detect()?;
+    let systemd = cfg.cgroup_driver == CgroupDriver::Systemd;
+    if systemd {
+        let booted = Path::new("/run/systemd/system").is_dir();
+        kelson::cgroups::systemd::systemd_driver_usable(&cgroups, booted)
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok((cgroups, systemd))
+}
+
+async fn recover_images(
+    dirs: &Dirs,
+    store: &Arc<Store>,
+    cfg: &Config,
+) -> anyhow::Result<Arc<ImageService>> {
+    let images = Arc::new(ImageService::new(dirs.clone(), store.clone(), cfg.clone()));
+    {
+        let images = images.clone();
+        tokio::task::spawn_blocking(move || images.recover()).await??;
+    }
+    Ok(images)
+}
+
+async fn recover_pods(
+    cfg: &Config,
+    store: &Arc<Store>,
+    cgroups: Hierarchy,
+    systemd: bool,
+) -> anyhow::Result<Arc<PodService>> {
     let network = Arc::new(Network::new(NetworkConfig {
         conf_dir: cfg.network.conf_dir.clone(),
         bin_dirs: cfg.network.bin_dirs.clone(),
@@ -75,20 +155,23 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
         let pods = pods.clone();
         tokio::task::spawn_blocking(move || pods.recover()).await??;
     }
-    let shim = kelson::shim_client::locate(&cfg.shim_path);
-    let containers = Arc::new(ContainerService::new(
-        store.clone(),
-        images.clone(),
-        pods.clone(),
-        dirs.clone(),
-        shim,
-        cfg.clone(),
-    ));
-    let streaming_listener = kelson::streaming::server::bind(&cfg.streaming.address)
+    Ok(pods)
+}
+
+/// The streaming server's socket and TLS, and the base of the URLs it hands out.
+struct StreamingEndpoint {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    base: String,
+}
+
+async fn bind_streaming(cfg: &Config) -> anyhow::Result<StreamingEndpoint> {
+    let listener = kelson::streaming::server::bind(&cfg.streaming.address)
         .await
         .with_context(|| format!("streaming server on {}", cfg.streaming.address))?;
-    let streaming_addr = streaming_listener.local_addr()?;
-    let streaming_tls = if cfg.streaming.tls_cert_file.as_os_str().is_empty() {
+    let addr = listener.local_addr()?;
+    let tls = if cfg.streaming.tls_cert_file.as_os_str().is_empty() {
         None
     } else {
         let (cert, key) = (&cfg.streaming.tls_cert_file, &cfg.streaming.tls_key_file);
@@ -96,60 +179,42 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("streaming TLS: {e}"))?;
         Some(tls)
     };
-    let scheme = if streaming_tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let base = format!("{scheme}://{streaming_addr}");
-    let streaming = Arc::new(Streaming::new(base, cfg.streaming.token_ttl));
-    let telemetry = Arc::new(Telemetry::default());
-    let shared: Shared = Arc::new(Runtime {
-        config: cfg.clone(),
-        images: images.clone(),
-        pods: pods.clone(),
-        containers: containers.clone(),
-        events: Default::default(),
-        pod_rates: Default::default(),
-        telemetry: telemetry.clone(),
-        streaming: streaming.clone(),
-    });
-    tracing::info!(address = %streaming_addr, "streaming server listening");
-    let backend = Arc::new(Backend {
-        urls: streaming,
-        containers: containers.clone(),
-        pods: pods.clone(),
-    });
-    tokio::spawn(kelson::streaming::server::serve(
-        backend,
-        streaming_listener,
-        cfg.streaming.max_sessions,
-        streaming_tls,
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    Ok(StreamingEndpoint {
+        listener,
+        addr,
+        tls,
+        base: format!("{scheme}://{addr}"),
+    })
+}
+
+impl StreamingEndpoint {
+    fn serve(self, backend: Handle, max_sessions: usize) {
+        tracing::info!(address = %self.addr, "streaming server listening");
+        tokio::spawn(kelson::streaming::server::serve(
+            backend,
+            self.listener,
+            max_sessions,
+            self.tls,
+        ));
+    }
+}
+
+/// kelsond's own `/metrics` endpoint on `address`, for the daemon's life.
+async fn serve_metrics(
+    address: &str,
+    telemetry: Arc<Telemetry>,
+    sources: Sources,
+) -> anyhow::Result<()> {
+    let listener = kelson::telemetry::http::bind(address)
+        .await
+        .with_context(|| format!("metrics endpoint on {address}"))?;
+    tracing::info!(address = %address, "serving metrics on /metrics");
+    tokio::spawn(kelson::telemetry::http::serve(
+        telemetry,
+        Arc::new(sources),
+        listener,
     ));
-    let pods_ms = ms_since(began) - images_ms;
-    kelson::cri::events::rearm(&shared).await;
-    let containers_ms = ms_since(began) - images_ms - pods_ms;
-    tracing::info!(images_ms, pods_ms, containers_ms, "state recovered");
-    if cfg.image.gc.enabled {
-        tokio::spawn(image_gc(images.clone(), cfg.image.gc.interval));
-    }
-    if !cfg.metrics.address.is_empty() {
-        let listener = kelson::telemetry::http::bind(&cfg.metrics.address)
-            .await
-            .with_context(|| format!("metrics endpoint on {}", cfg.metrics.address))?;
-        tracing::info!(address = %cfg.metrics.address, "serving metrics on /metrics");
-        let sources = Arc::new(Sources {
-            images,
-            pods,
-            containers,
-        });
-        tokio::spawn(kelson::telemetry::http::serve(telemetry, sources, listener));
-    }
-    // The socket is bound and state recovered: calls are answered from here on.
-    kelson::notify::ready();
-    kelson::cri_socket::serve(shared, listener, shutdown_signal()).await?;
-    let _ = std::fs::remove_file(&cfg.grpc.address);
-    tracing::info!("kelsond stopped");
     Ok(())
 }
 

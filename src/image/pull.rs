@@ -4,6 +4,7 @@
 //! (compressed, uncompressed) has checked out; the image record is committed last.
 
 use std::io::{self, Read};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -213,34 +214,12 @@ impl ImageService {
         let auth = creds.to_registry_auth()?;
         let endpoints = super::hosts::resolve(&self.config.registry.config_path, &r.registry)?;
         let reg = Registry::new(endpoints, auth, self.config.image.pull_progress_timeout);
-        let reg_err = |source| ImageError::Registry {
-            image: shown.clone(),
-            source,
-        };
-        let man_err = |source| ImageError::Manifest {
-            image: shown.clone(),
-            source,
-        };
 
-        let (top, top_digest) = reg.manifest(&r, r.digest.as_ref()).await.map_err(reg_err)?;
-        let mut docs = vec![(top_digest.clone(), top.clone())];
-        let manifest = match manifest::parse_document(&top).map_err(man_err)? {
-            Document::Manifest(m) => m,
-            Document::Index(entries) => {
-                let d = manifest::select_platform(&entries, &Platform::host()).map_err(man_err)?;
-                let (b, d) = reg.manifest(&r, Some(&d)).await.map_err(reg_err)?;
-                docs.push((d, b.clone()));
-                match manifest::parse_document(&b).map_err(man_err)? {
-                    Document::Manifest(m) => m,
-                    Document::Index(_) => {
-                        return Err(man_err(manifest::ManifestError::Malformed {
-                            what: "index",
-                            reason: "an index entry is itself an index".into(),
-                        }));
-                    }
-                }
-            }
-        };
+        let Resolved {
+            manifest,
+            top_digest,
+            docs,
+        } = resolve_manifest(&reg, &r, &shown).await?;
         let manifest_digest = docs
             .last()
             .map(|(d, _)| d.clone())
@@ -254,27 +233,16 @@ impl ImageService {
                 &shown,
             )
             .await?;
-        let summary = manifest::parse_config(&config, manifest.layers.len()).map_err(man_err)?;
+        let summary = manifest::parse_config(&config, manifest.layers.len())
+            .map_err(manifest_error(&shown))?;
 
         let mut leased: Vec<Digest> = summary.diff_ids.clone();
         leased.extend(docs.iter().map(|(d, _)| d.clone()));
         leased.push(manifest.config.digest.clone());
         let _lease = self.lease(leased);
 
-        let work: Vec<(Descriptor, Digest)> = manifest
-            .layers
-            .iter()
-            .cloned()
-            .zip(summary.diff_ids.iter().cloned())
-            .collect();
-        let (reg_ref, r_ref, shown_ref) = (&reg, &r, shown.as_str());
-        let layers: Vec<LayerRecord> = futures::stream::iter(work)
-            .map(|(desc, diff_id)| async move {
-                self.ensure_layer(reg_ref, r_ref, &desc, &diff_id, shown_ref)
-                    .await
-            })
-            .buffered(self.config.image.max_concurrent_downloads)
-            .try_collect()
+        let layers = self
+            .ensure_layers(&reg, &r, &manifest.layers, &summary.diff_ids, &shown)
             .await?;
 
         for (d, b) in &docs {
@@ -304,6 +272,29 @@ impl ImageService {
         Ok(rec.id)
     }
 
+    /// Every layer (with its diff id), `max_concurrent_downloads` at a time, in order.
+    async fn ensure_layers(
+        &self,
+        reg: &Registry,
+        r: &ImageRef,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+        shown: &str,
+    ) -> Result<Vec<LayerRecord>, ImageError> {
+        let work: Vec<(Descriptor, Digest)> = layers
+            .iter()
+            .cloned()
+            .zip(diff_ids.iter().cloned())
+            .collect();
+        futures::stream::iter(work)
+            .map(|(desc, diff_id)| async move {
+                self.ensure_layer(reg, r, &desc, &diff_id, shown).await
+            })
+            .buffered(self.config.image.max_concurrent_downloads)
+            .try_collect()
+            .await
+    }
+
     /// A small blob (the config) fully into memory, bounded and digest-checked.
     async fn fetch_small(
         &self,
@@ -327,19 +318,10 @@ impl ImageService {
                 },
             });
         }
-        let mut s = reg
-            .blob(r, desc)
-            .await
-            .map_err(|source| ImageError::Registry {
-                image: shown.into(),
-                source,
-            })?;
+        let mut s = reg.blob(r, desc).await.map_err(registry_error(shown))?;
         let mut buf = Vec::new();
         while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(|source| ImageError::Registry {
-                image: shown.into(),
-                source,
-            })?;
+            let chunk = chunk.map_err(registry_error(shown))?;
             if (buf.len() + chunk.len()) as u64 > desc.size {
                 return Err(ImageError::Registry {
                     image: shown.into(),
@@ -393,81 +375,11 @@ impl ImageService {
         let fs = pending.fs();
         let (tx, rx) = mpsc::channel::<Result<Bytes, ()>>(UNPACK_QUEUE_CHUNKS);
         let max = self.config.image.max_layer_bytes;
-        let unpacker = tokio::task::spawn_blocking(
-            move || -> Result<(Digest, unpack::UnpackStats), (Option<UnpackError>, io::Error)> {
-                let reader = io::BufReader::with_capacity(
-                    256 * 1024,
-                    ChannelReader {
-                        rx,
-                        cur: Bytes::new(),
-                    },
-                );
-                let dec = unpack::decompressor(reader).map_err(|e| (None, e))?;
-                let mut h = HashingReader {
-                    inner: dec,
-                    hasher: Sha256::new(),
-                    n: 0,
-                    max,
-                };
-                let stats = unpack::unpack(&mut h, &fs)
-                    .map_err(|e| (Some(e), io::Error::other("unpack")))?;
-                // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
-                io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
-                Ok((Digest::from_hasher(h.hasher), stats))
-            },
-        );
+        let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, &fs, max));
 
         let what = format!("layer {}", desc.digest);
-        let mut download_err: Option<ImageError> = None;
-        let mut unpacker_stopped = false;
-        let mut hasher = Sha256::new();
-        let mut n = 0u64;
-        match reg.blob(r, desc).await {
-            Err(source) => {
-                download_err = Some(ImageError::Registry {
-                    image: shown.into(),
-                    source,
-                })
-            }
-            Ok(mut s) => {
-                while let Some(chunk) = s.next().await {
-                    match chunk {
-                        Ok(b) => {
-                            n += b.len() as u64;
-                            self.counters
-                                .pulled_bytes
-                                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                            if n > desc.size {
-                                download_err = Some(ImageError::Registry {
-                                    image: shown.into(),
-                                    source: RegistryError::TooLarge {
-                                        what: what.clone(),
-                                        max: desc.size,
-                                    },
-                                });
-                                break;
-                            }
-                            hasher.update(&b);
-                            if tx.send(Ok(b)).await.is_err() {
-                                // The unpacker stopped (full disk, bad entry): its error,
-                                // not the short download, is the reason.
-                                unpacker_stopped = true;
-                                break;
-                            }
-                        }
-                        Err(source) => {
-                            download_err = Some(ImageError::Registry {
-                                image: shown.into(),
-                                source,
-                            });
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        let actual = Digest::from_hasher(hasher);
-        let complete = download_err.is_none() && n == desc.size && actual == desc.digest;
+        let dl = self.download(reg, r, desc, shown, &what, &tx).await;
+        let complete = dl.err.is_none() && dl.bytes == desc.size && dl.digest == desc.digest;
         let _ = tx
             .send(if complete { Ok(Bytes::new()) } else { Err(()) })
             .await;
@@ -475,43 +387,21 @@ impl ImageService {
         let unpacked = unpacker
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?;
-        if let Some(e) = download_err {
+        if let Some(e) = dl.err {
             return Err(e);
         }
         let mismatch = || ImageError::DigestMismatch {
             image: shown.into(),
             what: what.clone(),
             expected: desc.digest.to_string(),
-            actual: format!("{actual} ({n} of {} bytes)", desc.size),
+            actual: format!("{} ({} of {} bytes)", dl.digest, dl.bytes, desc.size),
         };
         // A short download is the reason unless the unpacker stopped first with its own error.
-        let unpacker_failed_first = unpacker_stopped && unpacked.is_err();
+        let unpacker_failed_first = dl.unpacker_stopped && unpacked.is_err();
         if !complete && !unpacker_failed_first {
             return Err(mismatch());
         }
-        let too_large = |e: &io::Error| e.kind() == io::ErrorKind::FileTooLarge;
-        let (diff, stats) = unpacked.map_err(|(ue, ioe)| match ue {
-            Some(UnpackError::Archive(e)) if too_large(&e) => ImageError::LayerTooLarge {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                max,
-            },
-            Some(source) => ImageError::Unpack {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                source,
-            },
-            None if too_large(&ioe) => ImageError::LayerTooLarge {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                max,
-            },
-            None => ImageError::Unpack {
-                image: shown.into(),
-                layer: desc.digest.to_string(),
-                source: UnpackError::Archive(ioe),
-            },
-        })?;
+        let (diff, stats) = unpacked.map_err(|f| unpack_failure(f, shown, desc, max))?;
         if !complete {
             return Err(mismatch());
         }
@@ -525,5 +415,191 @@ impl ImageService {
         }
         tracing::debug!(layer = %desc.digest, entries = stats.entries, bytes = stats.file_bytes, "unpacked layer");
         Ok(record(self.snapshots.commit(pending, diff_id)?))
+    }
+
+    /// Stream the compressed layer `desc` into `tx`, hashing and counting it on the way; stops
+    /// at the first registry error, at more bytes than the descriptor says, or when the
+    /// unpacker stops taking them.
+    async fn download(
+        &self,
+        reg: &Registry,
+        r: &ImageRef,
+        desc: &Descriptor,
+        shown: &str,
+        what: &str,
+        tx: &mpsc::Sender<Result<Bytes, ()>>,
+    ) -> Download {
+        let reg_err = registry_error(shown);
+        let mut err: Option<ImageError> = None;
+        let mut unpacker_stopped = false;
+        let mut hasher = Sha256::new();
+        let mut n = 0u64;
+        match reg.blob(r, desc).await {
+            Err(source) => err = Some(reg_err(source)),
+            Ok(mut s) => {
+                while let Some(chunk) = s.next().await {
+                    let b = match chunk {
+                        Ok(b) => b,
+                        Err(source) => {
+                            err = Some(reg_err(source));
+                            break;
+                        }
+                    };
+                    n += b.len() as u64;
+                    self.counters
+                        .pulled_bytes
+                        .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    if n > desc.size {
+                        err = Some(reg_err(RegistryError::TooLarge {
+                            what: what.to_owned(),
+                            max: desc.size,
+                        }));
+                        break;
+                    }
+                    hasher.update(&b);
+                    if tx.send(Ok(b)).await.is_err() {
+                        // The unpacker stopped (full disk, bad entry): its error, not the
+                        // short download, is the reason.
+                        unpacker_stopped = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Download {
+            err,
+            unpacker_stopped,
+            digest: Digest::from_hasher(hasher),
+            bytes: n,
+        }
+    }
+}
+
+/// The image manifest a reference resolved to.
+struct Resolved {
+    manifest: manifest::Manifest,
+    /// The digest the reference resolved to (an index's, for a multi-platform image).
+    top_digest: Digest,
+    /// Each manifest document fetched on the way, the top one first.
+    docs: Vec<(Digest, Bytes)>,
+}
+
+/// The manifest `r` names; from an index, the one for the node's platform.
+async fn resolve_manifest(
+    reg: &Registry,
+    r: &ImageRef,
+    shown: &str,
+) -> Result<Resolved, ImageError> {
+    let (reg_err, man_err) = (registry_error(shown), manifest_error(shown));
+    let (top, top_digest) = reg.manifest(r, r.digest.as_ref()).await.map_err(&reg_err)?;
+    let mut docs = vec![(top_digest.clone(), top.clone())];
+    let manifest = match manifest::parse_document(&top).map_err(&man_err)? {
+        Document::Manifest(m) => m,
+        Document::Index(entries) => {
+            let d = manifest::select_platform(&entries, &Platform::host()).map_err(&man_err)?;
+            let (b, d) = reg.manifest(r, Some(&d)).await.map_err(&reg_err)?;
+            docs.push((d, b.clone()));
+            match manifest::parse_document(&b).map_err(&man_err)? {
+                Document::Manifest(m) => m,
+                Document::Index(_) => {
+                    return Err(man_err(manifest::ManifestError::Malformed {
+                        what: "index",
+                        reason: "an index entry is itself an index".into(),
+                    }));
+                }
+            }
+        }
+    };
+    Ok(Resolved {
+        manifest,
+        top_digest,
+        docs,
+    })
+}
+
+fn registry_error(shown: &str) -> impl Fn(RegistryError) -> ImageError + '_ {
+    move |source| ImageError::Registry {
+        image: shown.into(),
+        source,
+    }
+}
+
+fn manifest_error(shown: &str) -> impl Fn(manifest::ManifestError) -> ImageError + '_ {
+    move |source| ImageError::Manifest {
+        image: shown.into(),
+        source,
+    }
+}
+
+/// How the download of one layer ended.
+struct Download {
+    /// A registry error, or more bytes than the descriptor says.
+    err: Option<ImageError>,
+    /// The unpacker stopped taking chunks before the end.
+    unpacker_stopped: bool,
+    /// Of the bytes received.
+    digest: Digest,
+    bytes: u64,
+}
+
+/// Why the unpacker stopped: the unpack error if it got that far, and the I/O error otherwise.
+type UnpackFailure = (Option<UnpackError>, io::Error);
+
+/// The blocking side of a layer pull: decompress the chunks `rx` receives, hash the result (the
+/// diff id) and unpack it into `fs`.
+fn unpack_stream(
+    rx: mpsc::Receiver<Result<Bytes, ()>>,
+    fs: &Path,
+    max: u64,
+) -> Result<(Digest, unpack::UnpackStats), UnpackFailure> {
+    let reader = io::BufReader::with_capacity(
+        256 * 1024,
+        ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        },
+    );
+    let dec = unpack::decompressor(reader).map_err(|e| (None, e))?;
+    let mut h = HashingReader {
+        inner: dec,
+        hasher: Sha256::new(),
+        n: 0,
+        max,
+    };
+    let stats = unpack::unpack(&mut h, fs).map_err(|e| (Some(e), io::Error::other("unpack")))?;
+    // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
+    io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
+    Ok((Digest::from_hasher(h.hasher), stats))
+}
+
+/// The pull's error for an unpacker failure: a layer over `max` bytes is named as such.
+fn unpack_failure(
+    (ue, ioe): UnpackFailure,
+    shown: &str,
+    desc: &Descriptor,
+    max: u64,
+) -> ImageError {
+    let too_large = |e: &io::Error| e.kind() == io::ErrorKind::FileTooLarge;
+    match ue {
+        Some(UnpackError::Archive(e)) if too_large(&e) => ImageError::LayerTooLarge {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            max,
+        },
+        Some(source) => ImageError::Unpack {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            source,
+        },
+        None if too_large(&ioe) => ImageError::LayerTooLarge {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            max,
+        },
+        None => ImageError::Unpack {
+            image: shown.into(),
+            layer: desc.digest.to_string(),
+            source: UnpackError::Archive(ioe),
+        },
     }
 }

@@ -108,6 +108,36 @@ struct Unpacker {
     stats: UnpackStats,
 }
 
+/// An entry's owner, mode, time and kept xattrs: its header's, overridden by its pax records.
+struct Attrs {
+    owner: (Option<Uid>, Option<Gid>),
+    mode: Mode,
+    mtime: TimeSpec,
+    xattrs: Vec<(OsString, Vec<u8>)>,
+}
+
+/// Where one entry lands: its parent directory (resolved inside the root), its final name, and
+/// its whole path for error messages.
+struct Place<'a> {
+    parent: OwnedFd,
+    name: &'a OsStr,
+    comps: &'a [OsString],
+}
+
+impl Place<'_> {
+    /// Ownership of the entry itself, never of what it points to.
+    fn chown(&self, (uid, gid): (Option<Uid>, Option<Gid>)) -> Result<(), UnpackError> {
+        fchownat(
+            self.parent.as_fd(),
+            self.name,
+            uid,
+            gid,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(Unpacker::fs_err(self.comps, "chown"))
+    }
+}
+
 fn in_root_how(flags: OFlag) -> OpenHow {
     OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
         ResolveFlag::RESOLVE_IN_ROOT
@@ -192,215 +222,29 @@ impl Unpacker {
         let header = entry.header().clone();
         let kind = header.entry_type();
         let shown = || String::from_utf8_lossy(&raw_path).into_owned();
-
-        let mut uid = header.uid().map_err(UnpackError::Archive)?;
-        let mut gid = header.gid().map_err(UnpackError::Archive)?;
-        let mut xattrs: Vec<(OsString, Vec<u8>)> = Vec::new();
-        if let Some(pax) = entry.pax_extensions().map_err(UnpackError::Archive)? {
-            for ext in pax {
-                let ext = ext.map_err(UnpackError::Archive)?;
-                let key = ext.key_bytes();
-                if key == b"uid" {
-                    uid = parse_id(ext.value_bytes(), &shown)?;
-                } else if key == b"gid" {
-                    gid = parse_id(ext.value_bytes(), &shown)?;
-                } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                    // trusted.* is overlayfs' own namespace (redirect, metacopy, opaque): image
-                    // content must not steer the overlay, so only user.* and security.* are kept.
-                    if (x.starts_with(b"user.") || x.starts_with(b"security."))
-                        && ext.value_bytes().len() <= MAX_XATTR_VALUE
-                    {
-                        xattrs.push((OsString::from_vec(x.to_vec()), ext.value_bytes().to_vec()));
-                    }
-                }
-            }
-        }
-        if uid > u64::from(u32::MAX - 1) || gid > u64::from(u32::MAX - 1) {
-            return Err(UnpackError::BadEntry {
-                path: shown(),
-                reason: format!("owner {uid}:{gid} out of range"),
-            });
-        }
-        let owner = (
-            Some(Uid::from_raw(uid as u32)),
-            Some(Gid::from_raw(gid as u32)),
-        );
-        let mode = Mode::from_bits_truncate(header.mode().map_err(UnpackError::Archive)? & 0o7777);
-        let mtime = TimeSpec::new(header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64, 0);
-        let name_bytes = name.as_bytes();
-
-        // Whiteouts become overlayfs whiteouts: a 0:0 char device, or an opaque xattr.
-        if name_bytes == OPAQUE_MARKER.as_bytes() {
-            let dfd = self.dir(parent_comps)?;
-            let f = File::from(dfd);
-            xattr::FileExt::set_xattr(&f, OVERLAY_OPAQUE_XATTR, b"y").map_err(|e| {
-                UnpackError::Fs {
-                    path: shown(),
-                    op: "set opaque xattr",
-                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
-                }
-            })?;
-            return Ok(());
-        }
-        if let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-                return Ok(()); // other aufs metadata (.wh..wh.plnk etc.) has no overlay meaning
-            }
-            if target.is_empty() || target == b"." || target == b".." {
-                return Err(UnpackError::Escape { path: shown() });
-            }
-            let pfd = self.dir(parent_comps)?;
-            let target = OsStr::from_bytes(target);
-            self.clear(&pfd, target, false, &comps)?;
-            mknodat(pfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0)
-                .map_err(Self::fs_err(&comps, "mknod whiteout"))?;
-            self.stats.entries += 1;
+        let attrs = Attrs::read(&mut entry, &header, &shown)?;
+        if self.whiteout(name, parent_comps, &comps, &shown)? {
             return Ok(());
         }
 
-        let pfd = self.dir(parent_comps)?;
+        let at = Place {
+            parent: self.dir(parent_comps)?,
+            name,
+            comps: &comps,
+        };
         use tar::EntryType as T;
         match kind {
-            T::Directory => {
-                self.clear(&pfd, name, true, &comps)?;
-                match mkdirat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    Mode::from_bits_truncate(0o700),
-                ) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => return Err(Self::fs_err(&comps, "mkdir")(e)),
-                }
-                let fd = nix::fcntl::openat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(Self::fs_err(&comps, "open dir"))?;
-                self.finish_fd(fd, owner, mode, &xattrs, None, &comps)?;
-            }
-            T::Regular | T::Continuous | T::GNUSparse => {
-                self.clear(&pfd, name, false, &comps)?;
-                let fd = nix::fcntl::openat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_WRONLY
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(Self::fs_err(&comps, "create"))?;
-                let mut f = File::from(fd);
-                let n = io::copy(&mut entry, &mut f).map_err(UnpackError::Archive)?;
-                self.stats.file_bytes += n;
-                self.finish_fd(f.into(), owner, mode, &xattrs, Some(mtime), &comps)?;
-            }
+            T::Directory => self.directory(&at, &attrs)?,
+            T::Regular | T::Continuous | T::GNUSparse => self.regular(&at, &attrs, &mut entry)?,
             T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| UnpackError::BadEntry {
-                        path: shown(),
-                        reason: "symlink without target".into(),
-                    })?
-                    .into_owned();
-                self.clear(&pfd, name, false, &comps)?;
-                // The target is stored, never followed here: it is resolved later inside the
-                // container's own root.
-                symlinkat(OsStr::from_bytes(&target), pfd.as_fd(), name.as_os_str())
-                    .map_err(Self::fs_err(&comps, "symlink"))?;
-                fchownat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    owner.0,
-                    owner.1,
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(Self::fs_err(&comps, "chown"))?;
-                let _ = utimensat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    &mtime,
-                    &mtime,
-                    UtimensatFlags::NoFollowSymlink,
-                );
+                let target = link_target(&entry, "symlink", &shown)?;
+                self.symlink(&at, &attrs, &target)?;
             }
             T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| UnpackError::BadEntry {
-                        path: shown(),
-                        reason: "hard link without target".into(),
-                    })?
-                    .into_owned();
-                let tcomps = components(&target)?;
-                let Some((tname, tparent)) = tcomps.split_last() else {
-                    return Err(UnpackError::BadEntry {
-                        path: shown(),
-                        reason: "hard link to the root".into(),
-                    });
-                };
-                let tfd = openat2(
-                    self.root.as_fd(),
-                    &join(tparent),
-                    in_root_how(OFlag::O_DIRECTORY | OFlag::O_PATH),
-                )
-                .map_err(Self::fs_err(&tcomps, "open link target dir"))?;
-                self.clear(&pfd, name, false, &comps)?;
-                // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself. The entry's
-                // own mode/owner are not applied, so nothing is chmod'ed through the link.
-                linkat(
-                    tfd.as_fd(),
-                    tname.as_os_str(),
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    AtFlags::empty(),
-                )
-                .map_err(Self::fs_err(&comps, "hard link"))?;
+                let target = link_target(&entry, "hard link", &shown)?;
+                self.hard_link(&at, &target, &shown)?;
             }
-            T::Char | T::Block | T::Fifo => {
-                let sflag = match kind {
-                    T::Char => SFlag::S_IFCHR,
-                    T::Block => SFlag::S_IFBLK,
-                    _ => SFlag::S_IFIFO,
-                };
-                let major = header
-                    .device_major()
-                    .map_err(UnpackError::Archive)?
-                    .unwrap_or(0);
-                let minor = header
-                    .device_minor()
-                    .map_err(UnpackError::Archive)?
-                    .unwrap_or(0);
-                self.clear(&pfd, name, false, &comps)?;
-                mknodat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    sflag,
-                    Mode::from_bits_truncate(0o600),
-                    nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
-                )
-                .map_err(Self::fs_err(&comps, "mknod"))?;
-                fchownat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    owner.0,
-                    owner.1,
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(Self::fs_err(&comps, "chown"))?;
-                // The node was created by us a moment ago in a directory nothing else writes to,
-                // and mknod never makes a symlink, so following is moot.
-                fchmodat(
-                    pfd.as_fd(),
-                    name.as_os_str(),
-                    mode,
-                    FchmodatFlags::FollowSymlink,
-                )
-                .map_err(Self::fs_err(&comps, "chmod"))?;
-            }
+            T::Char | T::Block | T::Fifo => self.node(&at, &attrs, &header)?,
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(()),
             other => {
                 return Err(UnpackError::BadEntry {
@@ -416,20 +260,180 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Whiteouts become overlayfs whiteouts: a 0:0 char device, or an opaque xattr. Returns
+    /// whether the entry was one (and so needs nothing more).
+    fn whiteout(
+        &mut self,
+        name: &OsStr,
+        parent_comps: &[OsString],
+        comps: &[OsString],
+        shown: &dyn Fn() -> String,
+    ) -> Result<bool, UnpackError> {
+        let name_bytes = name.as_bytes();
+        if name_bytes == OPAQUE_MARKER.as_bytes() {
+            let dfd = self.dir(parent_comps)?;
+            let f = File::from(dfd);
+            xattr::FileExt::set_xattr(&f, OVERLAY_OPAQUE_XATTR, b"y").map_err(|e| {
+                UnpackError::Fs {
+                    path: shown(),
+                    op: "set opaque xattr",
+                    errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc_eio())),
+                }
+            })?;
+            return Ok(true);
+        }
+        let Some(target) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) else {
+            return Ok(false);
+        };
+        if target.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            return Ok(true); // other aufs metadata (.wh..wh.plnk etc.) has no overlay meaning
+        }
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(UnpackError::Escape { path: shown() });
+        }
+        let pfd = self.dir(parent_comps)?;
+        let target = OsStr::from_bytes(target);
+        self.clear(&pfd, target, false, comps)?;
+        mknodat(pfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0)
+            .map_err(Self::fs_err(comps, "mknod whiteout"))?;
+        self.stats.entries += 1;
+        Ok(true)
+    }
+
+    fn directory(&self, at: &Place<'_>, attrs: &Attrs) -> Result<(), UnpackError> {
+        self.clear(&at.parent, at.name, true, at.comps)?;
+        match mkdirat(at.parent.as_fd(), at.name, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(Self::fs_err(at.comps, "mkdir")(e)),
+        }
+        let fd = nix::fcntl::openat(
+            at.parent.as_fd(),
+            at.name,
+            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(Self::fs_err(at.comps, "open dir"))?;
+        self.finish_fd(fd, attrs, None, at.comps)
+    }
+
+    fn regular<R: Read>(
+        &mut self,
+        at: &Place<'_>,
+        attrs: &Attrs,
+        data: &mut tar::Entry<'_, R>,
+    ) -> Result<(), UnpackError> {
+        self.clear(&at.parent, at.name, false, at.comps)?;
+        let fd = nix::fcntl::openat(
+            at.parent.as_fd(),
+            at.name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map_err(Self::fs_err(at.comps, "create"))?;
+        let mut f = File::from(fd);
+        let n = io::copy(data, &mut f).map_err(UnpackError::Archive)?;
+        self.stats.file_bytes += n;
+        self.finish_fd(f.into(), attrs, Some(attrs.mtime), at.comps)
+    }
+
+    fn symlink(&self, at: &Place<'_>, attrs: &Attrs, target: &[u8]) -> Result<(), UnpackError> {
+        self.clear(&at.parent, at.name, false, at.comps)?;
+        // The target is stored, never followed here: it is resolved later inside the
+        // container's own root.
+        symlinkat(OsStr::from_bytes(target), at.parent.as_fd(), at.name)
+            .map_err(Self::fs_err(at.comps, "symlink"))?;
+        at.chown(attrs.owner)?;
+        let _ = utimensat(
+            at.parent.as_fd(),
+            at.name,
+            &attrs.mtime,
+            &attrs.mtime,
+            UtimensatFlags::NoFollowSymlink,
+        );
+        Ok(())
+    }
+
+    fn hard_link(
+        &self,
+        at: &Place<'_>,
+        target: &[u8],
+        shown: &dyn Fn() -> String,
+    ) -> Result<(), UnpackError> {
+        let tcomps = components(target)?;
+        let Some((tname, tparent)) = tcomps.split_last() else {
+            return Err(UnpackError::BadEntry {
+                path: shown(),
+                reason: "hard link to the root".into(),
+            });
+        };
+        let tfd = openat2(
+            self.root.as_fd(),
+            &join(tparent),
+            in_root_how(OFlag::O_DIRECTORY | OFlag::O_PATH),
+        )
+        .map_err(Self::fs_err(&tcomps, "open link target dir"))?;
+        self.clear(&at.parent, at.name, false, at.comps)?;
+        // No AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself. The entry's
+        // own mode/owner are not applied, so nothing is chmod'ed through the link.
+        linkat(
+            tfd.as_fd(),
+            tname.as_os_str(),
+            at.parent.as_fd(),
+            at.name,
+            AtFlags::empty(),
+        )
+        .map_err(Self::fs_err(at.comps, "hard link"))
+    }
+
+    /// A character or block device or a fifo.
+    fn node(&self, at: &Place<'_>, attrs: &Attrs, header: &tar::Header) -> Result<(), UnpackError> {
+        let sflag = match header.entry_type() {
+            tar::EntryType::Char => SFlag::S_IFCHR,
+            tar::EntryType::Block => SFlag::S_IFBLK,
+            _ => SFlag::S_IFIFO,
+        };
+        let major = header
+            .device_major()
+            .map_err(UnpackError::Archive)?
+            .unwrap_or(0);
+        let minor = header
+            .device_minor()
+            .map_err(UnpackError::Archive)?
+            .unwrap_or(0);
+        self.clear(&at.parent, at.name, false, at.comps)?;
+        mknodat(
+            at.parent.as_fd(),
+            at.name,
+            sflag,
+            Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+        )
+        .map_err(Self::fs_err(at.comps, "mknod"))?;
+        at.chown(attrs.owner)?;
+        // The node was created by us a moment ago in a directory nothing else writes to,
+        // and mknod never makes a symlink, so following is moot.
+        fchmodat(
+            at.parent.as_fd(),
+            at.name,
+            attrs.mode,
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(Self::fs_err(at.comps, "chmod"))
+    }
+
     /// Ownership, then mode (chown clears set-id bits), xattrs and times, all on our own fd.
     fn finish_fd(
         &self,
         fd: OwnedFd,
-        owner: (Option<Uid>, Option<Gid>),
-        mode: Mode,
-        xattrs: &[(OsString, Vec<u8>)],
+        attrs: &Attrs,
         mtime: Option<TimeSpec>,
         comps: &[OsString],
     ) -> Result<(), UnpackError> {
-        fchown(fd.as_fd(), owner.0, owner.1).map_err(Self::fs_err(comps, "chown"))?;
-        fchmod(fd.as_fd(), mode).map_err(Self::fs_err(comps, "chmod"))?;
+        let (uid, gid) = attrs.owner;
+        fchown(fd.as_fd(), uid, gid).map_err(Self::fs_err(comps, "chown"))?;
+        fchmod(fd.as_fd(), attrs.mode).map_err(Self::fs_err(comps, "chmod"))?;
         let f = File::from(fd);
-        for (k, v) in xattrs {
+        for (k, v) in &attrs.xattrs {
             xattr::FileExt::set_xattr(&f, k, v).map_err(|e| UnpackError::Fs {
                 path: join(comps).display().to_string(),
                 op: "set xattr",
@@ -455,6 +459,67 @@ fn parse_id(v: &[u8], shown: &dyn Fn() -> String) -> Result<u64, UnpackError> {
             path: shown(),
             reason: "bad pax uid/gid".into(),
         })
+}
+
+impl Attrs {
+    fn read<R: Read>(
+        entry: &mut tar::Entry<'_, R>,
+        header: &tar::Header,
+        shown: &dyn Fn() -> String,
+    ) -> Result<Self, UnpackError> {
+        let mut uid = header.uid().map_err(UnpackError::Archive)?;
+        let mut gid = header.gid().map_err(UnpackError::Archive)?;
+        let mut xattrs: Vec<(OsString, Vec<u8>)> = Vec::new();
+        if let Some(pax) = entry.pax_extensions().map_err(UnpackError::Archive)? {
+            for ext in pax {
+                let ext = ext.map_err(UnpackError::Archive)?;
+                let key = ext.key_bytes();
+                if key == b"uid" {
+                    uid = parse_id(ext.value_bytes(), shown)?;
+                } else if key == b"gid" {
+                    gid = parse_id(ext.value_bytes(), shown)?;
+                } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                    // trusted.* is overlayfs' own namespace (redirect, metacopy, opaque): image
+                    // content must not steer the overlay, so only user.* and security.* are kept.
+                    if (x.starts_with(b"user.") || x.starts_with(b"security."))
+                        && ext.value_bytes().len() <= MAX_XATTR_VALUE
+                    {
+                        xattrs.push((OsString::from_vec(x.to_vec()), ext.value_bytes().to_vec()));
+                    }
+                }
+            }
+        }
+        if uid > u64::from(u32::MAX - 1) || gid > u64::from(u32::MAX - 1) {
+            return Err(UnpackError::BadEntry {
+                path: shown(),
+                reason: format!("owner {uid}:{gid} out of range"),
+            });
+        }
+        Ok(Attrs {
+            owner: (
+                Some(Uid::from_raw(uid as u32)),
+                Some(Gid::from_raw(gid as u32)),
+            ),
+            mode: Mode::from_bits_truncate(header.mode().map_err(UnpackError::Archive)? & 0o7777),
+            mtime: TimeSpec::new(header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64, 0),
+            xattrs,
+        })
+    }
+}
+
+/// The link name of a symlink or hard link entry (`what` says which, for the error).
+fn link_target<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    what: &str,
+    shown: &dyn Fn() -> String,
+) -> Result<Vec<u8>, UnpackError> {
+    let target = entry
+        .link_name_bytes()
+        .ok_or_else(|| UnpackError::BadEntry {
+            path: shown(),
+            reason: format!("{what} without target"),
+        })?;
+    Ok(target.into_owned())
 }
 
 /// Unpack the uncompressed tar stream `tar` into the (empty, private) directory `dest`.

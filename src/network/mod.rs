@@ -8,8 +8,8 @@ pub mod result;
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -216,35 +216,14 @@ impl Network {
     ) -> Result<Option<Value>, NetworkError> {
         let ty = plugin["type"].as_str().unwrap_or_default().to_owned();
         let bin = self.find(&ty)?;
-        let mut conf = plugin.clone();
-        conf["name"] = json!(list.name);
-        conf["cniVersion"] = json!(list.cni_version);
-        if let Some(p) = prev.filter(|p| !p.is_null()) {
-            conf["prevResult"] = p.clone();
-        }
-        let rc = self.runtime_config(plugin, pod);
-        if rc.as_object().is_some_and(|m| !m.is_empty()) {
-            conf["runtimeConfig"] = rc;
-        }
-        let path = std::env::join_paths(&self.cfg.bin_dirs).unwrap_or_default();
+        let conf = self.plugin_conf(list, plugin, pod, prev);
         let fail = |message: String| NetworkError::Plugin {
             plugin: ty.clone(),
             command,
             message,
         };
-        let mut child = Command::new(&bin)
-            .env_clear()
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &pod.id)
-            .env("CNI_NETNS", &pod.netns)
-            .env("CNI_IFNAME", POD_IFNAME)
-            .env("CNI_ARGS", Self::cni_args(pod))
-            .env("CNI_PATH", &path)
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
+        let mut child = self
+            .command(&bin, command, pod)
             .spawn()
             .map_err(|e| fail(format!("spawning {}: {e}", bin.display())))?;
         if let Some(mut stdin) = child.stdin.take() {
@@ -259,50 +238,21 @@ impl Network {
             .stderr
             .take()
             .map(|s| std::thread::spawn(move || read_capped(s)));
-        let deadline = Instant::now() + self.cfg.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() >= deadline => {
-                    // Kill the plugin's whole process group: a hung plugin's children go too.
-                    let _ = nix::sys::signal::killpg(
-                        nix::unistd::Pid::from_raw(child.id() as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    let _ = child.wait();
-                    return Err(NetworkError::Timeout {
-                        plugin: ty,
-                        command,
-                        timeout: self.cfg.timeout,
-                    });
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(fail(e.to_string())),
+        let status = match wait_for(&mut child, self.cfg.timeout) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                return Err(NetworkError::Timeout {
+                    plugin: ty,
+                    command,
+                    timeout: self.cfg.timeout,
+                });
             }
+            Err(e) => return Err(fail(e.to_string())),
         };
         let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
         let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
         if !status.success() {
-            let msg = match serde_json::from_slice::<result::CniErrorBody>(&stdout) {
-                Ok(b) if !b.msg.is_empty() => format!(
-                    "{} (code {}{})",
-                    b.msg,
-                    b.code,
-                    if b.details.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", b.details)
-                    }
-                ),
-                _ => {
-                    let text =
-                        String::from_utf8_lossy(if stderr.is_empty() { &stdout } else { &stderr })
-                            .trim()
-                            .to_owned();
-                    format!("{status}: {}", text.chars().take(500).collect::<String>())
-                }
-            };
-            return Err(fail(msg));
+            return Err(fail(failure_message(status, &stdout, &stderr)));
         }
         if command == "DEL" || stdout.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(None);
@@ -310,6 +260,48 @@ impl Network {
         serde_json::from_slice(&stdout)
             .map(Some)
             .map_err(|e| fail(format!("bad result: {e}")))
+    }
+
+    /// What one plugin of `list` reads on stdin: its own config with the list's name and
+    /// version, the previous plugin's result and the runtime config it declares capabilities for.
+    fn plugin_conf(
+        &self,
+        list: &NetworkList,
+        plugin: &Value,
+        pod: &PodNet,
+        prev: Option<&Value>,
+    ) -> Value {
+        let mut conf = plugin.clone();
+        conf["name"] = json!(list.name);
+        conf["cniVersion"] = json!(list.cni_version);
+        if let Some(p) = prev.filter(|p| !p.is_null()) {
+            conf["prevResult"] = p.clone();
+        }
+        let rc = self.runtime_config(plugin, pod);
+        if rc.as_object().is_some_and(|m| !m.is_empty()) {
+            conf["runtimeConfig"] = rc;
+        }
+        conf
+    }
+
+    /// The plugin `bin` run for `command` on `pod`: the `CNI_*` environment and nothing else,
+    /// piped stdio, in a process group of its own.
+    fn command(&self, bin: &Path, command: &'static str, pod: &PodNet) -> Command {
+        let path = std::env::join_paths(&self.cfg.bin_dirs).unwrap_or_default();
+        let mut cmd = Command::new(bin);
+        cmd.env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &pod.id)
+            .env("CNI_NETNS", &pod.netns)
+            .env("CNI_IFNAME", POD_IFNAME)
+            .env("CNI_ARGS", Self::cni_args(pod))
+            .env("CNI_PATH", &path)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        cmd
     }
 
     /// ADD through every plugin, each given the previous result. On failure, what was added is
@@ -356,6 +348,49 @@ impl Network {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// The plugin's exit status, or None when it ran past `timeout`: then its whole process group
+/// is killed (a hung plugin's children go too) and reaped.
+fn wait_for(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait()? {
+            Some(s) => return Ok(Some(s)),
+            None if Instant::now() >= deadline => {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = child.wait();
+                return Ok(None);
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Why a plugin failed: its CNI error body on stdout, else its exit status and (the start of)
+/// whatever it printed, stderr first.
+fn failure_message(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> String {
+    match serde_json::from_slice::<result::CniErrorBody>(stdout) {
+        Ok(b) if !b.msg.is_empty() => format!(
+            "{} (code {}{})",
+            b.msg,
+            b.code,
+            if b.details.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", b.details)
+            }
+        ),
+        _ => {
+            let text = String::from_utf8_lossy(if stderr.is_empty() { stdout } else { stderr })
+                .trim()
+                .to_owned();
+            format!("{status}: {}", text.chars().take(500).collect::<String>())
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 use bytes::BytesMut;
 use k8s_cri::v1 as cri;
 use kelson_proto::shim::{self as msg, attach_frame::Kind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use super::Handle;
 use super::channel::{self, Protocol};
@@ -21,7 +22,7 @@ pub async fn run(
     rt: Handle,
     req: cri::AttachRequest,
     proto: Protocol,
-    mut input: mpsc::Receiver<Input>,
+    input: mpsc::Receiver<Input>,
     output: mpsc::Sender<Output>,
 ) {
     let wanted = msg::Attach {
@@ -39,85 +40,9 @@ pub async fn run(
         }
     };
     tracing::info!(container = %req.container_id, stdin = req.stdin, "attach session started");
-    let (mut rd, mut wr) = conn.conn.into_split();
-    let mut buf = conn.buf;
-
-    // Client → shim. Input keeps being read while the shim is slow to take it (so a client
-    // that leaves is noticed), up to `PENDING` bytes. Ends `true` when the client left,
-    // `false` when the shim closed.
-    let want_stdin = req.stdin;
-    let mut writer = tokio::spawn(async move {
-        let mut pending = BytesMut::new();
-        let mut open = true;
-        loop {
-            tokio::select! {
-                i = input.recv(), if open && pending.len() < PENDING => {
-                    let kind = match i {
-                        None => return true,
-                        Some(Input::Stdin(d)) if want_stdin => Kind::Stdin(d),
-                        Some(Input::StdinEof) if want_stdin => Kind::StdinClose(msg::Empty {}),
-                        Some(Input::Resize(s)) => Kind::Resize(msg::Resize {
-                            width: s.width.into(),
-                            height: s.height.into(),
-                        }),
-                        Some(_) => continue,
-                    };
-                    if matches!(kind, Kind::StdinClose(_)) {
-                        // Nothing after stdin's end matters to the shim but resizes; keep
-                        // reading so the client's leaving is still seen.
-                        open = want_stdin;
-                    }
-                    let _ = kelson_proto::encode(&msg::AttachFrame { kind: Some(kind) }, &mut pending);
-                }
-                r = wr.write(&pending), if !pending.is_empty() => match r {
-                    Ok(0) | Err(_) => return false,
-                    Ok(n) => { let _ = pending.split_to(n); }
-                },
-            }
-        }
-    });
-
-    let mut client_gone = false;
-    let mut shim_closed = false;
-    'session: loop {
-        loop {
-            let frame = match kelson_proto::decode::<msg::AttachFrame>(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(container = %req.container_id, error = %e, "attach: bad frame from the shim");
-                    break 'session;
-                }
-            };
-            let out = match frame.kind {
-                Some(Kind::Stdout(d)) => Output::Stdout(d),
-                Some(Kind::Stderr(d)) => Output::Stderr(d),
-                _ => continue,
-            };
-            if !matches!(
-                tokio::time::timeout(STALL, output.send(out)).await,
-                Ok(Ok(()))
-            ) {
-                client_gone = true;
-                break 'session;
-            }
-        }
-        tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
-                // The container exited (its last output came first) or the shim detached us.
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            },
-            gone = &mut writer, if !shim_closed => {
-                if gone.unwrap_or(true) {
-                    client_gone = true;
-                    break;
-                }
-                // The shim closed its side: read what it sent before that.
-                shim_closed = true;
-            }
-        }
-    }
+    let (mut rd, wr) = conn.conn.into_split();
+    let mut writer = tokio::spawn(to_shim(input, wr, req.stdin));
+    let client_gone = from_shim(&mut rd, conn.buf, &mut writer, &output, &req.container_id).await;
     writer.abort();
     if client_gone {
         tracing::info!(container = %req.container_id, "attach session: client gone; detached");
@@ -129,4 +54,92 @@ pub async fn run(
     )
     .await;
     tracing::info!(container = %req.container_id, "attach session ended");
+}
+
+/// Client → shim. Input keeps being read while the shim is slow to take it (so a client that
+/// leaves is noticed), up to `PENDING` bytes. Ends `true` when the client left, `false` when
+/// the shim closed.
+async fn to_shim<W: AsyncWrite + Unpin>(
+    mut input: mpsc::Receiver<Input>,
+    mut wr: W,
+    want_stdin: bool,
+) -> bool {
+    let mut pending = BytesMut::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            i = input.recv(), if open && pending.len() < PENDING => {
+                let kind = match i {
+                    None => return true,
+                    Some(Input::Stdin(d)) if want_stdin => Kind::Stdin(d),
+                    Some(Input::StdinEof) if want_stdin => Kind::StdinClose(msg::Empty {}),
+                    Some(Input::Resize(s)) => Kind::Resize(msg::Resize {
+                        width: s.width.into(),
+                        height: s.height.into(),
+                    }),
+                    Some(_) => continue,
+                };
+                if matches!(kind, Kind::StdinClose(_)) {
+                    // Nothing after stdin's end matters to the shim but resizes; keep
+                    // reading so the client's leaving is still seen.
+                    open = want_stdin;
+                }
+                let _ = kelson_proto::encode(&msg::AttachFrame { kind: Some(kind) }, &mut pending);
+            }
+            r = wr.write(&pending), if !pending.is_empty() => match r {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => { let _ = pending.split_to(n); }
+            },
+        }
+    }
+}
+
+/// Shim → client: the container's output, starting with what the shim already sent in `buf`,
+/// until the container exits, the shim detaches us or the client leaves (`true`: the client
+/// is gone). `writer` is the client → shim side.
+async fn from_shim<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    mut buf: BytesMut,
+    writer: &mut JoinHandle<bool>,
+    output: &mpsc::Sender<Output>,
+    container_id: &str,
+) -> bool {
+    let mut shim_closed = false;
+    loop {
+        loop {
+            let frame = match kelson_proto::decode::<msg::AttachFrame>(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(container = %container_id, error = %e, "attach: bad frame from the shim");
+                    return false;
+                }
+            };
+            let out = match frame.kind {
+                Some(Kind::Stdout(d)) => Output::Stdout(d),
+                Some(Kind::Stderr(d)) => Output::Stderr(d),
+                _ => continue,
+            };
+            if !matches!(
+                tokio::time::timeout(STALL, output.send(out)).await,
+                Ok(Ok(()))
+            ) {
+                return true;
+            }
+        }
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                // The container exited (its last output came first) or the shim detached us.
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            },
+            gone = &mut *writer, if !shim_closed => {
+                if gone.unwrap_or(true) {
+                    return true;
+                }
+                // The shim closed its side: read what it sent before that.
+                shim_closed = true;
+            }
+        }
+    }
 }

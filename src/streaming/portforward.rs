@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::Handle;
 use super::exec::QUEUE;
+use super::spdy::{accept, refuse};
 
 pub const PROTOCOL: &str = "portforward.k8s.io";
 /// Connections forwarded at once in one session.
@@ -39,15 +40,18 @@ where
         Ok(p) => PathBuf::from(p.netns),
         Err(_) => return,
     };
-    let allowed: Vec<i32> = req.port.clone();
     let (rd, wr) = tokio::io::split(io);
     let (frames, frames_rx) = mpsc::channel::<Frame>(QUEUE * 4);
     let writer = tokio::spawn(super::spdy::write_frames(wr, frames_rx));
     let mut frames_in = super::spdy::FrameReader::new(rd);
-    let mut pairs: HashMap<String, Pair> = HashMap::new();
-    // Data stream id → the connection's inbound queue (None once the client sent FIN).
-    let mut inbound: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut session = SpdySession {
+        netns,
+        allowed: req.port.clone(),
+        frames,
+        pairs: HashMap::new(),
+        inbound: HashMap::new(),
+        tasks: tokio::task::JoinSet::new(),
+    };
     loop {
         let f = match frames_in.next().await {
             Ok(Some(f)) => f,
@@ -58,97 +62,114 @@ where
             }
         };
         // Reap finished connections (their slots free up).
-        while tasks.try_join_next().is_some() {}
+        while session.tasks.try_join_next().is_some() {}
         match f {
             Frame::SynStream {
                 stream_id, headers, ..
-            } => {
-                let kind = frame::header(&headers, "streamtype").unwrap_or("");
-                let port = frame::header(&headers, "port").and_then(|p| p.parse::<u16>().ok());
-                let id = frame::header(&headers, "requestid")
-                    .unwrap_or("")
-                    .to_owned();
-                let refuse = |stream_id| Frame::RstStream {
-                    stream_id,
-                    status: frame::REFUSED_STREAM,
-                };
-                let Some(port) = port.filter(|p| *p > 0) else {
-                    let _ = frames.send(refuse(stream_id)).await;
-                    continue;
-                };
-                let p = pairs.entry(id.clone()).or_default();
-                p.port = port;
-                match kind {
-                    "error" if p.error.is_none() => p.error = Some(stream_id),
-                    "data" if p.data.is_none() => p.data = Some(stream_id),
-                    _ => {
-                        let _ = frames.send(refuse(stream_id)).await;
-                        continue;
-                    }
-                }
-                let _ = frames
-                    .send(Frame::SynReply {
-                        stream_id,
-                        flags: 0,
-                        headers: vec![],
-                    })
-                    .await;
-                let (Some(err_id), Some(data_id)) = (p.error, p.data) else {
-                    continue;
-                };
-                pairs.remove(&id);
-                if tasks.len() >= MAX_CONNECTIONS {
-                    let _ = frames
-                        .send(Frame::Data {
-                            stream_id: err_id,
-                            flags: FLAG_FIN,
-                            data: b"too many port-forward connections in this session".to_vec(),
-                        })
-                        .await;
-                    continue;
-                }
-                let (tx, rx) = mpsc::channel(QUEUE);
-                inbound.insert(data_id, tx);
-                tasks.spawn(forward(
-                    netns.clone(),
-                    port,
-                    allowed.clone(),
-                    err_id,
-                    data_id,
-                    rx,
-                    frames.clone(),
-                ));
-            }
+            } => session.open(stream_id, &headers).await,
             Frame::Data {
                 stream_id,
                 flags,
                 data,
-            } => {
-                if let Some(tx) = inbound.get(&stream_id) {
-                    if !data.is_empty() && tx.send(Some(data)).await.is_err() {
-                        inbound.remove(&stream_id);
-                        continue;
-                    }
-                    if flags & FLAG_FIN != 0 {
-                        let _ = tx.send(None).await;
-                        inbound.remove(&stream_id);
-                    }
-                }
-            }
+            } => session.data(stream_id, flags, data).await,
             Frame::RstStream { stream_id, .. } => {
-                inbound.remove(&stream_id);
+                session.inbound.remove(&stream_id);
             }
             Frame::Ping { id } => {
-                let _ = frames.send(Frame::Ping { id }).await;
+                let _ = session.frames.send(Frame::Ping { id }).await;
             }
             Frame::GoAway { .. } => break,
             _ => {}
         }
     }
     // The client is gone: every connection of the session ends with it.
-    tasks.shutdown().await;
-    drop(frames);
+    session.tasks.shutdown().await;
+    drop(session);
     let _ = writer.await;
+}
+
+/// One SPDY port-forward session: the stream pairs being set up and the connections running.
+struct SpdySession {
+    netns: PathBuf,
+    /// The ports the request named (empty: any).
+    allowed: Vec<i32>,
+    frames: mpsc::Sender<Frame>,
+    /// Half-open pairs by `requestID`.
+    pairs: HashMap<String, Pair>,
+    /// Data stream id → the connection's inbound queue (None once the client sent FIN).
+    inbound: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl SpdySession {
+    /// A new stream: accepted as half of its pair (refused without a port or as a second
+    /// stream of a kind); the pair's connection starts once both halves are there.
+    async fn open(&mut self, stream_id: u32, headers: &frame::Headers) {
+        let kind = frame::header(headers, "streamtype").unwrap_or("");
+        let port = frame::header(headers, "port").and_then(|p| p.parse::<u16>().ok());
+        let id = frame::header(headers, "requestid").unwrap_or("").to_owned();
+        let Some(port) = port.filter(|p| *p > 0) else {
+            let _ = self.frames.send(refuse(stream_id)).await;
+            return;
+        };
+        let p = self.pairs.entry(id.clone()).or_default();
+        p.port = port;
+        match kind {
+            "error" if p.error.is_none() => p.error = Some(stream_id),
+            "data" if p.data.is_none() => p.data = Some(stream_id),
+            _ => {
+                let _ = self.frames.send(refuse(stream_id)).await;
+                return;
+            }
+        }
+        let _ = self.frames.send(accept(stream_id)).await;
+        let (Some(err_id), Some(data_id)) = (p.error, p.data) else {
+            return;
+        };
+        self.pairs.remove(&id);
+        self.connect(port, err_id, data_id).await;
+    }
+
+    /// Start the connection of a complete pair, unless the session has too many.
+    async fn connect(&mut self, port: u16, err_id: u32, data_id: u32) {
+        if self.tasks.len() >= MAX_CONNECTIONS {
+            let _ = self
+                .frames
+                .send(Frame::Data {
+                    stream_id: err_id,
+                    flags: FLAG_FIN,
+                    data: b"too many port-forward connections in this session".to_vec(),
+                })
+                .await;
+            return;
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        self.inbound.insert(data_id, tx);
+        self.tasks.spawn(forward(
+            self.netns.clone(),
+            port,
+            self.allowed.clone(),
+            err_id,
+            data_id,
+            rx,
+            self.frames.clone(),
+        ));
+    }
+
+    /// Client bytes for a connection's data stream; FIN ends its way in.
+    async fn data(&mut self, stream_id: u32, flags: u8, data: Vec<u8>) {
+        let Some(tx) = self.inbound.get(&stream_id) else {
+            return;
+        };
+        if !data.is_empty() && tx.send(Some(data)).await.is_err() {
+            self.inbound.remove(&stream_id);
+            return;
+        }
+        if flags & FLAG_FIN != 0 {
+            let _ = tx.send(None).await;
+            self.inbound.remove(&stream_id);
+        }
+    }
 }
 
 /// One forwarded connection.

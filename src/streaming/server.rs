@@ -70,6 +70,35 @@ async fn handle(
             "an upgrade to SPDY/3.1 or WebSocket is required",
         ));
     }
+    Ok(upgrade_websocket(rt, sessions, session, req))
+}
+
+/// Every value of the request header `name`, as sent (each possibly comma-joined).
+fn header_values(req: &Request<Incoming>, name: impl header::AsHeaderName) -> Vec<String> {
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect()
+}
+
+/// The 101 answer switching to `upgrade`, for the caller to add its protocol's headers.
+fn switching_protocols(upgrade: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static(upgrade));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    r
+}
+
+/// The WebSocket upgrade (RFC 6455 version 13), the subprotocol chosen from the client's offer.
+fn upgrade_websocket(
+    rt: Handle,
+    sessions: Arc<Semaphore>,
+    session: Session,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let key = req
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -79,40 +108,15 @@ async fn handle(
         .get(header::SEC_WEBSOCKET_VERSION)
         .is_some_and(|v| v == "13");
     let (Some(key), true) = (key, version_ok) else {
-        return Ok(reply(
+        return reply(
             StatusCode::BAD_REQUEST,
             "WebSocket upgrade without Sec-WebSocket-Key or version 13",
-        ));
+        );
     };
-    let offered: Vec<String> = req
-        .headers()
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_owned))
-        .collect();
-    let mut offers = offered.iter().flat_map(|h| h.split(',')).map(str::trim);
-    // Port-forward: SPDY tunnelled in WebSocket (what client-go offers since Kubernetes 1.30,
-    // ports in the SPDY streams' headers), else kubelet's WebSocket channel protocols with the
-    // ports from the query (as kubectl sent them before).
-    let forward = match &session {
-        Session::PortForward(_) if offers.clone().any(|p| p == super::tunnel::PORTFORWARD) => {
-            Some(Forward::Tunnel)
-        }
-        Session::PortForward(r) => {
-            let Some(name) =
-                offers.find_map(|p| super::portforward::WS_PROTOCOLS.iter().find(|s| **s == p))
-            else {
-                return Ok(reply(
-                    StatusCode::BAD_REQUEST,
-                    "no supported subprotocol offered (SPDY/3.1+portforward.k8s.io, portforward.k8s.io, base64.portforward.k8s.io)",
-                ));
-            };
-            match super::portforward::ws_ports(req.uri().query(), r) {
-                Ok(ports) => Some(Forward::Channels(name, ports)),
-                Err(e) => return Ok(reply(StatusCode::BAD_REQUEST, &e)),
-            }
-        }
-        _ => None,
+    let offered = header_values(&req, header::SEC_WEBSOCKET_PROTOCOL);
+    let forward = match forward_protocol(&session, &offered, req.uri().query()) {
+        Ok(forward) => forward,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, &e),
     };
     let (proto, chosen) = match &forward {
         Some(Forward::Tunnel) => (None, super::tunnel::PORTFORWARD),
@@ -120,48 +124,22 @@ async fn handle(
         None => match Protocol::negotiate(offered.iter().map(String::as_str)) {
             Some(p) => (Some(p), p.name()),
             None => {
-                return Ok(reply(
+                return reply(
                     StatusCode::BAD_REQUEST,
                     "no supported subprotocol offered (v5.channel.k8s.io, v4.channel.k8s.io, v4.base64.channel.k8s.io, channel.k8s.io, base64.channel.k8s.io)",
-                ));
+                );
             }
         },
     };
     let Ok(permit) = sessions.try_acquire_owned() else {
-        return Ok(busy());
+        return busy();
     };
     let accept = derive_accept_key(&key);
-    on_upgrade(req, permit, move |io| async move {
-        let max = match forward {
-            Some(Forward::Tunnel) => super::tunnel::MAX_TUNNEL_MESSAGE,
-            _ => MAX_MESSAGE,
-        };
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max));
-        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-        match (session, proto, forward) {
-            (Session::Exec(r), Some(proto), _) => {
-                super::ws::remote(rt, Remote::Exec(r), proto, ws).await
-            }
-            (Session::Attach(r), Some(proto), _) => {
-                super::ws::remote(rt, Remote::Attach(r), proto, ws).await
-            }
-            (Session::PortForward(r), _, Some(Forward::Tunnel)) => {
-                super::portforward::spdy(rt, r, super::tunnel::Tunnel::new(ws)).await
-            }
-            (Session::PortForward(r), _, Some(Forward::Channels(name, ports))) => {
-                let base64 = name.starts_with("base64.");
-                super::portforward::websocket(rt, r, ports, base64, ws).await
-            }
-            _ => {}
-        }
+    on_upgrade(req, permit, move |io| {
+        serve_websocket(rt, session, proto, forward, io)
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut r = switching_protocols("websocket");
     let h = r.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Ok(v) = HeaderValue::from_str(&accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
@@ -169,7 +147,69 @@ async fn handle(
         header::SEC_WEBSOCKET_PROTOCOL,
         HeaderValue::from_static(chosen),
     );
-    Ok(r)
+    r
+}
+
+/// How a port-forward `session` speaks over WebSocket, from the client's `offered`
+/// subprotocols: SPDY tunnelled in WebSocket (what client-go offers since Kubernetes 1.30,
+/// ports in the SPDY streams' headers), else kubelet's WebSocket channel protocols with the
+/// ports from the `query` (as kubectl sent them before). None for any other session; the
+/// error is the body of a 400 answer.
+fn forward_protocol(
+    session: &Session,
+    offered: &[String],
+    query: Option<&str>,
+) -> Result<Option<Forward>, String> {
+    let mut offers = offered.iter().flat_map(|h| h.split(',')).map(str::trim);
+    match session {
+        Session::PortForward(_) if offers.clone().any(|p| p == super::tunnel::PORTFORWARD) => {
+            Ok(Some(Forward::Tunnel))
+        }
+        Session::PortForward(r) => {
+            let Some(name) =
+                offers.find_map(|p| super::portforward::WS_PROTOCOLS.iter().find(|s| **s == p))
+            else {
+                return Err("no supported subprotocol offered (SPDY/3.1+portforward.k8s.io, portforward.k8s.io, base64.portforward.k8s.io)".into());
+            };
+            super::portforward::ws_ports(query, r).map(|ports| Some(Forward::Channels(name, ports)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A WebSocket session on the upgraded connection `io`: a remote command in `proto`, or a
+/// port-forward as `forward` says.
+async fn serve_websocket(
+    rt: Handle,
+    session: Session,
+    proto: Option<Protocol>,
+    forward: Option<Forward>,
+    io: TokioIo<hyper::upgrade::Upgraded>,
+) {
+    let max = match forward {
+        Some(Forward::Tunnel) => super::tunnel::MAX_TUNNEL_MESSAGE,
+        _ => MAX_MESSAGE,
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    match (session, proto, forward) {
+        (Session::Exec(r), Some(proto), _) => {
+            super::ws::remote(rt, Remote::Exec(r), proto, ws).await
+        }
+        (Session::Attach(r), Some(proto), _) => {
+            super::ws::remote(rt, Remote::Attach(r), proto, ws).await
+        }
+        (Session::PortForward(r), _, Some(Forward::Tunnel)) => {
+            super::portforward::spdy(rt, r, super::tunnel::Tunnel::new(ws)).await
+        }
+        (Session::PortForward(r), _, Some(Forward::Channels(name, ports))) => {
+            let base64 = name.starts_with("base64.");
+            super::portforward::websocket(rt, r, ports, base64, ws).await
+        }
+        _ => {}
+    }
 }
 
 /// How a WebSocket port-forward session speaks.
@@ -210,12 +250,7 @@ fn upgrade_spdy(
     session: Session,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let offered: Vec<String> = req
-        .headers()
-        .get_all("x-stream-protocol-version")
-        .iter()
-        .filter_map(|v| v.to_str().ok().map(str::to_owned))
-        .collect();
+    let offered = header_values(&req, "x-stream-protocol-version");
     let version = match session {
         Session::PortForward(_) => offered
             .iter()
@@ -240,12 +275,8 @@ fn upgrade_spdy(
             Session::PortForward(r) => super::portforward::spdy(rt, r, io).await,
         }
     });
-    let mut r = Response::new(Full::new(Bytes::new()));
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(
+    let mut r = switching_protocols("SPDY/3.1");
+    r.headers_mut().insert(
         "x-stream-protocol-version",
         HeaderValue::from_static(version),
     );

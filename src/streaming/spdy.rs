@@ -133,101 +133,176 @@ where
     let writer = tokio::spawn(write_frames(wr, frames_rx));
     let (in_tx, in_rx) = mpsc::channel::<Input>(QUEUE);
     let (streams_tx, mut streams_rx) = mpsc::channel::<(Kind, u32)>(8);
+    let client = Client {
+        frames: frames.clone(),
+        input: in_tx,
+        streams: streams_tx,
+        by_id: HashMap::new(),
+        resize_buf: Vec::new(),
+    };
+    let reader = tokio::spawn(client.run(FrameReader::new(rd)));
 
-    // Everything from the client: stream set-up, stdin, resize, pings. Ends (dropping
-    // `in_tx`: "client gone") on EOF, GOAWAY, a reset stdin or a protocol error.
-    let reader = {
-        let frames = frames.clone();
-        tokio::spawn(async move {
-            let mut frames_in = FrameReader::new(rd);
-            let mut by_id: HashMap<u32, Kind> = HashMap::new();
-            let mut resize_buf: Vec<u8> = Vec::new();
-            loop {
-                let f = match frames_in.next().await {
-                    Ok(Some(f)) => f,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "SPDY session: bad frame; closing");
-                        let _ = frames
-                            .send(Frame::GoAway {
-                                last_good: 0,
-                                status: frame::PROTOCOL_ERROR,
-                            })
-                            .await;
-                        return;
-                    }
-                };
-                match f {
-                    Frame::SynStream {
-                        stream_id, headers, ..
-                    } => {
-                        let k = frame::header(&headers, "streamtype").and_then(kind);
-                        match k {
-                            Some(k) if !by_id.values().any(|v| *v == k) => {
-                                by_id.insert(stream_id, k);
-                                let _ = frames
-                                    .send(Frame::SynReply {
-                                        stream_id,
-                                        flags: 0,
-                                        headers: vec![],
-                                    })
-                                    .await;
-                                let _ = streams_tx.send((k, stream_id)).await;
-                            }
-                            _ => {
-                                let _ = frames
-                                    .send(Frame::RstStream {
-                                        stream_id,
-                                        status: frame::REFUSED_STREAM,
-                                    })
-                                    .await;
-                            }
-                        }
-                    }
-                    Frame::Data {
-                        stream_id,
-                        flags,
-                        data,
-                    } => match by_id.get(&stream_id) {
-                        Some(Kind::Stdin) => {
-                            if !data.is_empty() && in_tx.send(Input::Stdin(data)).await.is_err() {
-                                return;
-                            }
-                            if flags & FLAG_FIN != 0 && in_tx.send(Input::StdinEof).await.is_err() {
-                                return;
-                            }
-                        }
-                        Some(Kind::Resize) => {
-                            resize_buf.extend_from_slice(&data);
-                            while let Some(i) = resize_buf.iter().position(|b| *b == b'\n') {
-                                let line: Vec<u8> = resize_buf.drain(..=i).collect();
-                                if let Some(size) = channel::parse_resize(&line) {
-                                    let _ = in_tx.send(Input::Resize(size)).await;
-                                }
-                            }
-                            if resize_buf.len() > 4096 {
-                                resize_buf.clear();
-                            }
-                        }
-                        _ => {}
-                    },
-                    Frame::Ping { id } => {
-                        let _ = frames.send(Frame::Ping { id }).await;
-                    }
-                    Frame::RstStream { stream_id, .. }
-                        if by_id.get(&stream_id) == Some(&Kind::Stdin) =>
-                    {
-                        let _ = in_tx.send(Input::StdinEof).await;
-                    }
-                    Frame::GoAway { .. } => return,
-                    _ => {}
-                }
-            }
-        })
+    let Some(ids) = open_streams(&needed(&cmd.streams()), &mut streams_rx).await else {
+        tracing::debug!("SPDY session: the client did not open the streams its request needs");
+        reader.abort();
+        let _ = frames.send(go_away(0)).await;
+        drop(frames);
+        let _ = writer.await;
+        return;
     };
 
-    // Wait for the streams this request needs, as kubelet does.
-    let req = cmd.streams();
+    let (out_tx, mut out_rx) = mpsc::channel::<Output>(QUEUE);
+    let session = tokio::spawn(cmd.run(rt, proto, in_rx, out_tx));
+    send_output(&ids, &mut out_rx, &frames).await;
+    // The end: FIN on every stream this side writes, then GOAWAY (the writer closes).
+    for k in [Kind::Stdout, Kind::Stderr, Kind::Error] {
+        if let Some(f) = data_on(ids.get(&k), vec![], FLAG_FIN) {
+            let _ = frames.send(f).await;
+        }
+    }
+    let _ = frames.send(go_away(0)).await;
+    reader.abort();
+    drop(out_rx);
+    drop(frames);
+    let _ = session.await;
+    let _ = writer.await;
+}
+
+/// The answer accepting the client's stream `stream_id`.
+pub(super) fn accept(stream_id: u32) -> Frame {
+    Frame::SynReply {
+        stream_id,
+        flags: 0,
+        headers: vec![],
+    }
+}
+
+/// The answer refusing it.
+pub(super) fn refuse(stream_id: u32) -> Frame {
+    Frame::RstStream {
+        stream_id,
+        status: frame::REFUSED_STREAM,
+    }
+}
+
+fn go_away(status: u32) -> Frame {
+    Frame::GoAway {
+        last_good: 0,
+        status,
+    }
+}
+
+/// A data frame on the stream of that kind, if the client opened one.
+fn data_on(id: Option<&u32>, data: Vec<u8>, flags: u8) -> Option<Frame> {
+    id.map(|id| Frame::Data {
+        stream_id: *id,
+        flags,
+        data,
+    })
+}
+
+/// Everything from the client: stream set-up, stdin, resize, pings. Ends (dropping `input`:
+/// "client gone") on EOF, GOAWAY, a reset stdin or a protocol error.
+struct Client {
+    frames: mpsc::Sender<Frame>,
+    input: mpsc::Sender<Input>,
+    /// Each stream accepted, for the session's start.
+    streams: mpsc::Sender<(Kind, u32)>,
+    by_id: HashMap<u32, Kind>,
+    /// A resize message not yet ended by its newline.
+    resize_buf: Vec<u8>,
+}
+
+impl Client {
+    async fn run<R: AsyncRead + Unpin>(mut self, mut frames_in: FrameReader<R>) {
+        loop {
+            let f = match frames_in.next().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "SPDY session: bad frame; closing");
+                    let _ = self.frames.send(go_away(frame::PROTOCOL_ERROR)).await;
+                    return;
+                }
+            };
+            if !self.frame(f).await {
+                return;
+            }
+        }
+    }
+
+    /// One frame from the client; false when the session ends with it.
+    async fn frame(&mut self, f: Frame) -> bool {
+        match f {
+            Frame::SynStream {
+                stream_id, headers, ..
+            } => self.open(stream_id, &headers).await,
+            Frame::Data {
+                stream_id,
+                flags,
+                data,
+            } => match self.by_id.get(&stream_id) {
+                Some(Kind::Stdin) => return self.stdin(flags, data).await,
+                Some(Kind::Resize) => self.resize(&data).await,
+                _ => {}
+            },
+            Frame::Ping { id } => {
+                let _ = self.frames.send(Frame::Ping { id }).await;
+            }
+            Frame::RstStream { stream_id, .. }
+                if self.by_id.get(&stream_id) == Some(&Kind::Stdin) =>
+            {
+                let _ = self.input.send(Input::StdinEof).await;
+            }
+            Frame::GoAway { .. } => return false,
+            _ => {}
+        }
+        true
+    }
+
+    /// The first stream of each kind is accepted, any other refused.
+    async fn open(&mut self, stream_id: u32, headers: &frame::Headers) {
+        let k = frame::header(headers, "streamtype").and_then(kind);
+        match k {
+            Some(k) if !self.by_id.values().any(|v| *v == k) => {
+                self.by_id.insert(stream_id, k);
+                let _ = self.frames.send(accept(stream_id)).await;
+                let _ = self.streams.send((k, stream_id)).await;
+            }
+            _ => {
+                let _ = self.frames.send(refuse(stream_id)).await;
+            }
+        }
+    }
+
+    /// Stdin bytes, then its end on FIN; false once the session is gone.
+    async fn stdin(&self, flags: u8, data: Vec<u8>) -> bool {
+        if !data.is_empty() && self.input.send(Input::Stdin(data)).await.is_err() {
+            return false;
+        }
+        if flags & FLAG_FIN != 0 && self.input.send(Input::StdinEof).await.is_err() {
+            return false;
+        }
+        true
+    }
+
+    /// Resize messages are newline-ended JSON; a runaway partial line is dropped.
+    async fn resize(&mut self, data: &[u8]) {
+        self.resize_buf.extend_from_slice(data);
+        while let Some(i) = self.resize_buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.resize_buf.drain(..=i).collect();
+            if let Some(size) = channel::parse_resize(&line) {
+                let _ = self.input.send(Input::Resize(size)).await;
+            }
+        }
+        if self.resize_buf.len() > 4096 {
+            self.resize_buf.clear();
+        }
+    }
+}
+
+/// The streams a request needs before it runs, as kubelet waits for them.
+fn needed(req: &super::Streams) -> Vec<Kind> {
     let mut needed = vec![Kind::Error];
     if req.stdin {
         needed.push(Kind::Stdin);
@@ -238,6 +313,15 @@ where
     if req.stderr && !req.tty {
         needed.push(Kind::Stderr);
     }
+    needed
+}
+
+/// The stream id of each kind once all `needed` are open; None if the client did not open them
+/// in time or is gone.
+async fn open_streams(
+    needed: &[Kind],
+    streams_rx: &mut mpsc::Receiver<(Kind, u32)>,
+) -> Option<HashMap<Kind, u32>> {
     let mut ids: HashMap<Kind, u32> = HashMap::new();
     let ready = tokio::time::timeout(STREAM_CREATION, async {
         while !needed.iter().all(|k| ids.contains_key(k)) {
@@ -252,35 +336,21 @@ where
     })
     .await
     .unwrap_or(false);
-    if !ready {
-        tracing::debug!("SPDY session: the client did not open the streams its request needs");
-        reader.abort();
-        let _ = frames
-            .send(Frame::GoAway {
-                last_good: 0,
-                status: 0,
-            })
-            .await;
-        drop(frames);
-        let _ = writer.await;
-        return;
-    }
+    ready.then_some(ids)
+}
 
-    let (out_tx, mut out_rx) = mpsc::channel::<Output>(QUEUE);
-    let session = tokio::spawn(cmd.run(rt, proto, in_rx, out_tx));
-    let data = |id: Option<&u32>, data: Vec<u8>, flags: u8| {
-        id.map(|id| Frame::Data {
-            stream_id: *id,
-            flags,
-            data,
-        })
-    };
+/// The session's output onto its streams, until the exit status or the client is gone.
+async fn send_output(
+    ids: &HashMap<Kind, u32>,
+    out_rx: &mut mpsc::Receiver<Output>,
+    frames: &mpsc::Sender<Frame>,
+) {
     while let Some(o) = out_rx.recv().await {
         let (f, last) = match o {
-            Output::Stdout(d) => (data(ids.get(&Kind::Stdout), d, 0), false),
-            Output::Stderr(d) => (data(ids.get(&Kind::Stderr), d, 0), false),
+            Output::Stdout(d) => (data_on(ids.get(&Kind::Stdout), d, 0), false),
+            Output::Stderr(d) => (data_on(ids.get(&Kind::Stderr), d, 0), false),
             Output::Exit(d) if d.is_empty() => (None, true),
-            Output::Exit(d) => (data(ids.get(&Kind::Error), d, 0), true),
+            Output::Exit(d) => (data_on(ids.get(&Kind::Error), d, 0), true),
         };
         if let Some(f) = f
             && frames.send(f).await.is_err()
@@ -291,23 +361,6 @@ where
             break;
         }
     }
-    // The end: FIN on every stream this side writes, then GOAWAY (the writer closes).
-    for k in [Kind::Stdout, Kind::Stderr, Kind::Error] {
-        if let Some(f) = data(ids.get(&k), vec![], FLAG_FIN) {
-            let _ = frames.send(f).await;
-        }
-    }
-    let _ = frames
-        .send(Frame::GoAway {
-            last_good: 0,
-            status: 0,
-        })
-        .await;
-    reader.abort();
-    drop(out_rx);
-    drop(frames);
-    let _ = session.await;
-    let _ = writer.await;
 }
 
 #[cfg(test)]

@@ -251,9 +251,19 @@ pub fn parse(buf: &mut BytesMut, codec: &mut HeaderCodec) -> Result<Option<Frame
         return Err(FrameError::Version(version));
     }
     let kind = u16::from_be_bytes([head[2], head[3]]);
-    let mut b = &body[..];
+    control_frame(kind, flags, &body, codec).map(Some)
+}
+
+/// The body of a control frame of type `kind` (a type this side does not use is skipped).
+fn control_frame(
+    kind: u16,
+    flags: u8,
+    body: &[u8],
+    codec: &mut HeaderCodec,
+) -> Result<Frame, FrameError> {
+    let mut b = body;
     let need = |n: usize| -> Result<(), FrameError> {
-        if len < n {
+        if body.len() < n {
             Err(FrameError::Malformed(
                 "control frame too short for its type",
             ))
@@ -303,18 +313,7 @@ pub fn parse(buf: &mut BytesMut, codec: &mut HeaderCodec) -> Result<Option<Frame
         }
         SETTINGS => {
             need(4)?;
-            let n = b.get_u32() as usize;
-            if b.len() != n * 8 {
-                return Err(FrameError::Malformed(
-                    "SETTINGS count does not match length",
-                ));
-            }
-            let mut entries = Vec::with_capacity(n);
-            for _ in 0..n {
-                let w = b.get_u32();
-                entries.push(((w >> 24) as u8, w & 0x00ff_ffff, b.get_u32()));
-            }
-            Frame::Settings { entries }
+            settings(b)?
         }
         PING => {
             need(4)?;
@@ -336,7 +335,23 @@ pub fn parse(buf: &mut BytesMut, codec: &mut HeaderCodec) -> Result<Option<Frame
         }
         kind => Frame::Unknown { kind },
     };
-    Ok(Some(frame))
+    Ok(frame)
+}
+
+/// A SETTINGS body: the entry count, then (flags, id, value) per entry.
+fn settings(mut b: &[u8]) -> Result<Frame, FrameError> {
+    let n = b.get_u32() as usize;
+    if b.len() != n * 8 {
+        return Err(FrameError::Malformed(
+            "SETTINGS count does not match length",
+        ));
+    }
+    let mut entries = Vec::with_capacity(n);
+    for _ in 0..n {
+        let w = b.get_u32();
+        entries.push(((w >> 24) as u8, w & 0x00ff_ffff, b.get_u32()));
+    }
+    Ok(Frame::Settings { entries })
 }
 
 fn control(out: &mut Vec<u8>, kind: u16, flags: u8, body: &[u8]) {
