@@ -7,7 +7,7 @@
 //!
 //! - `tokens`: the single-use, expiring tokens;
 //! - `channel`: the channel framing and the Status messages kubectl reads;
-//! - `server`: the HTTP server, the WebSocket handshake and the bounds on sessions;
+//! - `http`: the HTTP server, the WebSocket handshake and the bounds on sessions;
 //! - `exec`: one exec session — the command in the container, its stdio pumped both ways;
 //! - `attach`: one attach session — joined to a running container's stdio through its shim;
 //! - `ws`, `spdy`: the two transports of a remote-command session;
@@ -17,8 +17,8 @@
 pub mod attach;
 pub mod channel;
 pub mod exec;
+pub mod http;
 pub mod portforward;
-pub mod server;
 pub mod spdy;
 pub mod tokens;
 pub mod tunnel;
