@@ -167,7 +167,7 @@ struct StreamingEndpoint {
 }
 
 async fn bind_streaming(cfg: &Config) -> anyhow::Result<StreamingEndpoint> {
-    let listener = kelson::streaming::http::bind(&cfg.streaming.address)
+    let listener = kelson::streaming::listener::bind(&cfg.streaming.address)
         .await
         .with_context(|| format!("streaming server on {}", cfg.streaming.address))?;
     let addr = listener.local_addr()?;
@@ -175,7 +175,7 @@ async fn bind_streaming(cfg: &Config) -> anyhow::Result<StreamingEndpoint> {
         None
     } else {
         let (cert, key) = (&cfg.streaming.tls_cert_file, &cfg.streaming.tls_key_file);
-        let tls = kelson::streaming::http::tls_acceptor(cert, key)
+        let tls = kelson::streaming::listener::tls_acceptor(cert, key)
             .map_err(|e| anyhow::anyhow!("streaming TLS: {e}"))?;
         Some(tls)
     };
@@ -191,7 +191,7 @@ async fn bind_streaming(cfg: &Config) -> anyhow::Result<StreamingEndpoint> {
 impl StreamingEndpoint {
     fn serve(self, backend: Handle, max_sessions: usize) {
         tracing::info!(address = %self.addr, "streaming server listening");
-        tokio::spawn(kelson::streaming::http::serve(
+        tokio::spawn(kelson::streaming::listener::serve(
             backend,
             self.listener,
             max_sessions,

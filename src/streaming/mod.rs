@@ -7,7 +7,7 @@
 //!
 //! - `tokens`: the single-use, expiring tokens;
 //! - `channel`: the channel framing and the Status messages kubectl reads;
-//! - `http`: the HTTP server, the WebSocket handshake and the bounds on sessions;
+//! - `listener`: the HTTP server (TCP, TLS), the WebSocket handshake and the bounds on sessions;
 //! - `exec`: one exec session — the command in the container, its stdio pumped both ways;
 //! - `attach`: one attach session — joined to a running container's stdio through its shim;
 //! - `ws`, `spdy`: the two transports of a remote-command session;
@@ -17,7 +17,7 @@
 pub mod attach;
 pub mod channel;
 pub mod exec;
-pub mod http;
+pub mod listener;
 pub mod portforward;
 pub mod spdy;
 pub mod tokens;
