@@ -19,316 +19,191 @@ pub struct RuntimeApi(pub Shared);
 pub const RUNTIME_READY: &str = "RuntimeReady";
 pub const NETWORK_READY: &str = "NetworkReady";
 
-impl RuntimeApi {
-    /// Runtime readiness: the store answers and the root dir is writable.
-    fn runtime_condition(&self) -> cri::RuntimeCondition {
-        let probe = self
-            .0
-            .images
-            .list(None)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-            .and_then(|_| {
-                let p = self.0.config.root.join(".ready-probe");
-                std::fs::write(&p, b"")
-                    .and_then(|_| std::fs::remove_file(&p))
-                    .map_err(|e| {
-                        format!(
-                            "root dir {} not writable: {e}",
-                            self.0.config.root.display()
-                        )
-                    })
-            });
-        match probe {
-            Ok(()) => cri::RuntimeCondition {
-                r#type: RUNTIME_READY.into(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
-            },
-            Err(message) => cri::RuntimeCondition {
-                r#type: RUNTIME_READY.into(),
-                status: false,
-                reason: "RuntimeStoreUnavailable".into(),
-                message,
-            },
-        }
-    }
-
-    /// Ready while the CNI conf dir holds a valid network config (read on every call, so a
-    /// config that appears or breaks later is reflected), with the reason when not.
-    fn network_condition(&self) -> cri::RuntimeCondition {
-        match self.0.pods.network().config() {
-            Ok(_) => cri::RuntimeCondition {
-                r#type: NETWORK_READY.into(),
-                status: true,
-                reason: String::new(),
-                message: String::new(),
-            },
-            Err(e) => cri::RuntimeCondition {
-                r#type: NETWORK_READY.into(),
-                status: false,
-                reason: "NetworkPluginNotReady".into(),
-                message: format!("cni config uninitialized: {e}"),
-            },
-        }
+/// Runtime readiness: the store answers and the root dir is writable.
+fn runtime_condition(rt: &Shared) -> cri::RuntimeCondition {
+    let probe = rt
+        .images
+        .list(None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+        .and_then(|_| {
+            let p = rt.config.root.join(".ready-probe");
+            std::fs::write(&p, b"")
+                .and_then(|_| std::fs::remove_file(&p))
+                .map_err(|e| format!("root dir {} not writable: {e}", rt.config.root.display()))
+        });
+    match probe {
+        Ok(()) => cri::RuntimeCondition {
+            r#type: RUNTIME_READY.into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        Err(message) => cri::RuntimeCondition {
+            r#type: RUNTIME_READY.into(),
+            status: false,
+            reason: "RuntimeStoreUnavailable".into(),
+            message,
+        },
     }
 }
 
-#[tonic::async_trait]
-impl cri::runtime_service_server::RuntimeService for RuntimeApi {
-    type GetContainerEventsStream = super::events::EventStream;
-
-    async fn version(
-        &self,
-        _req: Request<cri::VersionRequest>,
-    ) -> Result<Response<cri::VersionResponse>, Status> {
-        Ok(Response::new(cri::VersionResponse {
-            version: KUBE_API_VERSION.into(),
-            runtime_name: RUNTIME_NAME.into(),
-            runtime_version: RUNTIME_VERSION.into(),
-            runtime_api_version: CRI_API_VERSION.into(),
-        }))
+/// Ready while the CNI conf dir holds a valid network config (read on every call, so a
+/// config that appears or breaks later is reflected), with the reason when not.
+fn network_condition(rt: &Shared) -> cri::RuntimeCondition {
+    match rt.pods.network().config() {
+        Ok(_) => cri::RuntimeCondition {
+            r#type: NETWORK_READY.into(),
+            status: true,
+            reason: String::new(),
+            message: String::new(),
+        },
+        Err(e) => cri::RuntimeCondition {
+            r#type: NETWORK_READY.into(),
+            status: false,
+            reason: "NetworkPluginNotReady".into(),
+            message: format!("cni config uninitialized: {e}"),
+        },
     }
+}
 
-    async fn status(
-        &self,
-        req: Request<cri::StatusRequest>,
-    ) -> Result<Response<cri::StatusResponse>, Status> {
-        let verbose = req.into_inner().verbose;
-        let mut info = HashMap::new();
-        if verbose {
-            let cfg = serde_json::to_string(&self.0.config).unwrap_or_default();
-            info.insert("config".to_owned(), cfg);
+/// The RuntimeService impl as a table: each RPC, its request and response types, and the
+/// call that answers it (`|runtime, request| future`). Written once here instead of thirty
+/// hand-written forwarding methods; `#[tonic::async_trait]` applies to the generated impl.
+macro_rules! runtime_service {
+    (
+        $( $rpc:ident: $req:ident -> $resp:ident => |$rt:ident, $r:ident| $call:expr; )*
+    ) => {
+        #[tonic::async_trait]
+        impl cri::runtime_service_server::RuntimeService for RuntimeApi {
+            type GetContainerEventsStream = super::events::EventStream;
+
+            async fn get_container_events(
+                &self,
+                _req: Request<cri::GetEventsRequest>,
+            ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
+                Ok(Response::new(self.0.events.subscribe()))
+            }
+
+            $(
+                async fn $rpc(
+                    &self,
+                    req: Request<cri::$req>,
+                ) -> Result<Response<cri::$resp>, Status> {
+                    let ($rt, $r) = (&self.0, req.into_inner());
+                    $call.await.map(Response::new)
+                }
+            )*
         }
-        Ok(Response::new(cri::StatusResponse {
-            status: Some(cri::RuntimeStatus {
-                conditions: vec![self.runtime_condition(), self.network_condition()],
-            }),
-            info,
-            runtime_handlers: runtime_handlers(&self.0.config),
-            features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: true,
-            }),
-        }))
-    }
+    };
+}
 
-    async fn runtime_config(
-        &self,
-        _req: Request<cri::RuntimeConfigRequest>,
-    ) -> Result<Response<cri::RuntimeConfigResponse>, Status> {
-        let driver = match self.0.config.cgroup_driver {
-            CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
-            CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
-        };
-        Ok(Response::new(cri::RuntimeConfigResponse {
-            linux: Some(cri::LinuxRuntimeConfiguration {
-                cgroup_driver: driver as i32,
-            }),
-        }))
-    }
+runtime_service! {
+    version: VersionRequest -> VersionResponse => |_rt, _r| version();
+    status: StatusRequest -> StatusResponse => |rt, r| status(rt, r);
+    runtime_config: RuntimeConfigRequest -> RuntimeConfigResponse => |rt, _r| runtime_config(rt);
+    update_runtime_config: UpdateRuntimeConfigRequest -> UpdateRuntimeConfigResponse
+        => |rt, r| update_runtime_config(rt, r);
+    run_pod_sandbox: RunPodSandboxRequest -> RunPodSandboxResponse => |rt, r| pod::run(rt, r);
+    stop_pod_sandbox: StopPodSandboxRequest -> StopPodSandboxResponse
+        => |rt, r| pod::stop(rt, r.pod_sandbox_id);
+    remove_pod_sandbox: RemovePodSandboxRequest -> RemovePodSandboxResponse
+        => |rt, r| pod::remove(rt, r.pod_sandbox_id);
+    pod_sandbox_status: PodSandboxStatusRequest -> PodSandboxStatusResponse
+        => |rt, r| pod::status(rt, r);
+    list_pod_sandbox: ListPodSandboxRequest -> ListPodSandboxResponse => |rt, r| pod::list(rt, r);
+    port_forward: PortForwardRequest -> PortForwardResponse => |rt, r| pod::port_forward(rt, r);
+    create_container: CreateContainerRequest -> CreateContainerResponse
+        => |rt, r| container::create(rt, r);
+    start_container: StartContainerRequest -> StartContainerResponse
+        => |rt, r| container::start(rt, r.container_id);
+    stop_container: StopContainerRequest -> StopContainerResponse
+        => |rt, r| container::stop(rt, r);
+    remove_container: RemoveContainerRequest -> RemoveContainerResponse
+        => |rt, r| container::remove(rt, r.container_id);
+    list_containers: ListContainersRequest -> ListContainersResponse
+        => |rt, r| container::list(rt, r);
+    container_status: ContainerStatusRequest -> ContainerStatusResponse
+        => |rt, r| container::status(rt, r);
+    update_container_resources: UpdateContainerResourcesRequest
+        -> UpdateContainerResourcesResponse => |rt, r| container::update_resources(rt, r);
+    reopen_container_log: ReopenContainerLogRequest -> ReopenContainerLogResponse
+        => |rt, r| container::reopen_log(rt, r.container_id);
+    exec_sync: ExecSyncRequest -> ExecSyncResponse => |rt, r| container::exec_sync(rt, r);
+    exec: ExecRequest -> ExecResponse => |rt, r| container::exec(rt, r);
+    attach: AttachRequest -> AttachResponse => |rt, r| container::attach(rt, r);
+    checkpoint_container: CheckpointContainerRequest -> CheckpointContainerResponse
+        => |_rt, _r| not_yet("CheckpointContainer");
+    container_stats: ContainerStatsRequest -> ContainerStatsResponse
+        => |rt, r| stats::container(rt, r);
+    list_container_stats: ListContainerStatsRequest -> ListContainerStatsResponse
+        => |rt, r| stats::list_containers(rt, r);
+    pod_sandbox_stats: PodSandboxStatsRequest -> PodSandboxStatsResponse
+        => |rt, r| stats::pod(rt, r);
+    list_pod_sandbox_stats: ListPodSandboxStatsRequest -> ListPodSandboxStatsResponse
+        => |rt, r| stats::list_pods(rt, r);
+    list_metric_descriptors: ListMetricDescriptorsRequest -> ListMetricDescriptorsResponse
+        => |_rt, _r| metric_descriptors();
+    list_pod_sandbox_metrics: ListPodSandboxMetricsRequest -> ListPodSandboxMetricsResponse
+        => |rt, _r| stats::pod_metrics(rt);
+}
 
-    async fn get_container_events(
-        &self,
-        _req: Request<cri::GetEventsRequest>,
-    ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Ok(Response::new(self.0.events.subscribe()))
-    }
+async fn version() -> Result<cri::VersionResponse, Status> {
+    Ok(cri::VersionResponse {
+        version: KUBE_API_VERSION.into(),
+        runtime_name: RUNTIME_NAME.into(),
+        runtime_version: RUNTIME_VERSION.into(),
+        runtime_api_version: CRI_API_VERSION.into(),
+    })
+}
 
-    async fn run_pod_sandbox(
-        &self,
-        req: Request<cri::RunPodSandboxRequest>,
-    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        pod::run(&self.0, req.into_inner()).await.map(Response::new)
+async fn status(rt: &Shared, req: cri::StatusRequest) -> Result<cri::StatusResponse, Status> {
+    let mut info = HashMap::new();
+    if req.verbose {
+        let cfg = serde_json::to_string(&rt.config).unwrap_or_default();
+        info.insert("config".to_owned(), cfg);
     }
-    async fn stop_pod_sandbox(
-        &self,
-        req: Request<cri::StopPodSandboxRequest>,
-    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        pod::stop(&self.0, req.into_inner().pod_sandbox_id)
-            .await
-            .map(Response::new)
-    }
-    async fn remove_pod_sandbox(
-        &self,
-        req: Request<cri::RemovePodSandboxRequest>,
-    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        pod::remove(&self.0, req.into_inner().pod_sandbox_id)
-            .await
-            .map(Response::new)
-    }
-    async fn pod_sandbox_status(
-        &self,
-        req: Request<cri::PodSandboxStatusRequest>,
-    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        pod::status(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_pod_sandbox(
-        &self,
-        req: Request<cri::ListPodSandboxRequest>,
-    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        pod::list(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn create_container(
-        &self,
-        req: Request<cri::CreateContainerRequest>,
-    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        container::create(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn start_container(
-        &self,
-        req: Request<cri::StartContainerRequest>,
-    ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        container::start(&self.0, req.into_inner().container_id)
-            .await
-            .map(Response::new)
-    }
-    async fn stop_container(
-        &self,
-        req: Request<cri::StopContainerRequest>,
-    ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        container::stop(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn remove_container(
-        &self,
-        req: Request<cri::RemoveContainerRequest>,
-    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        container::remove(&self.0, req.into_inner().container_id)
-            .await
-            .map(Response::new)
-    }
-    async fn list_containers(
-        &self,
-        req: Request<cri::ListContainersRequest>,
-    ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        container::list(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn container_status(
-        &self,
-        req: Request<cri::ContainerStatusRequest>,
-    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        container::status(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn update_container_resources(
-        &self,
-        req: Request<cri::UpdateContainerResourcesRequest>,
-    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        container::update_resources(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn reopen_container_log(
-        &self,
-        req: Request<cri::ReopenContainerLogRequest>,
-    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        container::reopen_log(&self.0, req.into_inner().container_id)
-            .await
-            .map(Response::new)
-    }
-    async fn exec_sync(
-        &self,
-        req: Request<cri::ExecSyncRequest>,
-    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        container::exec_sync(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn exec(
-        &self,
-        req: Request<cri::ExecRequest>,
-    ) -> Result<Response<cri::ExecResponse>, Status> {
-        container::exec(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn attach(
-        &self,
-        req: Request<cri::AttachRequest>,
-    ) -> Result<Response<cri::AttachResponse>, Status> {
-        container::attach(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn port_forward(
-        &self,
-        req: Request<cri::PortForwardRequest>,
-    ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        pod::port_forward(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn container_stats(
-        &self,
-        req: Request<cri::ContainerStatsRequest>,
-    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        stats::container(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_container_stats(
-        &self,
-        req: Request<cri::ListContainerStatsRequest>,
-    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        stats::list_containers(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn pod_sandbox_stats(
-        &self,
-        req: Request<cri::PodSandboxStatsRequest>,
-    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        stats::pod(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn list_pod_sandbox_stats(
-        &self,
-        req: Request<cri::ListPodSandboxStatsRequest>,
-    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        stats::list_pods(&self.0, req.into_inner())
-            .await
-            .map(Response::new)
-    }
-    async fn update_runtime_config(
-        &self,
-        req: Request<cri::UpdateRuntimeConfigRequest>,
-    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        let cidr = super::request::update_runtime_config(req.into_inner())?;
-        self.0.pods.network().set_pod_cidr(&cidr);
-        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
-    }
-    async fn checkpoint_container(
-        &self,
-        _req: Request<cri::CheckpointContainerRequest>,
-    ) -> Result<Response<cri::CheckpointContainerResponse>, Status> {
-        Err(unimplemented("CheckpointContainer"))
-    }
-    async fn list_metric_descriptors(
-        &self,
-        _req: Request<cri::ListMetricDescriptorsRequest>,
-    ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Ok(Response::new(cri::ListMetricDescriptorsResponse {
-            descriptors: crate::stats::metrics::descriptors(),
-        }))
-    }
-    async fn list_pod_sandbox_metrics(
-        &self,
-        _req: Request<cri::ListPodSandboxMetricsRequest>,
-    ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        stats::pod_metrics(&self.0).await.map(Response::new)
-    }
+    Ok(cri::StatusResponse {
+        status: Some(cri::RuntimeStatus {
+            conditions: vec![runtime_condition(rt), network_condition(rt)],
+        }),
+        info,
+        runtime_handlers: runtime_handlers(&rt.config),
+        features: Some(cri::RuntimeFeatures {
+            supplemental_groups_policy: true,
+        }),
+    })
+}
+
+async fn runtime_config(rt: &Shared) -> Result<cri::RuntimeConfigResponse, Status> {
+    let driver = match rt.config.cgroup_driver {
+        CgroupDriver::Cgroupfs => cri::CgroupDriver::Cgroupfs,
+        CgroupDriver::Systemd => cri::CgroupDriver::Systemd,
+    };
+    Ok(cri::RuntimeConfigResponse {
+        linux: Some(cri::LinuxRuntimeConfiguration {
+            cgroup_driver: driver as i32,
+        }),
+    })
+}
+
+async fn update_runtime_config(
+    rt: &Shared,
+    req: cri::UpdateRuntimeConfigRequest,
+) -> Result<cri::UpdateRuntimeConfigResponse, Status> {
+    let cidr = super::request::update_runtime_config(req)?;
+    rt.pods.network().set_pod_cidr(&cidr);
+    Ok(cri::UpdateRuntimeConfigResponse {})
+}
+
+async fn metric_descriptors() -> Result<cri::ListMetricDescriptorsResponse, Status> {
+    Ok(cri::ListMetricDescriptorsResponse {
+        descriptors: crate::stats::metrics::descriptors(),
+    })
+}
+
+async fn not_yet<T>(rpc: &str) -> Result<T, Status> {
+    Err(unimplemented(rpc))
 }
 
 /// Every RuntimeClass handler with what it supports, as kubelet reads them (it sends user

@@ -83,8 +83,14 @@ fn to_container_stats(rt: &Shared, rec: &ContainerRecord) -> cri::ContainerStats
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
+/// `read` of each record, on the blocking pool: stats read cgroup, /proc and netns files.
+async fn read_each<R: Send + 'static, S: Send + 'static>(
+    rt: &Shared,
+    recs: Vec<R>,
+    read: fn(&Shared, &R) -> S,
+) -> Result<Vec<S>, Status> {
+    let rt = rt.clone();
+    tokio::task::spawn_blocking(move || recs.iter().map(|r| read(&rt, r)).collect())
         .await
         .map_err(|e| EdgeError::task("stats")(e).into())
 }
@@ -95,9 +101,18 @@ pub async fn container(
 ) -> Result<cri::ContainerStatsResponse, Status> {
     record("container", &req.container_id);
     let rec = rt.containers.find(&req.container_id)?;
-    let rt2 = rt.clone();
-    let stats = blocking(move || to_container_stats(&rt2, &rec)).await?;
-    Ok(cri::ContainerStatsResponse { stats: Some(stats) })
+    let stats = read_each(rt, vec![rec], to_container_stats).await?.pop();
+    Ok(cri::ContainerStatsResponse { stats })
+}
+
+pub async fn pod(
+    rt: &Shared,
+    req: cri::PodSandboxStatsRequest,
+) -> Result<cri::PodSandboxStatsResponse, Status> {
+    record("pod", &req.pod_sandbox_id);
+    let pod = rt.pods.find(&req.pod_sandbox_id)?;
+    let stats = read_each(rt, vec![pod], to_pod_stats).await?.pop();
+    Ok(cri::PodSandboxStatsResponse { stats })
 }
 
 pub async fn list_containers(
@@ -115,9 +130,7 @@ pub async fn list_containers(
         })
         .filter(|r| super::selected(&f.label_selector, &container_config(r).labels))
         .collect();
-    let rt2 = rt.clone();
-    let stats =
-        blocking(move || recs.iter().map(|r| to_container_stats(&rt2, r)).collect()).await?;
+    let stats = read_each(rt, recs, to_container_stats).await?;
     Ok(cri::ListContainerStatsResponse { stats })
 }
 
@@ -178,17 +191,6 @@ fn to_pod_stats(rt: &Shared, pod: &PodRecord) -> cri::PodSandboxStats {
     }
 }
 
-pub async fn pod(
-    rt: &Shared,
-    req: cri::PodSandboxStatsRequest,
-) -> Result<cri::PodSandboxStatsResponse, Status> {
-    record("pod", &req.pod_sandbox_id);
-    let pod = rt.pods.find(&req.pod_sandbox_id)?;
-    let rt2 = rt.clone();
-    let stats = blocking(move || to_pod_stats(&rt2, &pod)).await?;
-    Ok(cri::PodSandboxStatsResponse { stats: Some(stats) })
-}
-
 pub async fn list_pods(
     rt: &Shared,
     req: cri::ListPodSandboxStatsRequest,
@@ -201,8 +203,7 @@ pub async fn list_pods(
         .filter(|p| f.id.is_empty() || p.id.starts_with(&f.id))
         .filter(|p| super::selected(&f.label_selector, &pod_config(p).labels))
         .collect();
-    let rt2 = rt.clone();
-    let stats = blocking(move || pods.iter().map(|p| to_pod_stats(&rt2, p)).collect()).await?;
+    let stats = read_each(rt, pods, to_pod_stats).await?;
     Ok(cri::ListPodSandboxStatsResponse { stats })
 }
 
@@ -281,8 +282,6 @@ pub async fn pod_metrics(rt: &Shared) -> Result<cri::ListPodSandboxMetricsRespon
         .into_iter()
         .filter(|p| p.state == PodState::Ready)
         .collect();
-    let rt2 = rt.clone();
-    let pod_metrics =
-        blocking(move || pods.iter().map(|p| to_pod_metrics(&rt2, p)).collect()).await?;
+    let pod_metrics = read_each(rt, pods, to_pod_metrics).await?;
     Ok(cri::ListPodSandboxMetricsResponse { pod_metrics })
 }
