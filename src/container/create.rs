@@ -794,7 +794,7 @@ mod tests {
 
 #[cfg(test)]
 mod rollback_tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -804,6 +804,7 @@ mod rollback_tests {
     use crate::image::ImageService;
     use crate::network::{Network, NetworkConfig};
     use crate::pod::PodService;
+    use crate::rollback::Journal;
     use crate::shim::ShimError;
     use crate::store::Store;
 
@@ -812,27 +813,8 @@ mod rollback_tests {
     const ORPHAN_POD: &str = "fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
     const IMAGE: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
-    /// The node as the fakes see it: what they were asked, in order, and the one call that
-    /// fails (by the name it is recorded under).
-    #[derive(Default)]
-    struct Node {
-        asked: Mutex<Vec<&'static str>>,
-        fail: Mutex<Option<&'static str>>,
-    }
-
-    impl Node {
-        /// Record `call`; true when it is the one that fails.
-        fn call(&self, call: &'static str) -> bool {
-            self.asked.lock().unwrap().push(call);
-            *self.fail.lock().unwrap() == Some(call)
-        }
-
-        fn asked(&self) -> Vec<&'static str> {
-            std::mem::take(&mut *self.asked.lock().unwrap())
-        }
-    }
-
-    struct Fake(Arc<Node>);
+    /// Every fake effect, writing to one journal.
+    struct Fake(Arc<Journal>);
 
     impl RootfsMounts for Fake {
         fn mount(
@@ -878,7 +860,7 @@ mod rollback_tests {
     /// for the rootfs mount and the shim.
     struct Containers {
         svc: ContainerService,
-        node: Arc<Node>,
+        journal: Arc<Journal>,
         dir: tempfile::TempDir,
     }
 
@@ -920,8 +902,8 @@ mod rollback_tests {
                 ..Default::default()
             })
             .unwrap();
-        let node = Arc::new(Node::default());
-        let fake = Arc::new(Fake(node.clone()));
+        let journal = Arc::new(Journal::default());
+        let fake = Arc::new(Fake(journal.clone()));
         let svc = ContainerService::new(
             store,
             images,
@@ -934,7 +916,7 @@ mod rollback_tests {
             rootfs: fake.clone(),
             shims: fake,
         });
-        Containers { svc, node, dir }
+        Containers { svc, journal, dir }
     }
 
     fn config() -> cri::ContainerConfig {
@@ -981,18 +963,18 @@ mod rollback_tests {
             call: Option<&'static str>,
             config: cri::ContainerConfig,
         ) -> (ContainerError, Vec<&'static str>) {
-            *self.node.fail.lock().unwrap() = call;
+            self.journal.fail_at(call);
             let e = self.create(pod, config).expect_err("create fails");
-            let asked = self.node.asked();
+            let asked = self.journal.take();
             assert_eq!(self.svc.list().unwrap().len(), 0, "a record is left");
             for d in ["root/containers", "state/containers"] {
                 assert_eq!(entries(&self.dir.path().join(d)), Vec::<PathBuf>::new());
             }
-            *self.node.fail.lock().unwrap() = None;
+            self.journal.fail_at(None);
             if pod == POD {
                 self.create(pod, self::config())
                     .expect("the name is free again");
-                self.node.asked();
+                self.journal.take();
             }
             (e, asked)
         }
@@ -1002,7 +984,7 @@ mod rollback_tests {
     fn a_container_is_recorded_with_its_bundle_once_its_shim_runs() {
         let c = containers();
         let id = c.create(POD, config()).unwrap();
-        assert_eq!(c.node.asked(), ["mount rootfs", "spawn shim"]);
+        assert_eq!(c.journal.take(), ["mount rootfs", "spawn shim"]);
         let rec = c.svc.find(&id).unwrap();
         assert_eq!(rec.pod_id, POD);
         assert_eq!(rec.name_key, format!("{POD}_app_0"));
@@ -1019,10 +1001,10 @@ mod rollback_tests {
     fn a_taken_name_is_refused_before_anything_is_made() {
         let c = containers();
         let first = c.create(POD, config()).unwrap();
-        c.node.asked();
+        c.journal.take();
         let e = c.create(POD, config()).unwrap_err();
         assert!(matches!(e, ContainerError::NameTaken { .. }), "{e}");
-        assert_eq!(c.node.asked(), Vec::<&str>::new());
+        assert_eq!(c.journal.take(), Vec::<&str>::new());
         assert_eq!(c.svc.list().unwrap().len(), 1);
         let made = entries(&c.dir.path().join("root/containers"));
         assert_eq!(made, [c.dir.path().join("root/containers").join(first)]);
@@ -1036,7 +1018,7 @@ mod rollback_tests {
         std::fs::write(c.dir.path().join("root/containers"), "").unwrap();
         let e = c.create(POD, config()).unwrap_err();
         assert!(matches!(e, ContainerError::Io { .. }), "{e}");
-        assert_eq!(c.node.asked(), Vec::<&str>::new());
+        assert_eq!(c.journal.take(), Vec::<&str>::new());
         assert_eq!(c.svc.list().unwrap().len(), 0);
         assert_eq!(
             entries(&c.dir.path().join("state/containers")),

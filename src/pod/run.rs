@@ -384,7 +384,7 @@ fn write_files(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use serde_json::{Value, json};
@@ -394,29 +394,11 @@ mod tests {
     use crate::network::{ConfError, Network, NetworkConfig, NetworkError, PodNet};
     use crate::pod::effects::{Effects, NamespacePins, PodCni, ShmMount};
     use crate::pod::namespaces::NsError;
+    use crate::rollback::Journal;
     use crate::store::Store;
 
-    /// The node as the fakes see it: what they were asked, in order, and the one call that
-    /// fails (by the name it is recorded under).
-    #[derive(Default)]
-    struct Node {
-        asked: Mutex<Vec<&'static str>>,
-        fail: Mutex<Option<&'static str>>,
-    }
-
-    impl Node {
-        /// Record `call`; true when it is the one that fails.
-        fn call(&self, call: &'static str) -> bool {
-            self.asked.lock().unwrap().push(call);
-            *self.fail.lock().unwrap() == Some(call)
-        }
-
-        fn asked(&self) -> Vec<&'static str> {
-            std::mem::take(&mut *self.asked.lock().unwrap())
-        }
-    }
-
-    struct Fake(Arc<Node>);
+    /// Every fake effect, writing to one journal.
+    struct Fake(Arc<Journal>);
 
     impl NamespacePins for Fake {
         fn pin(&self, _: &PinRequest) -> Result<(), NsError> {
@@ -482,7 +464,7 @@ mod tests {
     /// A pod service on temp dirs (state, store, a cgroupfs stand-in) and fakes for the rest.
     struct Pods {
         svc: PodService,
-        node: Arc<Node>,
+        journal: Arc<Journal>,
         dir: tempfile::TempDir,
     }
 
@@ -494,8 +476,8 @@ mod tests {
             bin_dirs: Vec::new(),
             timeout: Duration::from_secs(1),
         }));
-        let node = Arc::new(Node::default());
-        let fake = Arc::new(Fake(node.clone()));
+        let journal = Arc::new(Journal::default());
+        let fake = Arc::new(Fake(journal.clone()));
         let svc = PodService::new(
             store,
             dir.path().join("state"),
@@ -509,7 +491,7 @@ mod tests {
             shm: fake.clone(),
             cni: fake,
         });
-        Pods { svc, node, dir }
+        Pods { svc, journal, dir }
     }
 
     fn config() -> cri::PodSandboxConfig {
@@ -544,15 +526,15 @@ mod tests {
         /// dir, no cgroup, and the name free for the next attempt. Returns the error and the
         /// calls made, undo included.
         fn fail_at(&self, call: &'static str) -> (PodError, Vec<&'static str>) {
-            *self.node.fail.lock().unwrap() = Some(call);
+            self.journal.fail_at(Some(call));
             let e = self.svc.run(config(), "").expect_err("run fails");
-            let asked = self.node.asked();
+            let asked = self.journal.take();
             assert_eq!(self.svc.list().unwrap().len(), 0, "a record is left");
             assert_eq!(entries(&self.pods_dir()), Vec::<PathBuf>::new());
             assert_eq!(entries(&self.cgroups_dir()), Vec::<PathBuf>::new());
-            *self.node.fail.lock().unwrap() = None;
+            self.journal.fail_at(None);
             self.svc.run(config(), "").expect("the name is free again");
-            self.node.asked();
+            self.journal.take();
             (e, asked)
         }
     }
@@ -562,7 +544,7 @@ mod tests {
         let p = pods();
         let rec = p.svc.run(config(), "").unwrap();
         assert_eq!(
-            p.node.asked(),
+            p.journal.take(),
             ["cni config", "mount shm", "pin", "cni add"]
         );
         let stored = p.svc.find(&rec.id).unwrap();
@@ -583,10 +565,10 @@ mod tests {
     fn a_taken_name_is_refused_before_anything_is_made() {
         let p = pods();
         let first = p.svc.run(config(), "").unwrap();
-        p.node.asked();
+        p.journal.take();
         let e = p.svc.run(config(), "").err().unwrap();
         assert!(matches!(e, PodError::NameTaken { .. }), "{e}");
-        assert_eq!(p.node.asked(), ["cni config"]);
+        assert_eq!(p.journal.take(), ["cni config"]);
         assert_eq!(p.svc.list().unwrap().len(), 1);
         assert_eq!(entries(&p.pods_dir()), [p.pods_dir().join(&first.id)]);
     }
@@ -605,10 +587,9 @@ mod tests {
         // A file where the pods' dir should be.
         std::fs::create_dir_all(p.dir.path().join("state")).unwrap();
         std::fs::write(p.pods_dir(), "").unwrap();
-        *p.node.fail.lock().unwrap() = None;
         let e = p.svc.run(config(), "").err().unwrap();
         assert!(matches!(e, PodError::Io { .. }), "{e}");
-        assert_eq!(p.node.asked(), ["cni config"]);
+        assert_eq!(p.journal.take(), ["cni config"]);
         assert_eq!(p.svc.list().unwrap().len(), 0);
     }
 
@@ -619,7 +600,7 @@ mod tests {
         std::fs::write(p.cgroups_dir(), "").unwrap();
         let e = p.svc.run(config(), "").err().unwrap();
         assert!(matches!(e, PodError::Cgroup(_)), "{e}");
-        assert_eq!(p.node.asked(), ["cni config"]);
+        assert_eq!(p.journal.take(), ["cni config"]);
         assert_eq!(p.svc.list().unwrap().len(), 0);
         assert_eq!(entries(&p.pods_dir()), Vec::<PathBuf>::new());
     }
