@@ -23,6 +23,34 @@ impl Drop for Rollback {
     }
 }
 
+/// For the unit tests of the creates: the calls their fakes were asked to make, in order, and
+/// the one call that fails (by the name it is recorded under).
+#[cfg(test)]
+#[derive(Default)]
+pub struct Journal {
+    asked: std::sync::Mutex<Vec<&'static str>>,
+    fail: std::sync::Mutex<Option<&'static str>>,
+}
+
+#[cfg(test)]
+impl Journal {
+    /// Record `call`; true when it is the one that fails.
+    pub fn call(&self, call: &'static str) -> bool {
+        self.asked.lock().unwrap().push(call);
+        *self.fail.lock().unwrap() == Some(call)
+    }
+
+    /// The calls recorded since the last take.
+    pub fn take(&self) -> Vec<&'static str> {
+        std::mem::take(&mut *self.asked.lock().unwrap())
+    }
+
+    /// Make `call` the one that fails (None: none does).
+    pub fn fail_at(&self, call: Option<&'static str>) {
+        *self.fail.lock().unwrap() = call;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -102,7 +102,7 @@ fn serve(args: &[String]) -> Result<(), String> {
         stdin: args.iter().any(|a| a == "--stdin"),
         stdin_once: args.iter().any(|a| a == "--stdin-once"),
         tty: args.iter().any(|a| a == "--tty"),
-        engine,
+        engine: Box::new(engine),
     };
     let sigfd = serve::sigchld_fd()?;
     let shim = match Shim::create(cfg) {
@@ -120,9 +120,10 @@ fn serve(args: &[String]) -> Result<(), String> {
                 nix::unistd::Pid::from_raw(shim.init_pid()),
                 nix::sys::signal::Signal::SIGKILL,
             );
-            let _ = Command::new(shim.engine())
+            let _ = shim
+                .engine()
+                .command("delete")
                 .args([
-                    "delete",
                     "--id",
                     &need(args, "--id")?,
                     "--root",

@@ -6,6 +6,7 @@
 //! unwinds on failure.
 
 mod create;
+pub mod effects;
 pub mod exec;
 mod exec_sync;
 mod host;
@@ -220,6 +221,8 @@ pub struct ContainerService {
     cfg: crate::config::Config,
     /// Last (time, cumulative CPU ns) per container, for the nano-cores rate.
     cpu_prev: crate::stats::Rates,
+    /// What CreateContainer does to the node: the host's, or a unit test's fakes.
+    effects: effects::Effects,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ContainerError {
@@ -257,7 +260,13 @@ impl ContainerService {
             init_binary,
             cfg,
             cpu_prev: Default::default(),
+            effects: effects::Effects::host(),
         }
+    }
+
+    /// The same service creating containers with `effects` instead of the node's.
+    pub fn with_effects(self, effects: effects::Effects) -> ContainerService {
+        ContainerService { effects, ..self }
     }
 
     fn root_dir(&self, id: &str) -> PathBuf {

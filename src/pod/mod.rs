@@ -2,6 +2,7 @@
 //! /dev/shm its containers will share, and the sandbox's lifecycle and state. Speaks in domain
 //! types; the CRI edge converts. Every multi-step create unwinds what it did on failure.
 
+pub mod effects;
 pub mod files;
 pub mod namespaces;
 mod run;
@@ -18,6 +19,7 @@ use crate::cgroups::{CgroupError, Hierarchy};
 use crate::ids::IdError;
 use crate::network::{Network, NetworkList, PodNet};
 use crate::store::{Found, PodRecord, PodState, Store, StoreError};
+use effects::Effects;
 use files::FilesError;
 use namespaces::NsError;
 
@@ -118,6 +120,8 @@ pub struct PodService {
     handlers: Vec<String>,
     /// The systemd cgroup driver: pod cgroups are slices systemd (and kubelet) own.
     systemd: bool,
+    /// What RunPodSandbox does to the node: the host's, or a unit test's fakes.
+    effects: Effects,
 }
 
 impl PodService {
@@ -133,10 +137,16 @@ impl PodService {
             store,
             state_dir,
             cgroups,
+            effects: Effects::host(network.clone()),
             network,
             handlers,
             systemd,
         }
+    }
+
+    /// The same service running pods with `effects` instead of the node's.
+    pub fn with_effects(self, effects: Effects) -> PodService {
+        PodService { effects, ..self }
     }
 
     pub fn network(&self) -> &Network {

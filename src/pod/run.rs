@@ -58,16 +58,16 @@ impl PodService {
         // Root in a user-namespaced pod owns its files as root elsewhere does.
         let root_ids = c.user_ns.as_ref().map(UserNs::root_on_host);
         if !c.host_ipc {
-            mount_shm(&dir, root_ids, &mut rec, &mut undo)?;
+            self.mount_shm(&dir, root_ids, &mut rec, &mut undo)?;
         }
         let req = PinRequest {
             hostname: (!c.host_net && !hostname.is_empty()).then(|| hostname.clone()),
             ..req
         };
-        namespaces::pin(&req)?;
+        self.effects.pins.pin(&req)?;
         {
-            let r = req.clone();
-            undo.push(move || namespaces::unpin_all(&r));
+            let (pins, r) = (self.effects.pins.clone(), req.clone());
+            undo.push(move || pins.unpin_all(&r));
         }
         if let Some(list) = network {
             self.add_network(list, &mut rec, &config, &mut undo)?;
@@ -216,7 +216,8 @@ impl PodService {
             None
         } else {
             Some(
-                self.network
+                self.effects
+                    .cni
                     .config()
                     .map_err(crate::network::NetworkError::from)?,
             )
@@ -278,6 +279,24 @@ impl PodService {
         Ok(())
     }
 
+    /// The pod's /dev/shm, a tmpfs its containers share; undone by unmounting it.
+    fn mount_shm(
+        &self,
+        dir: &Path,
+        root_ids: Option<(u32, u32)>,
+        rec: &mut PodRecord,
+        undo: &mut Rollback,
+    ) -> Result<(), PodError> {
+        let shm = dir.join("shm");
+        self.effects.shm.mount(&shm, DEFAULT_SHM_BYTES, root_ids)?;
+        let (mounts, s) = (self.effects.shm.clone(), shm.clone());
+        undo.push(move || {
+            let _ = mounts.unmount(&s);
+        });
+        rec.shm = shm.display().to_string();
+        Ok(())
+    }
+
     /// CNI ADD in the pinned network namespace; undone by CNI DEL.
     fn add_network(
         &self,
@@ -286,12 +305,12 @@ impl PodService {
         config: &cri::PodSandboxConfig,
         undo: &mut Rollback,
     ) -> Result<(), PodError> {
-        let result = self.network.add_with(&list, &Self::pod_net(rec, config))?;
+        let result = self.effects.cni.add(&list, &Self::pod_net(rec, config))?;
         rec.ips = serde_json::from_value::<crate::network::CniResult>(result.clone())
             .map(|r| r.pod_ips())
             .unwrap_or_default();
         rec.network_result = result.clone();
-        let (net, pod) = (self.network.clone(), Self::pod_net(rec, config));
+        let (net, pod) = (self.effects.cni.clone(), Self::pod_net(rec, config));
         undo.push(move || {
             let _ = net.del(&list, &pod, &result);
         });
@@ -351,19 +370,270 @@ fn write_files(
     Ok(hostname)
 }
 
-/// The pod's /dev/shm, a tmpfs its containers share; undone by unmounting it.
-fn mount_shm(
-    dir: &Path,
-    root_ids: Option<(u32, u32)>,
-    rec: &mut PodRecord,
-    undo: &mut Rollback,
-) -> Result<(), PodError> {
-    let shm = dir.join("shm");
-    namespaces::mount_shm(&shm, DEFAULT_SHM_BYTES, root_ids)?;
-    let s = shm.clone();
-    undo.push(move || {
-        let _ = namespaces::unmount_dir(&s);
-    });
-    rec.shm = shm.display().to_string();
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::cgroups::Hierarchy;
+    use crate::network::{ConfError, Network, NetworkConfig, NetworkError, PodNet};
+    use crate::pod::effects::{Effects, NamespacePins, PodCni, ShmMount};
+    use crate::pod::namespaces::NsError;
+    use crate::rollback::Journal;
+    use crate::store::Store;
+
+    /// Every fake effect, writing to one journal.
+    struct Fake(Arc<Journal>);
+
+    impl NamespacePins for Fake {
+        fn pin(&self, _: &PinRequest) -> Result<(), NsError> {
+            if self.0.call("pin") {
+                return Err(NsError::Helper("unshare: operation not permitted".into()));
+            }
+            Ok(())
+        }
+
+        fn unpin_all(&self, _: &PinRequest) {
+            self.0.call("unpin");
+        }
+    }
+
+    impl ShmMount for Fake {
+        fn mount(&self, _: &Path, _: u64, _: Option<(u32, u32)>) -> Result<(), NsError> {
+            if self.0.call("mount shm") {
+                return Err(NsError::Sys {
+                    op: "mount tmpfs",
+                    path: "shm".into(),
+                    errno: nix::errno::Errno::ENOMEM,
+                });
+            }
+            Ok(())
+        }
+
+        fn unmount(&self, _: &Path) -> Result<(), NsError> {
+            self.0.call("unmount shm");
+            Ok(())
+        }
+    }
+
+    impl PodCni for Fake {
+        fn config(&self) -> Result<NetworkList, ConfError> {
+            if self.0.call("cni config") {
+                return Err(ConfError::NoConfig("/etc/cni/net.d".into()));
+            }
+            Ok(NetworkList {
+                name: "pods".into(),
+                cni_version: "1.0.0".into(),
+                plugins: vec![json!({"type": "bridge"})],
+                source: "/etc/cni/net.d/10-pods.conflist".into(),
+            })
+        }
+
+        fn add(&self, _: &NetworkList, _: &PodNet) -> Result<Value, NetworkError> {
+            if self.0.call("cni add") {
+                return Err(NetworkError::Plugin {
+                    plugin: "bridge".into(),
+                    command: "ADD",
+                    message: "no IP addresses available".into(),
+                });
+            }
+            Ok(json!({"cniVersion": "1.0.0", "ips": [{"address": "10.88.0.7/16"}]}))
+        }
+
+        fn del(&self, _: &NetworkList, _: &PodNet, _: &Value) -> Result<(), NetworkError> {
+            self.0.call("cni del");
+            Ok(())
+        }
+    }
+
+    /// A pod service on temp dirs (state, store, a cgroupfs stand-in) and fakes for the rest.
+    struct Pods {
+        svc: PodService,
+        journal: Arc<Journal>,
+        dir: tempfile::TempDir,
+    }
+
+    fn pods() -> Pods {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&dir.path().join("db")).unwrap());
+        let network = Arc::new(Network::new(NetworkConfig {
+            conf_dir: dir.path().join("cni"),
+            bin_dirs: Vec::new(),
+            timeout: Duration::from_secs(1),
+        }));
+        let journal = Arc::new(Journal::default());
+        let fake = Arc::new(Fake(journal.clone()));
+        let svc = PodService::new(
+            store,
+            dir.path().join("state"),
+            Hierarchy::V2(dir.path().join("cgroup")),
+            network,
+            Vec::new(),
+            false,
+        )
+        .with_effects(Effects {
+            pins: fake.clone(),
+            shm: fake.clone(),
+            cni: fake,
+        });
+        Pods { svc, journal, dir }
+    }
+
+    /// The request as the CRI edge passes it on.
+    fn request() -> RunRequest {
+        let config = config();
+        RunRequest {
+            meta: config.metadata.clone().unwrap(),
+            config,
+            handler: String::new(),
+        }
+    }
+
+    fn config() -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            metadata: Some(cri::PodSandboxMetadata {
+                name: "web".into(),
+                namespace: "default".into(),
+                uid: "u1".into(),
+                attempt: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Entries left in `dir` (absent: none).
+    fn entries(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+
+    impl Pods {
+        fn pods_dir(&self) -> PathBuf {
+            self.dir.path().join("state/pods")
+        }
+
+        fn cgroups_dir(&self) -> PathBuf {
+            self.dir.path().join("cgroup/kelson")
+        }
+
+        /// Run with `call` failing, expect an error and nothing left behind: no record, no pod
+        /// dir, no cgroup, and the name free for the next attempt. Returns the error and the
+        /// calls made, undo included.
+        fn fail_at(&self, call: &'static str) -> (PodError, Vec<&'static str>) {
+            self.journal.fail_at(Some(call));
+            let e = self.svc.run(request()).expect_err("run fails");
+            let asked = self.journal.take();
+            assert_eq!(self.svc.list().unwrap().len(), 0, "a record is left");
+            assert_eq!(entries(&self.pods_dir()), Vec::<PathBuf>::new());
+            assert_eq!(entries(&self.cgroups_dir()), Vec::<PathBuf>::new());
+            self.journal.fail_at(None);
+            self.svc.run(request()).expect("the name is free again");
+            self.journal.take();
+            (e, asked)
+        }
+    }
+
+    #[test]
+    fn a_pod_is_recorded_ready_with_everything_it_made() {
+        let p = pods();
+        let rec = p.svc.run(request()).unwrap();
+        assert_eq!(
+            p.journal.take(),
+            ["cni config", "mount shm", "pin", "cni add"]
+        );
+        let stored = p.svc.find(&rec.id).unwrap();
+        assert_eq!(stored.state, PodState::Ready);
+        assert_eq!(stored.ips, ["10.88.0.7"]);
+        assert_eq!(stored.name_key, "web_default_u1_0");
+        assert!(stored.cgroup_created && stored.network.is_some() && !stored.network_released);
+        let dir = p.pods_dir().join(&rec.id);
+        assert_eq!(stored.netns, dir.join("netns").display().to_string());
+        assert_eq!(stored.shm, dir.join("shm").display().to_string());
+        for f in ["hostname", "hosts", "resolv.conf"] {
+            assert!(dir.join(f).is_file(), "{f}");
+        }
+        assert!(p.cgroups_dir().join(&rec.id).is_dir());
+    }
+
+    #[test]
+    fn a_taken_name_is_refused_before_anything_is_made() {
+        let p = pods();
+        let first = p.svc.run(request()).unwrap();
+        p.journal.take();
+        let e = p.svc.run(request()).err().unwrap();
+        assert!(matches!(e, PodError::NameTaken { .. }), "{e}");
+        assert_eq!(p.journal.take(), ["cni config"]);
+        assert_eq!(p.svc.list().unwrap().len(), 1);
+        assert_eq!(entries(&p.pods_dir()), [p.pods_dir().join(&first.id)]);
+    }
+
+    #[test]
+    fn no_network_config_fails_before_anything_is_made() {
+        let p = pods();
+        let (e, asked) = p.fail_at("cni config");
+        assert!(matches!(e, PodError::Network(_)), "{e}");
+        assert_eq!(asked, ["cni config"]);
+    }
+
+    #[test]
+    fn a_failure_writing_the_files_removes_the_record() {
+        let p = pods();
+        // A file where the pods' dir should be.
+        std::fs::create_dir_all(p.dir.path().join("state")).unwrap();
+        std::fs::write(p.pods_dir(), "").unwrap();
+        let e = p.svc.run(request()).err().unwrap();
+        assert!(matches!(e, PodError::Io { .. }), "{e}");
+        assert_eq!(p.journal.take(), ["cni config"]);
+        assert_eq!(p.svc.list().unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_failure_making_the_cgroup_removes_the_files_and_the_record() {
+        let p = pods();
+        std::fs::create_dir_all(p.dir.path().join("cgroup")).unwrap();
+        std::fs::write(p.cgroups_dir(), "").unwrap();
+        let e = p.svc.run(request()).err().unwrap();
+        assert!(matches!(e, PodError::Cgroup(_)), "{e}");
+        assert_eq!(p.journal.take(), ["cni config"]);
+        assert_eq!(p.svc.list().unwrap().len(), 0);
+        assert_eq!(entries(&p.pods_dir()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_failed_shm_mount_removes_the_cgroup_files_and_record() {
+        let p = pods();
+        let (e, asked) = p.fail_at("mount shm");
+        assert!(matches!(e, PodError::Namespace(_)), "{e}");
+        assert_eq!(asked, ["cni config", "mount shm"]);
+    }
+
+    #[test]
+    fn a_failed_pin_unmounts_the_shm_then_removes_the_rest() {
+        let p = pods();
+        let (e, asked) = p.fail_at("pin");
+        assert!(matches!(e, PodError::Namespace(_)), "{e}");
+        assert_eq!(asked, ["cni config", "mount shm", "pin", "unmount shm"]);
+    }
+
+    #[test]
+    fn a_failed_cni_add_unpins_and_unmounts_in_reverse_order() {
+        let p = pods();
+        let (e, asked) = p.fail_at("cni add");
+        assert!(matches!(e, PodError::Network(_)), "{e}");
+        assert_eq!(
+            asked,
+            [
+                "cni config",
+                "mount shm",
+                "pin",
+                "cni add",
+                "unpin",
+                "unmount shm"
+            ]
+        );
+    }
 }

@@ -1,9 +1,11 @@
 //! What `kelson-shim serve` is told at start: the container, its paths, its stdio mode, and the
-//! engine binary its short-lived children run from. Plain data, parsed once by `main`; it never
-//! changes while the shim runs.
+//! engine its short-lived children run from. Parsed once by `main`; it never changes while the
+//! shim runs.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use super::EngineCommand;
 
 pub struct Config {
     pub id: String,
@@ -19,8 +21,8 @@ pub struct Config {
     pub stdin_once: bool,
     /// The container runs on a terminal (its spec says `terminal: true`).
     pub tty: bool,
-    /// The engine binary (`kelson-shim-engine`) every create, start and exec runs.
-    pub engine: EngineBinary,
+    /// The engine (`kelson-shim-engine`, an `EngineBinary`) every create, start and exec runs.
+    pub engine: Box<dyn EngineCommand>,
 }
 
 /// The engine kelsond gave (`--engine`): its sealed in-memory copy, opened here once and run as

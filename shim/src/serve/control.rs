@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -119,8 +119,8 @@ impl Shim {
         if let Some(why) = start_refusal(self.status) {
             return error(msg::ErrorKind::WrongState, why);
         }
-        let mut cmd = Command::new(self.cfg.engine.path());
-        cmd.args(["start", "--id", &self.cfg.id])
+        let mut cmd = self.cfg.engine.command("start");
+        cmd.args(["--id", &self.cfg.id])
             .arg("--root")
             .arg(&self.cfg.root);
         match self.start_report.take() {
@@ -219,7 +219,67 @@ fn write_response(conn: &mut UnixStream, r: msg::Response) -> std::io::Result<()
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake_engine::{FakeEngine, config};
     use super::*;
+
+    /// A created container whose engine starts it with `start` (None: cannot be spawned).
+    fn created(dir: &std::path::Path, start: Option<&str>) -> Shim {
+        let mut engine = FakeEngine::default().with("create", r#"echo 4242 > "$pid_file""#);
+        if let Some(script) = start {
+            engine = engine.with("start", script);
+        }
+        Shim::create_container(config(dir, engine)).unwrap()
+    }
+
+    fn kind(r: &msg::Response) -> msg::ErrorKind {
+        msg::ErrorKind::try_from(r.error_kind).unwrap()
+    }
+
+    #[test]
+    fn a_start_the_engine_refuses_is_a_start_failure_with_its_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shim = created(
+            dir.path(),
+            Some("echo 'exec: permission denied' >&2; exit 1"),
+        );
+        let r = shim.start();
+        assert_eq!(kind(&r), msg::ErrorKind::StartFailed);
+        assert_eq!(r.error, "exec: permission denied");
+        assert_eq!(shim.status, msg::Status::Created);
+        assert_eq!(shim.started_at, 0);
+    }
+
+    #[test]
+    fn an_engine_that_cannot_be_spawned_to_start_is_an_internal_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut shim = created(dir.path(), None);
+        let r = shim.start();
+        assert_eq!(kind(&r), msg::ErrorKind::Internal);
+        assert!(r.error.starts_with("spawning starter: "), "{}", r.error);
+        assert_eq!(shim.status, msg::Status::Created);
+    }
+
+    #[test]
+    fn a_started_container_runs_and_is_not_started_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        // The init's start report arrives on the starter's stdin.
+        let mut shim = created(
+            dir.path(),
+            Some(r#"[ "$1 $2" = "--id c1" ] && [ "$5" = --report-on-stdin ] || exit 9"#),
+        );
+        let r = shim.start();
+        assert_eq!((r.error.as_str(), r.error_kind), ("", 0));
+        assert_eq!(shim.status, msg::Status::Running);
+        let state = r.state.unwrap();
+        assert_eq!(
+            (state.status, state.pid),
+            (msg::Status::Running as i32, 4242)
+        );
+        assert!(state.started_at > 0);
+        let again = shim.start();
+        assert_eq!(kind(&again), msg::ErrorKind::WrongState);
+        assert_eq!(again.error, "container is Running, not created");
+    }
 
     #[test]
     fn attach_needs_a_running_container_with_room() {

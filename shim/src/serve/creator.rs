@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -86,8 +86,8 @@ fn spawn_creator(
     (out_w, err_w, stdin_r): (OwnedFd, OwnedFd, Option<OwnedFd>),
     console: bool,
 ) -> Result<Child, String> {
-    let mut cmd = Command::new(cfg.engine.path());
-    cmd.args(["create", "--id", &cfg.id])
+    let mut cmd = cfg.engine.command("create");
+    cmd.args(["--id", &cfg.id])
         .arg("--root")
         .arg(&cfg.root)
         .arg("--bundle")
@@ -194,6 +194,11 @@ impl Shim {
     pub fn create(cfg: Config) -> Result<Shim, String> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("set child subreaper: {e}"))?;
+        Self::create_container(cfg)
+    }
+
+    /// The creation itself, in whatever process runs it (unit tests: not a subreaper).
+    pub(super) fn create_container(cfg: Config) -> Result<Shim, String> {
         let log = LogFile::open(&cfg.log)
             .map_err(|e| format!("opening log {}: {e}", cfg.log.display()))?;
         let p = pipes(&cfg)?;
@@ -255,7 +260,97 @@ impl Shim {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake_engine::{FakeEngine, config, leftovers};
     use super::*;
+
+    fn create(dir: &Path, engine: FakeEngine, tty: bool) -> Result<Shim, String> {
+        let mut cfg = config(dir, engine);
+        cfg.tty = tty;
+        Shim::create_container(cfg)
+    }
+
+    #[test]
+    fn an_engine_that_cannot_be_spawned_is_the_create_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeEngine::default();
+        let asked = engine.asked();
+        let e = create(dir.path(), engine, false).err().unwrap();
+        assert!(e.starts_with("spawning creator: "), "{e}");
+        assert_eq!(*asked.borrow(), ["create"]);
+    }
+
+    #[test]
+    fn a_failed_creator_is_answered_with_its_own_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeEngine::default().with(
+            "create",
+            r#"echo "exec: no such file" > "$err_file"; exit 1"#,
+        );
+        let e = create(dir.path(), engine, false).err().unwrap();
+        assert_eq!(e, "exec: no such file");
+        assert_eq!(leftovers(dir.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_creator_that_fails_silently_is_named_by_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeEngine::default().with("create", "exit 3");
+        let e = create(dir.path(), engine, false).err().unwrap();
+        assert_eq!(e, "creator exited with exit status: 3");
+        assert_eq!(leftovers(dir.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_creator_that_succeeds_without_an_init_pid_is_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeEngine::default().with("create", "exit 0");
+        let e = create(dir.path(), engine, false).err().unwrap();
+        assert_eq!(e, "creator wrote no init pid");
+        assert_eq!(leftovers(dir.path()), Vec::<PathBuf>::new());
+    }
+
+    #[test]
+    fn a_terminal_creator_that_dies_is_reaped_and_its_socket_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeEngine::default().with(
+            "create",
+            r#"test -S "$console" || exit 9
+               echo $$ > "$pid_file"
+               echo "no pty" > "$err_file"; exit 1"#,
+        );
+        let e = create(dir.path(), engine, true).err().unwrap();
+        assert_eq!(e, "no pty");
+        // The console socket lies beside the control socket, outside the shim's dir (which
+        // kelsond's rollback removes, start report and all).
+        assert!(!dir.path().join("c1.console").exists());
+        // Waited for: not even a zombie is left.
+        let pid = read_init_pid(&dir.path().join("init.pid")).unwrap();
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "{pid}");
+    }
+
+    #[test]
+    fn a_created_container_has_its_init_and_its_output_on_the_shims_pipes() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeEngine::default().with(
+            "create",
+            r#"test -p "$report" || exit 9
+               echo hello; echo oops >&2; echo 4242 > "$pid_file""#,
+        );
+        let asked = engine.asked();
+        let shim = create(dir.path(), engine, false).unwrap();
+        assert_eq!(shim.init_pid(), 4242);
+        assert_eq!(shim.status, msg::Status::Created);
+        assert!(shim.start_report.is_some() && shim.stdin.is_none() && shim.term.is_none());
+        assert_eq!(leftovers(dir.path()), Vec::<PathBuf>::new());
+        assert_eq!(*asked.borrow(), ["create"]);
+        let mut buf = [0u8; 64];
+        let read = |i: usize, buf: &mut [u8]| {
+            let n = nix::unistd::read(&shim.outputs[i].1, buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        assert_eq!(read(0, &mut buf), "hello\n");
+        assert_eq!(read(1, &mut buf), "oops\n");
+    }
 
     #[test]
     fn the_creators_account_is_its_error_file_when_it_wrote_one() {

@@ -6,7 +6,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use kelson_proto::shim as msg;
@@ -142,8 +142,11 @@ impl Shim {
         };
         self.exec_seq += 1;
         let pid_file = self.cfg.dir.join(format!("exec-{}.pid", self.exec_seq));
-        let child = Command::new(self.cfg.engine.path())
-            .args(["exec", "--id", &self.cfg.id])
+        let child = self
+            .cfg
+            .engine
+            .command("exec")
+            .args(["--id", &self.cfg.id])
             .arg("--root")
             .arg(&self.cfg.root)
             .arg("--pid-file")
@@ -249,7 +252,27 @@ impl Shim {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake_engine::{FakeEngine, config};
     use super::*;
+
+    #[test]
+    fn an_exec_the_engine_cannot_run_is_internal_and_keeps_no_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FakeEngine::default().with("create", r#"echo 4242 > "$pid_file""#);
+        let asked = engine.asked();
+        let mut shim = Shim::create_container(config(dir.path(), engine)).unwrap();
+        shim.status = msg::Status::Running;
+        let (conn, _client) = UnixStream::pair().unwrap();
+        let x = msg::Exec {
+            args: vec!["true".into()],
+            ..Default::default()
+        };
+        let (_conn, kind, e) = shim.exec(conn, x).err().unwrap();
+        assert_eq!(kind, msg::ErrorKind::Internal);
+        assert!(e.starts_with("spawning exec: "), "{e}");
+        assert!(shim.execs.is_empty());
+        assert_eq!(*asked.borrow(), ["create", "exec"]);
+    }
 
     #[test]
     fn output_is_capped_at_the_request_and_the_bound() {

@@ -1,6 +1,6 @@
 //! The long-lived shim process (`kelson-shim serve`) of one container: its state, shared by
 //! the files that each own one of its jobs (`poll_loop`, `control`, `reaper`, `exec_session`,
-//! `creator`, `container_io`). One thread, one poll loop; container operations run in
+//! `creator`, `container_io`; the engine behind `engine_command`). One thread, one poll loop; container operations run in
 //! short-lived `kelson-shim-engine` children. It never links the container library and never
 //! blocks the loop on a container or a client.
 
@@ -9,7 +9,10 @@ mod container_cgroup;
 mod container_io;
 mod control;
 mod creator;
+mod engine_command;
 mod exec_session;
+#[cfg(test)]
+mod fake_engine;
 mod pipes;
 mod poll_loop;
 mod reaper;
@@ -27,6 +30,7 @@ use crate::cri_log::{LogFile, Splitter, Stream};
 use crate::exit_record::Exit;
 
 pub use config::{Config, EngineBinary, shim_dir};
+pub use engine_command::EngineCommand;
 pub use reaper::sigchld_fd;
 
 use exec_session::ExecSession;
@@ -62,9 +66,9 @@ impl Shim {
         self.init
     }
 
-    /// The engine binary this shim runs its short-lived children from.
-    pub fn engine(&self) -> &std::path::Path {
-        self.cfg.engine.path()
+    /// The engine this shim runs its short-lived children from.
+    pub fn engine(&self) -> &dyn EngineCommand {
+        self.cfg.engine.as_ref()
     }
 
     fn state(&self) -> msg::State {
