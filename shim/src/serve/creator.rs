@@ -119,6 +119,17 @@ fn creator_error(err_file: &Path) -> Option<String> {
         .filter(|w| !w.trim().is_empty())
 }
 
+/// Paths whose names are removed when this goes out of scope (already gone: nothing).
+struct RemoveOnDrop<const N: usize>([PathBuf; N]);
+
+impl<const N: usize> Drop for RemoveOnDrop<N> {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// The terminal's master from the creator; on failure the creator is gone and the error is
 /// its own account, else what went wrong here.
 fn receive_master(
@@ -213,6 +224,9 @@ impl Shim {
         } else {
             None
         };
+        // On every way out: the console socket's name (beside the control socket, outside
+        // the shim's dir, so kelsond's rollback would not find it) and the report FIFO's.
+        let _names = RemoveOnDrop([files.console_path.clone(), files.report_path.clone()]);
         let start_report = open_start_report(&files.report_path)?;
         let mut creator = spawn_creator(
             &cfg,
@@ -277,6 +291,17 @@ mod tests {
         let e = create(dir.path(), engine, false).err().unwrap();
         assert!(e.starts_with("spawning creator: "), "{e}");
         assert_eq!(*asked.borrow(), ["create"]);
+    }
+
+    #[test]
+    fn a_terminal_create_that_cannot_spawn_leaves_no_socket_or_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = create(dir.path(), FakeEngine::default(), true)
+            .err()
+            .unwrap();
+        assert!(e.starts_with("spawning creator: "), "{e}");
+        assert!(!dir.path().join("c1.console").exists());
+        assert_eq!(leftovers(dir.path()), Vec::<PathBuf>::new());
     }
 
     #[test]
