@@ -5,6 +5,7 @@
 mod common;
 
 use anyhow::Context;
+use common::TestPod;
 use k8s_cri::v1 as cri;
 use kelson_testkit::cri::{self as req, as_root, capabilities as caps};
 use kelson_testkit::daemon::Cri;
@@ -383,40 +384,6 @@ async fn log_with(path: &std::path::Path, needle: &str) -> anyhow::Result<String
             path.display()
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
-/// kelsond (with `e`'s config) and a pod `name` in the test's cgroup tree `<prefix>-<pid>`.
-struct TestPod {
-    e: common::Env,
-    c: Cri,
-    top: String,
-    logs: tempfile::TempDir,
-    cfg: cri::PodSandboxConfig,
-    pod: String,
-}
-
-impl TestPod {
-    async fn start(e: common::Env, prefix: &str, name: &str) -> anyhow::Result<TestPod> {
-        let mut c = e.daemon.cri().await?;
-        let (top, logs, cfg, pod) = common::pod_in(&mut c, prefix, name).await?;
-        Ok(TestPod {
-            e,
-            c,
-            top,
-            logs,
-            cfg,
-            pod,
-        })
-    }
-
-    /// CreateContainer + StartContainer in the pod.
-    async fn run(&mut self, ctr: cri::ContainerConfig) -> anyhow::Result<String> {
-        common::create_start(&mut self.c, &self.pod, &self.cfg, ctr).await
-    }
-
-    async fn remove(mut self) -> anyhow::Result<()> {
-        common::remove_pod(&mut self.c, &self.pod, &self.top).await
     }
 }
 
@@ -973,11 +940,7 @@ fn userns_pod(top: &str, logs: &std::path::Path) -> cri::PodSandboxConfig {
 /// directory holding a file of host root's, and a single file, as kubelet mounts
 /// /dev/termination-log and /etc/hosts.
 struct Userns {
-    e: common::Env,
-    c: Cri,
-    top: String,
-    _logs: tempfile::TempDir,
-    pod: String,
+    p: TestPod,
     /// Mounts below kelsond's dirs before the container was made.
     mounts_before: usize,
     vol: tempfile::TempDir,
@@ -988,12 +951,11 @@ struct Userns {
 impl Userns {
     async fn start(test: &str) -> anyhow::Result<Userns> {
         let (e, image) = common::env_standard().await?;
-        let mut c = e.daemon.cri().await?;
         let top = format!("kelson-userns-{test}-{}", std::process::id());
         let logs = tempfile::tempdir()?;
         let cfg = userns_pod(&top, logs.path());
-        let pod = common::run_pod(&mut c, &cfg).await?;
-        let mounts_before = common::mounts_of(&e.daemon);
+        let mut p = TestPod::with_config(e, top, logs, cfg).await?;
+        let mounts_before = common::mounts_of(&p.e.daemon);
         let vol = tempfile::Builder::new().prefix("kelson-vol-").tempdir()?;
         std::fs::write(vol.path().join("from-host"), b"host data\n")?;
         let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
@@ -1003,19 +965,15 @@ impl Userns {
             common::bind("/data", vol.path()),
             common::bind("/dev/termination-log", log_file.path()),
         ];
-        let id = match common::create_start(&mut c, &pod, &cfg, ctr).await {
+        let id = match p.run(ctr).await {
             Ok(id) => id,
             Err(err) => {
-                println!("{}", e.daemon.log());
+                println!("{}", p.e.daemon.log());
                 return Err(err.context("a container in a user-namespaced pod"));
             }
         };
         Ok(Userns {
-            e,
-            c,
-            top,
-            _logs: logs,
-            pod,
+            p,
             mounts_before,
             vol,
             log_file,
@@ -1024,21 +982,17 @@ impl Userns {
     }
 
     async fn exec(&mut self, cmd: &[&str]) -> anyhow::Result<String> {
-        exec_out(&mut self.c, &self.id, cmd).await
+        exec_out(&mut self.p.c, &self.id, cmd).await
     }
 
     /// Remove the pod: no pin or mount is left.
     async fn remove(mut self) -> anyhow::Result<()> {
-        self.c
-            .runtime
-            .remove_pod_sandbox(req::remove_pod(&self.pod))
+        let p = &mut self.p;
+        p.c.runtime
+            .remove_pod_sandbox(req::remove_pod(&p.pod))
             .await?;
-        assert_eq!(
-            common::mounts_of(&self.e.daemon),
-            0,
-            "a pin or mount was left"
-        );
-        common::remove_cgroup_tree(&self.top);
+        assert_eq!(common::mounts_of(&p.e.daemon), 0, "a pin or mount was left");
+        common::remove_cgroup_tree(&p.top);
         Ok(())
     }
 }
@@ -1057,7 +1011,7 @@ async fn user_namespaced_root_is_unprivileged_on_the_host() -> anyhow::Result<()
         map.split_whitespace().collect::<Vec<_>>(),
         ["0", &USERNS_HOST_BASE.to_string(), "65536"]
     );
-    let pid = init_pid(&mut u.c, &u.id).await?;
+    let pid = init_pid(&mut u.p.c, &u.id).await?;
     let host_status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let uids = host_status
         .lines()
@@ -1069,7 +1023,7 @@ async fn user_namespaced_root_is_unprivileged_on_the_host() -> anyhow::Result<()
         "the container's init runs as {uids} on the host"
     );
     let err = exec_fails(
-        &mut u.c,
+        &mut u.p.c,
         &u.id,
         &["/bin/busybox", "mknod", "/tmp/null", "c", "1", "3"],
     )
@@ -1101,7 +1055,7 @@ async fn user_namespaced_layers_are_idmapped_not_chowned() -> anyhow::Result<()>
         .exec(&["/bin/busybox", "stat", "-c", "%u:%g", "/bin/busybox"])
         .await?;
     assert_eq!(owner.trim(), "0:0");
-    let snapshots = u.e.daemon.dir.path().join("root/snapshots");
+    let snapshots = u.p.e.daemon.dir.path().join("root/snapshots");
     assert!(
         walk_owners(&snapshots)
             .iter()
@@ -1110,7 +1064,8 @@ async fn user_namespaced_layers_are_idmapped_not_chowned() -> anyhow::Result<()>
     );
     u.exec(&["/bin/busybox", "touch", "/written"]).await?;
     let upper =
-        u.e.daemon
+        u.p.e
+            .daemon
             .dir
             .path()
             .join("root/containers")
@@ -1144,8 +1099,8 @@ async fn user_namespaced_volumes_are_idmapped_and_released_whole() -> anyhow::Re
     .await?;
     assert_eq!(std::fs::read(u.log_file.path())?, b"bye\n");
 
-    u.c.runtime.remove_container(req::remove(&u.id)).await?;
-    assert_eq!(common::mounts_of(&u.e.daemon), u.mounts_before);
+    u.p.c.runtime.remove_container(req::remove(&u.id)).await?;
+    assert_eq!(common::mounts_of(&u.p.e.daemon), u.mounts_before);
     assert_eq!(
         std::fs::read(u.vol.path().join("from-host"))?,
         b"host data\n"

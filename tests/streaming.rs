@@ -843,30 +843,16 @@ async fn wait_exited(c: &mut Cri, id: &str) -> anyhow::Result<i32> {
 /// kelsond with the standard image and a pod `attach` (logs in `logs/attach`) for containers
 /// with a stdin to attach to.
 struct Attach {
-    _e: common::Env,
+    p: common::TestPod,
     image: String,
-    c: Cri,
-    top: String,
-    logs: tempfile::TempDir,
-    cfg: cri::PodSandboxConfig,
-    pod: String,
 }
 
 impl Attach {
     async fn start(test: &str) -> anyhow::Result<Attach> {
         let (e, image) = common::env_standard().await?;
-        let mut c = e.daemon.cri().await?;
-        let (top, logs, cfg, pod) =
-            common::pod_in(&mut c, &format!("kelson-stest6-{test}"), "attach").await?;
-        Ok(Attach {
-            _e: e,
-            image,
-            c,
-            top,
-            logs,
-            cfg,
-            pod,
-        })
+        let prefix = format!("kelson-stest6-{test}");
+        let p = common::TestPod::start(e, &prefix, "attach").await?;
+        Ok(Attach { p, image })
     }
 
     /// Create and start `name` running `cmd` with a stdin (closed at the first attacher's end
@@ -882,18 +868,13 @@ impl Attach {
         ctr.stdin = true;
         ctr.stdin_once = stdin_once;
         ctr.tty = tty;
-        common::create_start(&mut self.c, &self.pod, &self.cfg, ctr).await
+        self.p.run(ctr).await
     }
 
     /// The CRI log of container `name`.
     fn log(&self, name: &str) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(
-            self.logs.path().join(format!("attach/{name}.log")),
-        )?)
-    }
-
-    async fn remove(mut self) -> anyhow::Result<()> {
-        common::remove_pod(&mut self.c, &self.pod, &self.top).await
+        let path = self.p.logs.path().join(format!("attach/{name}.log"));
+        Ok(std::fs::read_to_string(path)?)
     }
 }
 
@@ -904,7 +885,7 @@ impl Attach {
 #[tokio::test(flavor = "multi_thread")]
 async fn attachers_come_and_go_and_the_container_exit_ends_them_all() -> anyhow::Result<()> {
     let mut t = Attach::start("reader").await?;
-    let c = &mut t.c.clone();
+    let c = &mut t.p.c.clone();
     let script = r#"echo ready; while read l; do [ "$l" = quit ] && break; echo "got:$l"; echo "err:$l" >&2; done; echo bye; exit 3"#;
     let id = t
         .run("reader", &["/bin/sh", "-c", script], false, false)
@@ -995,7 +976,7 @@ async fn attachers_come_and_go_and_the_container_exit_ends_them_all() -> anyhow:
     }
     let gone = attach_url(c, &id, false, true, false).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::FailedPrecondition, "{gone:?}");
-    t.remove().await
+    t.p.remove().await
 }
 
 /// `stdin_once`: the first attacher's end of stdin is the container's.
@@ -1003,7 +984,7 @@ async fn attachers_come_and_go_and_the_container_exit_ends_them_all() -> anyhow:
 async fn attach_with_stdin_once_hands_its_end_of_stdin_to_the_container() -> anyhow::Result<()> {
     let mut t = Attach::start("once").await?;
     let id = t.run("once", &["/bin/busybox", "cat"], true, false).await?;
-    let url = attach_url(&mut t.c, &id, true, true, false).await?;
+    let url = attach_url(&mut t.p.c, &id, true, true, false).await?;
     let mut s = stream::connect(&url, &[V5]).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.send(stream::STDIN, b"abc\n").await?;
@@ -1011,11 +992,11 @@ async fn attach_with_stdin_once_hands_its_end_of_stdin_to_the_container() -> any
     let out = s.collect(Duration::from_secs(20)).await.context("s")?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "abc\n");
     assert_eq!(
-        wait_exited(&mut t.c, &id).await?,
+        wait_exited(&mut t.p.c, &id).await?,
         0,
         "cat saw EOF and ended"
     );
-    t.remove().await
+    t.p.remove().await
 }
 
 /// A container on a terminal: resize, TERM, the terminal's echo; leaving keeps it running, its
@@ -1024,7 +1005,7 @@ async fn attach_with_stdin_once_hands_its_end_of_stdin_to_the_container() -> any
 async fn attach_to_a_terminal_resizes_it_and_leaving_keeps_it_running() -> anyhow::Result<()> {
     let mut a = Attach::start("term").await?;
     let id = a.run("term", &["/bin/sh"], false, true).await?;
-    let c = &mut a.c.clone();
+    let c = &mut a.p.c.clone();
     let mut t = stream::connect(&attach_url(c, &id, true, false, true).await?, &[V5]).await?;
     t.send(stream::RESIZE, br#"{"Width":100,"Height":33}"#)
         .await?;
@@ -1048,7 +1029,7 @@ async fn attach_to_a_terminal_resizes_it_and_leaving_keeps_it_running() -> anyho
     assert_eq!(wait_exited(c, &id).await?, 5);
     let log = a.log("term")?;
     assert!(log.contains("term=xterm"), "{log}");
-    a.remove().await
+    a.p.remove().await
 }
 
 /// The streaming server over TLS (`streaming.tls_cert_file` / `tls_key_file`): URLs are
