@@ -67,6 +67,7 @@ fn procs_with(needle: &str) -> Vec<i32> {
 /// cgroup tree `kelson-stest-<test>-<pid>`.
 struct Running {
     e: common::Env,
+    image: String,
     c: Cri,
     top: String,
     pod: String,
@@ -79,7 +80,14 @@ impl Running {
         let mut c = e.daemon.cri().await?;
         let top = format!("kelson-stest-{test}-{}", std::process::id());
         let (pod, id) = running(&mut c, &image, &top).await?;
-        Ok(Running { e, c, top, pod, id })
+        Ok(Running {
+            e,
+            image,
+            c,
+            top,
+            pod,
+            id,
+        })
     }
 
     async fn exec_url(&mut self, cmd: &[&str], stdin: bool) -> Result<String, tonic::Status> {
@@ -471,22 +479,25 @@ async fn serve_hello_and_echo(c: &mut Cri, pod: &str, image: &str) -> anyhow::Re
     Ok(())
 }
 
+/// A running container and the two servers of `serve_hello_and_echo` in its pod.
+async fn serving(test: &str) -> anyhow::Result<Running> {
+    let mut r = Running::start(test).await?;
+    serve_hello_and_echo(&mut r.c, &r.pod, &r.image).await?;
+    Ok(r)
+}
+
 /// Port-forward over SPDY (`portforward.k8s.io`): connections to servers listening on the
 /// pod's loopback, one pair of streams each; ports not asked for and ports nobody listens on
-/// are reported on the error stream.
+/// are reported on the error stream; requests that cannot work are refused before any URL.
 #[tokio::test(flavor = "multi_thread")]
 async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<()> {
     use stream::spdy;
-    let (e, image) = common::env_standard().await?;
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-stest4-{}", std::process::id());
-    let (pod, _) = running(&mut c, &image, &top).await?;
-    serve_hello_and_echo(&mut c, &pod, &image).await?;
+    let mut r = serving("pf-spdy").await?;
     // Refused by name before any URL: a port out of range, an unknown pod.
     for (req, want) in [
         (
             cri::PortForwardRequest {
-                pod_sandbox_id: pod.clone(),
+                pod_sandbox_id: r.pod.clone(),
                 port: vec![70000],
             },
             tonic::Code::InvalidArgument,
@@ -499,19 +510,19 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
             tonic::Code::NotFound,
         ),
     ] {
-        let err = c.runtime.port_forward(req).await.expect_err("refused");
+        let err = r.c.runtime.port_forward(req).await.expect_err("refused");
         assert_eq!(err.code(), want, "{err:?}");
     }
 
-    let url = c
-        .runtime
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![8080, 8081, 8099],
-        })
-        .await?
-        .into_inner()
-        .url;
+    let url =
+        r.c.runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: r.pod.clone(),
+                port: vec![8080, 8081, 8099],
+            })
+            .await?
+            .into_inner()
+            .url;
     let mut s = spdy::connect_portforward(&url).await?;
     // The servers take a moment to listen: retry the first connection.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -549,18 +560,23 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
         String::from_utf8_lossy(&f.error)
     );
     drop(s);
+    r.remove().await
+}
 
-    // The same over WebSocket (kubelet's portforward.k8s.io): ports in the query, channels
-    // 2i (data) and 2i+1 (error), each opening with its port number.
-    let url = c
-        .runtime
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![8080, 8081],
-        })
-        .await?
-        .into_inner()
-        .url;
+/// Port-forward over WebSocket (kubelet's portforward.k8s.io): ports in the query, channels 2i
+/// (data) and 2i+1 (error), each opening with its port number.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_over_websocket_reaches_servers_in_the_pod() -> anyhow::Result<()> {
+    let mut r = serving("pf-ws").await?;
+    let url =
+        r.c.runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: r.pod.clone(),
+                port: vec![8080, 8081],
+            })
+            .await?
+            .into_inner()
+            .url;
     let mut ws = stream::connect(
         &format!("{url}?port=8080&port=8081"),
         &["portforward.k8s.io"],
@@ -593,9 +609,7 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     assert!(got[&0].ends_with(b"hello from the pod\n"), "{got:?}");
     assert!(got[&2].ends_with(b"ws ping"), "{got:?}");
     drop(ws);
-
-    common::remove_pod(&mut c, &pod, &top).await?;
-    Ok(())
+    r.remove().await
 }
 
 /// Port-forward as crictl and kubectl speak it since Kubernetes 1.30 (KEP-4006): SPDY/3.1
