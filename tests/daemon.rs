@@ -1,5 +1,5 @@
 //! kelsond as a process: configuration errors at start-up, the effective config, the socket,
-//! the runtime answers, and Unimplemented verbs that say so.
+//! the runtime's answers and conditions, a corrupt database, the systemd cgroup driver.
 
 mod common;
 
@@ -8,9 +8,11 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
+use anyhow::Context;
 use k8s_cri::v1 as cri;
 use kelson_testkit::Daemon;
 use kelson_testkit::cri as req;
+use kelson_testkit::daemon::Cri;
 use tonic::Code;
 
 fn kelsond(args: &[&str]) -> std::process::Output {
@@ -84,13 +86,36 @@ fn config_prints_effective_values_with_flag_overrides() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("/var/lib/kelson"));
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> {
+/// kelsond on its own (no registry) and a client to it.
+async fn daemon() -> anyhow::Result<(Daemon, Cri)> {
     let d = Daemon::start(Path::new(common::KELSOND), "")?;
+    let c = d.cri().await?;
+    Ok((d, c))
+}
+
+/// The runtime condition `kind` (RuntimeReady, NetworkReady) in a non-verbose Status.
+async fn condition(c: &mut Cri, kind: &str) -> anyhow::Result<cri::RuntimeCondition> {
+    c.runtime
+        .status(req::runtime_status())
+        .await?
+        .into_inner()
+        .status
+        .context("no status")?
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == kind)
+        .with_context(|| format!("no {kind} condition"))
+}
+
+/// The socket kubelet dials is a unix socket for its owner and group only; Version names kelson
+/// and CRI v1, RuntimeConfig the cgroupfs driver, a verbose Status is ready and carries the
+/// effective config; stats of no pod or of a missing one are clear errors.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_answers_version_config_status_and_stats() -> anyhow::Result<()> {
+    let (d, mut c) = daemon().await?;
     let m = std::fs::metadata(&d.socket)?;
     assert!(m.file_type().is_socket());
     assert_eq!(m.permissions().mode() & 0o777, 0o660);
-    let mut c = d.cri().await?;
     let v = c
         .runtime
         .version(cri::VersionRequest {
@@ -102,46 +127,6 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
         (v.runtime_name.as_str(), v.runtime_api_version.as_str()),
         ("kelson", "v1")
     );
-    let s = c
-        .runtime
-        .status(cri::StatusRequest { verbose: true })
-        .await?
-        .into_inner();
-    let conds = s.status.unwrap().conditions;
-    assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
-    // NetworkReady follows the CNI conf dir: ready with a config, not ready (with the reason)
-    // when it is gone or broken, ready again when it comes back.
-    assert!(conds.iter().any(|c| c.r#type == "NetworkReady" && c.status));
-    let conf = d.net_d.join("10-test.conflist");
-    let saved = std::fs::read(&conf)?;
-    let network = |c: &mut kelson_testkit::daemon::Cri| {
-        let mut c = c.clone();
-        async move {
-            c.runtime
-                .status(req::runtime_status())
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-                .unwrap()
-                .conditions
-                .into_iter()
-                .find(|c| c.r#type == "NetworkReady")
-                .unwrap()
-        }
-    };
-    std::fs::remove_file(&conf)?;
-    let n = network(&mut c).await;
-    assert!(
-        !n.status && n.reason == "NetworkPluginNotReady" && n.message.contains("no network config"),
-        "{n:?}"
-    );
-    std::fs::write(&conf, b"{ broken")?;
-    let n = network(&mut c).await;
-    assert!(!n.status && n.message.contains("10-test.conflist"), "{n:?}");
-    std::fs::write(&conf, saved)?;
-    assert!(network(&mut c).await.status);
-    assert!(s.info["config"].contains(&d.root.display().to_string()));
     let rc = c
         .runtime
         .runtime_config(cri::RuntimeConfigRequest {})
@@ -151,6 +136,16 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
         rc.linux.unwrap().cgroup_driver,
         cri::CgroupDriver::Cgroupfs as i32
     );
+    let s = c
+        .runtime
+        .status(cri::StatusRequest { verbose: true })
+        .await?
+        .into_inner();
+    let conds = s.status.unwrap().conditions;
+    assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status));
+    assert!(conds.iter().any(|c| c.r#type == "NetworkReady" && c.status));
+    assert!(s.info["config"].contains(&d.root.display().to_string()));
+
     // Stats of a pod that does not exist, or of no pod at all: clear errors.
     let err = c
         .runtime
@@ -168,28 +163,35 @@ async fn socket_runtime_answers_and_unimplemented_verbs() -> anyhow::Result<()> 
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().contains(&missing), "{}", err.message());
-    // The runtime reports not-ready, with the reason, when its root cannot be written: the
-    // readiness probe file is made a directory, so the write fails even for root.
+    Ok(())
+}
+
+/// The conditions follow the world: NetworkReady the CNI conf dir (not ready, with the reason,
+/// when the config is gone or broken, ready again when it comes back), RuntimeReady a writable
+/// root (the readiness probe file made a directory fails the write even for root).
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_conditions_follow_the_cni_conf_dir_and_a_writable_root() -> anyhow::Result<()> {
+    let (d, mut c) = daemon().await?;
+    let conf = d.net_d.join("10-test.conflist");
+    let saved = std::fs::read(&conf)?;
+    std::fs::remove_file(&conf)?;
+    let n = condition(&mut c, "NetworkReady").await?;
+    assert!(
+        !n.status && n.reason == "NetworkPluginNotReady" && n.message.contains("no network config"),
+        "{n:?}"
+    );
+    std::fs::write(&conf, b"{ broken")?;
+    let n = condition(&mut c, "NetworkReady").await?;
+    assert!(!n.status && n.message.contains("10-test.conflist"), "{n:?}");
+    std::fs::write(&conf, saved)?;
+    assert!(condition(&mut c, "NetworkReady").await?.status);
+
     let probe = d.root.join(".ready-probe");
     std::fs::create_dir(&probe)?;
-    let s = c.runtime.status(req::runtime_status()).await?.into_inner();
-    let rt = s
-        .status
-        .unwrap()
-        .conditions
-        .into_iter()
-        .find(|c| c.r#type == "RuntimeReady")
-        .unwrap();
+    let rt = condition(&mut c, "RuntimeReady").await?;
     assert!(!rt.status && rt.message.contains("not writable"), "{rt:?}");
     std::fs::remove_dir(&probe)?;
-    let s = c.runtime.status(req::runtime_status()).await?.into_inner();
-    assert!(
-        s.status
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.r#type == "RuntimeReady" && c.status)
-    );
+    assert!(condition(&mut c, "RuntimeReady").await?.status);
     Ok(())
 }
 

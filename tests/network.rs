@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use k8s_cri::v1 as cri;
 use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
@@ -25,7 +26,7 @@ fn in_netns(d: &Daemon, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
 
-fn pod_cfg(name: &str, logs: &Path, host_port: Option<i32>) -> cri::PodSandboxConfig {
+fn pod_cfg(name: &str, logs: &Path, host_port: Option<i32>, top: &str) -> cri::PodSandboxConfig {
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
             name: name.into(),
@@ -46,7 +47,7 @@ fn pod_cfg(name: &str, logs: &Path, host_port: Option<i32>) -> cri::PodSandboxCo
             })
             .unwrap_or_default(),
         linux: Some(cri::LinuxPodSandboxConfig {
-            cgroup_parent: format!("/kelson-nettest-{}/{name}", std::process::id()),
+            cgroup_parent: format!("/{top}/{name}"),
             ..Default::default()
         }),
         ..Default::default()
@@ -57,15 +58,7 @@ async fn run_pod(
     c: &mut Cri,
     cfg: cri::PodSandboxConfig,
 ) -> Result<(String, String), tonic::Status> {
-    let id = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cfg),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
+    let id = common::run_pod_with(c, &cfg, "").await?;
     let ip = c
         .runtime
         .pod_sandbox_status(req::pod_status(&id))
@@ -87,31 +80,8 @@ async fn container(
     name: &str,
     cmd: &[&str],
 ) -> anyhow::Result<String> {
-    let cfg = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    };
-    let id = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(cfg),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await?
-        .into_inner()
-        .container_id;
-    c.runtime.start_container(req::start(&id)).await?;
-    Ok(id)
+    let cfg = common::container_config(name, image, cmd);
+    common::create_start(c, pod, pod_cfg, cfg).await
 }
 
 async fn remove_pod(c: &mut Cri, id: &str) -> anyhow::Result<()> {
@@ -120,11 +90,98 @@ async fn remove_pod(c: &mut Cri, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
-    if !Path::new("/usr/lib/cni/bridge").exists() {
-        anyhow::bail!("CNI plugins missing: run packaging/setup.sh");
+/// kelsond in a network namespace of its own (bridge + host-local + portmap, IPAM state in
+/// `ipam`, two test plugins that fail or hang on ADD next to Debian's), its pods in the cgroup
+/// tree `kelson-nettest-<test>-<pid>`.
+struct Net {
+    d: Daemon,
+    c: Cri,
+    ipam: tempfile::TempDir,
+    _plugins: tempfile::TempDir,
+    logs: tempfile::TempDir,
+    top: String,
+}
+
+impl Net {
+    /// With `pull`, the image is pulled first on the machine's network (the registry is on its
+    /// loopback), then kelsond moves into its own for everything that touches networking.
+    async fn start(
+        test: &str,
+        pull: Option<(&kelson_testkit::Registry, &str)>,
+    ) -> anyhow::Result<Net> {
+        if !Path::new("/usr/lib/cni/bridge").exists() {
+            anyhow::bail!("CNI plugins missing: run packaging/setup.sh");
+        }
+        let ipam = tempfile::tempdir()?;
+        let plugins = tempfile::tempdir()?;
+        std::fs::write(
+            plugins.path().join("kelson-test-fail"),
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"refused by test plugin\"}'; exit 1; fi\nexit 0\n",
+        )?;
+        std::fs::write(
+            plugins.path().join("kelson-test-hang"),
+            "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep 60; fi\nexit 0\n",
+        )?;
+        for f in ["kelson-test-fail", "kelson-test-hang"] {
+            Command::new("chmod")
+                .arg("755")
+                .arg(plugins.path().join(f))
+                .status()?;
+        }
+        let opts = DaemonOptions {
+            netns: pull.is_none(),
+            conflist: Some(common::bridge_conflist(ipam.path(), None)),
+            extra_bin_dirs: vec![plugins.path().to_owned()],
+            plugin_timeout: Some("2s".into()),
+            ..Default::default()
+        };
+        let mut d = Daemon::start_opts(Path::new(common::KELSOND), "", opts)?;
+        if let Some((registry, image)) = pull {
+            d.hosts(&registry.host, &registry.hosts_toml())?;
+            common::pull(&d, image).await?;
+            d.set_netns(true);
+            d.restart()?;
+        }
+        let c = d.cri().await?;
+        Ok(Net {
+            d,
+            c,
+            ipam,
+            _plugins: plugins,
+            logs: tempfile::tempdir()?,
+            top: format!("kelson-nettest-{test}-{}", std::process::id()),
+        })
     }
+
+    fn pod(&self, name: &str, host_port: Option<i32>) -> cri::PodSandboxConfig {
+        pod_cfg(name, self.logs.path(), host_port, &self.top)
+    }
+
+    /// No IP allocated, no veth on the "host".
+    fn nothing_allocated(&self) {
+        assert_eq!(common::allocations(self.ipam.path()), 0, "IPs left");
+        let links = in_netns(&self.d, &["ip", "-o", "link"]);
+        assert!(!links.contains("veth"), "veths left: {links}");
+    }
+
+    /// Put a failing or hanging plugin after bridge in the conflist.
+    fn chain(&self, plugin: &str) -> anyhow::Result<()> {
+        Ok(std::fs::write(
+            self.d.net_d.join("10-test.conflist"),
+            common::bridge_conflist(self.ipam.path(), Some(plugin)),
+        )?)
+    }
+
+    fn finish(self) {
+        common::remove_cgroup_tree(&self.top);
+    }
+}
+
+/// Two pods reach each other over the bridge; a hostPort maps from the "host" to a pod; the pod
+/// that talked has stats and metrics (checked by `pod_stats_and_metrics`); removing the pods
+/// (twice, DEL again is fine) releases the IPs, veths and hostPort rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_talk_over_the_bridge_and_through_a_host_port() -> anyhow::Result<()> {
     let registry = kelson_testkit::Registry::start(Default::default())?;
     kelson_testkit::Pusher::new(&registry)?
         .image(
@@ -134,90 +191,38 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
         )
         .await?;
     let image = format!("{}/test/standard:v1", registry.host);
-    let ipam = tempfile::tempdir()?;
-    let plugins = tempfile::tempdir()?;
-    std::fs::write(
-        plugins.path().join("kelson-test-fail"),
-        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then echo '{\"cniVersion\":\"1.0.0\",\"code\":11,\"msg\":\"refused by test plugin\"}'; exit 1; fi\nexit 0\n",
-    )?;
-    std::fs::write(
-        plugins.path().join("kelson-test-hang"),
-        "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep 60; fi\nexit 0\n",
-    )?;
-    for f in ["kelson-test-fail", "kelson-test-hang"] {
-        Command::new("chmod")
-            .arg("755")
-            .arg(plugins.path().join(f))
-            .status()?;
-    }
-    let opts = DaemonOptions {
-        netns: false,
-        conflist: Some(common::bridge_conflist(ipam.path(), None)),
-        extra_bin_dirs: vec![plugins.path().to_owned()],
-        plugin_timeout: Some("2s".into()),
-        ..Default::default()
-    };
-    // Pull on the machine's network (the registry is on its loopback), then move kelsond into a
-    // network namespace of its own for everything that touches networking.
-    let mut d = Daemon::start_opts(Path::new(common::KELSOND), "", opts)?;
-    d.hosts(&registry.host, &registry.hosts_toml())?;
-    common::pull(&d, &image).await?;
-    d.set_netns(true);
-    d.restart()?;
-    let mut c = d.cri().await?;
-    let logs = tempfile::tempdir()?;
+    let n = Net::start("talk", Some((&registry, &image))).await?;
+    let c = &mut n.c.clone();
 
-    // Two pods reach each other over the bridge; a hostPort maps from the "host" to a pod.
-    let cfg_a = pod_cfg("a", logs.path(), Some(18080));
-    let (a, ip_a) = run_pod(&mut c, cfg_a.clone()).await?;
-    let cfg_b = pod_cfg("b", logs.path(), None);
-    let (b, ip_b) = run_pod(&mut c, cfg_b.clone()).await?;
+    let cfg_a = n.pod("a", Some(18080));
+    let (a, ip_a) = run_pod(c, cfg_a.clone()).await?;
+    let cfg_b = n.pod("b", None);
+    let (b, ip_b) = run_pod(c, cfg_b.clone()).await?;
     assert!(
         ip_a.starts_with("10.77.0.") && ip_b.starts_with("10.77.0.") && ip_a != ip_b,
         "{ip_a} {ip_b}"
     );
-    container(
-        &mut c,
-        &a,
-        &cfg_a,
-        &image,
-        "server",
-        &[
-            "/bin/nc",
-            "-ll",
-            "-p",
-            "8080",
-            "-e",
-            "/bin/echo",
-            "hello from a",
-        ],
-    )
-    .await?;
-    let client = container(
-        &mut c,
-        &b,
-        &cfg_b,
-        &image,
-        "client",
-        &["/bin/sleep", "3600"],
-    )
-    .await?;
+    let server = [
+        "/bin/nc",
+        "-ll",
+        "-p",
+        "8080",
+        "-e",
+        "/bin/echo",
+        "hello from a",
+    ];
+    container(c, &a, &cfg_a, &image, "server", &server).await?;
+    let client = container(c, &b, &cfg_b, &image, "client", &["/bin/sleep", "3600"]).await?;
     let mut got = String::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && !got.contains("hello from a") {
         let r = c
             .runtime
-            .exec_sync(cri::ExecSyncRequest {
-                container_id: client.clone(),
-                cmd: vec![
-                    "/bin/nc".into(),
-                    "-w".into(),
-                    "2".into(),
-                    ip_a.clone(),
-                    "8080".into(),
-                ],
-                timeout: 5,
-            })
+            .exec_sync(req::exec(
+                &client,
+                &["/bin/nc", "-w", "2", &ip_a, "8080"],
+                5,
+            ))
             .await?
             .into_inner();
         got = String::from_utf8_lossy(&r.stdout).into_owned();
@@ -226,80 +231,78 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
         got.contains("hello from a"),
         "pod b could not reach pod a: {got:?}"
     );
-    let via_host = in_netns(&d, &["busybox", "nc", "-w", "2", "10.77.0.1", "18080"]);
+    let via_host = in_netns(&n.d, &["busybox", "nc", "-w", "2", "10.77.0.1", "18080"]);
     assert!(
         via_host.contains("hello from a"),
         "hostPort 18080 did not reach pod a: {via_host}"
     );
-    assert_eq!(common::allocations(ipam.path()), 2);
-    pod_stats_and_metrics(&mut c, &b, &client).await?;
-    remove_pod(&mut c, &a).await?;
-    remove_pod(&mut c, &b).await?;
-    remove_pod(&mut c, &b).await?; // DEL again is fine
-    assert_eq!(common::allocations(ipam.path()), 0, "IPs released");
-    let links = in_netns(&d, &["ip", "-o", "link"]);
-    assert!(!links.contains("veth"), "veths left: {links}");
-    let nat = in_netns(&d, &["iptables-save", "-t", "nat"]);
+    assert_eq!(common::allocations(n.ipam.path()), 2);
+    pod_stats_and_metrics(c, &b, &client).await?;
+    remove_pod(c, &a).await?;
+    remove_pod(c, &b).await?;
+    remove_pod(c, &b).await?; // DEL again is fine
+    n.nothing_allocated();
+    let nat = in_netns(&n.d, &["iptables-save", "-t", "nat"]);
     assert!(!nat.contains("18080"), "hostPort rules left: {nat}");
+    n.finish();
+    Ok(())
+}
 
-    // 20 create/remove cycles leak nothing.
+/// 20 create/remove cycles of pods with a hostPort leak no IP, veth, hostPort rule or pod dir.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_network_cycles_leak_nothing() -> anyhow::Result<()> {
+    let mut n = Net::start("cycles", None).await?;
     for i in 0..20 {
-        let (p, _) = run_pod(
-            &mut c,
-            pod_cfg(&format!("cycle{i}"), logs.path(), Some(19000 + i)),
-        )
-        .await?;
-        remove_pod(&mut c, &p).await?;
+        let cfg = n.pod(&format!("cycle{i}"), Some(19000 + i));
+        let (p, _) = run_pod(&mut n.c, cfg).await?;
+        remove_pod(&mut n.c, &p).await?;
     }
-    assert_eq!(common::allocations(ipam.path()), 0);
-    assert!(!in_netns(&d, &["ip", "-o", "link"]).contains("veth"));
+    n.nothing_allocated();
     assert!(
-        !in_netns(&d, &["iptables-save", "-t", "nat"]).contains("--dport 19"),
+        !in_netns(&n.d, &["iptables-save", "-t", "nat"]).contains("--dport 19"),
         "hostPort rules left after cycles"
     );
-    assert_eq!(common::count(&d.state.join("pods")), 0);
+    assert_eq!(common::count(&n.d.state.join("pods")), 0);
+    n.finish();
+    Ok(())
+}
 
-    // A failing plugin after bridge: the error names it, and bridge's work is undone.
-    std::fs::write(
-        d.net_d.join("10-test.conflist"),
-        common::bridge_conflist(ipam.path(), Some("kelson-test-fail")),
-    )?;
-    let err = run_pod(&mut c, pod_cfg("fails", logs.path(), None))
-        .await
-        .unwrap_err();
+/// A failing plugin after bridge: the error names it, and bridge's work is undone. A hanging
+/// plugin is killed at the timeout, with the same cleanup, and no pod is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_and_hanging_plugins_are_named_and_undone() -> anyhow::Result<()> {
+    let mut n = Net::start("plugins", None).await?;
+    n.chain("kelson-test-fail")?;
+    let cfg = n.pod("fails", None);
+    let err = run_pod(&mut n.c, cfg).await.unwrap_err();
     assert!(
         err.message().contains("kelson-test-fail")
             && err.message().contains("refused by test plugin"),
         "{err:?}"
     );
-    assert_eq!(common::allocations(ipam.path()), 0);
-    assert!(!in_netns(&d, &["ip", "-o", "link"]).contains("veth"));
-    // A hanging plugin is killed at the timeout, with the same cleanup.
-    std::fs::write(
-        d.net_d.join("10-test.conflist"),
-        common::bridge_conflist(ipam.path(), Some("kelson-test-hang")),
-    )?;
+    n.nothing_allocated();
+
+    n.chain("kelson-test-hang")?;
     let t = Instant::now();
-    let err = run_pod(&mut c, pod_cfg("hangs", logs.path(), None))
-        .await
-        .unwrap_err();
+    let cfg = n.pod("hangs", None);
+    let err = run_pod(&mut n.c, cfg).await.unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(20));
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(
         err.message().contains("kelson-test-hang") && err.message().contains("did not finish"),
         "{err:?}"
     );
-    assert_eq!(common::allocations(ipam.path()), 0);
+    assert_eq!(common::allocations(n.ipam.path()), 0);
     assert!(
-        c.runtime
+        n.c.runtime
             .list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
             .await?
             .into_inner()
             .items
             .is_empty()
     );
-    assert_eq!(common::count(&d.state.join("pods")), 0);
-    common::remove_cgroup_tree(&format!("kelson-nettest-{}", std::process::id()));
+    assert_eq!(common::count(&n.d.state.join("pods")), 0);
+    n.finish();
     Ok(())
 }
 
@@ -307,11 +310,7 @@ async fn pods_talk_hostport_cycles_and_failing_plugins() -> anyhow::Result<()> {
 async fn rx_inside(c: &mut Cri, container: &str) -> anyhow::Result<u64> {
     let r = c
         .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: container.into(),
-            cmd: vec!["/bin/cat".into(), "/proc/net/dev".into()],
-            timeout: 5,
-        })
+        .exec_sync(req::exec(container, &["/bin/cat", "/proc/net/dev"], 5))
         .await?
         .into_inner();
     let text = String::from_utf8_lossy(&r.stdout).into_owned();
@@ -333,6 +332,24 @@ async fn rx_inside(c: &mut Cri, container: &str) -> anyhow::Result<u64> {
 /// its network: counters read from the pod's namespace lie between two readings taken inside the
 /// pod, processes and containers are reported, and the cAdvisor metrics carry the same figures.
 async fn pod_stats_and_metrics(c: &mut Cri, pod: &str, client: &str) -> anyhow::Result<()> {
+    let rx = pod_stats_lie_between_readings_inside(c, pod, client)
+        .await
+        .context("PodSandboxStats")?;
+    listed_pod_stats_filter_and_have_a_cpu_rate(c, pod)
+        .await
+        .context("ListPodSandboxStats")?;
+    pod_metrics_carry_the_same_figures(c, pod, client, rx)
+        .await
+        .context("ListPodSandboxMetrics")
+}
+
+/// PodSandboxStats: eth0's received bytes lie between two readings inside the pod, lo is left
+/// out, processes, memory, CPU and the one container are reported: eth0's received bytes.
+async fn pod_stats_lie_between_readings_inside(
+    c: &mut Cri,
+    pod: &str,
+    client: &str,
+) -> anyhow::Result<u64> {
     let before = rx_inside(c, client).await?;
     let stats = c
         .runtime
@@ -383,7 +400,11 @@ async fn pod_stats_and_metrics(c: &mut Cri, pod: &str, client: &str) -> anyhow::
     );
     assert_eq!(linux.containers.len(), 1);
     assert_eq!(linux.containers[0].attributes.as_ref().unwrap().id, client);
+    Ok(rx)
+}
 
+/// ListPodSandboxStats: both pods unfiltered, one by id, with a CPU rate at the second reading.
+async fn listed_pod_stats_filter_and_have_a_cpu_rate(c: &mut Cri, pod: &str) -> anyhow::Result<()> {
     let all = c
         .runtime
         .list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None })
@@ -406,7 +427,17 @@ async fn pod_stats_and_metrics(c: &mut Cri, pod: &str, client: &str) -> anyhow::
     // A second reading has an instantaneous CPU rate.
     let cpu = only[0].linux.as_ref().unwrap().cpu.as_ref().unwrap();
     assert!(cpu.usage_nano_cores.is_some(), "rate after two samples");
+    Ok(())
+}
 
+/// ListPodSandboxMetrics: the pod's network and its container's working set, labelled as the
+/// descriptors say, with at least the figures the stats had.
+async fn pod_metrics_carry_the_same_figures(
+    c: &mut Cri,
+    pod: &str,
+    client: &str,
+    rx: u64,
+) -> anyhow::Result<()> {
     let descriptors = c
         .runtime
         .list_metric_descriptors(cri::ListMetricDescriptorsRequest {})

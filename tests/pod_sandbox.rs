@@ -4,12 +4,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_cri::v1 as cri;
 use kelson_testkit::Daemon;
 use kelson_testkit::cri as req;
+use kelson_testkit::daemon::Cri;
 use tonic::Code;
 
 /// Mounts below the daemon's dirs (pinned namespaces, shm).
@@ -76,31 +77,77 @@ fn nsenter(flag: &str, path: &str, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
-    let d = Daemon::start(Path::new(common::KELSOND), "")?;
-    let mut c = d.cri().await?;
-    let parent = format!("kelson-test-{}/podA", std::process::id());
-    let id = run(&mut c, pod_config("web", &format!("/{parent}"))).await?;
-    assert_eq!(id.len(), 64);
+/// The pod "web" (hostname `web-host`, DNS, labels) in the cgroup `kelson-test-<pid>-<test>/podA`
+/// on a kelsond of its own.
+struct Web {
+    d: Daemon,
+    c: Cri,
+    /// The pod's cgroup parent, below the test's tree.
+    parent: String,
+    id: String,
+}
 
-    let st = c
-        .runtime
-        .pod_sandbox_status(cri::PodSandboxStatusRequest {
-            pod_sandbox_id: id.clone(),
-            verbose: true,
-        })
-        .await?
-        .into_inner();
-    let status = st.status.unwrap();
+impl Web {
+    async fn start(test: &str) -> anyhow::Result<Web> {
+        let d = Daemon::start(Path::new(common::KELSOND), "")?;
+        let mut c = d.cri().await?;
+        let parent = format!("kelson-test-{}-{test}/podA", std::process::id());
+        let id = run(&mut c, pod_config("web", &format!("/{parent}"))).await?;
+        Ok(Web { d, c, parent, id })
+    }
+
+    /// The verbose status: the status and the info's `netns` and `utsns` paths.
+    async fn status(&mut self) -> anyhow::Result<(cri::PodSandboxStatus, String, String)> {
+        let st = self
+            .c
+            .runtime
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: self.id.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&st.info["info"])?;
+        let ns = |k: &str| info[k].as_str().unwrap().to_owned();
+        Ok((st.status.unwrap(), ns("netns"), ns("utsns")))
+    }
+
+    fn pod_dir(&self) -> PathBuf {
+        self.d.state.join("pods").join(&self.id)
+    }
+
+    /// The PID of the holder of the pod's shared PID namespace.
+    fn holder(&self) -> anyhow::Result<i32> {
+        Ok(
+            std::fs::read_to_string(self.pod_dir().join("pidns.holder"))?
+                .trim()
+                .parse()?,
+        )
+    }
+
+    fn cgroup(&self) -> PathBuf {
+        Path::new("/sys/fs/cgroup/memory").join(&self.parent)
+    }
+
+    /// Remove the test's cgroup tree (the pod's own is gone with the pod).
+    fn finish(self) {
+        common::remove_cgroup_tree(self.parent.split('/').next().unwrap());
+    }
+}
+
+/// The namespaces are real and pinned: lo is up, the hostname is set, only inside; net, ipc,
+/// uts and (CRI's default PID mode is POD) pid are pinned, the shared PID namespace has this
+/// kelsond's own binary as PID 1; /dev/shm is a 64 MiB tmpfs; resolv.conf and hosts are written,
+/// the pod cgroup is made. Pods are listed with no filter, by label, by id prefix and by state.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_get_pinned_namespaces_shm_files_a_cgroup_and_are_listed() -> anyhow::Result<()> {
+    let mut w = Web::start("ns").await?;
+    assert_eq!(w.id.len(), 64);
+    let (status, netns, utsns) = w.status().await?;
     assert_eq!(status.state, cri::PodSandboxState::SandboxReady as i32);
     assert_eq!(status.metadata.unwrap().name, "web");
     assert_eq!(status.labels["app"], "web");
-    let info: serde_json::Value = serde_json::from_str(&st.info["info"])?;
-    let netns = info["netns"].as_str().unwrap().to_owned();
-    let utsns = info["utsns"].as_str().unwrap().to_owned();
 
-    // The namespaces are real and pinned: lo is up, the hostname is set, only inside.
     let links = nsenter("--net", &netns, &["ip", "-o", "link"]);
     assert!(links.contains("lo:") && links.contains("UP"), "{links}");
     assert_eq!(
@@ -110,17 +157,13 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
     );
     assert_eq!(nsenter("--uts", &utsns, &["hostname"]).trim(), "web-host");
     assert_ne!(nix_hostname(), "web-host");
-    let m = mounts_under(&d);
-    // net, ipc, uts and (the pod shares one: CRI's default PID mode is POD) pid.
+    let m = mounts_under(&w.d);
     assert_eq!(
         m.iter().filter(|l| l.contains(" - nsfs ")).count(),
         4,
         "{m:#?}"
     );
-    // The shared PID namespace has a holder as PID 1, which is this kelsond's own binary.
-    let holder: i32 = std::fs::read_to_string(d.state.join("pods").join(&id).join("pidns.holder"))?
-        .trim()
-        .parse()?;
+    let holder = w.holder()?;
     let cmdline = std::fs::read(format!("/proc/{holder}/cmdline"))?;
     assert!(String::from_utf8_lossy(&cmdline).contains("pod-holder"));
     let ns_pid = std::fs::read_to_string(format!("/proc/{holder}/status"))?;
@@ -136,20 +179,18 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
         "{m:#?}"
     );
 
-    let pod_dir = d.state.join("pods").join(&id);
+    let pod_dir = w.pod_dir();
     assert_eq!(
         std::fs::read_to_string(pod_dir.join("resolv.conf"))?,
         "nameserver 10.96.0.10\nsearch default.svc.cluster.local\noptions ndots:5\n"
     );
     assert!(std::fs::read_to_string(pod_dir.join("hosts"))?.contains("web-host"));
-    assert!(
-        Path::new("/sys/fs/cgroup/memory").join(&parent).is_dir(),
-        "pod cgroup in the memory hierarchy"
-    );
+    assert!(w.cgroup().is_dir(), "pod cgroup in the memory hierarchy");
 
-    // List with filters.
-    let id2 = run(&mut c, pod_config("db", "")).await?;
-    let lister = c.clone();
+    // ListPodSandbox with no filter, by label, by id prefix, and by state once one is stopped.
+    let id = w.id.clone();
+    let id2 = run(&mut w.c, pod_config("db", "")).await?;
+    let lister = w.c.clone();
     let list = |f: Option<cri::PodSandboxFilter>| {
         let mut c = lister.clone();
         async move {
@@ -179,21 +220,45 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
         ..Default::default()
     };
     assert_eq!(list(Some(by_prefix)).await.len(), 1);
+    w.c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
+    let not_ready = cri::PodSandboxFilter {
+        state: Some(cri::PodSandboxStateValue { state: 1 }),
+        ..Default::default()
+    };
+    assert_eq!(list(Some(not_ready)).await.len(), 1);
+    for p in [&id, &id2] {
+        w.c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
+        w.c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
+    }
+    w.finish();
+    Ok(())
+}
 
-    // Same name again: AlreadyExists, and nothing new mounted.
-    let before = mounts_under(&d).len();
-    let err = run(&mut c, pod_config("web", "")).await.unwrap_err();
+/// The pod's lifecycle to the end. The same name again is AlreadyExists, mounting nothing new.
+/// Stop releases the namespaces and shm and kills the PID-namespace holder, the pod is NotReady;
+/// repeated, it succeeds. Remove takes everything, the cgroup included; repeated, it succeeds;
+/// then the pod is NotFound and its name is free again.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_and_remove_release_everything_and_can_be_repeated() -> anyhow::Result<()> {
+    let mut w = Web::start("stop").await?;
+    let id = w.id.clone();
+    let (_, netns, _) = w.status().await?;
+    let holder = w.holder()?;
+
+    // Same name again.
+    let before = mounts_under(&w.d).len();
+    let err = run(&mut w.c, pod_config("web", "")).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
-    assert_eq!(mounts_under(&d).len(), before);
+    assert_eq!(mounts_under(&w.d).len(), before);
 
-    // Stop: namespaces and shm released, NotReady; idempotent.
-    c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
-    c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
-    let st = c
-        .runtime
-        .pod_sandbox_status(req::pod_status(&id))
-        .await?
-        .into_inner();
+    // Stop.
+    w.c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
+    w.c.runtime.stop_pod_sandbox(req::stop_pod(&id)).await?;
+    let st =
+        w.c.runtime
+            .pod_sandbox_status(req::pod_status(&id))
+            .await?
+            .into_inner();
     assert_eq!(
         st.status.unwrap().state,
         cri::PodSandboxState::SandboxNotready as i32
@@ -219,50 +284,24 @@ async fn pod_lifecycle_on_the_real_kernel() -> anyhow::Result<()> {
         "holder still alive after stop: {}",
         std::fs::read_to_string(format!("/proc/{holder}/status")).unwrap_or_default()
     );
-    let not_ready = cri::PodSandboxFilter {
-        state: Some(cri::PodSandboxStateValue { state: 1 }),
-        ..Default::default()
-    };
-    assert_eq!(list(Some(not_ready)).await.len(), 1);
 
-    // Remove: everything goes, cgroup included; idempotent; then NotFound.
-    for p in [&id, &id2] {
-        c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
-        c.runtime.remove_pod_sandbox(req::remove_pod(p)).await?;
-    }
-    let err = c
-        .runtime
-        .pod_sandbox_status(req::pod_status(&id))
-        .await
-        .unwrap_err();
+    // Remove.
+    w.c.runtime.remove_pod_sandbox(req::remove_pod(&id)).await?;
+    w.c.runtime.remove_pod_sandbox(req::remove_pod(&id)).await?;
+    let err =
+        w.c.runtime
+            .pod_sandbox_status(req::pod_status(&id))
+            .await
+            .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert!(mounts_under(&d).is_empty(), "{:#?}", mounts_under(&d));
-    assert!(!pod_dir.exists());
-    assert!(!Path::new("/sys/fs/cgroup/memory").join(&parent).exists());
-    let _ = std::fs::remove_dir(
-        Path::new("/sys/fs/cgroup/memory").join(parent.split('/').next().unwrap()),
-    );
-    for h in [
-        "cpu,cpuacct",
-        "cpuset",
-        "pids",
-        "devices",
-        "freezer",
-        "blkio",
-        "cpu",
-        "cpuacct",
-    ] {
-        let _ = std::fs::remove_dir(
-            Path::new("/sys/fs/cgroup")
-                .join(h)
-                .join(parent.split('/').next().unwrap()),
-        );
-    }
-    // The name is free again.
-    let again = run(&mut c, pod_config("web", "")).await?;
-    c.runtime
+    assert!(mounts_under(&w.d).is_empty(), "{:#?}", mounts_under(&w.d));
+    assert!(!w.pod_dir().exists());
+    assert!(!w.cgroup().exists());
+    let again = run(&mut w.c, pod_config("web", "")).await?;
+    w.c.runtime
         .remove_pod_sandbox(req::remove_pod(&again))
         .await?;
+    w.finish();
     Ok(())
 }
 

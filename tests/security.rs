@@ -5,6 +5,7 @@
 mod common;
 
 use anyhow::Context;
+use common::TestPod;
 use k8s_cri::v1 as cri;
 use kelson_testkit::cri::{self as req, as_root, capabilities as caps};
 use kelson_testkit::daemon::Cri;
@@ -386,100 +387,126 @@ async fn log_with(path: &std::path::Path, needle: &str) -> anyhow::Result<String
     }
 }
 
-/// Seccomp on the container's process (and all it starts): RuntimeDefault blocks what
-/// containerd's default blocks (a new user namespace, which needs no capability, is refused),
-/// Unconfined does not, a Localhost profile from the configured root applies, and a missing or
-/// escaping profile is refused by name.
-#[tokio::test(flavor = "multi_thread")]
-async fn seccomp_profiles() -> anyhow::Result<()> {
-    let profiles = tempfile::tempdir()?;
-    std::fs::write(
-        profiles.path().join("no-mkdir.json"),
-        br#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
-    )?;
-    let e = common::env_config(&format!(
-        "[container]\nseccomp_profile_root = {:?}\n",
-        profiles.path().display().to_string()
-    ))
-    .await?;
-    let image = common::pull_standard(&e).await?;
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-sectest2-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("seccomp", "default", &format!("/{top}/sc"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
-    // The container tries a user namespace and a mkdir, reports both, and stays up.
-    let script = "/bin/busybox unshare -U /bin/busybox true; echo userns=$?; \
-                  /bin/busybox mkdir /tmp/d; echo mkdir=$?; exec /bin/sleep 3600";
-    let with = |name: &str, profile: Option<cri::SecurityProfile>| {
-        let mut ctr = common::container_config(name, &image, &["/bin/sh", "-c", script]);
+use cri::security_profile::ProfileType;
+
+fn profile(t: ProfileType, localhost_ref: &str) -> Option<cri::SecurityProfile> {
+    Some(cri::SecurityProfile {
+        profile_type: t as i32,
+        localhost_ref: localhost_ref.into(),
+    })
+}
+
+/// ExecSync with a 20 s timeout: the whole response.
+async fn exec(c: &mut Cri, id: &str, cmd: &[&str]) -> anyhow::Result<cri::ExecSyncResponse> {
+    Ok(c.runtime
+        .exec_sync(req::exec(id, cmd, 20))
+        .await?
+        .into_inner())
+}
+
+/// kelsond with a seccomp profile root holding `no-mkdir.json`, the standard image, and a pod
+/// `seccomp` for containers that try a user namespace and a mkdir.
+struct Seccomp {
+    p: TestPod,
+    image: String,
+    profiles: tempfile::TempDir,
+}
+
+impl Seccomp {
+    async fn start(test: &str) -> anyhow::Result<Seccomp> {
+        let profiles = tempfile::tempdir()?;
+        std::fs::write(
+            profiles.path().join("no-mkdir.json"),
+            br#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#,
+        )?;
+        let e = common::env_config(&format!(
+            "[container]\nseccomp_profile_root = {:?}\n",
+            profiles.path().display().to_string()
+        ))
+        .await?;
+        let image = common::pull_standard(&e).await?;
+        let prefix = format!("kelson-sectest2-{test}");
+        let p = TestPod::start(e, &prefix, "seccomp").await?;
+        Ok(Seccomp { p, image, profiles })
+    }
+
+    /// A root container `name` under `profile` that tries a user namespace and a mkdir,
+    /// reports both, and stays up.
+    fn ctr(&self, name: &str, profile: Option<cri::SecurityProfile>) -> cri::ContainerConfig {
+        let script = "/bin/busybox unshare -U /bin/busybox true; echo userns=$?; \
+                      /bin/busybox mkdir /tmp/d; echo mkdir=$?; exec /bin/sleep 3600";
+        let mut ctr = common::container_config(name, &self.image, &["/bin/sh", "-c", script]);
         as_root(&mut ctr).seccomp = profile;
         ctr
-    };
-    use cri::security_profile::ProfileType;
-    let profile = |t: ProfileType, r: &str| {
-        Some(cri::SecurityProfile {
-            profile_type: t as i32,
-            localhost_ref: r.into(),
-        })
-    };
-    let log = |name: &str| logs.path().join("seccomp").join(format!("{name}.log"));
-    let seccomp_mode = |c: &mut Cri, id: String| {
-        let mut c = c.clone();
-        async move {
-            let st = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/1/status"]).await?;
-            anyhow::Ok(
-                st.lines()
-                    .find_map(|l| l.strip_prefix("Seccomp:"))
-                    .map(|v| v.trim().to_owned())
-                    .unwrap_or_default(),
-            )
-        }
-    };
+    }
 
-    let id = common::create_start(
-        &mut c,
-        &pod,
-        &cfg,
-        with("unconfined", profile(ProfileType::Unconfined, "")),
-    )
-    .await
-    .context("unconfined")?;
-    let text = log_with(&log("unconfined"), "mkdir=").await?;
+    /// Start `name` under `profile`: its id and its report (the log once it has `mkdir=`).
+    async fn run(
+        &mut self,
+        name: &str,
+        profile: Option<cri::SecurityProfile>,
+    ) -> anyhow::Result<(String, String)> {
+        let ctr = self.ctr(name, profile);
+        let id = self.p.run(ctr).await.context(name.to_owned())?;
+        let log = self
+            .p
+            .logs
+            .path()
+            .join("seccomp")
+            .join(format!("{name}.log"));
+        Ok((id, log_with(&log, "mkdir=").await?))
+    }
+
+    /// The Seccomp: mode of the container's init.
+    async fn mode(&mut self, id: &str) -> anyhow::Result<String> {
+        let st = exec_out(
+            &mut self.p.c,
+            id,
+            &["/bin/busybox", "cat", "/proc/1/status"],
+        )
+        .await?;
+        Ok(st
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default())
+    }
+}
+
+/// Unconfined lets a user namespace and a mkdir through, with no filter on the process.
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_unconfined_filters_nothing() -> anyhow::Result<()> {
+    let mut s = Seccomp::start("unconfined").await?;
+    let (id, text) = s
+        .run("unconfined", profile(ProfileType::Unconfined, ""))
+        .await?;
     assert!(
         text.contains("userns=0") && text.contains("mkdir=0"),
         "{text}"
     );
-    assert_eq!(seccomp_mode(&mut c, id).await?, "0");
+    assert_eq!(s.mode(&id).await?, "0");
+    s.p.remove().await
+}
 
-    let id = common::create_start(
-        &mut c,
-        &pod,
-        &cfg,
-        with("default", profile(ProfileType::RuntimeDefault, "")),
-    )
-    .await
-    .context("runtime default")?;
-    let text = log_with(&log("default"), "mkdir=").await?;
+/// RuntimeDefault blocks what containerd's default blocks (a new user namespace, which needs no
+/// capability, is refused) while ordinary work goes on. Exec'd processes are filtered too
+/// (libcontainer leaves them unfiltered; kelson-init loads the container's filter in front of
+/// them), the filter's variable does not leak, and ordinary exec work goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_runtime_default_filters_the_container_and_its_execs() -> anyhow::Result<()> {
+    let mut s = Seccomp::start("default").await?;
+    let (id, text) = s
+        .run("default", profile(ProfileType::RuntimeDefault, ""))
+        .await?;
     assert!(
         !text.contains("userns=0"),
         "RuntimeDefault let a user namespace be made: {text}"
     );
     assert!(text.contains("mkdir=0"), "ordinary work goes on: {text}");
-    assert_eq!(seccomp_mode(&mut c, id.clone()).await?, "2", "filter mode");
-    // Exec'd processes are filtered too (libcontainer leaves them unfiltered; kelson-init loads
-    // the container's filter in front of them), and ordinary exec work goes on.
-    let exec = |c: &mut Cri, id: &str, cmd: &[&str]| {
-        let req = cri::ExecSyncRequest {
-            container_id: id.into(),
-            cmd: cmd.iter().map(|s| s.to_string()).collect(),
-            timeout: 20,
-        };
-        let mut rt = c.runtime.clone();
-        async move { anyhow::Ok(rt.exec_sync(req).await?.into_inner()) }
-    };
+    assert_eq!(s.mode(&id).await?, "2", "filter mode");
+    let c = &mut s.p.c;
     let r = exec(
-        &mut c,
+        c,
         &id,
         &["/bin/busybox", "unshare", "-U", "/bin/busybox", "true"],
     )
@@ -488,70 +515,69 @@ async fn seccomp_profiles() -> anyhow::Result<()> {
         r.exit_code, 0,
         "an exec'd process made a user namespace under RuntimeDefault"
     );
-    let st = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/self/status"]).await?;
+    let st = exec_out(c, &id, &["/bin/busybox", "cat", "/proc/self/status"]).await?;
     assert!(
         st.contains("Seccomp:\t2"),
         "exec'd process unfiltered: {st}"
     );
     assert!(!st.contains("KELSON_SECCOMP_BPF"));
-    let env = exec_out(&mut c, &id, &["/bin/busybox", "env"]).await?;
+    let env = exec_out(c, &id, &["/bin/busybox", "env"]).await?;
     assert!(
         !env.contains("KELSON_SECCOMP_BPF"),
         "the filter variable leaked: {env}"
     );
     assert_eq!(
-        exec_out(&mut c, &id, &["/bin/busybox", "echo", "hi"]).await?,
+        exec_out(c, &id, &["/bin/busybox", "echo", "hi"]).await?,
         "hi\n"
     );
-    let r = exec(&mut c, &id, &["/no/such/command"]).await?;
+    let r = exec(c, &id, &["/no/such/command"]).await?;
     assert_eq!(r.exit_code, 127, "{}", String::from_utf8_lossy(&r.stderr));
+    s.p.remove().await
+}
 
-    let id = common::create_start(
-        &mut c,
-        &pod,
-        &cfg,
-        with("local", profile(ProfileType::Localhost, "no-mkdir.json")),
-    )
-    .await
-    .context("localhost")?;
-    let text = log_with(&log("local"), "mkdir=").await?;
+/// A Localhost profile from the configured root applies, to the container and to exec'd
+/// processes, named relative to the root or by its absolute path.
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_localhost_profiles_apply_from_the_profile_root() -> anyhow::Result<()> {
+    let mut s = Seccomp::start("local").await?;
+    let (id, text) = s
+        .run("local", profile(ProfileType::Localhost, "no-mkdir.json"))
+        .await?;
     assert!(
         text.contains("userns=0") && !text.contains("mkdir=0"),
         "{text}"
     );
-    let r = exec(&mut c, &id, &["/bin/busybox", "mkdir", "/tmp/by-exec"]).await?;
+    let r = exec(&mut s.p.c, &id, &["/bin/busybox", "mkdir", "/tmp/by-exec"]).await?;
     assert_ne!(
         r.exit_code, 0,
         "the Localhost profile did not apply to an exec'd process"
     );
-    let abs = profiles.path().join("no-mkdir.json").display().to_string();
-    common::create_start(
-        &mut c,
-        &pod,
-        &cfg,
-        with("local-abs", profile(ProfileType::Localhost, &abs)),
-    )
-    .await
-    .context("localhost by absolute path")?;
-    let text = log_with(&log("local-abs"), "mkdir=").await?;
-    assert!(!text.contains("mkdir=0"), "{text}");
-
-    for bad in ["missing.json", "../../etc/passwd", "/etc/passwd"] {
-        let err = common::create_start(
-            &mut c,
-            &pod,
-            &cfg,
-            with("bad", profile(ProfileType::Localhost, bad)),
-        )
+    let abs = s
+        .profiles
+        .path()
+        .join("no-mkdir.json")
+        .display()
+        .to_string();
+    let (_, text) = s
+        .run("local-abs", profile(ProfileType::Localhost, &abs))
         .await
-        .unwrap_err();
-        let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
-        assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
-        assert!(s.message().contains(bad), "{s:?}");
-    }
+        .context("localhost by absolute path")?;
+    assert!(!text.contains("mkdir=0"), "{text}");
+    s.p.remove().await
+}
 
-    common::remove_pod(&mut c, &pod, &top).await?;
-    Ok(())
+/// A missing or escaping Localhost profile is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn seccomp_profiles_missing_or_escaping_the_root_are_refused() -> anyhow::Result<()> {
+    let mut s = Seccomp::start("bad").await?;
+    for bad in ["missing.json", "../../etc/passwd", "/etc/passwd"] {
+        let ctr = s.ctr("bad", profile(ProfileType::Localhost, bad));
+        let err = s.p.run(ctr).await.unwrap_err();
+        let st = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{st:?}");
+        assert!(st.message().contains(bad), "{st:?}");
+    }
+    s.p.remove().await
 }
 
 /// runc CVE-2024-21626's class: a working directory through /proc's fd links is refused, and
@@ -662,126 +688,160 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
     Ok(())
 }
 
-/// Hostile root filesystems (runc CVE-2019-19921, CVE-2021-30465 and kin): an image whose
-/// `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, `/dev`, `/dev/shm` and `/proc` are
-/// symlinks pointing at the host — absolute, relative with `..`, and through /proc's magic
-/// links — cannot make kelson mount or write anything outside the container: every target
-/// resolves inside the rootfs or the container is refused, and the host's files stay as they
-/// were.
-#[tokio::test(flavor = "multi_thread")]
-async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
-    use kelson_testkit::TarBuilder;
+/// Host files and directories a hostile image points its symlinks at; they must stay as made.
+struct Bait {
+    dir: tempfile::TempDir,
+    /// The bait directory's path, as the symlinks name it.
+    b: String,
+}
+
+impl Bait {
+    fn new(files: &[&str], dirs: &[&str]) -> anyhow::Result<Bait> {
+        let dir = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
+        for f in files {
+            std::fs::write(dir.path().join(f), b"host file\n")?;
+        }
+        for d in dirs {
+            std::fs::create_dir(dir.path().join(d))?;
+        }
+        let b = dir.path().display().to_string();
+        Ok(Bait { dir, b })
+    }
+
+    /// Nothing mounted on the bait, its `files` unwritten and its `dirs` empty.
+    fn untouched(&self, what: &str, files: &[&str], dirs: &[&str]) {
+        let on = mounts_on(&self.b);
+        assert!(
+            on.is_empty(),
+            "{what}: a mount landed on the host: {}",
+            on.join("\n")
+        );
+        for f in files {
+            assert_eq!(
+                std::fs::read(self.dir.path().join(f)).unwrap(),
+                b"host file\n",
+                "{what}: {f} was written"
+            );
+        }
+        for d in dirs {
+            assert_eq!(
+                std::fs::read_dir(self.dir.path().join(d)).unwrap().count(),
+                0,
+                "{what}: {d} was filled"
+            );
+        }
+    }
+}
+
+const HOSTILE_FILES: [&str; 3] = ["hosts", "resolv", "hostname"];
+const HOSTILE_DIRS: [&str; 4] = ["dev", "proc", "sys", "shm"];
+/// Enough `..` to climb out of any rootfs.
+const UP: &str = "../../../../../../../../../..";
+
+/// Push `layer` as `test/hostile:<name>` and start a container of it in pod `hostile`: started,
+/// the files kelson mounted are inside the container; refused, it is a clear refusal and not a
+/// crash. Either way nothing was mounted over the bait, and it is unchanged.
+async fn hostile_image_stays_inside(
+    p: &mut TestPod,
+    bait: &Bait,
+    name: &str,
+    layer: Vec<u8>,
+) -> anyhow::Result<()> {
+    let image = common::push_with_layer(
+        &p.e,
+        "test/hostile",
+        name,
+        layer,
+        serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
+    )
+    .await?;
+    let ctr = common::container_config(name, &image, &["/bin/sleep", "3600"]);
+    let r = p.run(ctr).await;
+    println!(
+        "hostile rootfs {name}: {:?}",
+        r.as_ref().map_err(|e| e.to_string())
+    );
+    match &r {
+        Ok(id) => {
+            let hosts = exec_out(&mut p.c, id, &["/bin/busybox", "cat", "/etc/hosts"]).await?;
+            assert!(!hosts.contains("host file"), "{hosts}");
+        }
+        Err(err) => {
+            let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+            assert_ne!(s.code(), tonic::Code::Unknown, "{s:?}");
+        }
+    }
+    bait.untouched(name, &HOSTILE_FILES, &HOSTILE_DIRS);
+    Ok(())
+}
+
+async fn hostile_pod(test: &str) -> anyhow::Result<(TestPod, Bait)> {
     let e = common::env().await?;
-    let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
-    let b = bait.path().display().to_string();
-    for f in ["hosts", "resolv", "hostname"] {
-        std::fs::write(bait.path().join(f), b"host file\n")?;
-    }
-    for d in ["dev", "proc", "sys", "shm"] {
-        std::fs::create_dir(bait.path().join(d))?;
-    }
-    let up = "../../../../../../../../../..";
-    // One image per kind of trap: the files kelson bind-mounts, and the directories the
-    // container library mounts filesystems on.
+    let bait = Bait::new(&HOSTILE_FILES, &HOSTILE_DIRS)?;
+    let p = TestPod::start(e, &format!("kelson-sectest5-{test}"), "hostile").await?;
+    Ok((p, bait))
+}
+
+/// Hostile root filesystems (runc CVE-2019-19921, CVE-2021-30465 and kin): images whose
+/// `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname` (the files kelson bind-mounts) are
+/// symlinks pointing at the host — absolute, relative with `..`, and through /proc's magic
+/// links — cannot make kelson mount or write anything outside the container.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_etc_file_symlinks_stay_inside() -> anyhow::Result<()> {
+    use kelson_testkit::TarBuilder;
+    let (mut p, bait) = hostile_pod("etc").await?;
+    let b = &bait.b;
     let etc = |path: &str, target: String| {
         TarBuilder::new()
             .dir("etc", 0o755)
             .link(tar::EntryType::Symlink, path, &target)
             .finish()
     };
-    let traps = [
+    for (name, layer) in [
         ("hosts-abs", etc("etc/hosts", format!("{b}/hosts"))),
         (
             "resolv-rel",
-            etc("etc/resolv.conf", format!("{up}{b}/resolv")),
+            etc("etc/resolv.conf", format!("{UP}{b}/resolv")),
         ),
         (
             "hostname-magic",
             etc("etc/hostname", format!("/proc/self/root{b}/hostname")),
         ),
-        (
-            "proc",
-            TarBuilder::new()
-                .link(tar::EntryType::Symlink, "proc", &format!("{b}/proc"))
-                .finish(),
-        ),
-        (
-            "sys",
-            TarBuilder::new()
-                .link(
-                    tar::EntryType::Symlink,
-                    "sys",
-                    &format!("/proc/self/root{b}/sys"),
-                )
-                .finish(),
-        ),
-        (
-            "dev",
-            TarBuilder::new()
-                .link(tar::EntryType::Symlink, "dev", &format!("{up}{b}/dev"))
-                .finish(),
-        ),
-    ];
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-sectest5-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("hostile", "default", &format!("/{top}/h"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
-    for (name, layer) in traps {
-        let image = common::push_with_layer(
-            &e,
-            "test/hostile",
-            name,
-            layer,
-            serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"]}),
-        )
-        .await?;
-        let ctr = common::container_config(name, &image, &["/bin/sleep", "3600"]);
-        let r = common::create_start(&mut c, &pod, &cfg, ctr).await;
-        println!(
-            "hostile rootfs {name}: {:?}",
-            r.as_ref().map_err(|e| e.to_string())
-        );
-        match &r {
-            // Started: the files kelson mounted are inside the container.
-            Ok(id) => {
-                let hosts = exec_out(&mut c, id, &["/bin/busybox", "cat", "/etc/hosts"]).await?;
-                assert!(!hosts.contains("host file"), "{hosts}");
-            }
-            // Refusing is fine, as long as it is a clear refusal and not a crash.
-            Err(err) => {
-                let s = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
-                assert_ne!(s.code(), tonic::Code::Unknown, "{s:?}");
-            }
-        }
-        // Nothing was mounted over the bait, and it is unchanged.
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-        assert!(
-            !mounts.lines().any(|l| l.contains(&b)),
-            "{name}: a mount landed on the host: {}",
-            mounts
-                .lines()
-                .filter(|l| l.contains(&b))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        for f in ["hosts", "resolv", "hostname"] {
-            assert_eq!(
-                std::fs::read(bait.path().join(f))?,
-                b"host file\n",
-                "{name}: {f} was written"
-            );
-        }
-        for d in ["dev", "proc", "sys", "shm"] {
-            assert_eq!(
-                std::fs::read_dir(bait.path().join(d))?.count(),
-                0,
-                "{name}: {d} was filled"
-            );
-        }
+    ] {
+        hostile_image_stays_inside(&mut p, &bait, name, layer).await?;
     }
-    // What real images do must still work: in-root symlinks, relative (/etc/resolv.conf →
-    // ../run/…) and absolute (/var/run → /run, under which kubelet mounts the service account).
+    p.remove().await
+}
+
+/// Hostile root filesystems whose `/proc`, `/sys` and `/dev` (where the container library mounts
+/// filesystems) are symlinks to the host: every target resolves inside the rootfs or the
+/// container is refused, and the host's directories stay empty.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_proc_sys_and_dev_symlinks_stay_inside() -> anyhow::Result<()> {
+    use kelson_testkit::TarBuilder;
+    let (mut p, bait) = hostile_pod("dirs").await?;
+    let b = &bait.b;
+    let link = |path: &str, target: String| {
+        TarBuilder::new()
+            .link(tar::EntryType::Symlink, path, &target)
+            .finish()
+    };
+    for (name, layer) in [
+        ("proc", link("proc", format!("{b}/proc"))),
+        ("sys", link("sys", format!("/proc/self/root{b}/sys"))),
+        ("dev", link("dev", format!("{UP}{b}/dev"))),
+    ] {
+        hostile_image_stays_inside(&mut p, &bait, name, layer).await?;
+    }
+    p.remove().await
+}
+
+/// What real images do must still work: in-root symlinks, relative (/etc/resolv.conf →
+/// ../run/…) and absolute (/var/run → /run, under which kubelet mounts the service account).
+#[tokio::test(flavor = "multi_thread")]
+async fn in_root_symlinks_of_real_images_still_work() -> anyhow::Result<()> {
+    use kelson_testkit::TarBuilder;
+    let (mut p, _bait) = hostile_pod("benign").await?;
     let benign = TarBuilder::new()
         .dir("etc", 0o755)
         .dir("run", 0o755)
@@ -795,7 +855,7 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
         .link(tar::EntryType::Symlink, "var/run", "/run")
         .finish();
     let image = common::push_with_layer(
-        &e,
+        &p.e,
         "test/hostile",
         "benign",
         benign,
@@ -811,11 +871,9 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
         readonly: true,
         ..Default::default()
     }];
-    let id = common::create_start(&mut c, &pod, &cfg, ctr)
-        .await
-        .context("an image with in-root symlinks")?;
+    let id = p.run(ctr).await.context("an image with in-root symlinks")?;
     let token = exec_out(
-        &mut c,
+        &mut p.c,
         &id,
         &[
             "/bin/busybox",
@@ -825,14 +883,12 @@ async fn hostile_rootfs_symlinks_stay_inside() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(token, "sa-token");
-    let resolv = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/etc/resolv.conf"]).await?;
+    let resolv = exec_out(&mut p.c, &id, &["/bin/busybox", "cat", "/etc/resolv.conf"]).await?;
     assert!(
         !resolv.contains("# image"),
         "the pod's resolv.conf is not in place: {resolv}"
     );
-
-    common::remove_pod(&mut c, &pod, &top).await?;
-    Ok(())
+    p.remove().await
 }
 
 /// The host pid of a container's init (from verbose ContainerStatus).
@@ -880,49 +936,82 @@ fn userns_pod(top: &str, logs: &std::path::Path) -> cri::PodSandboxConfig {
     cfg
 }
 
+/// A running root container in a user-namespaced pod (`userns_pod`) with two volumes: a
+/// directory holding a file of host root's, and a single file, as kubelet mounts
+/// /dev/termination-log and /etc/hosts.
+struct Userns {
+    p: TestPod,
+    /// Mounts below kelsond's dirs before the container was made.
+    mounts_before: usize,
+    vol: tempfile::TempDir,
+    log_file: tempfile::NamedTempFile,
+    id: String,
+}
+
+impl Userns {
+    async fn start(test: &str) -> anyhow::Result<Userns> {
+        let (e, image) = common::env_standard().await?;
+        let top = format!("kelson-userns-{test}-{}", std::process::id());
+        let logs = tempfile::tempdir()?;
+        let cfg = userns_pod(&top, logs.path());
+        let mut p = TestPod::with_config(e, top, logs, cfg).await?;
+        let mounts_before = common::mounts_of(&p.e.daemon);
+        let vol = tempfile::Builder::new().prefix("kelson-vol-").tempdir()?;
+        std::fs::write(vol.path().join("from-host"), b"host data\n")?;
+        let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+        as_root(&mut ctr).namespace_options = Some(userns_options(USERNS_HOST_BASE));
+        let log_file = tempfile::NamedTempFile::new()?;
+        ctr.mounts = vec![
+            common::bind("/data", vol.path()),
+            common::bind("/dev/termination-log", log_file.path()),
+        ];
+        let id = match p.run(ctr).await {
+            Ok(id) => id,
+            Err(err) => {
+                println!("{}", p.e.daemon.log());
+                return Err(err.context("a container in a user-namespaced pod"));
+            }
+        };
+        Ok(Userns {
+            p,
+            mounts_before,
+            vol,
+            log_file,
+            id,
+        })
+    }
+
+    async fn exec(&mut self, cmd: &[&str]) -> anyhow::Result<String> {
+        exec_out(&mut self.p.c, &self.id, cmd).await
+    }
+
+    /// Remove the pod: no pin or mount is left.
+    async fn remove(mut self) -> anyhow::Result<()> {
+        let p = &mut self.p;
+        p.c.runtime
+            .remove_pod_sandbox(req::remove_pod(&p.pod))
+            .await?;
+        assert_eq!(common::mounts_of(&p.e.daemon), 0, "a pin or mount was left");
+        common::remove_cgroup_tree(&p.top);
+        Ok(())
+    }
+}
+
+/// Root inside, an unprivileged id on the host, the shared PID namespace's holder too; the
+/// capabilities are the namespace's, not the host's: no device nodes, no host sysctls (the
+/// pod's net sysctl applies), and the pod's files and /dev/shm are its root's.
 #[tokio::test(flavor = "multi_thread")]
-async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let (e, image) = common::env_standard().await?;
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-userns-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = userns_pod(&top, logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
-    let mounts_before = common::mounts_of(&e.daemon);
-
-    // A volume with a file of host root's, and a submount to show idmapping goes all the way.
-    let vol = tempfile::Builder::new().prefix("kelson-vol-").tempdir()?;
-    std::fs::write(vol.path().join("from-host"), b"host data\n")?;
-    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
-    as_root(&mut ctr).namespace_options = Some(userns_options(USERNS_HOST_BASE));
-    // A single-file volume too, as kubelet mounts /dev/termination-log and /etc/hosts.
-    let log_file = tempfile::NamedTempFile::new()?;
-    ctr.mounts = vec![
-        common::bind("/data", vol.path()),
-        common::bind("/dev/termination-log", log_file.path()),
-    ];
-    let id = match common::create_start(&mut c, &pod, &cfg, ctr).await {
-        Ok(id) => id,
-        Err(err) => {
-            println!("{}", e.daemon.log());
-            return Err(err.context("a container in a user-namespaced pod"));
-        }
-    };
-
-    // Root inside, an unprivileged id on the host.
-    assert_eq!(
-        exec_out(&mut c, &id, &["/bin/busybox", "id", "-u"])
-            .await?
-            .trim(),
-        "0"
-    );
-    let map = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/self/uid_map"]).await?;
+async fn user_namespaced_root_is_unprivileged_on_the_host() -> anyhow::Result<()> {
+    let mut u = Userns::start("root").await?;
+    assert_eq!(u.exec(&["/bin/busybox", "id", "-u"]).await?.trim(), "0");
+    let map = u
+        .exec(&["/bin/busybox", "cat", "/proc/self/uid_map"])
+        .await?;
     assert_eq!(
         map.split_whitespace().collect::<Vec<_>>(),
         ["0", &USERNS_HOST_BASE.to_string(), "65536"]
     );
-    let pid = init_pid(&mut c, &id).await?;
+    let pid = init_pid(&mut u.p.c, &u.id).await?;
     let host_status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let uids = host_status
         .lines()
@@ -933,101 +1022,91 @@ async fn user_namespaced_pods_run_unprivileged_on_the_host() -> anyhow::Result<(
             .all(|u| u == USERNS_HOST_BASE.to_string()),
         "the container's init runs as {uids} on the host"
     );
-    // The image's files are root's inside (idmapped layers, nothing chowned) ...
-    let owner = exec_out(
-        &mut c,
-        &id,
-        &["/bin/busybox", "stat", "-c", "%u:%g", "/bin/busybox"],
+    let err = exec_fails(
+        &mut u.p.c,
+        &u.id,
+        &["/bin/busybox", "mknod", "/tmp/null", "c", "1", "3"],
     )
     .await?;
+    assert!(err.contains("not permitted"), "{err}");
+    let range = u
+        .exec(&["/bin/busybox", "cat", "/proc/sys/net/ipv4/ping_group_range"])
+        .await?;
+    assert_eq!(range.split_whitespace().collect::<Vec<_>>(), ["0", "65535"]);
+    u.exec(&[
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo x >> /etc/hosts && /bin/busybox touch /dev/shm/x",
+    ])
+    .await?;
+    let one = u.exec(&["/bin/busybox", "cat", "/proc/1/cmdline"]).await?;
+    assert!(one.contains("pod-holder"), "{one:?}");
+    u.remove().await
+}
+
+/// The image's files are root's inside through idmapped layers, no shared snapshot chowned; what
+/// root writes in the rootfs lands as the pod's id on the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaced_layers_are_idmapped_not_chowned() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut u = Userns::start("layers").await?;
+    let owner = u
+        .exec(&["/bin/busybox", "stat", "-c", "%u:%g", "/bin/busybox"])
+        .await?;
     assert_eq!(owner.trim(), "0:0");
-    let snapshots = e.daemon.dir.path().join("root/snapshots");
+    let snapshots = u.p.e.daemon.dir.path().join("root/snapshots");
     assert!(
         walk_owners(&snapshots)
             .iter()
             .all(|u| *u != USERNS_HOST_BASE),
         "a shared snapshot was chowned"
     );
-    // ... and what root writes in the rootfs lands as the pod's id on the host.
-    exec_out(&mut c, &id, &["/bin/busybox", "touch", "/written"]).await?;
-    let upper = e
-        .daemon
-        .dir
-        .path()
-        .join("root/containers")
-        .join(&id)
-        .join("upper/written");
+    u.exec(&["/bin/busybox", "touch", "/written"]).await?;
+    let upper =
+        u.p.e
+            .daemon
+            .dir
+            .path()
+            .join("root/containers")
+            .join(&u.id)
+            .join("upper/written");
     assert_eq!(std::fs::metadata(&upper)?.uid(), USERNS_HOST_BASE);
-    // The volume is idmapped: host root's file is root's inside, and root's writes are host
-    // root's files again (as without a user namespace).
-    let owner = exec_out(
-        &mut c,
-        &id,
-        &["/bin/busybox", "stat", "-c", "%u", "/data/from-host"],
-    )
-    .await?;
+    u.remove().await
+}
+
+/// Volumes are idmapped: host root's file is root's inside, root's writes are host root's files
+/// again (as without a user namespace), a single-file volume is written through; removing the
+/// container releases every idmapped mount and leaves the volume whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaced_volumes_are_idmapped_and_released_whole() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut u = Userns::start("volumes").await?;
+    let owner = u
+        .exec(&["/bin/busybox", "stat", "-c", "%u", "/data/from-host"])
+        .await?;
     assert_eq!(owner.trim(), "0");
-    exec_out(
-        &mut c,
-        &id,
-        &["/bin/busybox", "sh", "-c", "echo pod > /data/from-pod"],
-    )
-    .await?;
-    let m = std::fs::metadata(vol.path().join("from-pod"))?;
+    u.exec(&["/bin/busybox", "sh", "-c", "echo pod > /data/from-pod"])
+        .await?;
+    let m = std::fs::metadata(u.vol.path().join("from-pod"))?;
     assert_eq!((m.uid(), m.gid()), (0, 0));
-    exec_out(
-        &mut c,
-        &id,
-        &[
-            "/bin/busybox",
-            "sh",
-            "-c",
-            "echo bye > /dev/termination-log",
-        ],
-    )
+    u.exec(&[
+        "/bin/busybox",
+        "sh",
+        "-c",
+        "echo bye > /dev/termination-log",
+    ])
     .await?;
-    assert_eq!(std::fs::read(log_file.path())?, b"bye\n");
-    // Capabilities are the namespace's, not the host's: no device nodes, no host sysctls.
-    let err = exec_fails(
-        &mut c,
-        &id,
-        &["/bin/busybox", "mknod", "/tmp/null", "c", "1", "3"],
-    )
-    .await?;
-    assert!(err.contains("not permitted"), "{err}");
-    let range = exec_out(
-        &mut c,
-        &id,
-        &["/bin/busybox", "cat", "/proc/sys/net/ipv4/ping_group_range"],
-    )
-    .await?;
-    assert_eq!(range.split_whitespace().collect::<Vec<_>>(), ["0", "65535"]);
-    // The pod's files and /dev/shm are its root's.
-    exec_out(
-        &mut c,
-        &id,
-        &[
-            "/bin/busybox",
-            "sh",
-            "-c",
-            "echo x >> /etc/hosts && /bin/busybox touch /dev/shm/x",
-        ],
-    )
-    .await?;
-    // The shared PID namespace's holder runs unprivileged too.
-    let one = exec_out(&mut c, &id, &["/bin/busybox", "cat", "/proc/1/cmdline"]).await?;
-    assert!(one.contains("pod-holder"), "{one:?}");
+    assert_eq!(std::fs::read(u.log_file.path())?, b"bye\n");
 
-    // Removing the container releases every idmapped mount and leaves the volume whole.
-    c.runtime.remove_container(req::remove(&id)).await?;
-    assert_eq!(common::mounts_of(&e.daemon), mounts_before);
-    assert_eq!(std::fs::read(vol.path().join("from-host"))?, b"host data\n");
-    assert_eq!(std::fs::read(vol.path().join("from-pod"))?, b"pod\n");
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    assert_eq!(common::mounts_of(&e.daemon), 0, "a pin or mount was left");
-
-    common::remove_cgroup_tree(&top);
-    Ok(())
+    u.p.c.runtime.remove_container(req::remove(&u.id)).await?;
+    assert_eq!(common::mounts_of(&u.p.e.daemon), u.mounts_before);
+    assert_eq!(
+        std::fs::read(u.vol.path().join("from-host"))?,
+        b"host data\n"
+    );
+    assert_eq!(std::fs::read(u.vol.path().join("from-pod"))?, b"pod\n");
+    u.remove().await
 }
 
 /// kubelet reads the feature from Status before it sends user namespaces; ids outside the
@@ -1266,41 +1345,38 @@ fn mounts_on(path: &str) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
-    use kelson_testkit::TarBuilder;
-    let (e, image) = common::env_standard().await?;
-    let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
-    let b = bait.path().display().to_string();
-    for f in ["null", "console", "ptmx"] {
-        std::fs::write(bait.path().join(f), b"host file\n")?;
-    }
-    std::fs::create_dir(bait.path().join("dir"))?;
-    let untouched = |what: &str| {
-        for f in ["null", "console", "ptmx"] {
-            assert_eq!(
-                std::fs::read(bait.path().join(f)).unwrap(),
-                b"host file\n",
-                "{what}: {f} written"
-            );
-        }
-        assert_eq!(
-            std::fs::read_dir(bait.path().join("dir")).unwrap().count(),
-            0,
-            "{what}: the bait dir was filled"
-        );
-        let on = mounts_on(&b);
-        assert!(on.is_empty(), "{what}: a mount landed on the host: {on:?}");
-    };
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-devtraps-{}", std::process::id());
-    let logs = tempfile::tempdir()?;
-    let cfg = common::pod_config("devtraps", "default", &format!("/{top}/d"), logs.path());
-    let pod = common::run_pod(&mut c, &cfg).await?;
+const DEV_FILES: [&str; 3] = ["null", "console", "ptmx"];
+const DEV_DIRS: [&str; 1] = ["dir"];
 
-    // 1. An image whose /dev/null, /dev/console and /dev/pts/ptmx point at host files (runc
-    // CVE-2025-31133/52565): the runtime's own /dev hides them, a terminal still works, the
-    // masked paths are still masked.
+/// kelsond with the standard image, a pod `devtraps`, and host bait for `/dev` names and mount
+/// targets to point at.
+async fn dev_traps(test: &str) -> anyhow::Result<(TestPod, String, Bait)> {
+    let (e, image) = common::env_standard().await?;
+    let bait = Bait::new(&DEV_FILES, &DEV_DIRS)?;
+    let p = TestPod::start(e, &format!("kelson-devtraps-{test}"), "devtraps").await?;
+    Ok((p, image, bait))
+}
+
+/// Remove the pod: no mount left, the bait untouched.
+async fn dev_traps_done(mut p: TestPod, bait: Bait) -> anyhow::Result<()> {
+    p.c.runtime
+        .remove_pod_sandbox(req::remove_pod(&p.pod))
+        .await?;
+    assert_eq!(common::mounts_of(&p.e.daemon), 0);
+    bait.untouched("after the pod", &DEV_FILES, &DEV_DIRS);
+    common::remove_cgroup_tree(&p.top);
+    Ok(())
+}
+
+/// An image whose /dev/null, /dev/console and /dev/pts/ptmx point at host files (runc
+/// CVE-2025-31133/52565): the runtime's own /dev hides them, a terminal still works, the masked
+/// paths are still masked. Every shim socket is a root-only file, none is abstract
+/// (CVE-2020-15257).
+#[tokio::test(flavor = "multi_thread")]
+async fn image_dev_traps_are_hidden_and_shim_sockets_are_root_only() -> anyhow::Result<()> {
+    use kelson_testkit::TarBuilder;
+    let (mut p, _, bait) = dev_traps("image").await?;
+    let b = &bait.b;
     let traps = TarBuilder::new()
         .dir("dev", 0o755)
         .dir("dev/pts", 0o755)
@@ -1318,7 +1394,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         .link(tar::EntryType::Symlink, "dev/ptmx", &format!("{b}/ptmx"))
         .finish();
     let trap_image = common::push_with_layer(
-        &e,
+        &p.e,
         "test/devtraps",
         "v1",
         traps,
@@ -1327,16 +1403,15 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
     .await?;
     let mut ctr = common::container_config("img", &trap_image, &["/bin/sleep", "3600"]);
     ctr.tty = true;
-    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
-    let keys = exec_out(&mut c, &id, &["/bin/busybox", "sh", "-c", "echo x > /dev/null; echo y > /dev/console; /bin/busybox cat /proc/keys; /bin/busybox stat -c %t:%T /dev/null"]).await?;
+    let id = p.run(ctr).await?;
+    let keys = exec_out(&mut p.c, &id, &["/bin/busybox", "sh", "-c", "echo x > /dev/null; echo y > /dev/console; /bin/busybox cat /proc/keys; /bin/busybox stat -c %t:%T /dev/null"]).await?;
     assert_eq!(
         keys.trim(),
         "1:3",
         "/proc/keys masked by the real /dev/null: {keys:?}"
     );
-    untouched("image /dev traps");
-    // Every shim socket is a root-only file, none is abstract (CVE-2020-15257).
-    let sockets = e.daemon.state.join("s");
+    bait.untouched("image /dev traps", &DEV_FILES, &DEV_DIRS);
+    let sockets = p.e.daemon.state.join("s");
     let mut seen = 0;
     for entry in std::fs::read_dir(&sockets)? {
         use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -1354,10 +1429,15 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
             .any(|l| l.contains(" @") && l.contains(&id[..12])),
         "an abstract socket names the container"
     );
+    dev_traps_done(p, bait).await
+}
 
-    // 2. A volume mounted over /dev whose device names point at host files (what another
-    // container of the pod could leave in a shared emptyDir): creating the container either
-    // refuses clearly or leaves the host alone.
+/// A volume mounted over /dev whose device names point at host files (what another container of
+/// the pod could leave in a shared emptyDir): creating the container either refuses clearly or
+/// leaves the host alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_dev_volume_is_refused_or_leaves_the_host_alone() -> anyhow::Result<()> {
+    let (mut p, image, bait) = dev_traps("volume").await?;
     let devdir = tempfile::Builder::new()
         .prefix("kelson-devvol-")
         .tempdir()?;
@@ -1368,12 +1448,12 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         ("ptmx", "ptmx"),
         ("pts/ptmx", "ptmx"),
     ] {
-        std::os::unix::fs::symlink(bait.path().join(target), devdir.path().join(name))?;
+        std::os::unix::fs::symlink(bait.dir.path().join(target), devdir.path().join(name))?;
     }
     let mut ctr = common::container_config("devvol", &image, &["/bin/sleep", "3600"]);
     ctr.tty = true;
     ctr.mounts = vec![common::bind("/dev", devdir.path())];
-    let r = common::create_start(&mut c, &pod, &cfg, ctr).await;
+    let r = p.run(ctr).await;
     println!(
         "hostile /dev volume: {:?}",
         r.as_ref().map_err(|e| e.to_string())
@@ -1384,11 +1464,17 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
         // It says what failed (it once said only "error:").
         assert!(s.message().contains("tty"), "{s:?}");
     }
-    untouched("a hostile /dev volume");
+    bait.untouched("a hostile /dev volume", &DEV_FILES, &DEV_DIRS);
+    dev_traps_done(p, bait).await
+}
 
-    // 3. A mount target inside a shared volume swapped for a symlink to the host while the
-    // container is made (runc CVE-2021-30465): every attempt either mounts inside the
-    // container or fails; none lands on the host.
+/// A mount target inside a shared volume swapped for a symlink to the host while the container
+/// is made (runc CVE-2021-30465): every attempt either mounts inside the container or fails;
+/// none lands on the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn mount_targets_swapped_for_host_symlinks_never_land_on_the_host() -> anyhow::Result<()> {
+    let (mut p, image, bait) = dev_traps("race").await?;
+    let b = &bait.b;
     let shared = tempfile::Builder::new()
         .prefix("kelson-shared-")
         .tempdir()?;
@@ -1400,7 +1486,7 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
     let mut swapper =
         common::container_config("swapper", &image, &["/bin/busybox", "sh", "-c", &swap]);
     swapper.mounts = vec![common::bind("/v", shared.path())];
-    common::create_start(&mut c, &pod, &cfg, swapper).await?;
+    p.run(swapper).await?;
     let (mut made, mut refused) = (0, 0);
     for i in 0..24 {
         let mut victim =
@@ -1409,22 +1495,18 @@ async fn dev_traps_and_mount_target_races_stay_inside() -> anyhow::Result<()> {
             common::bind("/mnt", shared.path()),
             common::bind("/mnt/t", source.path()),
         ];
-        match common::create(&mut c, &pod, &cfg, victim).await {
+        match common::create(&mut p.c, &p.pod, &p.cfg, victim).await {
             Ok(id) => {
                 made += 1;
-                c.runtime.remove_container(req::remove(&id)).await?;
+                p.c.runtime.remove_container(req::remove(&id)).await?;
             }
             Err(s) => {
                 assert_ne!(s.code(), tonic::Code::Unknown, "{s:?}");
                 refused += 1;
             }
         }
-        untouched(&format!("swap race, attempt {i}"));
+        bait.untouched(&format!("swap race, attempt {i}"), &DEV_FILES, &DEV_DIRS);
     }
     println!("mount-target race: {made} created, {refused} refused");
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    assert_eq!(common::mounts_of(&e.daemon), 0);
-    untouched("after the pod");
-    common::remove_cgroup_tree(&top);
-    Ok(())
+    dev_traps_done(p, bait).await
 }

@@ -63,14 +63,48 @@ fn procs_with(needle: &str) -> Vec<i32> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
-    let (e, image) = common::env_standard().await?;
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-stest-{}", std::process::id());
-    let (pod, id) = running(&mut c, &image, &top).await?;
+/// kelsond with the standard image and a running container (`sleep`) in a pod of the test's
+/// cgroup tree `kelson-stest-<test>-<pid>`.
+struct Running {
+    e: common::Env,
+    image: String,
+    c: Cri,
+    top: String,
+    pod: String,
+    id: String,
+}
 
-    // Requests that cannot work are refused by name before any URL is handed out.
+impl Running {
+    async fn start(test: &str) -> anyhow::Result<Running> {
+        let (e, image) = common::env_standard().await?;
+        let mut c = e.daemon.cri().await?;
+        let top = format!("kelson-stest-{test}-{}", std::process::id());
+        let (pod, id) = running(&mut c, &image, &top).await?;
+        Ok(Running {
+            e,
+            image,
+            c,
+            top,
+            pod,
+            id,
+        })
+    }
+
+    async fn exec_url(&mut self, cmd: &[&str], stdin: bool) -> Result<String, tonic::Status> {
+        exec_url(&mut self.c, &self.id, cmd, stdin).await
+    }
+
+    async fn remove(mut self) -> anyhow::Result<()> {
+        common::remove_pod(&mut self.c, &self.pod, &self.top).await
+    }
+}
+
+/// Exec requests that cannot work (no command, no stream, a terminal with stderr, an unknown
+/// container) are refused by name before any URL is handed out.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_requests_that_cannot_work_are_refused_before_a_url() -> anyhow::Result<()> {
+    let mut r = Running::start("refused").await?;
+    let id = r.id.clone();
     for (req, want) in [
         (
             cri::ExecRequest {
@@ -110,18 +144,21 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
             tonic::Code::NotFound,
         ),
     ] {
-        let err = c.runtime.exec(req).await.expect_err("refused");
+        let err = r.c.runtime.exec(req).await.expect_err("refused");
         assert_eq!(err.code(), want, "{err:?}");
     }
+    r.remove().await
+}
 
-    // stdin → the command → stdout; stderr apart; the exit code on the error channel.
-    let url = exec_url(
-        &mut c,
-        &id,
-        &["/bin/sh", "-c", "cat; echo oops >&2; exit 3"],
-        true,
-    )
-    .await?;
+/// v5 over WebSocket: stdin → the command → stdout, stderr apart, the exit code on the error
+/// channel as kubectl reads it; the URL was single-use and a forged one is refused; v4 with
+/// base64 framing, where success reads as exit code 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_websocket_round_trips_streams_and_exit_codes() -> anyhow::Result<()> {
+    let mut r = Running::start("ws").await?;
+    let url = r
+        .exec_url(&["/bin/sh", "-c", "cat; echo oops >&2; exit 3"], true)
+        .await?;
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let mut s = stream::connect(&url, &[V5, V4]).await?;
     assert_eq!(s.protocol, V5);
@@ -158,17 +195,22 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
         .expect("forged URL refused");
     assert!(err.to_string().contains("404"), "{err}");
 
-    // v4 with base64 framing; success reads as exit code 0.
-    let url = exec_url(&mut c, &id, &["/bin/echo", "-n", "b64 works"], false).await?;
+    // v4 with base64 framing.
+    let url = r.exec_url(&["/bin/echo", "-n", "b64 works"], false).await?;
     let s = stream::connect(&url, &[V4B64]).await?;
     assert_eq!(s.protocol, V4B64);
     let out = s.collect(Duration::from_secs(30)).await?;
     assert_eq!(out.stdout, b"b64 works");
     assert_eq!(out.exit_code(), Some(0));
+    r.remove().await
+}
 
-    // A large transfer both ways, checked end to end.
+/// 100 MiB both ways through `cat` over WebSocket, checked end to end.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_over_websocket_carries_100_mib_both_ways() -> anyhow::Result<()> {
+    let mut r = Running::start("big").await?;
     const BIG: usize = 100 << 20;
-    let url = exec_url(&mut c, &id, &["/bin/cat"], true).await?;
+    let url = r.exec_url(&["/bin/cat"], true).await?;
     let s = stream::connect(&url, &[V5]).await?;
     let data: Vec<u8> = (0..BIG).map(|i| (i * 7 % 251) as u8).collect();
     let sent = Sha256::digest(&data);
@@ -195,10 +237,15 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
     assert_eq!(reader.0, BIG);
     assert_eq!(reader.1, sent, "what came back is what went in");
     println!("{} MiB through cat both ways in {secs:.2} s", BIG >> 20);
+    r.remove().await
+}
 
-    // A client that vanishes mid-session: the command is killed, nothing stays behind.
+/// A WebSocket client that vanishes mid-session: the command is killed, nothing stays behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_client_vanishing_over_websocket_kills_the_command() -> anyhow::Result<()> {
+    let mut r = Running::start("vanish").await?;
     let marker = "4242.5";
-    let url = exec_url(&mut c, &id, &["/bin/sleep", marker], true).await?;
+    let url = r.exec_url(&["/bin/sleep", marker], true).await?;
     let s = stream::connect(&url, &[V5]).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while procs_with(marker).is_empty() && Instant::now() < deadline {
@@ -222,16 +269,14 @@ async fn exec_over_websocket_as_kubectl_speaks_it() -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(" | "))
             .collect::<Vec<_>>(),
-        e.daemon
+        r.e.daemon
             .log()
             .lines()
             .filter(|l| l.contains("exec"))
             .collect::<Vec<_>>()
             .join("\n")
     );
-
-    common::remove_pod(&mut c, &pod, &top).await?;
-    Ok(())
+    r.remove().await
 }
 
 /// The same over SPDY/3.1, the protocol the API server and kubelet speak to the runtime.
@@ -434,22 +479,25 @@ async fn serve_hello_and_echo(c: &mut Cri, pod: &str, image: &str) -> anyhow::Re
     Ok(())
 }
 
+/// A running container and the two servers of `serve_hello_and_echo` in its pod.
+async fn serving(test: &str) -> anyhow::Result<Running> {
+    let mut r = Running::start(test).await?;
+    serve_hello_and_echo(&mut r.c, &r.pod, &r.image).await?;
+    Ok(r)
+}
+
 /// Port-forward over SPDY (`portforward.k8s.io`): connections to servers listening on the
 /// pod's loopback, one pair of streams each; ports not asked for and ports nobody listens on
-/// are reported on the error stream.
+/// are reported on the error stream; requests that cannot work are refused before any URL.
 #[tokio::test(flavor = "multi_thread")]
 async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<()> {
     use stream::spdy;
-    let (e, image) = common::env_standard().await?;
-    let mut c = e.daemon.cri().await?;
-    let top = format!("kelson-stest4-{}", std::process::id());
-    let (pod, _) = running(&mut c, &image, &top).await?;
-    serve_hello_and_echo(&mut c, &pod, &image).await?;
+    let mut r = serving("pf-spdy").await?;
     // Refused by name before any URL: a port out of range, an unknown pod.
     for (req, want) in [
         (
             cri::PortForwardRequest {
-                pod_sandbox_id: pod.clone(),
+                pod_sandbox_id: r.pod.clone(),
                 port: vec![70000],
             },
             tonic::Code::InvalidArgument,
@@ -462,19 +510,19 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
             tonic::Code::NotFound,
         ),
     ] {
-        let err = c.runtime.port_forward(req).await.expect_err("refused");
+        let err = r.c.runtime.port_forward(req).await.expect_err("refused");
         assert_eq!(err.code(), want, "{err:?}");
     }
 
-    let url = c
-        .runtime
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![8080, 8081, 8099],
-        })
-        .await?
-        .into_inner()
-        .url;
+    let url =
+        r.c.runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: r.pod.clone(),
+                port: vec![8080, 8081, 8099],
+            })
+            .await?
+            .into_inner()
+            .url;
     let mut s = spdy::connect_portforward(&url).await?;
     // The servers take a moment to listen: retry the first connection.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -512,18 +560,23 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
         String::from_utf8_lossy(&f.error)
     );
     drop(s);
+    r.remove().await
+}
 
-    // The same over WebSocket (kubelet's portforward.k8s.io): ports in the query, channels
-    // 2i (data) and 2i+1 (error), each opening with its port number.
-    let url = c
-        .runtime
-        .port_forward(cri::PortForwardRequest {
-            pod_sandbox_id: pod.clone(),
-            port: vec![8080, 8081],
-        })
-        .await?
-        .into_inner()
-        .url;
+/// Port-forward over WebSocket (kubelet's portforward.k8s.io): ports in the query, channels 2i
+/// (data) and 2i+1 (error), each opening with its port number.
+#[tokio::test(flavor = "multi_thread")]
+async fn port_forward_over_websocket_reaches_servers_in_the_pod() -> anyhow::Result<()> {
+    let mut r = serving("pf-ws").await?;
+    let url =
+        r.c.runtime
+            .port_forward(cri::PortForwardRequest {
+                pod_sandbox_id: r.pod.clone(),
+                port: vec![8080, 8081],
+            })
+            .await?
+            .into_inner()
+            .url;
     let mut ws = stream::connect(
         &format!("{url}?port=8080&port=8081"),
         &["portforward.k8s.io"],
@@ -556,9 +609,7 @@ async fn port_forward_over_spdy_reaches_servers_in_the_pod() -> anyhow::Result<(
     assert!(got[&0].ends_with(b"hello from the pod\n"), "{got:?}");
     assert!(got[&2].ends_with(b"ws ping"), "{got:?}");
     drop(ws);
-
-    common::remove_pod(&mut c, &pod, &top).await?;
-    Ok(())
+    r.remove().await
 }
 
 /// Port-forward as crictl and kubectl speak it since Kubernetes 1.30 (KEP-4006): SPDY/3.1
@@ -803,26 +854,56 @@ async fn wait_exited(c: &mut Cri, id: &str) -> anyhow::Result<i32> {
     }
 }
 
-/// `kubectl attach` / `crictl attach`: several attachers at once on both transports, detaching
-/// (by leaving or closing stdin) keeps the container running, its exit ends every session,
-/// `stdin_once`, a container on a terminal (resize, TERM), and bad requests.
-#[tokio::test(flavor = "multi_thread")]
-async fn attach_to_running_containers() -> anyhow::Result<()> {
-    let (e, image) = common::env_standard().await?;
-    let mut c = e.daemon.cri().await?;
-    let (top, logs, cfg, pod) = common::pod_in(&mut c, "kelson-stest6", "attach").await?;
-    let start = |c: &mut Cri, name: &str, cmd: &[&str], stdin_once: bool, tty: bool| {
-        let mut ctr = common::container_config(name, &image, cmd);
+/// kelsond with the standard image and a pod `attach` (logs in `logs/attach`) for containers
+/// with a stdin to attach to.
+struct Attach {
+    p: common::TestPod,
+    image: String,
+}
+
+impl Attach {
+    async fn start(test: &str) -> anyhow::Result<Attach> {
+        let (e, image) = common::env_standard().await?;
+        let prefix = format!("kelson-stest6-{test}");
+        let p = common::TestPod::start(e, &prefix, "attach").await?;
+        Ok(Attach { p, image })
+    }
+
+    /// Create and start `name` running `cmd` with a stdin (closed at the first attacher's end
+    /// with `stdin_once`), on a terminal with `tty`: the container's id.
+    async fn run(
+        &mut self,
+        name: &str,
+        cmd: &[&str],
+        stdin_once: bool,
+        tty: bool,
+    ) -> anyhow::Result<String> {
+        let mut ctr = common::container_config(name, &self.image, cmd);
         ctr.stdin = true;
         ctr.stdin_once = stdin_once;
         ctr.tty = tty;
-        let (mut c, pod, cfg) = (c.clone(), pod.clone(), cfg.clone());
-        async move { common::create_start(&mut c, &pod, &cfg, ctr).await }
-    };
+        self.p.run(ctr).await
+    }
 
-    // A shell reading lines from its stdin, answering on stdout and stderr.
+    /// The CRI log of container `name`.
+    fn log(&self, name: &str) -> anyhow::Result<String> {
+        let path = self.p.logs.path().join(format!("attach/{name}.log"));
+        Ok(std::fs::read_to_string(path)?)
+    }
+}
+
+/// `kubectl attach` / `crictl attach` to a shell reading lines: bad requests are refused;
+/// several attachers at once on both transports; detaching (by leaving, or by closing stdin
+/// without `stdin_once`) keeps the container running; its exit ends every session after its
+/// last output; the log has everything, whoever was attached; an exited container refuses.
+#[tokio::test(flavor = "multi_thread")]
+async fn attachers_come_and_go_and_the_container_exit_ends_them_all() -> anyhow::Result<()> {
+    let mut t = Attach::start("reader").await?;
+    let c = &mut t.p.c.clone();
     let script = r#"echo ready; while read l; do [ "$l" = quit ] && break; echo "got:$l"; echo "err:$l" >&2; done; echo bye; exit 3"#;
-    let id = start(&mut c, "reader", &["/bin/sh", "-c", script], false, false).await?;
+    let id = t
+        .run("reader", &["/bin/sh", "-c", script], false, false)
+        .await?;
 
     // Bad requests first.
     let none = c
@@ -834,14 +915,14 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
         .await
         .unwrap_err();
     assert_eq!(none.code(), tonic::Code::InvalidArgument, "{none:?}");
-    let missing = attach_url(&mut c, "0123456789abcdef", true, true, false)
+    let missing = attach_url(c, "0123456789abcdef", true, true, false)
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
 
     // Attacher A (WebSocket, all streams) and attacher B (SPDY, output only) at once.
-    let mut a = stream::connect(&attach_url(&mut c, &id, true, true, false).await?, &[V5]).await?;
-    let b_url = attach_url(&mut c, &id, false, false, false).await?;
+    let mut a = stream::connect(&attach_url(c, &id, true, true, false).await?, &[V5]).await?;
+    let b_url = attach_url(c, &id, false, false, false).await?;
     let mut b = stream::spdy::connect(&b_url, &["v4.channel.k8s.io"], false, true, false).await?;
     let b_writer = b.take_writer();
     // Let both join before the first line (output from before an attach is in the log only).
@@ -853,10 +934,10 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     a.abandon();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        container_state(&mut c, &id).await?.0,
+        container_state(c, &id).await?.0,
         cri::ContainerState::ContainerRunning as i32
     );
-    let mut a2 = stream::connect(&attach_url(&mut c, &id, true, true, false).await?, &[V5]).await?;
+    let mut a2 = stream::connect(&attach_url(c, &id, true, true, false).await?, &[V5]).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     a2.send(stream::STDIN, b"two\n").await?;
     let (out, err) = read_until(&mut a2, "got:two", Duration::from_secs(20)).await?;
@@ -876,12 +957,11 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     let all_err = format!("{err}{}", String::from_utf8_lossy(&rest.stderr));
     assert!(all_err.contains("err:two"), "{all_err:?}");
     assert_eq!(
-        container_state(&mut c, &id).await?.0,
+        container_state(c, &id).await?.0,
         cri::ContainerState::ContainerRunning as i32
     );
     // The container's exit ends every session, after its last output.
-    let mut a3 =
-        stream::connect(&attach_url(&mut c, &id, true, false, false).await?, &[V4]).await?;
+    let mut a3 = stream::connect(&attach_url(c, &id, true, false, false).await?, &[V4]).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     a3.send(stream::STDIN, b"quit\n").await?;
     let end = a3.collect(Duration::from_secs(20)).await.context("a3")?;
@@ -898,9 +978,8 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
         assert!(text.contains(want), "B missed {want}: {text:?}");
     }
     assert!(seen_by_b.stderr.is_empty(), "B did not ask for stderr");
-    assert_eq!(wait_exited(&mut c, &id).await?, 3);
-    // The log has everything, whoever was attached.
-    let log = std::fs::read_to_string(logs.path().join("attach/reader.log"))?;
+    assert_eq!(wait_exited(c, &id).await?, 3);
+    let log = t.log("reader")?;
     for want in [
         "stdout F ready",
         "stdout F got:one",
@@ -909,25 +988,39 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     ] {
         assert!(log.contains(want), "log lacks {want:?}: {log}");
     }
-    // Attaching to an exited container is refused.
-    let gone = attach_url(&mut c, &id, false, true, false)
-        .await
-        .unwrap_err();
+    let gone = attach_url(c, &id, false, true, false).await.unwrap_err();
     assert_eq!(gone.code(), tonic::Code::FailedPrecondition, "{gone:?}");
+    t.p.remove().await
+}
 
-    // stdin_once: the first attacher's end of stdin is the container's.
-    let id = start(&mut c, "once", &["/bin/busybox", "cat"], true, false).await?;
-    let mut s = stream::connect(&attach_url(&mut c, &id, true, true, false).await?, &[V5]).await?;
+/// `stdin_once`: the first attacher's end of stdin is the container's.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_with_stdin_once_hands_its_end_of_stdin_to_the_container() -> anyhow::Result<()> {
+    let mut t = Attach::start("once").await?;
+    let id = t.run("once", &["/bin/busybox", "cat"], true, false).await?;
+    let url = attach_url(&mut t.p.c, &id, true, true, false).await?;
+    let mut s = stream::connect(&url, &[V5]).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     s.send(stream::STDIN, b"abc\n").await?;
     s.close_stdin().await?;
     let out = s.collect(Duration::from_secs(20)).await.context("s")?;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "abc\n");
-    assert_eq!(wait_exited(&mut c, &id).await?, 0, "cat saw EOF and ended");
+    assert_eq!(
+        wait_exited(&mut t.p.c, &id).await?,
+        0,
+        "cat saw EOF and ended"
+    );
+    t.p.remove().await
+}
 
-    // A container on a terminal: resize, TERM, the terminal's echo; leaving keeps it running.
-    let id = start(&mut c, "term", &["/bin/sh"], false, true).await?;
-    let mut t = stream::connect(&attach_url(&mut c, &id, true, false, true).await?, &[V5]).await?;
+/// A container on a terminal: resize, TERM, the terminal's echo; leaving keeps it running, its
+/// exit ends the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn attach_to_a_terminal_resizes_it_and_leaving_keeps_it_running() -> anyhow::Result<()> {
+    let mut a = Attach::start("term").await?;
+    let id = a.run("term", &["/bin/sh"], false, true).await?;
+    let c = &mut a.p.c.clone();
+    let mut t = stream::connect(&attach_url(c, &id, true, false, true).await?, &[V5]).await?;
     t.send(stream::RESIZE, br#"{"Width":100,"Height":33}"#)
         .await?;
     t.send(
@@ -940,19 +1033,17 @@ async fn attach_to_running_containers() -> anyhow::Result<()> {
     t.abandon();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        container_state(&mut c, &id).await?.0,
+        container_state(c, &id).await?.0,
         cri::ContainerState::ContainerRunning as i32
     );
-    let mut t = stream::connect(&attach_url(&mut c, &id, true, false, true).await?, &[V5]).await?;
+    let mut t = stream::connect(&attach_url(c, &id, true, false, true).await?, &[V5]).await?;
     t.send(stream::STDIN, b"exit 5\n").await?;
     let out = t.collect(Duration::from_secs(20)).await.context("t")?;
     assert_eq!(out.exit_code(), Some(0), "{out:?}");
-    assert_eq!(wait_exited(&mut c, &id).await?, 5);
-    let log = std::fs::read_to_string(logs.path().join("attach/term.log"))?;
+    assert_eq!(wait_exited(c, &id).await?, 5);
+    let log = a.log("term")?;
     assert!(log.contains("term=xterm"), "{log}");
-
-    common::remove_pod(&mut c, &pod, &top).await?;
-    Ok(())
+    a.p.remove().await
 }
 
 /// The streaming server over TLS (`streaming.tls_cert_file` / `tls_key_file`): URLs are

@@ -347,3 +347,59 @@ pub async fn pull_standard(e: &Env) -> anyhow::Result<String> {
     pull(&e.daemon, &image).await?;
     Ok(image)
 }
+
+/// A kelsond (`e`) and one pod of a test, its cgroup in the test's tree `top` (removed by
+/// `remove`), its logs below `logs`.
+pub struct TestPod {
+    pub e: Env,
+    pub c: kelson_testkit::daemon::Cri,
+    pub top: String,
+    pub logs: tempfile::TempDir,
+    pub cfg: k8s_cri::v1::PodSandboxConfig,
+    pub pod: String,
+}
+
+impl TestPod {
+    /// A pod `name` in the test's cgroup tree `<prefix>-<pid>`, as `pod_in` makes it.
+    pub async fn start(e: Env, prefix: &str, name: &str) -> anyhow::Result<TestPod> {
+        let mut c = e.daemon.cri().await?;
+        let (top, logs, cfg, pod) = pod_in(&mut c, prefix, name).await?;
+        Ok(TestPod {
+            e,
+            c,
+            top,
+            logs,
+            cfg,
+            pod,
+        })
+    }
+
+    /// The pod `cfg` (its cgroup below `top`, its logs below `logs`).
+    pub async fn with_config(
+        e: Env,
+        top: String,
+        logs: tempfile::TempDir,
+        cfg: k8s_cri::v1::PodSandboxConfig,
+    ) -> anyhow::Result<TestPod> {
+        let mut c = e.daemon.cri().await?;
+        let pod = run_pod(&mut c, &cfg).await?;
+        Ok(TestPod {
+            e,
+            c,
+            top,
+            logs,
+            cfg,
+            pod,
+        })
+    }
+
+    /// CreateContainer + StartContainer in the pod: the container's id.
+    pub async fn run(&mut self, ctr: k8s_cri::v1::ContainerConfig) -> anyhow::Result<String> {
+        create_start(&mut self.c, &self.pod, &self.cfg, ctr).await
+    }
+
+    /// RemovePodSandbox, then the test's cgroup tree.
+    pub async fn remove(mut self) -> anyhow::Result<()> {
+        remove_pod(&mut self.c, &self.pod, &self.top).await
+    }
+}

@@ -225,8 +225,20 @@ impl TarBuilder {
 pub struct TestImages;
 
 impl TestImages {
-    /// busybox and the shared libraries it needs, at their host paths.
+    /// busybox and the shared libraries it needs, at their host paths. Built once per process:
+    /// compressing it takes seconds in a debug build, and every test's standard image has it.
     pub fn busybox_layer() -> anyhow::Result<Layer> {
+        static LAYER: std::sync::Mutex<Option<Layer>> = std::sync::Mutex::new(None);
+        let mut built = LAYER
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if built.is_none() {
+            *built = Some(Self::build_busybox_layer()?);
+        }
+        Ok(built.clone().expect("built above"))
+    }
+
+    fn build_busybox_layer() -> anyhow::Result<Layer> {
         let mut t = TarBuilder::new().dir("bin", 0o755);
         let bb = std::fs::read("/bin/busybox")
             .context("reading /bin/busybox (install Debian's busybox)")?;
