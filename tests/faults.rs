@@ -10,6 +10,7 @@
 
 mod common;
 
+use anyhow::Context;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -338,7 +339,8 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         let s = c
             .runtime
             .container_status(req::status(&sentinel))
-            .await?
+            .await
+            .with_context(|| format!("{ctx}: the sentinel's status\n{}", d.log()))?
             .into_inner()
             .status
             .unwrap();
