@@ -18,9 +18,11 @@ struct Pod {
     cgroup: String,
 }
 
+/// A pod `name`, its cgroup in a tree of its own (`remove_pod` removes the tree: a tree shared
+/// by the file's tests would be removed under a test still creating a container).
 async fn pod(c: &mut Cri, name: &str) -> anyhow::Result<Pod> {
     let logs = tempfile::tempdir()?;
-    let cgroup = format!("kelson-ctest-{}/{name}", std::process::id());
+    let cgroup = format!("kelson-ctest-{}-{name}/{name}", std::process::id());
     let cfg = req::pod(name, "default", &format!("/{cgroup}"), logs.path());
     let id = common::run_pod(c, &cfg).await?;
     Ok(Pod { id, logs, cgroup })
