@@ -18,9 +18,11 @@ struct Pod {
     cgroup: String,
 }
 
+/// A pod `name`, its cgroup in a tree of its own (`remove_pod` removes the tree: a tree shared
+/// by the file's tests would be removed under a test still creating a container).
 async fn pod(c: &mut Cri, name: &str) -> anyhow::Result<Pod> {
     let logs = tempfile::tempdir()?;
-    let cgroup = format!("kelson-ctest-{}/{name}", std::process::id());
+    let cgroup = format!("kelson-ctest-{}-{name}/{name}", std::process::id());
     let cfg = req::pod(name, "default", &format!("/{cgroup}"), logs.path());
     let id = common::run_pod(c, &cfg).await?;
     Ok(Pod { id, logs, cgroup })
@@ -648,10 +650,9 @@ async fn shared_pid_namespace_with_holder() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// OOM kill is reported as OOMKilled (exit 137); ReopenContainerLog follows kubelet's rotation;
-/// a host device can be mapped in.
+/// OOM kill is reported as OOMKilled (exit 137).
 #[tokio::test(flavor = "multi_thread")]
-async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
+async fn an_oom_kill_is_reported_as_oom_killed() -> anyhow::Result<()> {
     let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
     let p = pod(&mut c, "oom").await?;
@@ -665,14 +666,9 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
             "x=$(head -c 67108864 /dev/zero | busybox tr '\\0' a); echo survived",
         ],
     );
-    hog.linux = Some(cri::LinuxContainerConfig {
-        resources: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 24 << 20,
-            memory_swap_limit_in_bytes: 24 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    let limits = req::resources(&mut hog);
+    limits.memory_limit_in_bytes = 24 << 20;
+    limits.memory_swap_limit_in_bytes = 24 << 20;
     let hog = create(&mut c, &p, hog).await?;
     start(&mut c, &hog).await?;
     let s = wait_exited(&mut c, &hog).await;
@@ -681,11 +677,14 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         (137, "OOMKilled"),
         "{s:?}"
     );
+    remove_pod(&mut c, &p).await
+}
 
-    // Log rotation: kubelet renames the file and asks for a reopen; new lines go to a new file.
+/// A container printing a line every 50 ms, `/dev/null` mapped in at `/dev/kelson-null`.
+fn talker(image: &str) -> cri::ContainerConfig {
     let mut talk = ctr(
         "talk",
-        &image,
+        image,
         &[
             "/bin/sh",
             "-c",
@@ -697,17 +696,30 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         host_path: "/dev/null".into(),
         permissions: "rw".into(),
     }];
-    let talk = create(&mut c, &p, talk).await?;
+    talk
+}
+
+fn reopen(id: &str) -> cri::ReopenContainerLogRequest {
+    cri::ReopenContainerLogRequest {
+        container_id: id.into(),
+    }
+}
+
+/// ReopenContainerLog follows kubelet's rotation; on an exited container it is a clear
+/// FailedPrecondition.
+#[tokio::test(flavor = "multi_thread")]
+async fn reopen_container_log_follows_kubelets_rotation() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "rotate").await?;
+    // Log rotation: kubelet renames the file and asks for a reopen; new lines go to a new file.
+    let talk = create(&mut c, &p, talker(&image)).await?;
     start(&mut c, &talk).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = status(&mut c, &talk).await.log_path;
     let rotated = format!("{log}.1");
     std::fs::rename(&log, &rotated)?;
-    c.runtime
-        .reopen_container_log(cri::ReopenContainerLogRequest {
-            container_id: talk.clone(),
-        })
-        .await?;
+    c.runtime.reopen_container_log(reopen(&talk)).await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let old = std::fs::read_to_string(&rotated)?;
     let new = std::fs::read_to_string(&log)?;
@@ -715,18 +727,33 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         old.contains("stdout F line 0") && !new.is_empty() && !new.contains("stdout F line 0\n"),
         "old:\n{old}\nnew:\n{new}"
     );
+    // Reopen on an exited container is a clear FailedPrecondition.
+    let done = create(&mut c, &p, ctr("done", &image, &["/bin/true"])).await?;
+    start(&mut c, &done).await?;
+    let s = wait_exited(&mut c, &done).await;
+    assert_eq!(s.state, cri::ContainerState::ContainerExited as i32);
+    let err = c
+        .runtime
+        .reopen_container_log(reopen(&done))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    remove_pod(&mut c, &p).await
+}
+
+/// A host device can be mapped in and works inside; a device path that is not a device is
+/// refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_devices_are_mapped_in_and_non_devices_refused() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "devices").await?;
+    let talk = create(&mut c, &p, talker(&image)).await?;
+    start(&mut c, &talk).await?;
     // The mapped device works inside.
     let r = c
         .runtime
-        .exec_sync(cri::ExecSyncRequest {
-            container_id: talk.clone(),
-            cmd: vec![
-                "/bin/sh".into(),
-                "-c".into(),
-                "echo x > /dev/kelson-null && echo ok".into(),
-            ],
-            timeout: 5,
-        })
+        .exec_sync(req::sh(&talk, "echo x > /dev/kelson-null && echo ok", 5))
         .await?
         .into_inner();
     assert_eq!(
@@ -746,18 +773,7 @@ async fn oom_kill_log_rotation_and_devices() -> anyhow::Result<()> {
         create(&mut c, &p, bad).await.unwrap_err().code(),
         Code::InvalidArgument
     );
-    // Reopen on an exited container is a clear FailedPrecondition.
-    let err = c
-        .runtime
-        .reopen_container_log(cri::ReopenContainerLogRequest {
-            container_id: hog.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
-    Ok(())
+    remove_pod(&mut c, &p).await
 }
 
 /// A container that runs until stopped, with `mounts`.
@@ -995,30 +1011,33 @@ async fn next(
         .expect("no stream error")
 }
 
+/// A GetContainerEvents subscription.
+async fn subscribe(c: &mut Cri) -> anyhow::Result<tonic::Streaming<cri::ContainerEventResponse>> {
+    Ok(c.runtime
+        .get_container_events(cri::GetEventsRequest {})
+        .await?
+        .into_inner())
+}
+
+/// Remove the pod: no mount of this daemon's is left, and the test's cgroup tree goes.
+async fn remove_pod_counting_mounts(c: &mut Cri, e: &common::Env, p: &Pod) -> anyhow::Result<()> {
+    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
+    assert_eq!(common::mounts_of(&e.daemon), 0);
+    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
+    Ok(())
+}
+
 /// GetContainerEvents as evented PLEG uses it: two subscribers see created → started →
-/// stopped → deleted with the pod's and containers' statuses; a container that exits by itself
-/// produces its stopped event without any StopContainer; after a kelsond restart the exit
-/// watchers are re-armed; a subscriber that never reads holds nothing up.
+/// stopped → deleted with the pod's and containers' statuses; a subscriber that never reads
+/// holds nothing up.
 #[tokio::test(flavor = "multi_thread")]
 async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
-    let (mut e, image) = common::env_standard().await?;
+    let (e, image) = common::env_standard().await?;
     let mut c = e.daemon.cri().await?;
-    let mut a = c
-        .runtime
-        .get_container_events(cri::GetEventsRequest {})
-        .await?
-        .into_inner();
-    let mut b = c
-        .runtime
-        .get_container_events(cri::GetEventsRequest {})
-        .await?
-        .into_inner();
+    let mut a = subscribe(&mut c).await?;
+    let mut b = subscribe(&mut c).await?;
     // Subscribed and never read: must not slow anything down.
-    let _idle = c
-        .runtime
-        .get_container_events(cri::GetEventsRequest {})
-        .await?
-        .into_inner();
+    let _idle = subscribe(&mut c).await?;
     let p = pod(&mut c, "events").await?;
     let id = create(&mut c, &p, ctr("ev", &image, &["/bin/sleep", "3600"])).await?;
     start(&mut c, &id).await?;
@@ -1058,8 +1077,17 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
             seen.push(want);
         }
     }
+    remove_pod_counting_mounts(&mut c, &e, &p).await
+}
 
-    // Exits by itself: stopped comes from the exit watcher, with the exit code.
+/// A container that exits by itself: its stopped event comes from the exit watcher, with the
+/// exit code, without any StopContainer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_container_exiting_by_itself_sends_its_stopped_event() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let mut a = subscribe(&mut c).await?;
+    let p = pod(&mut c, "events-exit").await?;
     let quick = create(
         &mut c,
         &p,
@@ -1071,7 +1099,7 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
     while kinds.len() < 3 {
         let ev = next(&mut a).await;
         assert_eq!(ev.container_id, quick);
-        if ev.container_event_type == T::ContainerStoppedEvent as i32 {
+        if ev.container_event_type == cri::ContainerEventType::ContainerStoppedEvent as i32 {
             let st = ev
                 .containers_statuses
                 .iter()
@@ -1082,17 +1110,21 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
         kinds.push(ev.container_event_type);
     }
     assert_eq!(kinds, vec![0, 1, 2]);
+    c.runtime.remove_container(req::remove(&quick)).await?;
+    remove_pod_counting_mounts(&mut c, &e, &p).await
+}
 
-    // Restart kelsond with a running container: the watcher is re-armed and reports the exit.
+/// Restart kelsond with a running container: the exit watcher is re-armed and reports the exit.
+#[tokio::test(flavor = "multi_thread")]
+async fn exit_watchers_are_rearmed_after_a_kelsond_restart() -> anyhow::Result<()> {
+    let (mut e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let p = pod(&mut c, "events-restart").await?;
     let long = create(&mut c, &p, ctr("long", &image, &["/bin/sleep", "3600"])).await?;
     start(&mut c, &long).await?;
     e.daemon.restart()?;
     let mut c = e.daemon.cri().await?;
-    let mut after = c
-        .runtime
-        .get_container_events(cri::GetEventsRequest {})
-        .await?
-        .into_inner();
+    let mut after = subscribe(&mut c).await?;
     let init: i32 = std::fs::read_to_string(
         e.daemon
             .state
@@ -1109,15 +1141,13 @@ async fn container_events_for_evented_pleg() -> anyhow::Result<()> {
     let ev = next(&mut after).await;
     assert_eq!(
         (ev.container_id.as_str(), ev.container_event_type),
-        (long.as_str(), T::ContainerStoppedEvent as i32)
+        (
+            long.as_str(),
+            cri::ContainerEventType::ContainerStoppedEvent as i32
+        )
     );
-    for id in [&quick, &long] {
-        c.runtime.remove_container(req::remove(id)).await?;
-    }
-    c.runtime.remove_pod_sandbox(req::remove_pod(&p.id)).await?;
-    assert_eq!(common::mounts_of(&e.daemon), 0);
-    common::remove_cgroup_tree(p.cgroup.split('/').next().unwrap());
-    Ok(())
+    c.runtime.remove_container(req::remove(&long)).await?;
+    remove_pod_counting_mounts(&mut c, &e, &p).await
 }
 
 /// Every process exit sends SIGCHLD to the shim; a status request the shim is reading at that

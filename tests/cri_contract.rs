@@ -248,9 +248,35 @@ type GroupCase = (
     Vec<i64>,
 );
 
+/// `id -G` in container `id` and the user ContainerStatus reports for it.
+async fn groups_of(c: &mut Cri, id: &str) -> anyhow::Result<(String, cri::LinuxContainerUser)> {
+    let (code, out, err) = common::exec_sync(c, id, &["/bin/busybox", "id", "-G"]).await?;
+    anyhow::ensure!(code == 0, "id -G: {err}");
+    let st = common::container_status(c, id).await?;
+    let u = st
+        .user
+        .and_then(|u| u.linux)
+        .context("status has the user")?;
+    Ok((out.trim().to_owned(), u))
+}
+
+/// A container `name` of `image` sleeping as `uid` with the request's supplemental `groups`.
+fn sleeper_with_groups(
+    name: &str,
+    image: &str,
+    uid: Option<i64>,
+    groups: Vec<i64>,
+) -> cri::ContainerConfig {
+    let mut ctr = common::container_config(name, image, &["/bin/sleep", "60"]);
+    let sc = security(&mut ctr);
+    sc.run_as_user = uid.map(|value| cri::Int64Value { value });
+    sc.supplemental_groups = groups;
+    ctr
+}
+
 /// The process's groups as containerd sets them and ContainerStatus reports them: the primary
 /// gid, the image's groups for the user (Merge) and the request's; Strict leaves out the
-/// image's. RunAsGroup without a user is refused.
+/// image's.
 #[tokio::test(flavor = "multi_thread")]
 async fn groups_as_containerd_sets_them() -> anyhow::Result<()> {
     use kelson_testkit::TarBuilder;
@@ -280,46 +306,19 @@ async fn groups_as_containerd_sets_them() -> anyhow::Result<()> {
     let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
     let (pod, cfg, top) = pod(&mut c, "groups", logs.path()).await?;
-    let groups_of = |c: &mut Cri, id: String| {
-        let mut c = c.clone();
-        async move {
-            let (code, out, err) =
-                common::exec_sync(&mut c, &id, &["/bin/busybox", "id", "-G"]).await?;
-            anyhow::ensure!(code == 0, "id -G: {err}");
-            let st = common::container_status(&mut c, &id).await?;
-            let u = st
-                .user
-                .and_then(|u| u.linux)
-                .context("status has the user")?;
-            anyhow::Ok((out.trim().to_owned(), u))
-        }
-    };
+    let merged = || vec![1000, 1234, 50000];
     let cases: [GroupCase; 5] = [
         // (name, run_as_user, run_as_username, strict, `id -G`, status groups)
-        (
-            "merge",
-            None,
-            "",
-            false,
-            "1000 1234 50000",
-            vec![1000, 1234, 50000],
-        ),
+        ("merge", None, "", false, "1000 1234 50000", merged()),
         ("strict", None, "", true, "1000 1234", vec![1000, 1234]),
-        (
-            "by-uid",
-            Some(1000),
-            "",
-            false,
-            "1000 1234 50000",
-            vec![1000, 1234, 50000],
-        ),
+        ("by-uid", Some(1000), "", false, "1000 1234 50000", merged()),
         (
             "by-name",
             None,
             "default-user",
             false,
             "1000 1234 50000",
-            vec![1000, 1234, 50000],
+            merged(),
         ),
         // A uid the image does not know: gid 0 and the request's groups.
         (
@@ -332,24 +331,29 @@ async fn groups_as_containerd_sets_them() -> anyhow::Result<()> {
         ),
     ];
     for (name, uid, username, strict, want_id, want_status) in cases {
-        let mut ctr = common::container_config(name, &image, &["/bin/sleep", "60"]);
+        let mut ctr = sleeper_with_groups(name, &image, uid, vec![1234]);
         let sc = security(&mut ctr);
-        sc.run_as_user = uid.map(|value| cri::Int64Value { value });
         sc.run_as_username = username.into();
-        sc.supplemental_groups = vec![1234];
         if strict {
             sc.supplemental_groups_policy = cri::SupplementalGroupsPolicy::Strict as i32;
         }
         let id = common::create_start(&mut c, &pod, &cfg, ctr)
             .await
             .with_context(|| name.to_owned())?;
-        let (ids, user) = groups_of(&mut c, id).await?;
+        let (ids, user) = groups_of(&mut c, &id).await?;
         assert_eq!(ids, want_id, "{name}: id -G");
         let mut got = user.supplemental_groups.clone();
         got.sort();
         assert_eq!(got, want_status, "{name}: ContainerStatus.user");
     }
-    // The image without a group file: the primary gid and the request's groups.
+    remove_pod(&mut c, &pod, &top).await
+}
+
+/// The image without a group file: the primary gid and the request's groups.
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_without_a_group_file_are_the_primary_gid_and_the_requests() -> anyhow::Result<()> {
+    use kelson_testkit::TarBuilder;
+    let e = common::env().await?;
     let bare = TarBuilder::new()
         .dir("etc", 0o755)
         .file("etc/passwd", 0o644, b"u:x:1000:1000::/:/bin/sh\n")
@@ -357,22 +361,26 @@ async fn groups_as_containerd_sets_them() -> anyhow::Result<()> {
         .finish();
     let bare =
         common::push_with_layer(&e, "test/nogroup", "v1", bare, serde_json::json!({})).await?;
-    let mut ctr = common::container_config("no-group-entry", &bare, &["/bin/sleep", "60"]);
-    let sc = security(&mut ctr);
-    sc.run_as_user = Some(cri::Int64Value { value: 1000 });
-    sc.supplemental_groups = vec![77];
-    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
-    let (ids, _) = groups_of(&mut c, id).await?;
+    let mut t = common::TestPod::start(e, "kelson-contract-nogroup", "nogroup").await?;
+    let ctr = sleeper_with_groups("no-group-entry", &bare, Some(1000), vec![77]);
+    let id = t.run(ctr).await?;
+    let (ids, _) = groups_of(&mut t.c, &id).await?;
     assert_eq!(ids, "1000 77");
+    t.remove().await
+}
 
-    // RunAsGroup without RunAsUser (or a username) is refused by name.
-    let mut ctr = common::container_config("group-only", &image, &["/bin/sleep", "60"]);
+/// RunAsGroup without RunAsUser (or a username) is refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_as_group_without_a_user_is_refused() -> anyhow::Result<()> {
+    let mut w = world("group-only").await?;
+    let mut ctr = common::container_config("group-only", &w.image, &["/bin/sleep", "60"]);
     security(&mut ctr).run_as_group = Some(cri::Int64Value { value: 1002 });
-    let err = common::create(&mut c, &pod, &cfg, ctr).await.unwrap_err();
+    let err = common::create(&mut w.c, &w.pod, &w.cfg, ctr)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("run_as_group"), "{err:?}");
-    remove_pod(&mut c, &pod, &top).await?;
-    Ok(())
+    remove_pod(&mut w.c, &w.pod, &w.top).await
 }
 
 /// HOSTNAME is the pod's hostname (the node's for a host-network pod), and may be replaced by
@@ -470,53 +478,72 @@ async fn hostnames_as_kubelet_expects() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bidirectional: a mount made inside the container under the volume appears on the host, and
-/// one made on the host appears inside. A source on a mount that cannot propagate is refused by
-/// name instead of silently propagating nothing.
-#[tokio::test(flavor = "multi_thread")]
-async fn bidirectional_mounts_reach_the_host() -> anyhow::Result<()> {
+/// A privileged pod `name` (its cgroup in `kelson-contract-<name>-<pid>`) and the standard image.
+async fn privileged_pod(name: &str) -> anyhow::Result<(common::TestPod, String)> {
     let (e, image) = common::env_standard().await?;
-    let mut c = e.daemon.cri().await?;
     let logs = tempfile::tempdir()?;
-    let top = format!("kelson-contract-{}-bidi", std::process::id());
-    let mut cfg = common::pod_config("bidi", "default", &format!("/{top}/p"), logs.path());
+    let top = format!("kelson-contract-{name}-{}", std::process::id());
+    let mut cfg = common::pod_config(name, "default", &format!("/{top}/p"), logs.path());
     cfg.linux
         .get_or_insert_with(Default::default)
         .security_context = Some(cri::LinuxSandboxSecurityContext {
         privileged: true,
         ..Default::default()
     });
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    Ok((
+        common::TestPod::with_config(e, top, logs, cfg).await?,
+        image,
+    ))
+}
 
+/// `dir` bind-mounted on itself with `propagation` (MS_SHARED or MS_PRIVATE), unmounted when
+/// the guard drops.
+fn own_mount(dir: &std::path::Path, propagation: nix::mount::MsFlags) -> anyhow::Result<Unmount> {
+    use nix::mount::{MsFlags, mount};
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    let guard = Unmount(vec![dir.to_owned()]);
+    mount(None::<&str>, dir, None::<&str>, propagation, None::<&str>)?;
+    Ok(guard)
+}
+
+/// A privileged container `name` sleeping with `host` mounted at `at` with `propagation`.
+fn with_propagation(
+    name: &str,
+    image: &str,
+    at: &str,
+    host: &std::path::Path,
+    propagation: cri::MountPropagation,
+) -> cri::ContainerConfig {
+    let mut ctr = common::container_config(name, image, &["/bin/sleep", "600"]);
+    ctr.mounts = vec![cri::Mount {
+        propagation: propagation as i32,
+        ..common::bind(at, host)
+    }];
+    security(&mut ctr).privileged = true;
+    ctr
+}
+
+/// Bidirectional: a mount made inside the container under the volume appears on the host, and
+/// one made on the host appears inside.
+#[tokio::test(flavor = "multi_thread")]
+async fn bidirectional_mounts_reach_the_host() -> anyhow::Result<()> {
+    let (mut t, image) = privileged_pod("bidi").await?;
     // The host side: a directory made its own shared mount (as kubelet's pods dir is).
     let shared = tempfile::tempdir()?;
-    let bind = |src: &std::path::Path, flags| {
-        nix::mount::mount(Some(src), src, None::<&str>, flags, None::<&str>)
-    };
-    bind(shared.path(), nix::mount::MsFlags::MS_BIND)?;
-    nix::mount::mount(
-        None::<&str>,
-        shared.path(),
-        None::<&str>,
-        nix::mount::MsFlags::MS_SHARED,
-        None::<&str>,
-    )?;
-    let _unmount = Unmount(vec![shared.path().to_owned()]);
+    let _unmount = own_mount(shared.path(), nix::mount::MsFlags::MS_SHARED)?;
     std::fs::create_dir(shared.path().join("from-container"))?;
     std::fs::create_dir(shared.path().join("from-host"))?;
-    let mut ctr = common::container_config("bidi", &image, &["/bin/sleep", "600"]);
-    ctr.mounts = vec![cri::Mount {
-        container_path: "/mnt/bidi".into(),
-        host_path: shared.path().display().to_string(),
-        propagation: cri::MountPropagation::PropagationBidirectional as i32,
-        ..Default::default()
-    }];
-    let sc = security(&mut ctr);
-    sc.privileged = true;
-    sc.run_as_user = Some(cri::Int64Value { value: 0 });
-    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    let mut ctr = with_propagation(
+        "bidi",
+        &image,
+        "/mnt/bidi",
+        shared.path(),
+        cri::MountPropagation::PropagationBidirectional,
+    );
+    security(&mut ctr).run_as_user = Some(cri::Int64Value { value: 0 });
+    let id = t.run(ctr).await?;
     let (code, _, err) = common::exec_sync(
-        &mut c,
+        &mut t.c,
         &id,
         &[
             "/bin/sh",
@@ -548,50 +575,51 @@ async fn bidirectional_mounts_reach_the_host() -> anyhow::Result<()> {
     )?;
     std::fs::write(shared.path().join("from-host/g"), "made-outside\n")?;
     let (_, out, _) = common::exec_sync(
-        &mut c,
+        &mut t.c,
         &id,
         &["/bin/busybox", "cat", "/mnt/bidi/from-host/g"],
     )
     .await?;
     assert_eq!(out, "made-outside\n");
-    c.runtime.remove_container(req::remove(&id)).await?;
+    t.c.runtime.remove_container(req::remove(&id)).await?;
     for d in ["from-container", "from-host"] {
         let _ = nix::mount::umount2(&shared.path().join(d), nix::mount::MntFlags::MNT_DETACH);
     }
+    let e = remove_test_pod(t).await?;
+    assert_eq!(common::mounts_of(&e.daemon), 0, "mounts left behind");
+    Ok(())
+}
 
-    // A private source cannot carry Bidirectional (nor HostToContainer): refused by name.
+/// A private source cannot carry Bidirectional (nor HostToContainer): refused by name instead
+/// of silently propagating nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn propagation_from_a_private_source_is_refused_by_name() -> anyhow::Result<()> {
+    let (mut t, image) = privileged_pod("private").await?;
     let private = tempfile::tempdir()?;
-    bind(private.path(), nix::mount::MsFlags::MS_BIND)?;
-    nix::mount::mount(
-        None::<&str>,
-        private.path(),
-        None::<&str>,
-        nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
-    let _unmount2 = Unmount(vec![private.path().to_owned()]);
+    let _unmount = own_mount(private.path(), nix::mount::MsFlags::MS_PRIVATE)?;
     for p in [
         cri::MountPropagation::PropagationBidirectional,
         cri::MountPropagation::PropagationHostToContainer,
     ] {
-        let mut ctr = common::container_config("private", &image, &["/bin/sleep", "600"]);
-        ctr.mounts = vec![cri::Mount {
-            container_path: "/mnt/p".into(),
-            host_path: private.path().display().to_string(),
-            propagation: p as i32,
-            ..Default::default()
-        }];
-        security(&mut ctr).privileged = true;
-        let err = common::create(&mut c, &pod, &cfg, ctr).await.unwrap_err();
+        let ctr = with_propagation("private", &image, "/mnt/p", private.path(), p);
+        let err = common::create(&mut t.c, &t.pod, &t.cfg, ctr)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
         assert!(
             err.message().contains("/mnt/p") && err.message().contains("shared"),
             "{err:?}"
         );
     }
-    remove_pod(&mut c, &pod, &top).await?;
+    let e = remove_test_pod(t).await?;
     assert_eq!(common::mounts_of(&e.daemon), 0, "mounts left behind");
     Ok(())
+}
+
+/// RemovePodSandbox and the test's cgroup tree: the daemon, to look at what is left.
+async fn remove_test_pod(mut t: common::TestPod) -> anyhow::Result<common::Env> {
+    remove_pod(&mut t.c, &t.pod, &t.top).await?;
+    Ok(t.e)
 }
 
 struct Unmount(Vec<std::path::PathBuf>);

@@ -10,11 +10,11 @@
 
 mod common;
 
-use anyhow::Context;
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use k8s_cri::v1 as cri;
 use kelson_testkit::cri as req;
 use kelson_testkit::daemon::Cri;
@@ -243,8 +243,19 @@ fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| !s.contains("State:\tZ"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
+/// What the random-crash scenario runs on: a registry with the standard image, kelsond with
+/// Debian's bridge plugin living in a named netns (the image pulled before it moved there).
+/// Fields drop in this order: kelsond first.
+struct Rig {
+    d: Daemon,
+    image: String,
+    _ns: NetNs,
+    logs: tempfile::TempDir,
+    ipam: tempfile::TempDir,
+    _registry: kelson_testkit::Registry,
+}
+
+async fn bridge_daemon_in_a_netns() -> anyhow::Result<Rig> {
     if !Path::new("/usr/lib/cni/bridge").exists() {
         anyhow::bail!("CNI plugins missing: run packaging/setup.sh");
     }
@@ -273,48 +284,122 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
     common::pull(&d, &image).await?;
     d.set_netns_path(Some(ns.path.clone()));
     d.restart()?;
-    let mut c = d.cri().await?;
+    Ok(Rig {
+        _registry: registry,
+        _ns: ns,
+        d,
+        image,
+        ipam,
+        logs,
+    })
+}
 
-    // The container that must live through every crash.
-    let cfg = pod_cfg("sentinel", logs.path());
-    let sentinel_pod = common::run_pod(&mut c, &cfg).await?;
-    let ctr = common::container_config("sentinel", &image, &["/bin/sleep", "3600"]);
-    let sentinel = common::create_start(&mut c, &sentinel_pod, &cfg, ctr).await?;
-    let sentinel_init: i32 = std::fs::read_to_string(
-        d.state
-            .join("containers")
-            .join(&sentinel)
-            .join("shim/init.pid"),
-    )?
-    .trim()
-    .parse()?;
-    let baseline = survey(&d, ipam.path());
-    assert_eq!(baseline.shims.len(), 1, "{baseline:?}");
-    assert_eq!(baseline.ip_owners.len(), 1, "{baseline:?}");
-    assert_eq!(baseline.container_cgroups.len(), 1, "{baseline:?}");
-    assert!(baseline.mounts.len() >= 2, "{baseline:?}");
-    println!("baseline: {baseline:#?}");
+/// The container that must live through every crash: (its pod, its id, its init's pid).
+async fn start_sentinel(c: &mut Cri, n: &Rig) -> anyhow::Result<(String, String, i32)> {
+    let cfg = pod_cfg("sentinel", n.logs.path());
+    let pod = common::run_pod(c, &cfg).await?;
+    let ctr = common::container_config("sentinel", &n.image, &["/bin/sleep", "3600"]);
+    let id = common::create_start(c, &pod, &cfg, ctr).await?;
+    let init: i32 =
+        std::fs::read_to_string(n.d.state.join("containers").join(&id).join("shim/init.pid"))?
+            .trim()
+            .parse()?;
+    Ok((pod, id, init))
+}
 
-    // How long one whole lifecycle takes here: crash points are drawn from that span.
+/// How long one whole lifecycle takes here (crash points are drawn from that span, or from
+/// `KELSON_FAULT_SPAN_MS`, which narrows them to the start of the lifecycle), in ms. The
+/// lifecycle must leave `baseline`.
+async fn calibrate(n: &Rig, baseline: &Node) -> u64 {
     let began = Instant::now();
     lifecycle(
-        d.socket.clone(),
+        n.d.socket.clone(),
         "calibrate".into(),
-        logs.path().to_owned(),
-        image.clone(),
+        n.logs.path().to_owned(),
+        n.image.clone(),
     )
     .await;
-    // `KELSON_FAULT_SPAN_MS` narrows the crash points to the start of the lifecycle.
     let span = std::env::var("KELSON_FAULT_SPAN_MS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(began.elapsed().as_millis().max(50) as u64);
     assert_eq!(
-        survey(&d, ipam.path()),
+        &survey(&n.d, n.ipam.path()),
         baseline,
         "a full lifecycle without a crash leaves the baseline"
     );
-    let baseline_fds = common::fds(d.pid().unwrap());
+    span
+}
+
+/// After a restart (`ctx` names the crash): the sentinel runs on and nothing exists that is
+/// not listed. The pods listed.
+async fn check_converged(
+    c: &mut Cri,
+    n: &Rig,
+    ctx: &str,
+    sentinel: &str,
+    sentinel_init: i32,
+) -> anyhow::Result<HashSet<String>> {
+    let s = c
+        .runtime
+        .container_status(req::status(sentinel))
+        .await
+        .with_context(|| format!("{ctx}: the sentinel's status\n{}", n.d.log()))?
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        s.state,
+        cri::ContainerState::ContainerRunning as i32,
+        "{ctx}: the sentinel runs on: {s:?}"
+    );
+    assert!(alive(sentinel_init), "{ctx}: the sentinel's process lives");
+    let (pods, ctrs) = listed(c).await?;
+    let node = survey(&n.d, n.ipam.path());
+    let bad = orphans(&node, &pods, &ctrs);
+    assert!(
+        bad.is_empty(),
+        "{ctx}: not owned by anything listed: {bad:#?}\nlisted pods {pods:?}, containers {ctrs:?}\n{}",
+        n.d.log()
+    );
+    Ok(pods)
+}
+
+/// kubelet's clean-up: every pod but `keep` stopped and removed.
+async fn clean_up_like_kubelet(
+    c: &mut Cri,
+    ctx: &str,
+    pods: &HashSet<String>,
+    keep: &str,
+) -> anyhow::Result<()> {
+    for p in pods.iter().filter(|p| *p != keep) {
+        c.runtime
+            .stop_pod_sandbox(req::stop_pod(p))
+            .await
+            .map_err(|e| anyhow::anyhow!("{ctx}: stop pod {p}: {e}"))?;
+        c.runtime
+            .remove_pod_sandbox(req::remove_pod(p))
+            .await
+            .map_err(|e| anyhow::anyhow!("{ctx}: remove pod {p}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One sequential scenario: crash, restart, check, clean up, `CRASHES` times; each check names
+/// the crash (and the seed that reproduces it).
+#[tokio::test(flavor = "multi_thread")]
+async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
+    let mut n = bridge_daemon_in_a_netns().await?;
+    let mut c = n.d.cri().await?;
+    let (sentinel_pod, sentinel, sentinel_init) = start_sentinel(&mut c, &n).await?;
+    let baseline = survey(&n.d, n.ipam.path());
+    assert_eq!(baseline.shims.len(), 1, "{baseline:?}");
+    assert_eq!(baseline.ip_owners.len(), 1, "{baseline:?}");
+    assert_eq!(baseline.container_cgroups.len(), 1, "{baseline:?}");
+    assert!(baseline.mounts.len() >= 2, "{baseline:?}");
+    println!("baseline: {baseline:#?}");
+    let span = calibrate(&n, &baseline).await;
+    let baseline_fds = common::fds(n.d.pid().unwrap());
 
     let seed = seed()?;
     println!("crash points: seed {seed}, lifecycle span {span} ms");
@@ -324,58 +409,26 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         let delay = rng.next() % (span + span / 4);
         at.push(delay);
         let task = tokio::spawn(lifecycle(
-            d.socket.clone(),
+            n.d.socket.clone(),
             format!("p{i}"),
-            logs.path().to_owned(),
-            image.clone(),
+            n.logs.path().to_owned(),
+            n.image.clone(),
         ));
         tokio::time::sleep(Duration::from_millis(delay)).await;
-        d.crash()?;
+        n.d.crash()?;
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
-        d.restart()?;
-        c = d.cri().await?;
+        n.d.restart()?;
+        c = n.d.cri().await?;
 
         let ctx = format!("crash {i} at {delay} ms of {span} (seed {seed})");
-        let s = c
-            .runtime
-            .container_status(req::status(&sentinel))
-            .await
-            .with_context(|| format!("{ctx}: the sentinel's status\n{}", d.log()))?
-            .into_inner()
-            .status
-            .unwrap();
-        assert_eq!(
-            s.state,
-            cri::ContainerState::ContainerRunning as i32,
-            "{ctx}: the sentinel runs on: {s:?}"
-        );
-        assert!(alive(sentinel_init), "{ctx}: the sentinel's process lives");
-        let (pods, ctrs) = listed(&mut c).await?;
-        let node = survey(&d, ipam.path());
-        let bad = orphans(&node, &pods, &ctrs);
-        assert!(
-            bad.is_empty(),
-            "{ctx}: not owned by anything listed: {bad:#?}\nlisted pods {pods:?}, containers {ctrs:?}\n{}",
-            d.log()
-        );
-
-        // kubelet's clean-up: every other pod stopped and removed.
-        for p in pods.iter().filter(|p| **p != sentinel_pod) {
-            c.runtime
-                .stop_pod_sandbox(req::stop_pod(p))
-                .await
-                .map_err(|e| anyhow::anyhow!("{ctx}: stop pod {p}: {e}"))?;
-            c.runtime
-                .remove_pod_sandbox(req::remove_pod(p))
-                .await
-                .map_err(|e| anyhow::anyhow!("{ctx}: remove pod {p}: {e}"))?;
-        }
-        let after = survey(&d, ipam.path());
+        let pods = check_converged(&mut c, &n, &ctx, &sentinel, sentinel_init).await?;
+        clean_up_like_kubelet(&mut c, &ctx, &pods, &sentinel_pod).await?;
+        let after = survey(&n.d, n.ipam.path());
         assert_eq!(after, baseline, "{ctx}: back to the baseline");
-        let n = common::fds(d.pid().unwrap());
+        let fds = common::fds(n.d.pid().unwrap());
         assert!(
-            n <= baseline_fds + 4,
-            "{ctx}: kelsond holds {n} fds, {baseline_fds} before"
+            fds <= baseline_fds + 4,
+            "{ctx}: kelsond holds {fds} fds, {baseline_fds} before"
         );
     }
     println!("crashed at (ms): {at:?}");
@@ -384,9 +437,9 @@ async fn kelsond_killed_at_random_points_converges() -> anyhow::Result<()> {
         .remove_pod_sandbox(req::remove_pod(&sentinel_pod))
         .await?;
     assert!(!alive(sentinel_init));
-    let end = survey(&d, ipam.path());
+    let end = survey(&n.d, n.ipam.path());
     assert_eq!(end, Node::default(), "nothing left at the end");
-    d.stop()?;
+    n.d.stop()?;
     common::remove_cgroup_tree(&cgroup_top());
     Ok(())
 }

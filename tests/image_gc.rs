@@ -41,8 +41,8 @@ async fn present(c: &mut kelson_testkit::daemon::Cri, image: &str) -> anyhow::Re
         .is_some())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyhow::Result<()> {
+/// A registry with the standard image, `gc/pinned:v1` and `gc/i1..=6:v1` (6 MiB each).
+async fn gc_registry() -> anyhow::Result<Registry> {
     let registry = Registry::start(Default::default())?;
     let p = Pusher::new(&registry)?;
     p.image(
@@ -55,10 +55,12 @@ async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyh
     for i in 1..=6 {
         p.image(&format!("gc/i{i}"), "v1", &data_image(i)).await?;
     }
-    let host = &registry.host;
-    let standard = format!("{host}/test/standard:v1");
-    let pinned = format!("{host}/gc/pinned:v1");
-    let port = common::free_port();
+    Ok(registry)
+}
+
+/// kelsond on a 64 MiB tmpfs, GC between 50% and 30% with no minimum age, `pinned` pinned, its
+/// metrics on `port`.
+fn gc_daemon(registry: &Registry, pinned: &str, port: u16) -> anyhow::Result<Daemon> {
     let extra = format!(
         "[image]\npinned = [\"{pinned}\"]\n[image.gc]\nenabled = true\nhigh_threshold_percent = 50\nlow_threshold_percent = 30\nmin_age = \"0s\"\ninterval = \"1h\"\n[metrics]\naddress = \"127.0.0.1:{port}\"\n"
     );
@@ -70,50 +72,36 @@ async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyh
             ..Default::default()
         },
     )?;
-    d.hosts(host, &registry.hosts_toml())?;
+    d.hosts(&registry.host, &registry.hosts_toml())?;
+    Ok(d)
+}
+
+/// Wait (up to 20 s) for the policy, which runs in the background after each pull, to bring
+/// disk use under the high watermark: the use then, in percent.
+async fn settled_use(root: &Path) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while used_percent(root) >= 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    used_percent(root)
+}
+
+/// One scenario (the order of pulls is what the policy acts on), each check labelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyhow::Result<()> {
+    let registry = gc_registry().await?;
+    let host = &registry.host;
+    let standard = format!("{host}/test/standard:v1");
+    let pinned = format!("{host}/gc/pinned:v1");
+    let port = common::free_port();
+    let d = gc_daemon(&registry, &pinned, port)?;
     let mut c = d.cri().await?;
 
     // The image a container uses, and a pinned one.
     common::pull(&d, &standard).await?;
-    let pod = c
-        .runtime
-        .run_pod_sandbox(cri::RunPodSandboxRequest {
-            config: Some(cri::PodSandboxConfig {
-                metadata: Some(cri::PodSandboxMetadata {
-                    name: "gc".into(),
-                    uid: "uid-gc".into(),
-                    namespace: "default".into(),
-                    attempt: 0,
-                }),
-                linux: Some(cri::LinuxPodSandboxConfig {
-                    cgroup_parent: format!("/kelson-gctest-{}", std::process::id()),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            runtime_handler: String::new(),
-        })
-        .await?
-        .into_inner()
-        .pod_sandbox_id;
-    let ctr = c
-        .runtime
-        .create_container(cri::CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: "user".into(),
-                    attempt: 0,
-                }),
-                image: common::spec(&standard),
-                command: vec!["/bin/true".into()],
-                ..Default::default()
-            }),
-            sandbox_config: None,
-        })
-        .await?
-        .into_inner()
-        .container_id;
+    let (top, _logs, cfg, pod) = common::pod_in(&mut c, "kelson-gctest", "gc").await?;
+    let user = common::container_config("user", &standard, &["/bin/true"]);
+    let ctr = common::create(&mut c, &pod, &cfg, user).await?;
     common::pull(&d, &pinned).await?;
 
     // Pulled a second apart (last use is kept in whole seconds), oldest first.
@@ -121,12 +109,7 @@ async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyh
         tokio::time::sleep(Duration::from_millis(1100)).await;
         common::pull(&d, &format!("{host}/gc/i{i}:v1")).await?;
     }
-    // The policy runs after each pull, in the background: wait for it to settle.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while used_percent(&d.root) >= 50 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let used = used_percent(&d.root);
+    let used = settled_use(&d.root).await;
     assert!(
         used < 50,
         "disk use {used}% still at or above the high watermark"
@@ -153,13 +136,11 @@ async fn policy_removes_least_recently_used_images_under_disk_pressure() -> anyh
     assert_eq!(
         common::sample(&body, "kelson_image_gc_removed_total{kind=\"image\"}"),
         Some(removed as f64),
-        "{body}"
+        "the removals counted in the metrics: {body}"
     );
 
     c.runtime.remove_container(req::remove(&ctr)).await?;
-    c.runtime.remove_pod_sandbox(req::remove_pod(&pod)).await?;
-    common::remove_cgroup_tree(&format!("kelson-gctest-{}", std::process::id()));
-    Ok(())
+    common::remove_pod(&mut c, &pod, &top).await
 }
 
 /// Every regular file under `dir`, relative paths (for "nothing left behind" checks).

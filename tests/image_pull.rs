@@ -367,104 +367,23 @@ async fn mirror_serves_when_upstream_is_down() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hostile_and_broken_images_fail_cleanly() -> anyhow::Result<()> {
-    let e = common::env_with(RegistryOptions::default(), "").await?;
-    let p = Pusher::new(&e.registry)?;
-    let outside = tempfile::tempdir()?;
-    let victim = outside.path().join("victim");
-    std::fs::write(&victim, "original")?;
-    let escape = TarBuilder::new()
-        .link(
-            tar::EntryType::Symlink,
-            "evil",
-            outside.path().to_str().unwrap(),
-        )
-        .file("evil/victim", 0o644, b"pwned")
-        .finish();
-    let hostile = Image::new(
-        vec![
-            TestImages::etc_layer(),
-            Layer::new(escape, Compression::Gzip),
-        ],
-        "amd64",
-        false,
-        serde_json::json!({}),
-    );
-    p.image("test/hostile", "v1", &hostile).await?;
-    let err = pull(&e.daemon, &format!("{}/test/hostile:v1", e.registry.host))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(
-        err.message().contains("unpacking layer"),
-        "{}",
-        err.message()
-    );
-    assert_eq!(std::fs::read_to_string(&victim)?, "original");
-    let dotdot = TarBuilder::new()
-        .file("../../../escaped", 0o644, b"pwned")
-        .finish();
-    p.image(
-        "test/dotdot",
-        "v1",
-        &Image::new(
-            vec![Layer::new(dotdot, Compression::Zstd)],
-            "amd64",
-            false,
-            serde_json::json!({}),
-        ),
-    )
-    .await?;
-    let err = pull(&e.daemon, &format!("{}/test/dotdot:v1", e.registry.host))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("escapes"), "{}", err.message());
+/// Push `repo:v1`, an image of `layers` with an empty runtime config.
+async fn push_layers(p: &Pusher, repo: &str, layers: Vec<Layer>) -> anyhow::Result<()> {
+    let image = Image::new(layers, "amd64", false, serde_json::json!({}));
+    p.image(repo, "v1", &image).await?;
+    Ok(())
+}
 
-    // A config whose diff id does not match the layer: DataLoss, nothing visible.
-    let good = TestImages::data_layer(5000, 3);
-    let cfg = serde_json::to_vec(
-        &serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[format!("sha256:{}", "0".repeat(64))]}}),
-    )?;
-    p.image(
-        "test/liar",
-        "v1",
-        &Image::with_config(vec![good.clone()], cfg, false),
-    )
-    .await?;
-    let err = pull(&e.daemon, &format!("{}/test/liar:v1", e.registry.host))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+/// PullImage of `repo:v1` from the test registry, which must fail: its status.
+async fn pull_fails(e: &common::Env, repo: &str) -> anyhow::Result<tonic::Status> {
+    match pull(&e.daemon, &format!("{}/{repo}:v1", e.registry.host)).await {
+        Ok(id) => anyhow::bail!("{repo}: pulled as {id}"),
+        Err(err) => Ok(err),
+    }
+}
 
-    // An artifact that is not a runnable image: unsupported media type.
-    let helm = serde_json::to_vec(
-        &serde_json::json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":kelson_testkit::sha256(b"{}"),"size":2},"layers":[]}),
-    )?;
-    p.blob("test/helm", b"{}").await?;
-    p.manifest(
-        "test/helm",
-        "v1",
-        &helm,
-        "application/vnd.oci.image.manifest.v1+json",
-    )
-    .await?;
-    let err = pull(&e.daemon, &format!("{}/test/helm:v1", e.registry.host))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    assert!(err.message().contains("helm"), "{}", err.message());
-
-    // Missing image and bad references.
-    let err = pull(&e.daemon, &format!("{}/test/none:v1", e.registry.host))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    let err = pull(&e.daemon, "bad//ref").await.unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-
-    // Nothing listed, nothing half-made; leftovers of the failed pulls are collected on restart.
+/// Nothing listed, nothing half-made; leftovers of the failed pulls are collected on restart.
+async fn nothing_left(e: common::Env) -> anyhow::Result<()> {
     let mut c = e.daemon.cri().await?;
     assert!(
         c.image
@@ -483,6 +402,93 @@ async fn hostile_and_broken_images_fail_cleanly() -> anyhow::Result<()> {
         "orphan snapshots collected at start-up"
     );
     Ok(())
+}
+
+/// A layer that writes through a symlink to the host, or names a path with `..`, is refused
+/// while unpacking, and the host file stays as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn layers_escaping_the_rootfs_are_refused() -> anyhow::Result<()> {
+    let e = common::env_with(RegistryOptions::default(), "").await?;
+    let p = Pusher::new(&e.registry)?;
+    let outside = tempfile::tempdir()?;
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "original")?;
+    let escape = TarBuilder::new()
+        .link(
+            tar::EntryType::Symlink,
+            "evil",
+            outside.path().to_str().unwrap(),
+        )
+        .file("evil/victim", 0o644, b"pwned")
+        .finish();
+    let escape = Layer::new(escape, Compression::Gzip);
+    push_layers(&p, "test/hostile", vec![TestImages::etc_layer(), escape]).await?;
+    let err = pull_fails(&e, "test/hostile").await?;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("unpacking layer"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(std::fs::read_to_string(&victim)?, "original");
+    let dotdot = TarBuilder::new()
+        .file("../../../escaped", 0o644, b"pwned")
+        .finish();
+    let dotdot = Layer::new(dotdot, Compression::Zstd);
+    push_layers(&p, "test/dotdot", vec![dotdot]).await?;
+    let err = pull_fails(&e, "test/dotdot").await?;
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("escapes"), "{}", err.message());
+    nothing_left(e).await
+}
+
+/// A config whose diff id does not match the layer: DataLoss, nothing visible.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_layer_not_matching_its_diff_id_is_data_loss() -> anyhow::Result<()> {
+    let e = common::env_with(RegistryOptions::default(), "").await?;
+    let p = Pusher::new(&e.registry)?;
+    let good = TestImages::data_layer(5000, 3);
+    let cfg = serde_json::to_vec(
+        &serde_json::json!({"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[format!("sha256:{}", "0".repeat(64))]}}),
+    )?;
+    p.image(
+        "test/liar",
+        "v1",
+        &Image::with_config(vec![good.clone()], cfg, false),
+    )
+    .await?;
+    let err = pull_fails(&e, "test/liar").await?;
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    nothing_left(e).await
+}
+
+/// An artifact that is not a runnable image (unsupported media type), a missing image and a
+/// bad reference are refused, each with its own code.
+#[tokio::test(flavor = "multi_thread")]
+async fn artifacts_missing_images_and_bad_references_are_refused() -> anyhow::Result<()> {
+    let e = common::env_with(RegistryOptions::default(), "").await?;
+    let p = Pusher::new(&e.registry)?;
+    let helm = serde_json::to_vec(
+        &serde_json::json!({"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":kelson_testkit::sha256(b"{}"),"size":2},"layers":[]}),
+    )?;
+    p.blob("test/helm", b"{}").await?;
+    p.manifest(
+        "test/helm",
+        "v1",
+        &helm,
+        "application/vnd.oci.image.manifest.v1+json",
+    )
+    .await?;
+    let err = pull_fails(&e, "test/helm").await?;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("helm"), "{}", err.message());
+
+    // Missing image and bad references.
+    let err = pull_fails(&e, "test/none").await?;
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    let err = pull(&e.daemon, "bad//ref").await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    nothing_left(e).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

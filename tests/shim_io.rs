@@ -236,12 +236,10 @@ fn in_userns(mut ctr: cri::ContainerConfig, uid: i64) -> cri::ContainerConfig {
     ctr
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn user_namespaced_root_can_reopen_its_stdio_and_write_image_volumes() -> anyhow::Result<()> {
-    use std::os::unix::fs::MetadataExt;
+/// The user-namespaced pod `name` (its cgroup in the tree `kelson-shimio-<prefix>-<pid>`) and
+/// an image declaring VOLUMEs: one the image lacks (with a missing parent), one it has.
+async fn userns_pod(prefix: &str, name: &str) -> anyhow::Result<(common::TestPod, String)> {
     let e = common::env().await?;
-    let mut c = e.daemon.cri().await?;
-    // An image declaring VOLUMEs: one the image lacks (with a missing parent), one it has.
     let image = common::push_with_layer(
         &e,
         "test/volumes-userns",
@@ -254,64 +252,74 @@ async fn user_namespaced_root_can_reopen_its_stdio_and_write_image_volumes() -> 
             "Volumes": {"/cache/data": {}, "/srv": {}}}),
     )
     .await?;
-    let top = format!("kelson-shimio-u-{}", std::process::id());
+    let top = format!("kelson-shimio-{prefix}-{}", std::process::id());
     let logs = tempfile::tempdir()?;
-    let mut cfg = common::pod_config("userns-io", "default", &format!("/{top}/u"), logs.path());
+    let mut cfg = common::pod_config(name, "default", &format!("/{top}/u"), logs.path());
     cfg.linux.as_mut().context("linux")?.security_context =
         Some(cri::LinuxSandboxSecurityContext {
             namespace_options: Some(kelson_testkit::pod_userns(USERNS_HOST_BASE)),
             ..Default::default()
         });
-    let pod = common::run_pod(&mut c, &cfg).await?;
+    Ok((
+        common::TestPod::with_config(e, top, logs, cfg).await?,
+        image,
+    ))
+}
 
-    let script = "echo hi > /dev/stdout; echo err > /dev/stderr; \
-                  echo vol > /cache/data/f && cat /cache/data/f; \
-                  echo more >> /srv/kept && cat /srv/kept; exec sleep 3600";
-    let root = match start_in(
-        &mut c,
-        &pod,
-        &cfg,
-        in_userns(
-            common::container_config("root", &image, &["/bin/sh", "-c", script]),
-            0,
-        ),
-    )
-    .await
-    {
-        Ok(id) => id,
+/// The pod's root container `root`: it reopens its stdio, writes both image volumes and
+/// sleeps. Its expected stdout and stderr.
+const ROOT_SCRIPT: &str = "echo hi > /dev/stdout; echo err > /dev/stderr; \
+                           echo vol > /cache/data/f && cat /cache/data/f; \
+                           echo more >> /srv/kept && cat /srv/kept; exec sleep 3600";
+const ROOT_STDOUT: &str = "hi\nvol\nimage\nmore\n";
+
+/// Start `ROOT_SCRIPT` as the pod's root (kelsond's log printed if that fails): its id.
+async fn start_root(t: &mut common::TestPod, image: &str) -> anyhow::Result<String> {
+    let ctr = in_userns(
+        common::container_config("root", image, &["/bin/sh", "-c", ROOT_SCRIPT]),
+        0,
+    );
+    match t.run(ctr).await {
+        Ok(id) => Ok(id),
         Err(err) => {
-            println!("{}", e.daemon.log());
-            return Err(err.context("a container in a user-namespaced pod"));
+            println!("{}", t.e.daemon.log());
+            Err(err.context("a container in a user-namespaced pod"))
         }
-    };
-    // A user other than root in the same pod reopens its stdio too.
-    let user = start_in(
-        &mut c,
-        &pod,
-        &cfg,
-        in_userns(
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaced_non_root_user_can_reopen_its_stdio() -> anyhow::Result<()> {
+    let (mut t, image) = userns_pod("n", "userns-user").await?;
+    let user = t
+        .run(in_userns(
             common::container_config(
                 "user",
                 &image,
                 &["/bin/sh", "-c", "id -u > /dev/stdout; echo e > /dev/stderr"],
             ),
             1000,
-        ),
-    )
-    .await?;
-    let s = common::wait_exited(&mut c, &user).await?;
-    let user_log = std::fs::read_to_string(log_of(logs.path(), "userns-io", "user"))?;
+        ))
+        .await?;
+    let s = common::wait_exited(&mut t.c, &user).await?;
+    let user_log = std::fs::read_to_string(log_of(t.logs.path(), "userns-user", "user"))?;
     assert_eq!(s.exit_code, 0, "{user_log}");
     let recs = records(&user_log)?;
     assert_eq!(kubelet_view(&recs, "stdout"), "1000\n", "{user_log}");
     assert_eq!(kubelet_view(&recs, "stderr"), "e\n", "{user_log}");
+    t.remove().await
+}
 
-    let path = log_of(logs.path(), "userns-io", "root");
-    let want = "hi\nvol\nimage\nmore\n";
+#[tokio::test(flavor = "multi_thread")]
+async fn user_namespaced_root_can_reopen_its_stdio_and_write_image_volumes() -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let (mut t, image) = userns_pod("u", "userns-io").await?;
+    let root = start_root(&mut t, &image).await?;
+    let path = log_of(t.logs.path(), "userns-io", "root");
     let deadline = Instant::now() + Duration::from_secs(20);
     let recs = loop {
         let recs = records(&std::fs::read_to_string(&path).unwrap_or_default())?;
-        if kubelet_view(&recs, "stdout") == want || Instant::now() > deadline {
+        if kubelet_view(&recs, "stdout") == ROOT_STDOUT || Instant::now() > deadline {
             break recs;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -321,15 +329,21 @@ async fn user_namespaced_root_can_reopen_its_stdio_and_write_image_volumes() -> 
             kubelet_view(&recs, "stdout").as_str(),
             kubelet_view(&recs, "stderr").as_str()
         ),
-        (want, "err\n"),
+        (ROOT_STDOUT, "err\n"),
         "{recs:?}"
     );
-    let st = common::container_status(&mut c, &root).await?;
+    let st = common::container_status(&mut t.c, &root).await?;
     assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
-
+    // The volume kelson made is the pod's root's on the host, as is the copy of /srv.
+    let rootfs = t.e.daemon.dir.path().join("root/containers").join(&root);
+    let made = std::fs::metadata(rootfs.join("upper/cache/data/f"))?;
+    assert_eq!(
+        (made.uid(), made.gid()),
+        (USERNS_HOST_BASE, USERNS_HOST_BASE)
+    );
     // An exec'd command's stdio (the shim's pipes for ExecSync) too.
     let (r, _) = exec_sync(
-        &mut c,
+        &mut t.c,
         &root,
         "echo out > /dev/stdout; echo err > /dev/stderr; id -u",
         20,
@@ -340,24 +354,16 @@ async fn user_namespaced_root_can_reopen_its_stdio_and_write_image_volumes() -> 
         (0, &b"out\n0\n"[..], &b"err\n"[..]),
         "{r:?}"
     );
-    // The volume kelson made is the pod's root's on the host, as is the copy of /srv.
-    let rootfs = e.daemon.dir.path().join("root/containers").join(&root);
-    let made = std::fs::metadata(rootfs.join("upper/cache/data/f"))?;
-    assert_eq!(
-        (made.uid(), made.gid()),
-        (USERNS_HOST_BASE, USERNS_HOST_BASE)
-    );
-
     // The container's stdout on the host: the pod root's pipe, still closed to everyone else.
-    let info = c
-        .runtime
-        .container_status(cri::ContainerStatusRequest {
-            container_id: root.clone(),
-            verbose: true,
-        })
-        .await?
-        .into_inner()
-        .info;
+    let info =
+        t.c.runtime
+            .container_status(cri::ContainerStatusRequest {
+                container_id: root.clone(),
+                verbose: true,
+            })
+            .await?
+            .into_inner()
+            .info;
     let info: serde_json::Value = serde_json::from_str(info.get("info").context("no info")?)?;
     let pid = info["pid"].as_u64().context("no pid")?;
     for fd in [1, 2] {
@@ -366,5 +372,5 @@ async fn user_namespaced_root_can_reopen_its_stdio_and_write_image_volumes() -> 
         assert_eq!((m.uid(), m.gid()), (USERNS_HOST_BASE, USERNS_HOST_BASE));
         assert_eq!(m.mode() & 0o077, 0, "fd {fd}: mode {:o}", m.mode());
     }
-    remove_pod(&mut c, &pod, &top).await
+    t.remove().await
 }

@@ -143,58 +143,56 @@ async fn poll(c: &mut Cri) -> anyhow::Result<(usize, usize, Duration)> {
     Ok((ctrs.len(), pods.len(), took))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
-    const PODS: usize = 100;
-    let hold = Duration::from_secs(
-        std::env::var("KELSON_SOAK_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(120),
-    );
-    // Environment knobs for longer or denser runs by hand.
-    let interval = Duration::from_millis(
-        std::env::var("KELSON_SOAK_INTERVAL_MS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(1000),
-    );
-    let (e, image) = common::env_standard().await?;
-    let d = &e.daemon;
-    let pid = d.pid().unwrap();
-    let mut c = d.cri().await?;
-    let logs = tempfile::tempdir()?;
-    let top = format!("kelson-soak2-{}", std::process::id());
+/// The number in the environment variable `var` (for longer or denser runs by hand), else
+/// `default`.
+fn knob(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `n` pods `p0..` in the namespace `soak`, their cgroups below `top`, each running a container
+/// that prints a line every second (a little work, so the stats move): the pods' ids.
+async fn ticking_pods(
+    c: &mut Cri,
+    image: &str,
+    top: &str,
+    logs: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
     let mut pods = Vec::new();
-    for i in 0..PODS {
+    for i in 0..n {
         let name = format!("p{i}");
-        let cfg = common::pod_config(&name, "soak", &format!("/{top}/{name}"), logs.path());
-        let pod = common::run_pod(&mut c, &cfg).await?;
-        // A little work, so the stats move: a line every second.
-        common::create_start(
-            &mut c,
-            &pod,
-            &cfg,
-            common::container_config(
-                "app",
-                &image,
-                &["/bin/sh", "-c", "while :; do echo tick; sleep 1; done"],
-            ),
-        )
-        .await?;
+        let cfg = common::pod_config(&name, "soak", &format!("/{top}/{name}"), logs);
+        let pod = common::run_pod(c, &cfg).await?;
+        let app = common::container_config(
+            "app",
+            image,
+            &["/bin/sh", "-c", "while :; do echo tick; sleep 1; done"],
+        );
+        common::create_start(c, &pod, &cfg, app).await?;
         pods.push(pod);
     }
+    Ok(pods)
+}
 
-    let first = poll(&mut c).await?;
-    assert_eq!((first.0, first.1), (PODS, PODS));
-    let (fds0, rss0) = (common::fds(pid), rss_kib(pid));
+/// Poll every `interval` for `hold`, each poll complete for `pods` pods: the median poll time
+/// of the first and of the last quarter, and the number of polls.
+async fn poll_for(
+    c: &mut Cri,
+    pid: u32,
+    pods: usize,
+    hold: Duration,
+    interval: Duration,
+) -> anyhow::Result<(Duration, Duration, usize)> {
     let mut early = Vec::new();
     let mut late = Vec::new();
     let began = Instant::now();
     let mut rounds = 0;
     while began.elapsed() < hold {
-        let (n_c, n_p, took) = poll(&mut c).await?;
-        assert_eq!((n_c, n_p), (PODS, PODS), "every poll complete");
+        let (n_c, n_p, took) = poll(c).await?;
+        assert_eq!((n_c, n_p), (pods, pods), "every poll complete");
         if began.elapsed() < hold / 4 {
             early.push(took);
         } else if began.elapsed() > hold * 3 / 4 {
@@ -210,12 +208,50 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
         }
         tokio::time::sleep(interval).await;
     }
-    let (fds1, rss1) = (common::fds(pid), rss_kib(pid));
     let median = |v: &mut Vec<Duration>| {
         v.sort();
         v[v.len() / 2]
     };
-    let (m_early, m_late) = (median(&mut early), median(&mut late));
+    Ok((median(&mut early), median(&mut late), rounds))
+}
+
+/// The containers in state Running.
+async fn running(c: &mut Cri) -> anyhow::Result<usize> {
+    let filter = cri::ContainerFilter {
+        state: Some(cri::ContainerStateValue {
+            state: cri::ContainerState::ContainerRunning as i32,
+        }),
+        ..Default::default()
+    };
+    Ok(c.runtime
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(filter),
+        })
+        .await?
+        .into_inner()
+        .containers
+        .len())
+}
+
+/// One scenario (what is measured is how kelsond holds up over time), each check labelled.
+#[tokio::test(flavor = "multi_thread")]
+async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
+    const PODS: usize = 100;
+    let hold = Duration::from_secs(knob("KELSON_SOAK_SECS", 120));
+    let interval = Duration::from_millis(knob("KELSON_SOAK_INTERVAL_MS", 1000));
+    let (e, image) = common::env_standard().await?;
+    let d = &e.daemon;
+    let pid = d.pid().unwrap();
+    let mut c = d.cri().await?;
+    let logs = tempfile::tempdir()?;
+    let top = format!("kelson-soak2-{}", std::process::id());
+    let pods = ticking_pods(&mut c, &image, &top, logs.path(), PODS).await?;
+
+    let first = poll(&mut c).await?;
+    assert_eq!((first.0, first.1), (PODS, PODS), "the first poll complete");
+    let (fds0, rss0) = (common::fds(pid), rss_kib(pid));
+    let (m_early, m_late, rounds) = poll_for(&mut c, pid, PODS, hold, interval).await?;
+    let (fds1, rss1) = (common::fds(pid), rss_kib(pid));
     println!(
         "{PODS} pods, {rounds} polls over {hold:?}: poll median {m_early:?} early, {m_late:?} late; fds {fds0} -> {fds1}; RSS {rss0} -> {rss1} KiB"
     );
@@ -225,26 +261,15 @@ async fn hundred_pods_polled_for_stats_for_minutes() -> anyhow::Result<()> {
         m_late.as_secs_f64() <= m_early.as_secs_f64() * 3.0,
         "polls slowed down: {m_early:?} -> {m_late:?}"
     );
-    // Every container still running.
-    let running = c
-        .runtime
-        .list_containers(cri::ListContainersRequest {
-            filter: Some(cri::ContainerFilter {
-                state: Some(cri::ContainerStateValue {
-                    state: cri::ContainerState::ContainerRunning as i32,
-                }),
-                ..Default::default()
-            }),
-        })
-        .await?
-        .into_inner()
-        .containers
-        .len();
-    assert_eq!(running, PODS);
+    assert_eq!(
+        running(&mut c).await?,
+        PODS,
+        "every container still running"
+    );
     for p in pods {
         c.runtime.remove_pod_sandbox(req::remove_pod(&p)).await?;
     }
-    assert_eq!(common::mounts_of(d), 0);
+    assert_eq!(common::mounts_of(d), 0, "no mount left");
     common::remove_cgroup_tree(&top);
     Ok(())
 }
