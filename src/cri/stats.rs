@@ -90,9 +90,11 @@ async fn read_each<R: Send + 'static, S: Send + 'static>(
     read: fn(&Shared, &R) -> S,
 ) -> Result<Vec<S>, Status> {
     let rt = rt.clone();
-    tokio::task::spawn_blocking(move || recs.iter().map(|r| read(&rt, r)).collect())
-        .await
-        .map_err(|e| EdgeError::task("stats")(e).into())
+    Ok(
+        tokio::task::spawn_blocking(move || recs.iter().map(|r| read(&rt, r)).collect())
+            .await
+            .map_err(EdgeError::task("stats"))?,
+    )
 }
 
 pub async fn container(

@@ -203,7 +203,7 @@ fn image_code(e: &ImageError) -> Code {
 impl From<ImageError> for Status {
     fn from(e: ImageError) -> Status {
         let code = image_code(&e);
-        if code == Code::ResourceExhausted {
+        if e.is_no_space() {
             return status(code, &format!("image filesystem is full: {e}"));
         }
         status(code, &e)
