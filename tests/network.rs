@@ -90,14 +90,18 @@ async fn remove_pod(c: &mut Cri, id: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the `kelson-test-fork` plugin's child sleeps (a value no other test uses, so the
+/// test can tell whether it is still alive).
+const FORKED_SLEEP: u32 = 3607;
+
 /// kelsond in a network namespace of its own (bridge + host-local + portmap, IPAM state in
-/// `ipam`, two test plugins that fail or hang on ADD next to Debian's), its pods in the cgroup
-/// tree `kelson-nettest-<test>-<pid>`.
+/// `ipam`, test plugins that fail, hang, fork or record their arguments on ADD next to
+/// Debian's), its pods in the cgroup tree `kelson-nettest-<test>-<pid>`.
 struct Net {
     d: Daemon,
     c: Cri,
     ipam: tempfile::TempDir,
-    _plugins: tempfile::TempDir,
+    plugins: tempfile::TempDir,
     logs: tempfile::TempDir,
     top: String,
 }
@@ -122,7 +126,27 @@ impl Net {
             plugins.path().join("kelson-test-hang"),
             "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep 60; fi\nexit 0\n",
         )?;
-        for f in ["kelson-test-fail", "kelson-test-hang"] {
+        // Exits at once on ADD, leaving a child that holds its stdout and stderr open.
+        std::fs::write(
+            plugins.path().join("kelson-test-fork"),
+            format!(
+                "#!/bin/sh\ncat >/dev/null\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep {FORKED_SLEEP} & fi\nexit 0\n"
+            ),
+        )?;
+        // Records the CNI_ARGS it was given.
+        std::fs::write(
+            plugins.path().join("kelson-test-args"),
+            format!(
+                "#!/bin/sh\ncat >/dev/null\necho \"$CNI_ARGS\" >> {}/args\nexit 0\n",
+                plugins.path().display()
+            ),
+        )?;
+        for f in [
+            "kelson-test-fail",
+            "kelson-test-hang",
+            "kelson-test-fork",
+            "kelson-test-args",
+        ] {
             Command::new("chmod")
                 .arg("755")
                 .arg(plugins.path().join(f))
@@ -147,7 +171,7 @@ impl Net {
             d,
             c,
             ipam,
-            _plugins: plugins,
+            plugins,
             logs: tempfile::tempdir()?,
             top: format!("kelson-nettest-{test}-{}", std::process::id()),
         })
@@ -302,6 +326,76 @@ async fn failing_and_hanging_plugins_are_named_and_undone() -> anyhow::Result<()
             .is_empty()
     );
     assert_eq!(common::count(&n.d.state.join("pods")), 0);
+    n.finish();
+    Ok(())
+}
+
+/// A plugin that exits at once but leaves a child holding its stdout and stderr open: the plugin
+/// timeout covers reading its output too — RunPodSandbox fails at the timeout naming why, the
+/// child (in the plugin's process group) is killed, bridge's work is undone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_whose_child_holds_its_output_ends_at_the_timeout() -> anyhow::Result<()> {
+    let mut n = Net::start("fork", None).await?;
+    n.chain("kelson-test-fork")?;
+    let cfg = n.pod("forks", None);
+    let t = Instant::now();
+    let err = run_pod(&mut n.c, cfg).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("kelson-test-fork")
+            && err.message().contains("held its output open"),
+        "{err:?}"
+    );
+    let left = Command::new("pgrep")
+        .args(["-f", &format!("^sleep {FORKED_SLEEP}$")])
+        .output()?;
+    assert!(
+        left.stdout.is_empty(),
+        "the plugin's child survived: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    n.nothing_allocated();
+    assert_eq!(common::count(&n.d.state.join("pods")), 0);
+    n.finish();
+    Ok(())
+}
+
+/// Pod name, namespace and uid reach plugins inside `CNI_ARGS` (`K=v;K=v`): a value with `;` or
+/// `=` that would add or override an argument is refused at RunPodSandbox, before any plugin
+/// runs; a plain pod's arguments arrive as kubelet's are.
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_names_cannot_smuggle_cni_arguments() -> anyhow::Result<()> {
+    let mut n = Net::start("args", None).await?;
+    n.chain("kelson-test-args")?;
+    let record = n.plugins.path().join("args");
+    let mut bad = n.pod("web", None);
+    bad.metadata.as_mut().unwrap().name = "web;K8S_POD_NAMESPACE=kube-system".into();
+    let mut bad_ns = n.pod("web", None);
+    bad_ns.metadata.as_mut().unwrap().namespace = "default;IgnoreUnknown=0".into();
+    let mut bad_uid = n.pod("web", None);
+    bad_uid.metadata.as_mut().unwrap().uid = "u=1".into();
+    for (cfg, field) in [
+        (bad, "metadata.name"),
+        (bad_ns, "metadata.namespace"),
+        (bad_uid, "metadata.uid"),
+    ] {
+        let err = run_pod(&mut n.c, cfg).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(field), "{err:?}");
+    }
+    assert!(!record.exists(), "a plugin ran for a refused pod");
+    n.nothing_allocated();
+
+    let cfg = n.pod("plain", None);
+    let (id, _) = run_pod(&mut n.c, cfg).await?;
+    let args = std::fs::read_to_string(&record)?;
+    assert_eq!(args.lines().count(), 1, "{args}");
+    let line = args.trim();
+    assert!(line.contains("K8S_POD_NAME=plain;"), "{line}");
+    assert_eq!(line.matches("K8S_POD_NAMESPACE=").count(), 1, "{line}");
+    remove_pod(&mut n.c, &id).await?;
+    n.nothing_allocated();
     n.finish();
     Ok(())
 }

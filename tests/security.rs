@@ -580,6 +580,60 @@ async fn seccomp_profiles_missing_or_escaping_the_root_are_refused() -> anyhow::
     s.p.remove().await
 }
 
+/// CVE-2024-21626 through the image: a WORKDIR that is itself plain (`/app`, `/srv/up`) but a
+/// symlink in the image to /proc's fd or cwd links is refused by name, as the literal string
+/// is; a WORKDIR symlinked to an ordinary directory of the image still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_workdirs_symlinked_through_proc_magic_links_are_refused() -> anyhow::Result<()> {
+    use kelson_testkit::TarBuilder;
+    let e = common::env().await?;
+    let layer = TarBuilder::new()
+        .link(tar::EntryType::Symlink, "app", "/proc/self/fd/7")
+        .dir("srv", 0o755)
+        .dir("srv/real", 0o755)
+        .link(tar::EntryType::Symlink, "srv/up", "../proc/1/cwd")
+        .link(tar::EntryType::Symlink, "hop", "/proc/self")
+        .link(tar::EntryType::Symlink, "work", "srv/real")
+        .finish();
+    let mut p = TestPod::start(e, "kelson-sectest-workdir", "workdir").await?;
+    for (tag, workdir) in [("app", "/app"), ("up", "/srv/up"), ("hop", "/hop/cwd")] {
+        let image = common::push_with_layer(
+            &p.e,
+            "test/workdir",
+            tag,
+            layer.clone(),
+            serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"], "WorkingDir": workdir}),
+        )
+        .await?;
+        let ctr = common::container_config(tag, &image, &["/bin/sleep", "3600"]);
+        let err = p.run(ctr).await.unwrap_err();
+        let st = err.downcast_ref::<tonic::Status>().expect("a gRPC status");
+        assert_eq!(st.code(), tonic::Code::InvalidArgument, "{workdir}: {st:?}");
+        assert!(
+            st.message().contains("magic link") && st.message().contains(workdir),
+            "{workdir}: {st:?}"
+        );
+    }
+    let image = common::push_with_layer(
+        &p.e,
+        "test/workdir",
+        "plain",
+        layer,
+        serde_json::json!({"Cmd": ["/bin/sleep", "3600"], "Env": ["PATH=/bin"], "WorkingDir": "/work"}),
+    )
+    .await?;
+    let id = p
+        .run(common::container_config(
+            "plain",
+            &image,
+            &["/bin/sleep", "3600"],
+        ))
+        .await?;
+    let cwd = exec_out(&mut p.c, &id, &["/bin/busybox", "readlink", "/proc/1/cwd"]).await?;
+    assert_eq!(cwd.trim(), "/srv/real");
+    p.remove().await
+}
+
 /// runc CVE-2024-21626's class: a working directory through /proc's fd links is refused, and
 /// neither the container's process nor an exec'd one holds any fd from the host side (only its
 /// stdio, pipes and sockets the shim gave it, and /dev/null).

@@ -11,6 +11,7 @@ pub mod exec;
 mod exec_sync;
 mod host;
 pub mod idmap;
+mod in_root;
 pub mod propagation;
 mod remove;
 pub mod rootfs;

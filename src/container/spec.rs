@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use k8s_cri::v1 as cri;
 use serde_json::{Value, json};
 
+use super::in_root;
 use crate::security::{self, SecurityError, seccomp};
 
 /// Bounds on what a request may put into a spec.
@@ -356,6 +357,15 @@ fn command(i: &Input) -> Result<(Vec<String>, Vec<String>, String), SpecError> {
         return Err(invalid(
             "working_dir",
             format!("{cwd:?} goes through a /proc magic link"),
+        ));
+    }
+    // The same judged where the image's symlinks lead (a WORKDIR `/app` → `/proc/self/fd/7`).
+    let seen =
+        in_root::resolve(&i.rootfs, &cwd).map_err(|e| invalid("working_dir", e.to_string()))?;
+    if through_proc_magic_link(&seen) {
+        return Err(invalid(
+            "working_dir",
+            format!("{cwd:?} leads to {seen:?} in the image, through a /proc magic link"),
         ));
     }
     Ok((args, env, cwd))

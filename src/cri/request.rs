@@ -30,7 +30,7 @@ pub enum RequestError {
     #[error("metadata.name {0:?} must be 1 to {MAX_META_FIELD} characters without '/'")]
     ContainerName(String),
     #[error(
-        "{field} {value:?} must be 1 to {MAX_META_FIELD} characters without '/' or control characters"
+        "{field} {value:?} must be 1 to {MAX_META_FIELD} characters without '/', ';', '=' or control characters"
     )]
     PodMetadata { field: &'static str, value: String },
     #[error("{0}: more than {MAX_KV_ENTRIES} entries or {MAX_KV_BYTES} bytes")]
@@ -61,6 +61,12 @@ fn good_name(v: &str) -> bool {
     !v.is_empty() && v.len() <= MAX_META_FIELD && !v.chars().any(|c| c.is_control() || c == '/')
 }
 
+/// A pod's name, namespace or uid: a good name that also cannot split or override the
+/// `KEY=value;KEY=value` list these reach as `CNI_ARGS` (Kubernetes names never hold either).
+fn good_pod_field(v: &str) -> bool {
+    good_name(v) && !v.contains([';', '='])
+}
+
 fn check_kv(what: &'static str, m: &HashMap<String, String>) -> Result<(), RequestError> {
     let bytes: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
     if m.len() > MAX_KV_ENTRIES || bytes > MAX_KV_BYTES {
@@ -81,7 +87,7 @@ pub fn run_pod_sandbox(req: cri::RunPodSandboxRequest) -> Result<RunRequest, Req
         ("metadata.namespace", &meta.namespace),
         ("metadata.uid", &meta.uid),
     ] {
-        if !good_name(v) {
+        if !good_pod_field(v) {
             return Err(RequestError::PodMetadata {
                 field,
                 value: head(v, 80),
@@ -292,8 +298,30 @@ mod tests {
                 .err()
                 .unwrap()
                 .to_string(),
-            "metadata.name \"a/b\" must be 1 to 253 characters without '/' or control characters"
+            "metadata.name \"a/b\" must be 1 to 253 characters without '/', ';', '=' or control characters"
         );
+        // A value that would add or override a CNI argument.
+        for bad in ["web;K8S_POD_NAMESPACE=kube-system", "a=b", "x;"] {
+            assert!(
+                matches!(
+                    run_pod_sandbox(req(meta(bad), HashMap::new())),
+                    Err(RequestError::PodMetadata {
+                        field: "metadata.name",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+        let mut m = meta("web");
+        m.namespace = "ns;IgnoreUnknown=0".into();
+        assert!(matches!(
+            run_pod_sandbox(req(m, HashMap::new())),
+            Err(RequestError::PodMetadata {
+                field: "metadata.namespace",
+                ..
+            })
+        ));
         let mut m = meta("web");
         m.uid.clear();
         assert!(matches!(

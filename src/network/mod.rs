@@ -4,12 +4,12 @@
 //! typed (conf.rs, result.rs). Blocking: called from the pod service's blocking context.
 
 pub mod conf;
+mod process;
 pub mod result;
 
-use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -19,8 +19,8 @@ pub use result::CniResult;
 
 /// The interface name kubelet expects inside the pod.
 pub const POD_IFNAME: &str = "eth0";
-/// Largest plugin output read.
-const MAX_PLUGIN_OUTPUT: u64 = 1 << 20;
+/// Largest plugin output read (each of stdout and stderr).
+const MAX_PLUGIN_OUTPUT: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -34,11 +34,15 @@ pub enum NetworkError {
         command: &'static str,
         message: String,
     },
-    #[error("CNI plugin {plugin} {command} did not finish within {timeout:?}")]
+    #[error(
+        "CNI plugin {plugin} {command} did not finish within {timeout:?}{}",
+        if *output_held { " (it exited, but a process it started still held its output open)" } else { "" }
+    )]
     Timeout {
         plugin: String,
         command: &'static str,
         timeout: Duration,
+        output_held: bool,
     },
 }
 
@@ -226,31 +230,17 @@ impl Network {
             .command(&bin, command, pod)
             .spawn()
             .map_err(|e| fail(format!("spawning {}: {e}", bin.display())))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            let _ = stdin.write_all(conf.to_string().as_bytes());
-        }
-        // Read output on threads so a chatty plugin cannot block on a full pipe while we wait.
-        let out = child
-            .stdout
-            .take()
-            .map(|s| std::thread::spawn(move || read_capped(s)));
-        let err = child
-            .stderr
-            .take()
-            .map(|s| std::thread::spawn(move || read_capped(s)));
-        let status = match wait_for(&mut child, self.cfg.timeout) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                return Err(NetworkError::Timeout {
-                    plugin: ty,
-                    command,
-                    timeout: self.cfg.timeout,
-                });
-            }
-            Err(e) => return Err(fail(e.to_string())),
-        };
-        let stdout = out.and_then(|h| h.join().ok()).unwrap_or_default();
-        let stderr = err.and_then(|h| h.join().ok()).unwrap_or_default();
+        let input = conf.to_string();
+        let deadline = Instant::now() + self.cfg.timeout;
+        let done = process::communicate(&mut child, input.as_bytes(), MAX_PLUGIN_OUTPUT, deadline)
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(|how| NetworkError::Timeout {
+                plugin: ty.clone(),
+                command,
+                timeout: self.cfg.timeout,
+                output_held: how == process::Overran::OutputHeld,
+            })?;
+        let (status, stdout, stderr) = (done.status, done.stdout, done.stderr);
         if !status.success() {
             return Err(fail(failure_message(status, &stdout, &stderr)));
         }
@@ -351,26 +341,6 @@ impl Network {
     }
 }
 
-/// The plugin's exit status, or None when it ran past `timeout`: then its whole process group
-/// is killed (a hung plugin's children go too) and reaped.
-fn wait_for(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait()? {
-            Some(s) => return Ok(Some(s)),
-            None if Instant::now() >= deadline => {
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(child.id() as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                let _ = child.wait();
-                return Ok(None);
-            }
-            None => std::thread::sleep(Duration::from_millis(5)),
-        }
-    }
-}
-
 /// Why a plugin failed: its CNI error body on stdout, else its exit status and (the start of)
 /// whatever it printed, stderr first.
 fn failure_message(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> String {
@@ -392,12 +362,6 @@ fn failure_message(status: ExitStatus, stdout: &[u8], stderr: &[u8]) -> String {
             format!("{status}: {}", text.chars().take(500).collect::<String>())
         }
     }
-}
-
-fn read_capped(r: impl Read) -> Vec<u8> {
-    let mut v = Vec::new();
-    let _ = r.take(MAX_PLUGIN_OUTPUT).read_to_end(&mut v);
-    v
 }
 
 #[cfg(test)]
