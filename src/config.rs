@@ -1,6 +1,7 @@
 //! kelsond configuration: embedded defaults, an optional TOML file, and command-line overrides.
 //! Never touches the filesystem beyond reading the one config file it is given.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -57,7 +58,16 @@ pub struct RuntimeHandler {
     pub root: PathBuf,
     /// Extra global arguments before each subcommand (e.g. runsc's `--platform=systrap`).
     pub args: Vec<String>,
+    /// Pod annotations passed on to the runtime in each container's OCI spec (containerd's
+    /// `pod_annotations`): keys, or patterns where `*` matches any run of characters but `/`.
+    /// None by default: runtimes act on annotations (crun on `run.oci.*`).
+    pub pod_annotations: Vec<String>,
+    /// Container annotations passed on the same way (containerd's `container_annotations`).
+    pub container_annotations: Vec<String>,
 }
+
+/// Longest annotation pattern in a handler's allow-lists (an annotation key's own bound).
+pub const MAX_ANNOTATION_PATTERN: usize = 317;
 
 impl Default for RuntimeHandler {
     fn default() -> Self {
@@ -66,8 +76,52 @@ impl Default for RuntimeHandler {
             path: PathBuf::new(),
             root: PathBuf::new(),
             args: Vec::new(),
+            pod_annotations: Vec::new(),
+            container_annotations: Vec::new(),
         }
     }
+}
+
+impl RuntimeHandler {
+    /// The annotations a container's OCI spec carries for this handler: the pod's and the
+    /// container's that its allow-lists name (the container's win on a shared key).
+    pub fn passed_annotations(
+        &self,
+        pod: &HashMap<String, String>,
+        container: &HashMap<String, String>,
+    ) -> BTreeMap<String, String> {
+        let pick = |from: &HashMap<String, String>, allowed: &[String]| {
+            from.iter()
+                .filter(|(k, _)| allowed.iter().any(|p| glob_match(p, k)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+        };
+        let mut out: BTreeMap<String, String> = BTreeMap::new();
+        out.extend(pick(pod, &self.pod_annotations));
+        out.extend(pick(container, &self.container_annotations));
+        out
+    }
+}
+
+/// `pattern` matches `key` whole; `*` stands for any run of characters other than `/` (as a
+/// shell glob over one path segment). Hand-written: a dozen lines, no crate needed.
+fn glob_match(pattern: &str, key: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('*') else {
+        return pattern == key;
+    };
+    let Some(tail) = key.strip_prefix(head) else {
+        return false;
+    };
+    // The star takes 0, 1, 2, … characters of `tail` (never a '/'), then the rest must match.
+    for (i, c) in tail.char_indices() {
+        if glob_match(rest, &tail[i..]) {
+            return true;
+        }
+        if c == '/' {
+            return false;
+        }
+    }
+    glob_match(rest, "")
 }
 
 /// Longest handler name (a RuntimeClass handler is a DNS label).
@@ -570,6 +624,26 @@ impl RuntimeHandler {
                 message: format!("handler {name:?}: {} is not absolute", self.root.display()),
             });
         }
+        for (key, list) in [
+            ("runtimes.pod_annotations", &self.pod_annotations),
+            (
+                "runtimes.container_annotations",
+                &self.container_annotations,
+            ),
+        ] {
+            if let Some(bad) = list.iter().find(|p| {
+                p.is_empty()
+                    || p.len() > MAX_ANNOTATION_PATTERN
+                    || p.chars().any(|c| c.is_control() || c.is_whitespace())
+            }) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: format!(
+                        "handler {name:?}: {bad:?} is not an annotation key or pattern (1 to {MAX_ANNOTATION_PATTERN} characters, no spaces)"
+                    ),
+                });
+            }
+        }
         Ok(())
     }
 }
@@ -672,10 +746,85 @@ mod tests {
                 "runtimes.path",
             ),
             ("[runtimes.x]\ntype = \"wasm\"\n", "type"),
+            (
+                "[runtimes.x]\ntype = \"native\"\npod_annotations = [\"\"]\n",
+                "runtimes.pod_annotations",
+            ),
+            (
+                "[runtimes.x]\ntype = \"native\"\ncontainer_annotations = [\"a b\"]\n",
+                "runtimes.container_annotations",
+            ),
         ] {
             let e = parse(bad).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn annotation_patterns_match_one_segment() {
+        for (p, k) in [
+            ("io.katacontainers.*", "io.katacontainers.config.x"),
+            (
+                "run.oci.keep_original_groups",
+                "run.oci.keep_original_groups",
+            ),
+            ("*", "anything.at.all"),
+            ("a*c", "abbbc"),
+            ("a*", "a"),
+            ("example.com/*", "example.com/x"),
+        ] {
+            assert!(glob_match(p, k), "{p} {k}");
+        }
+        for (p, k) in [
+            ("io.katacontainers.*", "io.katacontainers/x"),
+            ("run.oci.x", "run.oci.xy"),
+            ("*", "a/b"),
+            ("a*c", "abd"),
+            ("example.com/*", "example.org/x"),
+        ] {
+            assert!(!glob_match(p, k), "{p} {k}");
+        }
+    }
+
+    #[test]
+    fn only_allowed_annotations_are_passed_on() {
+        let c = parse(
+            "[runtimes.crun]\ntype = \"oci\"\npath = \"/usr/bin/crun\"\npod_annotations = [\"io.example.pod/*\"]\ncontainer_annotations = [\"run.oci.keep_original_groups\", \"io.example.*\"]\n",
+        )
+        .unwrap();
+        let pod: HashMap<String, String> = [
+            ("io.example.pod/a", "1"),
+            ("run.oci.seccomp_fail_unknown_syscall", "1"),
+            ("io.example.shared", "pod"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let ctr: HashMap<String, String> = [
+            ("run.oci.keep_original_groups", "1"),
+            ("run.oci.systemd.subgroup", "x"),
+            ("io.example.shared", "container"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let got = c.handler("crun").unwrap().passed_annotations(&pod, &ctr);
+        let want: BTreeMap<String, String> = [
+            ("io.example.pod/a", "1"),
+            ("io.example.shared", "container"),
+            ("run.oci.keep_original_groups", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(got, want);
+        assert!(
+            c.handler("")
+                .unwrap()
+                .passed_annotations(&pod, &ctr)
+                .is_empty(),
+            "the default handler passes none"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ const HANDLERS: &str = r#"
 [runtimes.runc]
 type = "oci"
 path = "/usr/sbin/runc"
+pod_annotations = ["io.kelson.test.pod/*"]
+container_annotations = ["io.kelson.test.ctr"]
 
 [runtimes.crun]
 type = "oci"
@@ -306,6 +308,54 @@ async fn handlers_are_listed_unknown_ones_refused_and_crun_answers_by_name() -> 
             println!("crun here: {}", s.message());
         }
     }
+    h.c.runtime
+        .remove_pod_sandbox(req::remove_pod(&pod))
+        .await?;
+    h.finish();
+    Ok(())
+}
+
+/// Annotations reach the OCI runtime only through the handler's allow-lists (containerd's
+/// `pod_annotations` / `container_annotations`): runtimes act on some (crun on `run.oci.*`), so
+/// the rest of a request's annotations never get into the spec the runtime reads — checked in
+/// what runc itself reports of the container.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_allowed_annotations_reach_the_runtime() -> anyhow::Result<()> {
+    let mut h = Handlers::start("annotations").await?;
+    let mut cfg = h.pod_config("runc");
+    for (k, v) in [
+        ("io.kelson.test.pod/a", "pod-a"),
+        ("run.oci.keep_original_groups", "1"),
+        ("io.kelson.test.ctr", "from-pod"),
+    ] {
+        cfg.annotations.insert(k.into(), v.into());
+    }
+    let pod = common::run_pod_with(&mut h.c, &cfg, "runc").await?;
+    let mut ctr = common::container_config("c", &h.image, &["/bin/sleep", "3600"]);
+    for (k, v) in [
+        ("io.kelson.test.ctr", "from-container"),
+        ("run.oci.systemd.subgroup", "x"),
+        ("io.kelson.test.pod/b", "not-for-containers"),
+    ] {
+        ctr.annotations.insert(k.into(), v.into());
+    }
+    let id = common::create_start(&mut h.c, &pod, &cfg, ctr).await?;
+    let st = runtime_state("/usr/sbin/runc", &h.runtime_root("runc"), &id)
+        .context("runc does not know it")?;
+    assert_eq!(
+        st["annotations"],
+        serde_json::json!({"io.kelson.test.pod/a": "pod-a", "io.kelson.test.ctr": "from-container"}),
+        "{st}"
+    );
+    // The CRI side still reports every annotation the request carried.
+    let status =
+        h.c.runtime
+            .container_status(req::status(&id))
+            .await?
+            .into_inner()
+            .status
+            .context("no status")?;
+    assert_eq!(status.annotations.len(), 3, "{:?}", status.annotations);
     h.c.runtime
         .remove_pod_sandbox(req::remove_pod(&pod))
         .await?;

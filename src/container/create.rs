@@ -231,6 +231,10 @@ impl ContainerService {
             return Err(ContainerError::InitMissing(p.clone()));
         }
         let pod_linux = pod_cfg.linux.clone().unwrap_or_default();
+        let handler = self
+            .cfg
+            .handler(&pod.runtime_handler)
+            .ok_or_else(|| ContainerError::HandlerGone(pod.runtime_handler.clone()))?;
         let linux = config.linux.clone().unwrap_or_default();
         let devices = requested_devices(config, &linux)?;
         let localhost_seccomp = self.localhost_seccomp(&linux)?;
@@ -258,6 +262,7 @@ impl ContainerService {
                 .as_ref()
                 .is_some_and(|s| s.privileged),
             kernel_rro: facts.kernel_rro,
+            annotations: handler.passed_annotations(&pod_cfg.annotations, &config.annotations),
         };
         let (spec, warnings) = spec::generate(&input)?;
         if spec["process"]["apparmorProfile"] == security::APPARMOR_DEFAULT_NAME {

@@ -123,6 +123,9 @@ pub struct Input<'a> {
     pub pod_privileged: bool,
     /// The kernel makes recursive read-only mounts (`mount_setattr`, Linux 5.12+).
     pub kernel_rro: bool,
+    /// The pod's and container's annotations the pod's runtime handler lets through (the
+    /// request's others never reach the runtime: runtimes act on some).
+    pub annotations: std::collections::BTreeMap<String, String>,
 }
 
 /// A host device node to create in the container (`CreateContainer`'s `devices`).
@@ -296,7 +299,7 @@ pub fn generate(i: &Input) -> Result<(Value, Vec<String>), SpecError> {
         "process": process,
         "root": {"path": i.rootfs, "readonly": sc.readonly_rootfs},
         "mounts": mounts,
-        "annotations": c.annotations,
+        "annotations": i.annotations,
         "linux": {
             "namespaces": namespaces,
             "cgroupsPath": cgroups_path(&i.pod.cgroup, &i.pod.slice, i.id),

@@ -126,6 +126,12 @@ fn input<'a>(c: &'a cri::ContainerConfig, img: &'a ImageRun, pod: &'a PodContext
         sysctls: &NO_SYSCTLS,
         pod_privileged: false,
         kernel_rro: true,
+        // As a handler letting every container annotation through would pass them.
+        annotations: c
+            .annotations
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
