@@ -72,7 +72,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<()> {
         pods: pods.clone(),
         containers: containers.clone(),
         events: Default::default(),
-        pod_rates: Default::default(),
         telemetry: telemetry.clone(),
         streaming: streaming.clone(),
     });

@@ -265,6 +265,17 @@ impl ContainerService {
         }
     }
 
+    /// Keep CPU readings only for the containers in `live` (every container there is; called
+    /// after a full listing).
+    pub fn prune_rates(&self, live: &std::collections::HashSet<&str>) {
+        self.cpu_prev.retain(live);
+    }
+
+    /// Containers with a CPU reading kept (for the soak tests' leak checks).
+    pub fn rates_kept(&self) -> usize {
+        self.cpu_prev.len()
+    }
+
     /// The same service creating containers with `effects` instead of the node's.
     pub fn with_effects(self, effects: effects::Effects) -> ContainerService {
         ContainerService { effects, ..self }

@@ -33,8 +33,6 @@ pub struct Runtime {
     pub pods: Arc<PodService>,
     pub containers: Arc<ContainerService>,
     pub events: events::EventBus,
-    /// Previous CPU readings of pod cgroups (container readings live with the containers).
-    pub pod_rates: crate::stats::Rates,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     pub streaming: Arc<crate::streaming::Streaming>,
 }

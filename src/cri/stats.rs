@@ -2,6 +2,8 @@
 //! `ListPodSandboxStats` and `ListPodSandboxMetrics`, built from `crate::stats` readings.
 //! Reading runs on the blocking pool (small file reads, one short thread per pod netns).
 
+use std::collections::HashSet;
+
 use k8s_cri::v1 as cri;
 use tonic::Status;
 
@@ -122,9 +124,9 @@ pub async fn list_containers(
     req: cri::ListContainerStatsRequest,
 ) -> Result<cri::ListContainerStatsResponse, Status> {
     let f = req.filter.unwrap_or_default();
-    let recs: Vec<ContainerRecord> = rt
-        .containers
-        .list()?
+    let all = rt.containers.list()?;
+    let live: HashSet<String> = all.iter().map(|r| r.id.clone()).collect();
+    let recs: Vec<ContainerRecord> = all
         .into_iter()
         .filter(|r| {
             (f.id.is_empty() || r.id.starts_with(&f.id))
@@ -133,6 +135,9 @@ pub async fn list_containers(
         .filter(|r| super::selected(&f.label_selector, &container_config(r).labels))
         .collect();
     let stats = read_each(rt, recs, to_container_stats).await?;
+    // Readings of containers gone since (one that raced its removal included) are dropped.
+    rt.containers
+        .prune_rates(&live.iter().map(String::as_str).collect());
     Ok(cri::ListContainerStatsResponse { stats })
 }
 
@@ -164,7 +169,7 @@ fn to_pod_stats(rt: &Shared, pod: &PodRecord) -> cri::PodSandboxStats {
     let ts = now_ns();
     let h = rt.pods.cgroups();
     let sample = cgroup::read(h, &pod.cgroup);
-    let rate = sample.map(|s| rt.pod_rates.update(&pod.id, ts, s.cpu_ns));
+    let rate = sample.map(|s| rt.pods.cpu_rate(&pod.id, ts, s.cpu_ns));
     let containers = rt
         .containers
         .of_pod(&pod.id)
@@ -198,14 +203,16 @@ pub async fn list_pods(
     req: cri::ListPodSandboxStatsRequest,
 ) -> Result<cri::ListPodSandboxStatsResponse, Status> {
     let f = req.filter.unwrap_or_default();
-    let pods: Vec<PodRecord> = rt
-        .pods
-        .list()?
+    let all = rt.pods.list()?;
+    let live: HashSet<String> = all.iter().map(|p| p.id.clone()).collect();
+    let pods: Vec<PodRecord> = all
         .into_iter()
         .filter(|p| f.id.is_empty() || p.id.starts_with(&f.id))
         .filter(|p| super::selected(&f.label_selector, &pod_config(p).labels))
         .collect();
     let stats = read_each(rt, pods, to_pod_stats).await?;
+    rt.pods
+        .prune_rates(&live.iter().map(String::as_str).collect());
     Ok(cri::ListPodSandboxStatsResponse { stats })
 }
 

@@ -122,6 +122,8 @@ pub struct PodService {
     systemd: bool,
     /// What RunPodSandbox does to the node: the host's, or a unit test's fakes.
     effects: Effects,
+    /// The previous CPU reading of each pod's cgroup (stats' nano-cores), dropped with the pod.
+    cpu_prev: crate::stats::Rates,
 }
 
 impl PodService {
@@ -141,7 +143,25 @@ impl PodService {
             network,
             handlers,
             systemd,
+            cpu_prev: Default::default(),
         }
+    }
+
+    /// Record pod `id`'s cumulative CPU time read at `now_ns`: nano-cores since the previous
+    /// reading (None on the first).
+    pub fn cpu_rate(&self, id: &str, now_ns: i64, cpu_ns: u64) -> Option<u64> {
+        self.cpu_prev.update(id, now_ns, cpu_ns)
+    }
+
+    /// Keep CPU readings only for the pods in `live` (every pod there is; called after a full
+    /// listing).
+    pub fn prune_rates(&self, live: &std::collections::HashSet<&str>) {
+        self.cpu_prev.retain(live);
+    }
+
+    /// Pods with a CPU reading kept (for the soak tests' leak checks).
+    pub fn rates_kept(&self) -> usize {
+        self.cpu_prev.len()
     }
 
     /// The same service running pods with `effects` instead of the node's.
@@ -280,6 +300,7 @@ impl PodService {
             _ => {}
         }
         self.store.remove::<PodRecord>(&rec.id)?;
+        self.cpu_prev.forget(&rec.id);
         tracing::info!(pod = %rec.id, "pod sandbox removed");
         Ok(())
     }

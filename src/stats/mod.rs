@@ -35,6 +35,24 @@ impl Rates {
     pub fn forget(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
+
+    /// Keep only the keys `live` holds: a reading that raced the object's removal (read just
+    /// before, recorded just after `forget`) is dropped at the next full listing.
+    pub fn retain(&self, live: &std::collections::HashSet<&str>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live.contains(k.as_str()));
+    }
+
+    /// How many objects have a reading kept.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[cfg(test)]
@@ -50,5 +68,19 @@ mod tests {
         );
         assert_eq!(nano_cores(10, 5, 1_000), 0, "counter reset");
         assert_eq!(nano_cores(0, 1, 0), 0);
+    }
+
+    #[test]
+    fn readings_go_with_their_objects() {
+        let r = Rates::default();
+        assert_eq!(r.update("a", 0, 0), None);
+        assert_eq!(r.update("a", 1_000_000_000, 1_000_000_000), Some(1_000_000_000));
+        r.update("b", 0, 0);
+        r.update("c", 0, 0);
+        r.forget("a");
+        assert_eq!(r.len(), 2);
+        r.retain(&["c"].into_iter().collect());
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.update("b", 1, 1), None, "b was dropped");
     }
 }

@@ -79,6 +79,7 @@ pub struct Telemetry {
     pods: Family<StateLabels, Gauge>,
     shims: Gauge,
     images: Gauge,
+    cpu_readings: Family<KindLabels, Gauge>,
 }
 
 impl Default for Telemetry {
@@ -134,6 +135,12 @@ impl Telemetry {
         );
         let images = Gauge::default();
         registry.register("images", "Images in the store", images.clone());
+        let cpu_readings = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "cpu_readings_kept",
+            "Pods and containers whose last CPU reading is kept for stats' rates (follows what exists)",
+            cpu_readings.clone(),
+        );
         Telemetry {
             registry,
             rpc_duration,
@@ -145,6 +152,7 @@ impl Telemetry {
             pods,
             shims,
             images,
+            cpu_readings,
         }
     }
 
@@ -223,6 +231,14 @@ impl Telemetry {
             .get_or_create(&StateLabels { state: "notready" })
             .set(not_ready);
         self.shims.set(src.containers.live_shims() as i64);
+        for (kind, n) in [
+            ("pod", src.pods.rates_kept()),
+            ("container", src.containers.rates_kept()),
+        ] {
+            self.cpu_readings
+                .get_or_create(&KindLabels { kind })
+                .set(n as i64);
+        }
         self.images
             .set(src.images.list(None).map(|l| l.len()).unwrap_or(0) as i64);
     }
