@@ -742,6 +742,54 @@ async fn the_engine_entering_containers_is_a_sealed_copy() -> anyhow::Result<()>
     Ok(())
 }
 
+/// runc CVE-2019-5736 against the built-in init: root in a container whose PID 1 is
+/// kelson-init (a read-only bind of the host's binary) tries to overwrite it through
+/// `/proc/1/exe` and fails; the host's binary is unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_built_in_init_cannot_be_overwritten_through_proc_exe() -> anyhow::Result<()> {
+    let host_init = std::path::Path::new(common::KELSOND).with_file_name("kelson-init");
+    let before = std::fs::read(&host_init)?;
+    let (e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let (top, _logs, cfg, pod) =
+        common::pod_in(&mut c, "kelson-sectest-initexe", "initexe").await?;
+    let mut ctr = common::container_config("main", &image, &["/bin/sleep", "3600"]);
+    ctr.annotations
+        .insert("kelson.io/init".into(), "true".into());
+    as_root(&mut ctr);
+    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    // The kernel answers "text file busy" while PID 1 runs the binary; what keeps it safe
+    // when nothing runs it is the read-only mount, checked as the container sees it.
+    let script = "echo pid1=$(/bin/busybox readlink /proc/1/exe); \
+                  (printf x >> /proc/1/exe) 2>&1; echo append=$?; \
+                  (printf x 1<> /proc/1/exe) 2>&1; echo rw=$?; \
+                  /bin/busybox grep ' /.kelson/init ' /proc/self/mountinfo";
+    let out = exec_out(&mut c, &id, &["/bin/sh", "-c", script]).await?;
+    assert!(
+        out.lines().next().is_some_and(|l| l.contains("init")),
+        "PID 1 is not the init: {out}"
+    );
+    assert!(
+        !out.contains("append=0") && !out.contains("rw=0"),
+        "/proc/1/exe was writable: {out}"
+    );
+    let mount = out
+        .lines()
+        .find(|l| l.contains(" /.kelson/init "))
+        .unwrap_or_else(|| panic!("the init is not a mount of its own: {out}"));
+    let options = mount.split_whitespace().nth(5).unwrap_or("");
+    assert!(
+        options.split(',').any(|o| o == "ro"),
+        "the init's mount is writable: {mount}"
+    );
+    assert!(
+        std::fs::read(&host_init)? == before,
+        "the host's kelson-init changed"
+    );
+    common::remove_pod(&mut c, &pod, &top).await?;
+    Ok(())
+}
+
 /// Host files and directories a hostile image points its symlinks at; they must stay as made.
 struct Bait {
     dir: tempfile::TempDir,

@@ -74,7 +74,10 @@ mod tests {
     fn readings_go_with_their_objects() {
         let r = Rates::default();
         assert_eq!(r.update("a", 0, 0), None);
-        assert_eq!(r.update("a", 1_000_000_000, 1_000_000_000), Some(1_000_000_000));
+        assert_eq!(
+            r.update("a", 1_000_000_000, 1_000_000_000),
+            Some(1_000_000_000)
+        );
         r.update("b", 0, 0);
         r.update("c", 0, 0);
         r.forget("a");
