@@ -247,7 +247,14 @@ impl ImageService {
             image_entries: self.config.image.max_image_entries,
         }));
         let layers = self
-            .ensure_layers(&reg, &r, &manifest.layers, &summary.diff_ids, &budget, &shown)
+            .ensure_layers(
+                &reg,
+                &r,
+                &manifest.layers,
+                &summary.diff_ids,
+                &budget,
+                &shown,
+            )
             .await?;
 
         for (d, b) in &docs {
@@ -580,7 +587,8 @@ fn unpack_stream(
         n: 0,
         max,
     };
-    let stats = unpack::unpack(&mut h, fs, budget).map_err(|e| (Some(e), io::Error::other("unpack")))?;
+    let stats =
+        unpack::unpack(&mut h, fs, budget).map_err(|e| (Some(e), io::Error::other("unpack")))?;
     // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
     io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
     Ok((Digest::from_hasher(h.hasher), stats))

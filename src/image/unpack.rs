@@ -17,10 +17,10 @@ use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
@@ -113,7 +113,10 @@ impl Budget {
 
     /// Charge one entry of `bytes`; the cap it crosses, if any.
     fn charge(&self, bytes: u64) -> Result<(), Limit> {
-        let entries = self.entries.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let entries = self
+            .entries
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
         if entries > self.limits.image_entries {
             return Err(Limit::ImageEntries(self.limits.image_entries));
         }
@@ -144,7 +147,10 @@ pub enum UnpackError {
     },
     #[error("layer entry {path:?}: {limit}")]
     Limit { path: String, limit: Limit },
-    #[error("layer entry after {after:?}: {}", Limit::EntryMetadata(MAX_ENTRY_METADATA))]
+    #[error(
+        "layer entry after {after:?}: {}",
+        Limit::EntryMetadata(MAX_ENTRY_METADATA)
+    )]
     MetadataTooLarge { after: String },
 }
 
@@ -1012,7 +1018,13 @@ mod tests {
         unpack(&layer[..], a.path(), &shared).unwrap();
         let err = unpack(&layer[..], b.path(), &shared).unwrap_err();
         assert!(
-            matches!(err, UnpackError::Limit { limit: Limit::ImageBytes(10_000), .. }),
+            matches!(
+                err,
+                UnpackError::Limit {
+                    limit: Limit::ImageBytes(10_000),
+                    ..
+                }
+            ),
             "{err}"
         );
         assert!(!b.path().join("f").exists());
@@ -1049,10 +1061,7 @@ mod tests {
         let t = b.into_inner().unwrap();
         let d = tempfile::tempdir().unwrap();
         let err = unpack(&t[..], d.path(), &roomy()).unwrap_err();
-        assert!(
-            matches!(err, UnpackError::MetadataTooLarge { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, UnpackError::MetadataTooLarge { .. }), "{err}");
         // A long name of the same size (GNU `L` entry) too; the data of a skipped entry is not
         // metadata.
         let mut b = tar::Builder::new(Vec::new());
@@ -1094,7 +1103,10 @@ mod tests {
         .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.to_vec()))
         .collect();
         let mut b = tar::Builder::new(Vec::new());
-        for (path, kind) in [("d/", tar::EntryType::Directory), ("f", tar::EntryType::Regular)] {
+        for (path, kind) in [
+            ("d/", tar::EntryType::Directory),
+            ("f", tar::EntryType::Regular),
+        ] {
             b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), &v[..])))
                 .unwrap();
             let mut h = header(path, kind, 0);
