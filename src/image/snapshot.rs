@@ -225,7 +225,10 @@ mod tests {
         snaps.commit(p, &d).unwrap();
         assert!(snaps.exists(&d));
         assert_eq!(snaps.list(), vec![d.clone()]);
-        let mode = std::fs::metadata(dirs.snapshot(&d)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dirs.snapshot(&d))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "a snapshot stays root-only: {mode:o}");
         assert_eq!(std::fs::read_dir(dirs.snapshots_tmp()).unwrap().count(), 0);
     }

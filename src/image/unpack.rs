@@ -70,7 +70,6 @@ pub enum Limit {
     LayerBytes(u64),
     ImageBytes(u64),
     ImageEntries(u64),
-    EntryMetadata(u64),
 }
 
 impl std::fmt::Display for Limit {
@@ -88,7 +87,6 @@ impl std::fmt::Display for Limit {
                 f,
                 "more than {n} entries per image (image.max_image_entries)"
             ),
-            Limit::EntryMetadata(n) => write!(f, "tar metadata exceeds {n} bytes for one entry"),
         }
     }
 }
@@ -147,10 +145,7 @@ pub enum UnpackError {
     },
     #[error("layer entry {path:?}: {limit}")]
     Limit { path: String, limit: Limit },
-    #[error(
-        "layer entry after {after:?}: {}",
-        Limit::EntryMetadata(MAX_ENTRY_METADATA)
-    )]
+    #[error("layer entry after {after:?}: tar metadata exceeds {MAX_ENTRY_METADATA} bytes")]
     MetadataTooLarge { after: String },
 }
 
