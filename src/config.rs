@@ -171,8 +171,13 @@ pub struct ImageConfig {
     /// A pull that receives no byte for this long fails; a slow but moving pull never does.
     #[serde(with = "humantime_serde_compat")]
     pub pull_progress_timeout: Duration,
-    /// Refuse a layer whose uncompressed content exceeds this (decompression bombs).
+    /// Refuse a layer whose uncompressed stream, or what it writes (apparent sizes, sparse
+    /// files at their full size, plus a fixed cost per entry), exceeds this.
     pub max_layer_bytes: u64,
+    /// Refuse an image whose layers, as one pull unpacks them, write more than this in all.
+    pub max_image_bytes: u64,
+    /// Refuse an image whose layers, as one pull unpacks them, have more entries (inodes).
+    pub max_image_entries: u64,
     pub gc: ImageGcConfig,
 }
 
@@ -354,6 +359,8 @@ impl Default for ImageConfig {
             // containerd's image_pull_progress_timeout default.
             pull_progress_timeout: Duration::from_secs(5 * 60),
             max_layer_bytes: 64 << 30,
+            max_image_bytes: 128 << 30,
+            max_image_entries: 4_000_000,
             gc: ImageGcConfig::default(),
         }
     }
@@ -662,6 +669,18 @@ impl ImageConfig {
                 message: "must be at least 1s".into(),
             });
         }
+        for (key, v) in [
+            ("image.max_layer_bytes", self.max_layer_bytes),
+            ("image.max_image_bytes", self.max_image_bytes),
+            ("image.max_image_entries", self.max_image_entries),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be at least 1".into(),
+                });
+            }
+        }
         Ok(())
     }
 
@@ -856,6 +875,12 @@ mod tests {
     fn bad_values_are_named() {
         let e = parse("root = \"rel\"\n").unwrap_err().to_string();
         assert!(e.contains("root"), "{e}");
+        for key in ["max_layer_bytes", "max_image_bytes", "max_image_entries"] {
+            let e = parse(&format!("[image]\n{key} = 0\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(&format!("image.{key}")), "{e}");
+        }
         let e = parse("[image]\nmax_concurrent_downloads = 0\n")
             .unwrap_err()
             .to_string();

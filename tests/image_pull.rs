@@ -442,6 +442,114 @@ async fn layers_escaping_the_rootfs_are_refused() -> anyhow::Result<()> {
     nothing_left(e).await
 }
 
+/// Image bombs, each crossing one cap of `[image]`: a GNU sparse entry of a 2 KiB layer that
+/// declares 64 MiB (the tar stream stays far under `max_layer_bytes`; what it would write does
+/// not), two layers that fit one by one but not together, and more entries than an image may
+/// have. Each is refused naming its layer and the cap, and the failed pull leaves no staging
+/// dir, no snapshot (the layer it had completed is collected) and no image.
+#[tokio::test(flavor = "multi_thread")]
+async fn image_bombs_are_refused_by_the_cap_they_cross() -> anyhow::Result<()> {
+    // One layer at a time, so which layer crosses the image caps is known.
+    let e = common::env_with(
+        RegistryOptions::default(),
+        "[image]\nmax_concurrent_downloads = 1\nmax_layer_bytes = 1000000\n\
+         max_image_bytes = 1500000\nmax_image_entries = 1000\n",
+    )
+    .await?;
+    let p = Pusher::new(&e.registry)?;
+    let sparse = TarBuilder::new()
+        .dir("d", 0o755)
+        .gnu_sparse("d/zeros", 64 << 20, &[7u8; 512])
+        .finish();
+    let sparse = Layer::new(sparse, Compression::Gzip);
+    assert!(sparse.tar.len() <= 4096 && sparse.blob.len() < 1024);
+    push_layers(
+        &p,
+        "bomb/sparse",
+        vec![TestImages::etc_layer(), sparse.clone()],
+    )
+    .await?;
+    let (first, second) = (
+        TestImages::data_layer(800_000, 1),
+        TestImages::data_layer(800_000, 2),
+    );
+    push_layers(&p, "bomb/wide", vec![first, second.clone()]).await?;
+    let mut t = TarBuilder::new().dir("many", 0o755);
+    for i in 0..1000 {
+        t = t.file(&format!("many/{i}"), 0o644, b"");
+    }
+    let many = Layer::new(t.finish(), Compression::Zstd);
+    push_layers(&p, "bomb/many", vec![many.clone()]).await?;
+
+    let mut c = e.daemon.cri().await?;
+    for (repo, layer, cap) in [
+        ("bomb/sparse", &sparse, "image.max_layer_bytes"),
+        ("bomb/wide", &second, "image.max_image_bytes"),
+        ("bomb/many", &many, "image.max_image_entries"),
+    ] {
+        let err = pull_fails(&e, repo).await?;
+        assert_eq!(err.code(), Code::FailedPrecondition, "{repo}: {err:?}");
+        let m = err.message();
+        assert!(
+            m.contains(cap) && m.contains(&layer.digest()),
+            "{repo}: {m}"
+        );
+        let images = c
+            .image
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await?
+            .into_inner()
+            .images;
+        assert!(images.is_empty(), "{repo}: {images:?}");
+        assert_eq!(count(&e.daemon.root.join("snapshots/.tmp")), 0, "{repo}");
+        assert_eq!(
+            count(&e.daemon.root.join("snapshots")),
+            1,
+            "{repo}: only .tmp is left"
+        );
+    }
+    Ok(())
+}
+
+/// Layer xattrs that would steer overlayfs (`trusted.overlay.*`) or the node's LSM and integrity
+/// policy (`security.selinux`, `.ima`, `.evm`, `.apparmor`) are not applied; `user.*` and file
+/// capabilities are.
+#[tokio::test(flavor = "multi_thread")]
+async fn layer_xattrs_steering_the_overlay_or_the_lsm_are_dropped() -> anyhow::Result<()> {
+    let e = common::env_with(RegistryOptions::default(), "").await?;
+    let p = Pusher::new(&e.registry)?;
+    // cap_net_raw permitted and effective (a v2 vfs_cap_data).
+    let mut cap = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00];
+    cap.resize(20, 0);
+    let attrs: [(&str, &[u8]); 9] = [
+        ("trusted.overlay.opaque", b"y"),
+        ("trusted.overlay.redirect", b"/etc"),
+        ("trusted.overlay.metacopy", b""),
+        ("security.selinux", b"system_u:object_r:shadow_t:s0"),
+        ("security.ima", b"\x03\x02"),
+        ("security.evm", b"\x05"),
+        ("security.apparmor", b"unconfined"),
+        ("security.capability", &cap),
+        ("user.kept", b"yes"),
+    ];
+    let t = TarBuilder::new()
+        .dir("bin", 0o755)
+        .file_with_xattrs("bin/tool", 0o755, b"#!/bin/sh\n", &attrs)
+        .finish();
+    let layer = Layer::new(t, Compression::Gzip);
+    push_layers(&p, "test/xattrs", vec![layer.clone()]).await?;
+    pull(&e.daemon, &format!("{}/test/xattrs:v1", e.registry.host)).await?;
+    let tool = e.daemon.snapshot_dir(&layer.diff_id()).join("bin/tool");
+    let mut names: Vec<String> = xattr::list(&tool)?
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["security.capability", "user.kept"]);
+    assert_eq!(xattr::get(&tool, "security.capability")?, Some(cap));
+    assert_eq!(xattr::get(&tool, "user.kept")?, Some(b"yes".to_vec()));
+    Ok(())
+}
+
 /// A config whose diff id does not match the layer: DataLoss, nothing visible.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_layer_not_matching_its_diff_id_is_data_loss() -> anyhow::Result<()> {

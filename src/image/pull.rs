@@ -241,8 +241,20 @@ impl ImageService {
         leased.push(manifest.config.digest.clone());
         let _lease = self.lease(leased);
 
+        let budget = Arc::new(unpack::Budget::new(unpack::Limits {
+            layer_bytes: self.config.image.max_layer_bytes,
+            image_bytes: self.config.image.max_image_bytes,
+            image_entries: self.config.image.max_image_entries,
+        }));
         let layers = self
-            .ensure_layers(&reg, &r, &manifest.layers, &summary.diff_ids, &shown)
+            .ensure_layers(
+                &reg,
+                &r,
+                &manifest.layers,
+                &summary.diff_ids,
+                &budget,
+                &shown,
+            )
             .await?;
 
         for (d, b) in &docs {
@@ -279,6 +291,7 @@ impl ImageService {
         r: &ImageRef,
         layers: &[Descriptor],
         diff_ids: &[Digest],
+        budget: &Arc<unpack::Budget>,
         shown: &str,
     ) -> Result<Vec<LayerRecord>, ImageError> {
         let work: Vec<(Descriptor, Digest)> = layers
@@ -288,7 +301,8 @@ impl ImageService {
             .collect();
         futures::stream::iter(work)
             .map(|(desc, diff_id)| async move {
-                self.ensure_layer(reg, r, &desc, &diff_id, shown).await
+                self.ensure_layer(reg, r, &desc, &diff_id, budget, shown)
+                    .await
             })
             .buffered(self.config.image.max_concurrent_downloads)
             .try_collect()
@@ -359,6 +373,7 @@ impl ImageService {
         r: &ImageRef,
         desc: &Descriptor,
         diff_id: &Digest,
+        budget: &Arc<unpack::Budget>,
         shown: &str,
     ) -> Result<LayerRecord, ImageError> {
         let lock = self.layer_lock(diff_id);
@@ -372,10 +387,15 @@ impl ImageService {
             return Ok(record(snapshot::read_usage(&self.dirs.snapshot(diff_id))));
         }
         let pending = self.snapshots.prepare()?;
-        let fs = pending.fs();
         let (tx, rx) = mpsc::channel::<Result<Bytes, ()>>(UNPACK_QUEUE_CHUNKS);
         let max = self.config.image.max_layer_bytes;
-        let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, &fs, max));
+        let budget = Arc::clone(budget);
+        // The staging dir goes with the unpacker, so that it is removed only once nothing
+        // writes to it any more, even when this pull is cancelled.
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let unpacked = unpack_stream(rx, &pending.fs(), max, &budget);
+            (pending, unpacked)
+        });
 
         let what = format!("layer {}", desc.digest);
         let dl = self.download(reg, r, desc, shown, &what, &tx).await;
@@ -384,7 +404,7 @@ impl ImageService {
             .send(if complete { Ok(Bytes::new()) } else { Err(()) })
             .await;
         drop(tx);
-        let unpacked = unpacker
+        let (pending, unpacked) = unpacker
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?;
         if let Some(e) = dl.err {
@@ -551,6 +571,7 @@ fn unpack_stream(
     rx: mpsc::Receiver<Result<Bytes, ()>>,
     fs: &Path,
     max: u64,
+    budget: &unpack::Budget,
 ) -> Result<(Digest, unpack::UnpackStats), UnpackFailure> {
     let reader = io::BufReader::with_capacity(
         256 * 1024,
@@ -566,7 +587,8 @@ fn unpack_stream(
         n: 0,
         max,
     };
-    let stats = unpack::unpack(&mut h, fs).map_err(|e| (Some(e), io::Error::other("unpack")))?;
+    let stats =
+        unpack::unpack(&mut h, fs, budget).map_err(|e| (Some(e), io::Error::other("unpack")))?;
     // Read to the true end (tar's trailing blocks) so the diff id covers every byte.
     io::copy(&mut h, &mut io::sink()).map_err(|e| (None, e))?;
     Ok((Digest::from_hasher(h.hasher), stats))

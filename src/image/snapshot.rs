@@ -59,8 +59,11 @@ impl Snapshots {
 
     pub fn prepare(&self) -> Result<Pending, SnapshotError> {
         let tmp = self.dirs.snapshots_tmp();
+        // Root-only, as the committed snapshot it becomes: its set-id binaries and file
+        // capabilities are never a host user's to run, even if `snapshots/` were opened up.
         let dir = tempfile::Builder::new()
             .prefix("unpack-")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir_in(&tmp)
             .map_err(|source| SnapshotError::Io {
                 op: "create temp in",
@@ -192,4 +195,41 @@ pub fn disk_usage(root: &Path) -> (u64, u64) {
         }
     }
     (bytes, inodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_staging_dir_is_never_a_snapshot_and_goes_with_its_pending() {
+        let root = tempfile::tempdir().unwrap();
+        let dirs = Dirs::new(&root.path().join("root"), &root.path().join("state"));
+        dirs.create().unwrap();
+        let snaps = Snapshots::new(dirs.clone());
+        let d = Digest::of(b"layer");
+
+        let p = snaps.prepare().unwrap();
+        std::fs::write(p.fs().join("unverified"), b"x").unwrap();
+        assert!(!snaps.exists(&d));
+        assert!(snaps.list().is_empty(), "staging is not listed");
+        let staged = p.fs().parent().unwrap().to_owned();
+        let mode = std::fs::metadata(&staged).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "staging is root-only: {mode:o}");
+        drop(p);
+        assert!(!staged.exists());
+        assert_eq!(std::fs::read_dir(dirs.snapshots_tmp()).unwrap().count(), 0);
+
+        let p = snaps.prepare().unwrap();
+        snaps.commit(p, &d).unwrap();
+        assert!(snaps.exists(&d));
+        assert_eq!(snaps.list(), vec![d.clone()]);
+        let mode = std::fs::metadata(dirs.snapshot(&d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "a snapshot stays root-only: {mode:o}");
+        assert_eq!(std::fs::read_dir(dirs.snapshots_tmp()).unwrap().count(), 0);
+    }
 }

@@ -7,13 +7,20 @@
 //! through, a hard link to a symlink followed by a chmod) can neither write nor read, chmod or
 //! chown anything outside the snapshot. This is the containerd archive breakout set, enforced by
 //! the kernel rather than by path-string checks.
+//!
+//! What a layer writes is counted before it is written, by what lands on disk rather than by the
+//! bytes of the stream: a GNU sparse entry of a few KiB declares its full size and the tar crate
+//! expands its holes to zeros, so a layer is charged every entry's apparent size (plus
+//! [`ENTRY_COST`]) against its own cap and the pull's [`Budget`], and refused by the header alone.
 
+use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat2};
@@ -28,12 +35,99 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, linkat, symlinkat, 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-/// Entries beyond this many in one layer are refused (inode exhaustion).
-pub const MAX_ENTRIES: u64 = 4_000_000;
 /// Deepest path accepted.
 pub const MAX_DEPTH: usize = 256;
 /// Largest xattr value kept (the kernel's own limit is 64 KiB).
 const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// What every entry costs against the byte caps on top of its data, whatever its kind: an inode,
+/// a name, a directory block or a whiteout are never free (one tar header's worth).
+pub const ENTRY_COST: u64 = 512;
+/// The most tar metadata one entry may carry: its header blocks, pax records, GNU long names and
+/// GNU sparse maps. The tar crate reads these into memory as it parses, bounded only by the stream.
+pub const MAX_ENTRY_METADATA: u64 = 1 << 20;
+/// The only `security.*` xattr kept: file capabilities, which images use so that a non-root
+/// process may bind a low port or open a raw socket. What they grant never exceeds the
+/// container's bounding set. Labels (`security.selinux`, `.apparmor`) and integrity data
+/// (`security.ima`, `.evm`) belong to the node's policy, not to image content.
+const KEPT_SECURITY_XATTR: &[u8] = b"security.capability";
+/// Pax records of the PAX sparse formats (0.0, 0.1, 1.0); the tar crate does not expand them.
+const PAX_SPARSE_PREFIX: &[u8] = b"GNU.sparse.";
+
+/// The caps of one pull (`[image]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes one layer may write (`image.max_layer_bytes`).
+    pub layer_bytes: u64,
+    /// Bytes all the layers one pull unpacks may write (`image.max_image_bytes`).
+    pub image_bytes: u64,
+    /// Entries (inodes) all the layers one pull unpacks may create (`image.max_image_entries`).
+    pub image_entries: u64,
+}
+
+/// Which cap an entry crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    LayerBytes(u64),
+    ImageBytes(u64),
+    ImageEntries(u64),
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Limit::LayerBytes(n) => write!(
+                f,
+                "unpacked content exceeds {n} bytes per layer (image.max_layer_bytes)"
+            ),
+            Limit::ImageBytes(n) => write!(
+                f,
+                "unpacked content exceeds {n} bytes per image (image.max_image_bytes)"
+            ),
+            Limit::ImageEntries(n) => write!(
+                f,
+                "more than {n} entries per image (image.max_image_entries)"
+            ),
+        }
+    }
+}
+
+/// What the layers of one pull may still write, shared by the layers unpacking at once. Charged
+/// before each entry is written, so a refused entry never touches the disk.
+#[derive(Debug)]
+pub struct Budget {
+    limits: Limits,
+    bytes: AtomicU64,
+    entries: AtomicU64,
+}
+
+impl Budget {
+    pub fn new(limits: Limits) -> Budget {
+        Budget {
+            limits,
+            bytes: AtomicU64::new(0),
+            entries: AtomicU64::new(0),
+        }
+    }
+
+    /// Charge one entry of `bytes`; the cap it crosses, if any.
+    fn charge(&self, bytes: u64) -> Result<(), Limit> {
+        let entries = self
+            .entries
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if entries > self.limits.image_entries {
+            return Err(Limit::ImageEntries(self.limits.image_entries));
+        }
+        let total = self
+            .bytes
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes);
+        if total > self.limits.image_bytes {
+            return Err(Limit::ImageBytes(self.limits.image_bytes));
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
@@ -49,14 +143,18 @@ pub enum UnpackError {
         op: &'static str,
         errno: Errno,
     },
-    #[error("layer has more than {MAX_ENTRIES} entries")]
-    TooManyEntries,
+    #[error("layer entry {path:?}: {limit}")]
+    Limit { path: String, limit: Limit },
+    #[error("layer entry after {after:?}: tar metadata exceeds {MAX_ENTRY_METADATA} bytes")]
+    MetadataTooLarge { after: String },
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnpackStats {
     pub entries: u64,
     pub file_bytes: u64,
+    /// What the layer was charged: apparent sizes plus [`ENTRY_COST`] per entry.
+    pub charged_bytes: u64,
 }
 
 /// Split an archive path into safe components: leading `/` and `.` dropped (containerd treats
@@ -103,9 +201,10 @@ fn join(comps: &[OsString]) -> PathBuf {
     PathBuf::from(OsString::from_vec(v))
 }
 
-struct Unpacker {
+struct Unpacker<'b> {
     root: OwnedFd,
     stats: UnpackStats,
+    budget: &'b Budget,
 }
 
 /// An entry's owner, mode, time and kept xattrs: its header's, overridden by its pax records.
@@ -146,7 +245,7 @@ fn in_root_how(flags: OFlag) -> OpenHow {
     )
 }
 
-impl Unpacker {
+impl Unpacker<'_> {
     fn fs_err(path: &[OsString], op: &'static str) -> impl FnOnce(Errno) -> UnpackError {
         let path = join(path).display().to_string();
         move |errno| UnpackError::Fs { path, op, errno }
@@ -213,16 +312,17 @@ impl Unpacker {
         Ok(false)
     }
 
-    fn entry<R: Read>(&mut self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+    fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<(), UnpackError> {
         let raw_path = entry.path_bytes().into_owned();
+        let header = entry.header().clone();
+        let kind = header.entry_type();
+        let shown = || String::from_utf8_lossy(&raw_path).into_owned();
+        let attrs = Attrs::read(entry, &header, &shown)?;
+        self.charge(entry, &attrs, &shown)?;
         let comps = components(&raw_path)?;
         let Some((name, parent_comps)) = comps.split_last() else {
             return Ok(()); // the root itself: its metadata is the snapshot's, not the image's
         };
-        let header = entry.header().clone();
-        let kind = header.entry_type();
-        let shown = || String::from_utf8_lossy(&raw_path).into_owned();
-        let attrs = Attrs::read(&mut entry, &header, &shown)?;
         if self.whiteout(name, parent_comps, &comps, &shown)? {
             return Ok(());
         }
@@ -235,13 +335,13 @@ impl Unpacker {
         use tar::EntryType as T;
         match kind {
             T::Directory => self.directory(&at, &attrs)?,
-            T::Regular | T::Continuous | T::GNUSparse => self.regular(&at, &attrs, &mut entry)?,
+            T::Regular | T::Continuous | T::GNUSparse => self.regular(&at, &attrs, entry)?,
             T::Symlink => {
-                let target = link_target(&entry, "symlink", &shown)?;
+                let target = link_target(entry, "symlink", &shown)?;
                 self.symlink(&at, &attrs, &target)?;
             }
             T::Link => {
-                let target = link_target(&entry, "hard link", &shown)?;
+                let target = link_target(entry, "hard link", &shown)?;
                 self.hard_link(&at, &target, &shown)?;
             }
             T::Char | T::Block | T::Fifo => self.node(&at, &attrs, &header)?,
@@ -253,11 +353,43 @@ impl Unpacker {
                 });
             }
         }
-        self.stats.entries += 1;
-        if self.stats.entries > MAX_ENTRIES {
-            return Err(UnpackError::TooManyEntries);
-        }
         Ok(())
+    }
+
+    /// Charge `entry` against the layer's cap and the pull's budget before anything of it is
+    /// written: its apparent size (a GNU sparse file's full size, which the tar crate reports
+    /// and expands), its link target and kept xattrs, and [`ENTRY_COST`].
+    fn charge<R: Read>(
+        &mut self,
+        entry: &tar::Entry<'_, R>,
+        attrs: &Attrs,
+        shown: &dyn Fn() -> String,
+    ) -> Result<(), UnpackError> {
+        use tar::EntryType as T;
+        let data = match entry.header().entry_type() {
+            T::Regular | T::Continuous | T::GNUSparse => entry.size(),
+            _ => 0,
+        };
+        let link = entry.link_name_bytes().map_or(0, |l| l.len() as u64);
+        let xattrs: u64 = attrs
+            .xattrs
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum();
+        let cost = ENTRY_COST
+            .saturating_add(data)
+            .saturating_add(link)
+            .saturating_add(xattrs);
+        self.stats.entries += 1;
+        self.stats.charged_bytes = self.stats.charged_bytes.saturating_add(cost);
+        let refuse = |limit| UnpackError::Limit {
+            path: shown(),
+            limit,
+        };
+        if self.stats.charged_bytes > self.budget.limits.layer_bytes {
+            return Err(refuse(Limit::LayerBytes(self.budget.limits.layer_bytes)));
+        }
+        self.budget.charge(cost).map_err(refuse)
     }
 
     /// Whiteouts become overlayfs whiteouts: a 0:0 char device, or an opaque xattr. Returns
@@ -296,7 +428,6 @@ impl Unpacker {
         self.clear(&pfd, target, false, comps)?;
         mknodat(pfd.as_fd(), target, SFlag::S_IFCHR, Mode::empty(), 0)
             .map_err(Self::fs_err(comps, "mknod whiteout"))?;
-        self.stats.entries += 1;
         Ok(true)
     }
 
@@ -478,12 +609,15 @@ impl Attrs {
                     uid = parse_id(ext.value_bytes(), shown)?;
                 } else if key == b"gid" {
                     gid = parse_id(ext.value_bytes(), shown)?;
+                } else if key.starts_with(PAX_SPARSE_PREFIX) {
+                    // The tar crate would write the packed data (and a 1.0 map) as the file's
+                    // content: refused rather than unpacked wrong.
+                    return Err(UnpackError::BadEntry {
+                        path: shown(),
+                        reason: "PAX sparse files (GNU.sparse.*) are not supported".into(),
+                    });
                 } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                    // trusted.* is overlayfs' own namespace (redirect, metacopy, opaque): image
-                    // content must not steer the overlay, so only user.* and security.* are kept.
-                    if (x.starts_with(b"user.") || x.starts_with(b"security."))
-                        && ext.value_bytes().len() <= MAX_XATTR_VALUE
-                    {
+                    if kept_xattr(x) && ext.value_bytes().len() <= MAX_XATTR_VALUE {
                         xattrs.push((OsString::from_vec(x.to_vec()), ext.value_bytes().to_vec()));
                     }
                 }
@@ -507,6 +641,14 @@ impl Attrs {
     }
 }
 
+/// Whether an xattr from a layer is applied. `trusted.*` is overlayfs' own namespace (redirect,
+/// metacopy, opaque): image content must not steer the overlay (the opaque marker is made from
+/// `.wh..wh..opq` by kelson itself). Of `security.*` only file capabilities are kept
+/// ([`KEPT_SECURITY_XATTR`]); `system.*` (ACLs) and anything else are dropped.
+fn kept_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.") || name == KEPT_SECURITY_XATTR
+}
+
 /// The link name of a symlink or hard link entry (`what` says which, for the error).
 fn link_target<R: Read>(
     entry: &tar::Entry<'_, R>,
@@ -522,8 +664,37 @@ fn link_target<R: Read>(
     Ok(target.into_owned())
 }
 
-/// Unpack the uncompressed tar stream `tar` into the (empty, private) directory `dest`.
-pub fn unpack<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> {
+/// The archive's reader, counting what the tar parser reads between entries (headers, pax
+/// records, long names, sparse maps): at most [`MAX_ENTRY_METADATA`] per entry while armed.
+struct Metered<'m, R> {
+    inner: R,
+    /// What the entry being parsed may still read; `None` while entry data is read.
+    metadata_left: &'m Cell<Option<u64>>,
+    tripped: &'m Cell<bool>,
+}
+
+impl<R: Read> Read for Metered<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(left) = self.metadata_left.get() {
+            match left.checked_sub(n as u64) {
+                Some(left) => self.metadata_left.set(Some(left)),
+                None => {
+                    self.tripped.set(true);
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "tar metadata too large",
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Unpack the uncompressed tar stream `tar` into the (empty, private) directory `dest`, charging
+/// every entry to `budget` (this layer's and the whole pull's caps) before writing it.
+pub fn unpack<R: Read>(tar: R, dest: &Path, budget: &Budget) -> Result<UnpackStats, UnpackError> {
     let root = nix::fcntl::open(
         dest,
         OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
@@ -537,11 +708,33 @@ pub fn unpack<R: Read>(tar: R, dest: &Path) -> Result<UnpackStats, UnpackError> 
     let mut u = Unpacker {
         root,
         stats: UnpackStats::default(),
+        budget,
     };
-    let mut archive = tar::Archive::new(tar);
-    for entry in archive.entries().map_err(UnpackError::Archive)? {
-        let entry = entry.map_err(UnpackError::Archive)?;
-        u.entry(entry)?;
+    let (metadata_left, tripped) = (Cell::new(None), Cell::new(false));
+    let mut archive = tar::Archive::new(Metered {
+        inner: tar,
+        metadata_left: &metadata_left,
+        tripped: &tripped,
+    });
+    let mut entries = archive.entries().map_err(UnpackError::Archive)?;
+    let mut last = String::new();
+    loop {
+        metadata_left.set(Some(MAX_ENTRY_METADATA));
+        let next = entries.next();
+        metadata_left.set(None);
+        let mut entry = match next {
+            None => break,
+            Some(Ok(e)) => e,
+            Some(Err(_)) if tripped.get() => {
+                return Err(UnpackError::MetadataTooLarge { after: last });
+            }
+            Some(Err(e)) => return Err(UnpackError::Archive(e)),
+        };
+        u.entry(&mut entry)?;
+        // The rest of an entry's data (a directory's, a skipped type's) is read here, outside
+        // the metadata bound; the next header's parse then reads only metadata.
+        io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Archive)?;
+        last = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
     }
     Ok(u.stats)
 }
@@ -616,7 +809,7 @@ mod tests {
             ("gone/.wh..wh..opq", tar::EntryType::Regular, b"", None),
             (".wh.old", tar::EntryType::Regular, b"", None),
         ]);
-        let st = unpack(&t[..], d.path()).unwrap();
+        let st = unpack(&t[..], d.path(), &roomy()).unwrap();
         assert_eq!(
             std::fs::read(d.path().join("etc/hosts")).unwrap(),
             b"127.0.0.1 x\n"
@@ -690,7 +883,7 @@ mod tests {
         ];
         for (i, t) in cases.iter().enumerate() {
             let d = tempfile::tempdir().unwrap();
-            let _ = unpack(&t[..], d.path());
+            let _ = unpack(&t[..], d.path(), &roomy());
             assert_eq!(std::fs::read(&victim).unwrap(), b"original", "case {i}");
             let m = std::fs::metadata(&victim).unwrap();
             assert_eq!(m.permissions().mode() & 0o777, 0o600, "case {i}");
@@ -699,17 +892,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let t = build(&[("../escape", tar::EntryType::Regular, b"x", None)]);
         assert!(matches!(
-            unpack(&t[..], d.path()),
+            unpack(&t[..], d.path(), &roomy()),
             Err(UnpackError::Escape { .. })
         ));
         let t = build(&[("h", tar::EntryType::Link, b"", Some("../../../etc/passwd"))]);
         assert!(matches!(
-            unpack(&t[..], d.path()),
+            unpack(&t[..], d.path(), &roomy()),
             Err(UnpackError::Escape { .. })
         ));
         // a hard link to an absolute host path resolves inside the root, where it does not exist
         let t = build(&[("h", tar::EntryType::Link, b"", Some(v))]);
-        assert!(unpack(&t[..], d.path()).is_err());
+        assert!(unpack(&t[..], d.path(), &roomy()).is_err());
         assert!(!outside.path().join("escape").exists());
     }
 
@@ -722,14 +915,214 @@ mod tests {
         let mut t = h.as_bytes().to_vec();
         t.extend_from_slice(&[1u8; 512]);
         let d = tempfile::tempdir().unwrap();
-        assert!(unpack(&t[..], d.path()).is_err());
+        assert!(unpack(&t[..], d.path(), &roomy()).is_err());
     }
 
     #[test]
     fn truncated_archive_fails() {
         let t = build(&[("big", tar::EntryType::Regular, &[7u8; 4096], None)]);
         let d = tempfile::tempdir().unwrap();
-        assert!(unpack(&t[..1024], d.path()).is_err());
+        assert!(unpack(&t[..1024], d.path(), &roomy()).is_err());
+    }
+
+    fn budget(layer_bytes: u64, image_bytes: u64, image_entries: u64) -> Budget {
+        Budget::new(Limits {
+            layer_bytes,
+            image_bytes,
+            image_entries,
+        })
+    }
+
+    fn roomy() -> Budget {
+        budget(u64::MAX, u64::MAX, u64::MAX)
+    }
+
+    /// A GNU sparse entry of `real_size` bytes: a hole, then `tail` (512 bytes) at the very end.
+    fn gnu_sparse(path: &str, real_size: u64, tail: &[u8; 512]) -> Vec<u8> {
+        let mut h = header(path, tar::EntryType::GNUSparse, 512);
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - 512);
+        gnu.sparse[0].set_length(512);
+        h.set_cksum();
+        let mut t = h.as_bytes().to_vec();
+        t.extend_from_slice(tail);
+        t.extend_from_slice(&[0u8; 1024]);
+        t
+    }
+
+    #[test]
+    fn sparse_entries_are_charged_their_full_size_before_writing() {
+        // 4 KiB of archive declaring 1 GiB: the tar crate would write 1 GiB of zeros.
+        let t = gnu_sparse("bomb", 1 << 30, &[7u8; 512]);
+        assert!(t.len() <= 4096);
+        let d = tempfile::tempdir().unwrap();
+        let err = unpack(&t[..], d.path(), &budget(1 << 20, u64::MAX, u64::MAX)).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::Limit { path, limit: Limit::LayerBytes(n) }
+                if path == "bomb" && *n == 1 << 20),
+            "{err}"
+        );
+        assert!(err.to_string().contains("image.max_layer_bytes"), "{err}");
+        assert!(!d.path().join("bomb").exists(), "refused before creating");
+        // A size no disk holds is refused the same way, by its header alone.
+        let t = gnu_sparse("bomb", 1 << 60, &[7u8; 512]);
+        let err = unpack(&t[..], d.path(), &budget(1 << 40, u64::MAX, u64::MAX)).unwrap_err();
+        assert!(matches!(err, UnpackError::Limit { .. }), "{err}");
+        // Under the cap it unpacks to its real content and is charged its real size.
+        let t = gnu_sparse("small", 64 << 10, &[7u8; 512]);
+        let st = unpack(&t[..], d.path(), &budget(1 << 20, u64::MAX, u64::MAX)).unwrap();
+        let got = std::fs::read(d.path().join("small")).unwrap();
+        assert_eq!(got.len(), 64 << 10);
+        assert!(got[..(64 << 10) - 512].iter().all(|b| *b == 0));
+        assert!(got[(64 << 10) - 512..].iter().all(|b| *b == 7));
+        assert_eq!(st.charged_bytes, (64 << 10) + ENTRY_COST);
+    }
+
+    #[test]
+    fn pax_sparse_entries_are_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([
+            ("GNU.sparse.major", &b"1"[..]),
+            ("GNU.sparse.minor", b"0"),
+            ("GNU.sparse.name", b"bomb"),
+            ("GNU.sparse.realsize", b"1099511627776"),
+        ])
+        .unwrap();
+        let mut map = b"1\n1099511627264\n512\n".to_vec();
+        map.resize(1024, 7);
+        let mut h = header("GNUSparseFile.0/bomb", tar::EntryType::Regular, 1024);
+        h.set_cksum();
+        b.append(&h, &map[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let err = unpack(&t[..], d.path(), &roomy()).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::BadEntry { reason, .. } if reason.contains("GNU.sparse")),
+            "{err}"
+        );
+        assert!(!d.path().join("GNUSparseFile.0").exists());
+    }
+
+    #[test]
+    fn the_image_budget_spans_layers_and_counts_every_entry() {
+        let data = [1u8; 6000];
+        let layer = build(&[("f", tar::EntryType::Regular, &data, None)]);
+        let shared = budget(u64::MAX, 10_000, u64::MAX);
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        unpack(&layer[..], a.path(), &shared).unwrap();
+        let err = unpack(&layer[..], b.path(), &shared).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::Limit {
+                    limit: Limit::ImageBytes(10_000),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(!b.path().join("f").exists());
+
+        // Directories, whiteouts, links and empty files each take an inode.
+        let many = build(&[
+            ("d/", tar::EntryType::Directory, b"", None),
+            (".wh.x", tar::EntryType::Regular, b"", None),
+            ("l", tar::EntryType::Symlink, b"", Some("d")),
+            ("e", tar::EntryType::Regular, b"", None),
+        ]);
+        let d = tempfile::tempdir().unwrap();
+        let st = unpack(&many[..], d.path(), &budget(u64::MAX, u64::MAX, 4)).unwrap();
+        assert_eq!(st.entries, 4);
+        assert_eq!(st.charged_bytes, 4 * ENTRY_COST + 1);
+        let d = tempfile::tempdir().unwrap();
+        let err = unpack(&many[..], d.path(), &budget(u64::MAX, u64::MAX, 3)).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::Limit { path, limit: Limit::ImageEntries(3) } if path == "e"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("image.max_image_entries"), "{err}");
+        assert!(!d.path().join("e").exists());
+    }
+
+    #[test]
+    fn oversized_tar_metadata_is_refused_while_parsing() {
+        let big = vec![b'a'; 2 << 20];
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("comment", &big[..])]).unwrap();
+        let mut h = header("f", tar::EntryType::Regular, 1);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let err = unpack(&t[..], d.path(), &roomy()).unwrap_err();
+        assert!(matches!(err, UnpackError::MetadataTooLarge { .. }), "{err}");
+        // A long name of the same size (GNU `L` entry) too; the data of a skipped entry is not
+        // metadata.
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header("dir/", tar::EntryType::Directory, 2 << 20);
+        h.set_cksum();
+        b.append(&h, &big[..]).unwrap();
+        let mut h = header("././@LongLink", tar::EntryType::GNULongName, 2 << 20);
+        h.set_cksum();
+        b.append(&h, &big[..]).unwrap();
+        let mut h = header("x", tar::EntryType::Regular, 0);
+        h.set_cksum();
+        b.append(&h, &b""[..]).unwrap();
+        let t = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        let err = unpack(&t[..], d.path(), &roomy()).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::MetadataTooLarge { after } if after == "dir/"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_user_and_capability_xattrs_are_applied() {
+        // cap_net_raw in the permitted set, effective: a v2 vfs_cap_data.
+        let mut cap = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00];
+        cap.resize(20, 0);
+        let records: Vec<(String, Vec<u8>)> = [
+            ("trusted.overlay.opaque", &b"y"[..]),
+            ("trusted.overlay.redirect", b"/etc"),
+            ("trusted.overlay.metacopy", b""),
+            ("security.selinux", b"system_u:object_r:shadow_t:s0"),
+            ("security.ima", b"\x03\x02"),
+            ("security.evm", b"\x05"),
+            ("security.apparmor", b"unconfined"),
+            ("security.capability", &cap),
+            ("user.kept", b"yes"),
+        ]
+        .iter()
+        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.to_vec()))
+        .collect();
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind) in [
+            ("d/", tar::EntryType::Directory),
+            ("f", tar::EntryType::Regular),
+        ] {
+            b.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), &v[..])))
+                .unwrap();
+            let mut h = header(path, kind, 0);
+            h.set_cksum();
+            b.append(&h, &b""[..]).unwrap();
+        }
+        let t = b.into_inner().unwrap();
+        let d = tempfile::tempdir().unwrap();
+        unpack(&t[..], d.path(), &roomy()).unwrap();
+        for p in ["d", "f"] {
+            let mut names: Vec<String> = xattr::list(d.path().join(p))
+                .unwrap()
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["security.capability", "user.kept"], "{p}");
+        }
+        assert_eq!(
+            xattr::get(d.path().join("f"), "security.capability").unwrap(),
+            Some(cap)
+        );
     }
 
     #[test]

@@ -198,6 +198,40 @@ impl TarBuilder {
         self
     }
 
+    /// A regular file carrying the xattrs `attrs` (pax `SCHILY.xattr.*` records).
+    pub fn file_with_xattrs(
+        mut self,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+        attrs: &[(&str, &[u8])],
+    ) -> Self {
+        let records: Vec<(String, &[u8])> = attrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        self.b
+            .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+            .expect("tar");
+        let mut h = Self::header(path, tar::EntryType::Regular, mode, data.len() as u64);
+        h.set_cksum();
+        self.b.append(&h, data).expect("tar");
+        self
+    }
+
+    /// A GNU sparse file of `real_size` bytes: a hole, then the 512 bytes `tail` at its end. The
+    /// archive holds one header and one block whatever `real_size` says.
+    pub fn gnu_sparse(mut self, path: &str, real_size: u64, tail: &[u8; 512]) -> Self {
+        let mut h = Self::header(path, tar::EntryType::GNUSparse, 0o644, 512);
+        let gnu = h.as_gnu_mut().expect("gnu header");
+        gnu.set_real_size(real_size);
+        gnu.sparse[0].set_offset(real_size - 512);
+        gnu.sparse[0].set_length(512);
+        h.set_cksum();
+        self.b.append(&h, &tail[..]).expect("tar");
+        self
+    }
+
     pub fn link(mut self, kind: tar::EntryType, path: &str, target: &str) -> Self {
         let mut h = Self::header(path, kind, 0o777, 0);
         let t = target.as_bytes();
