@@ -117,6 +117,10 @@ pub struct ImageConfig {
     /// A pull that receives no byte for this long fails; a slow but moving pull never does.
     #[serde(with = "humantime_serde_compat")]
     pub pull_progress_timeout: Duration,
+    /// The whole of a pull's registry traffic must be done within this, however steadily the
+    /// bytes come (a drip-feeding registry cannot hold a pull forever).
+    #[serde(with = "humantime_serde_compat")]
+    pub pull_deadline: Duration,
     /// Refuse a layer whose uncompressed content exceeds this (decompression bombs).
     pub max_layer_bytes: u64,
     pub gc: ImageGcConfig,
@@ -299,6 +303,8 @@ impl Default for ImageConfig {
             max_concurrent_downloads: 3,
             // containerd's image_pull_progress_timeout default.
             pull_progress_timeout: Duration::from_secs(5 * 60),
+            // Room for a multi-GiB image over a slow link; kubelet itself sets no pull deadline.
+            pull_deadline: Duration::from_secs(60 * 60),
             max_layer_bytes: 64 << 30,
             gc: ImageGcConfig::default(),
         }
@@ -588,6 +594,12 @@ impl ImageConfig {
                 message: "must be at least 1s".into(),
             });
         }
+        if self.pull_deadline < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "image.pull_deadline",
+                message: "must be at least 1s".into(),
+            });
+        }
         Ok(())
     }
 
@@ -715,6 +727,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pull_progress_timeout"), "{e}");
+        let e = parse("[image]\npull_deadline = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image.pull_deadline"), "{e}");
         let e = parse("cgroup_driver = \"nope\"\n").unwrap_err().to_string();
         assert!(e.contains("cgroup_driver"), "{e}");
         let e = parse("[image]\npinned = [\"x/UPPER\"]\n")
