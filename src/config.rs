@@ -112,7 +112,7 @@ impl CgroupDriver {
 pub struct ImageConfig {
     /// Images never removed by garbage collection and reported `pinned` to kubelet.
     pub pinned: Vec<String>,
-    /// Layers fetched (and unpacked, as they stream in) at once per pull.
+    /// Layers downloaded at once per pull (each staged, verified, then unpacked).
     pub max_concurrent_downloads: usize,
     /// A pull that receives no byte for this long fails; a slow but moving pull never does.
     #[serde(with = "humantime_serde_compat")]
