@@ -480,3 +480,61 @@ async fn credentials_do_not_follow_a_redirect_to_another_host() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// A mirror never sees the caller's credentials, which were issued for the upstream: with a
+/// `registry_token`, manifests resolve at the upstream (which gets the token) and blobs come
+/// from a pull-only mirror (which gets no `Authorization` at all).
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_go_to_the_upstream_only() -> anyhow::Result<()> {
+    use kelson_testkit::fake_registry::TokenAuth;
+    let (reg, d, r) = setup("30s").await?;
+    reg.require_tokens(TokenAuth {
+        refresh: "refresh-me".into(),
+        access: "access-ok".into(),
+        anonymous: false,
+    });
+    let mirror = FakeRegistry::start().await?;
+    mirror.add("t/img", "v1", &image());
+    d.hosts(
+        &reg.host,
+        &format!(
+            "server = \"http://{}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\"]\n",
+            reg.host, mirror.host
+        ),
+    )?;
+    let mut c = d.cri().await?;
+    let id = c
+        .image
+        .pull_image(cri::PullImageRequest {
+            image: common::spec(&r),
+            auth: Some(cri::AuthConfig {
+                registry_token: "access-ok".into(),
+                ..Default::default()
+            }),
+            sandbox_config: None,
+        })
+        .await?
+        .into_inner()
+        .image_ref;
+    assert_eq!(id, image().id());
+    assert!(
+        mirror.blob_gets.load(Ordering::SeqCst) > 0,
+        "mirror not used"
+    );
+    let leaked: Vec<_> = mirror
+        .authorizations()
+        .into_iter()
+        .filter(|(_, a)| a.is_some())
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "credentials sent to the mirror: {leaked:?}"
+    );
+    assert!(
+        reg.authorizations()
+            .iter()
+            .any(|(_, a)| a.as_deref() == Some("Bearer access-ok")),
+        "the upstream never got the token"
+    );
+    Ok(())
+}
