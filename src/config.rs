@@ -166,11 +166,15 @@ impl CgroupDriver {
 pub struct ImageConfig {
     /// Images never removed by garbage collection and reported `pinned` to kubelet.
     pub pinned: Vec<String>,
-    /// Layers fetched (and unpacked, as they stream in) at once per pull.
+    /// Layers downloaded at once per pull (each staged, verified, then unpacked).
     pub max_concurrent_downloads: usize,
     /// A pull that receives no byte for this long fails; a slow but moving pull never does.
     #[serde(with = "humantime_serde_compat")]
     pub pull_progress_timeout: Duration,
+    /// The whole of a pull's registry traffic must be done within this, however steadily the
+    /// bytes come (a drip-feeding registry cannot hold a pull forever).
+    #[serde(with = "humantime_serde_compat")]
+    pub pull_deadline: Duration,
     /// Refuse a layer whose uncompressed stream, or what it writes (apparent sizes, sparse
     /// files at their full size, plus a fixed cost per entry), exceeds this.
     pub max_layer_bytes: u64,
@@ -358,6 +362,8 @@ impl Default for ImageConfig {
             max_concurrent_downloads: 3,
             // containerd's image_pull_progress_timeout default.
             pull_progress_timeout: Duration::from_secs(5 * 60),
+            // Room for a multi-GiB image over a slow link; kubelet itself sets no pull deadline.
+            pull_deadline: Duration::from_secs(60 * 60),
             max_layer_bytes: 64 << 30,
             max_image_bytes: 128 << 30,
             max_image_entries: 4_000_000,
@@ -669,6 +675,12 @@ impl ImageConfig {
                 message: "must be at least 1s".into(),
             });
         }
+        if self.pull_deadline < Duration::from_secs(1) {
+            return Err(ConfigError::Invalid {
+                key: "image.pull_deadline",
+                message: "must be at least 1s".into(),
+            });
+        }
         for (key, v) in [
             ("image.max_layer_bytes", self.max_layer_bytes),
             ("image.max_image_bytes", self.max_image_bytes),
@@ -889,6 +901,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("pull_progress_timeout"), "{e}");
+        let e = parse("[image]\npull_deadline = \"0s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("image.pull_deadline"), "{e}");
         let e = parse("cgroup_driver = \"nope\"\n").unwrap_err().to_string();
         assert!(e.contains("cgroup_driver"), "{e}");
         let e = parse("[image]\npinned = [\"x/UPPER\"]\n")

@@ -367,6 +367,79 @@ async fn mirror_serves_when_upstream_is_down() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A mirror that serves layers whose bytes do not match their digests. Alone, the pull fails
+/// with DataLoss naming the layer's digest and nothing of the image is visible; with a good
+/// upstream behind it, the very next pull falls through to the upstream for each refused blob and
+/// gets the true bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_blob_from_a_mirror_is_data_loss_and_a_good_source_serves_it()
+-> anyhow::Result<()> {
+    use kelson_testkit::fake_registry::{FakeRegistry, Hostile};
+    let e = common::env().await?;
+    let img = TestImages::standard("amd64", false)?;
+    let mirror = FakeRegistry::start().await?;
+    mirror.add("test/standard", "v1", &img);
+    mirror.set_hostile(Hostile::TamperedLayers);
+    let name = "tampered.kelson.test/test/standard:v1";
+    let hosts = |server: &str| {
+        format!(
+            "server = \"http://{server}\"\n\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            mirror.host
+        )
+    };
+    let dead = kelson_testkit::registry::free_port()?;
+    e.daemon
+        .hosts("tampered.kelson.test", &hosts(&format!("127.0.0.1:{dead}")))?;
+    let err = pull(&e.daemon, name).await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(
+        img.layers
+            .iter()
+            .any(|l| err.message().contains(&l.digest())),
+        "no layer digest named: {}",
+        err.message()
+    );
+    let mut c = e.daemon.cri().await?;
+    assert!(
+        c.image
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await?
+            .into_inner()
+            .images
+            .is_empty()
+    );
+    let status = c
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: spec(name),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    assert!(status.image.is_none(), "{status:?}");
+    for l in &img.layers {
+        assert!(
+            !e.daemon.snapshot_dir(&l.diff_id()).exists(),
+            "snapshot of a tampered layer"
+        );
+    }
+    assert_eq!(count(&e.daemon.root.join("snapshots/.tmp")), 0);
+    assert_eq!(count(&e.daemon.root.join("content/tmp")), 0);
+
+    e.daemon
+        .hosts("tampered.kelson.test", &hosts(&e.registry.host))?;
+    let gets_before = mirror.blob_gets.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(pull(&e.daemon, name).await?, img.id());
+    assert!(
+        mirror.blob_gets.load(std::sync::atomic::Ordering::SeqCst) > gets_before,
+        "the mirror was not asked first"
+    );
+    for l in &img.layers {
+        assert_snapshot_matches(&e.daemon.snapshot_dir(&l.diff_id()), l);
+    }
+    Ok(())
+}
+
 /// Push `repo:v1`, an image of `layers` with an empty runtime config.
 async fn push_layers(p: &Pusher, repo: &str, layers: Vec<Layer>) -> anyhow::Result<()> {
     let image = Image::new(layers, "amd64", false, serde_json::json!({}));

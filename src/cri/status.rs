@@ -178,9 +178,9 @@ fn registry_code(e: &RegistryError) -> Code {
         R::NotFound { .. } => Code::NotFound,
         R::Unauthorized { .. } => Code::Unauthenticated,
         R::Unavailable { .. } | R::NoEndpoint(..) => Code::Unavailable,
-        R::Stalled { .. } => Code::DeadlineExceeded,
+        R::Stalled { .. } | R::PullDeadline { .. } => Code::DeadlineExceeded,
         R::DigestMismatch { .. } => Code::DataLoss,
-        R::TooLarge { .. } | R::Protocol { .. } => Code::FailedPrecondition,
+        R::TooLarge { .. } | R::Protocol { .. } | R::Tls { .. } => Code::FailedPrecondition,
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod content;
 pub mod gc;
 pub mod hosts;
+pub mod http;
 pub mod manifest;
 mod pull;
 pub mod registry;

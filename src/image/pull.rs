@@ -1,31 +1,40 @@
 //! PullImage: resolve the reference through the configured hosts, fetch manifest (choosing the
-//! node's platform from an index) and config, then download every layer concurrently while it
-//! is decompressed and unpacked as it streams in. Nothing becomes visible until every digest
-//! (compressed, uncompressed) has checked out; the image record is committed last.
+//! node's platform from an index) and config, then download the layers concurrently, each into
+//! an anonymous staging file, and unpack each once its compressed digest checked out — so no
+//! thread waits on the network, and unverified bytes are never unpacked. Nothing becomes visible
+//! until every digest (compressed, uncompressed) has checked out; the image record is committed
+//! last.
 
-use std::io::{self, Read};
-use std::path::Path;
+use std::io::{self, Read, Seek};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use oci_client::secrets::RegistryAuth;
+use reqwest::header::HeaderValue;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
 use crate::store::{ImageRecord, LayerRecord};
 
+use super::content::ContentError;
 use super::digest::Digest;
+use super::http::Bounds;
 use super::manifest::{self, Descriptor, Document, Platform};
 use super::reference::ImageRef;
-use super::registry::{Registry, RegistryError};
+use super::registry::{BlobError, BlobSink, Registry, RegistryError};
 use super::snapshot;
 use super::unpack::{self, UnpackError};
 use super::{ImageError, ImageService};
 
-/// Chunks buffered between the download and the unpacker of one layer.
-const UNPACK_QUEUE_CHUNKS: usize = 32;
+/// Layers unpacked at once by the whole daemon. Unpacking runs on tokio's blocking pool, which
+/// the CRI verbs share (main.rs caps it at 16 threads): half of it at most goes to unpacking.
+/// Downloads take no thread at all.
+const MAX_CONCURRENT_UNPACKS: usize = 8;
+static UNPACK_SLOTS: Semaphore = Semaphore::const_new(MAX_CONCURRENT_UNPACKS);
 
 /// Credentials from a PullImage request; never logged.
 #[derive(Clone, Default)]
@@ -46,16 +55,25 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     pub fn to_registry_auth(&self) -> Result<Auth, ImageError> {
+        let header = |v: String, what: &str| {
+            let mut h = HeaderValue::from_str(&v)
+                .map_err(|_| ImageError::Auth(format!("{what} is not a valid header value")))?;
+            h.set_sensitive(true);
+            Ok::<_, ImageError>(h)
+        };
+        let basic = |u: &str, p: &str| {
+            use base64::Engine as _;
+            let b = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+            header(format!("Basic {b}"), "username or password")
+        };
         if !self.registry_token.is_empty() {
-            return Ok(Auth::Direct(RegistryAuth::Bearer(
-                self.registry_token.clone(),
-            )));
+            return Ok(Auth::Bearer(header(
+                format!("Bearer {}", self.registry_token),
+                "registry_token",
+            )?));
         }
         if !self.username.is_empty() || !self.password.is_empty() {
-            return Ok(Auth::Direct(RegistryAuth::Basic(
-                self.username.clone(),
-                self.password.clone(),
-            )));
+            return Ok(Auth::Basic(basic(&self.username, &self.password)?));
         }
         if !self.auth.is_empty() {
             use base64_decode::decode;
@@ -66,24 +84,31 @@ impl Credentials {
             let (u, p) = s
                 .split_once(':')
                 .ok_or_else(|| ImageError::Auth("auth is not base64(user:password)".into()))?;
-            return Ok(Auth::Direct(RegistryAuth::Basic(
-                u.to_owned(),
-                p.to_owned(),
-            )));
+            return Ok(Auth::Basic(basic(u, p)?));
         }
         if !self.identity_token.is_empty() {
             return Ok(Auth::RefreshToken(self.identity_token.clone()));
         }
-        Ok(Auth::Direct(RegistryAuth::Anonymous))
+        Ok(Auth::Anonymous)
     }
 }
 
-/// How to authenticate to the upstream registry.
+/// How to authenticate to the upstream registry (and its token realm); never logged.
 #[derive(Clone)]
 pub enum Auth {
-    Direct(RegistryAuth),
+    Anonymous,
+    /// `Basic base64(user:password)`: sent when the registry or its token realm asks for it.
+    Basic(HeaderValue),
+    /// `Bearer <registry_token>`: sent as is.
+    Bearer(HeaderValue),
     /// An OAuth2 refresh token (docker's IdentityToken), exchanged for a Bearer token on first use.
     RefreshToken(String),
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Auth(<redacted>)")
+    }
 }
 
 /// Standard base64 decoding for the `auth` field (hand-written: 20 lines do not justify a crate).
@@ -128,28 +153,6 @@ mod base64_decode {
         assert_eq!(decode("YWI=").unwrap(), b"ab");
         assert!(decode("a").is_none());
         assert!(decode("!!!!").is_none());
-    }
-}
-
-/// Reads the chunks a download task sends; an `Err` chunk (download failed) becomes an I/O error
-/// so a truncated stream can never look like a complete archive.
-struct ChannelReader {
-    rx: mpsc::Receiver<Result<Bytes, ()>>,
-    cur: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(Ok(b)) => self.cur = b,
-                Some(Err(())) => return Err(io::Error::other("layer download failed")),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur.split_to(n));
-        Ok(n)
     }
 }
 
@@ -213,7 +216,11 @@ impl ImageService {
         let shown = r.to_string();
         let auth = creds.to_registry_auth()?;
         let endpoints = super::hosts::resolve(&self.config.registry.config_path, &r.registry)?;
-        let reg = Registry::new(endpoints, auth, self.config.image.pull_progress_timeout);
+        let bounds = Bounds::starting_now(
+            self.config.image.pull_progress_timeout,
+            self.config.image.pull_deadline,
+        );
+        let reg = Registry::new(endpoints, &auth, bounds).map_err(registry_error(&shown))?;
 
         let Resolved {
             manifest,
@@ -332,30 +339,10 @@ impl ImageService {
                 },
             });
         }
-        let mut s = reg.blob(r, desc).await.map_err(registry_error(shown))?;
         let mut buf = Vec::new();
-        while let Some(chunk) = s.next().await {
-            let chunk = chunk.map_err(registry_error(shown))?;
-            if (buf.len() + chunk.len()) as u64 > desc.size {
-                return Err(ImageError::Registry {
-                    image: shown.into(),
-                    source: RegistryError::TooLarge {
-                        what: format!("blob {}", desc.digest),
-                        max: desc.size,
-                    },
-                });
-            }
-            buf.extend_from_slice(&chunk);
-        }
-        let actual = Digest::of(&buf);
-        if actual != desc.digest || buf.len() as u64 != desc.size {
-            return Err(ImageError::DigestMismatch {
-                image: shown.into(),
-                what: format!("blob {}", desc.digest),
-                expected: desc.digest.to_string(),
-                actual: actual.to_string(),
-            });
-        }
+        reg.fetch_blob(r, desc, &mut buf)
+            .await
+            .map_err(|e| blob_error(e, shown, desc, &self.dirs.content_tmp()))?;
         Ok(buf)
     }
 
@@ -386,49 +373,49 @@ impl ImageService {
         if self.snapshots.exists(diff_id) {
             return Ok(record(snapshot::read_usage(&self.dirs.snapshot(diff_id))));
         }
+        // Download first, into a file no one else can see (O_TMPFILE: gone with the pull, even
+        // after a crash); only verified bytes are unpacked.
+        let staging_dir = self.dirs.content_tmp();
+        let file = tempfile::tempfile_in(&staging_dir).map_err(|source| ContentError::Io {
+            digest: desc.digest.to_string(),
+            op: "create staging file in",
+            path: staging_dir.clone(),
+            source,
+        })?;
+        let mut staging = Staging {
+            file: tokio::fs::File::from_std(file),
+            pulled: &self.counters.pulled_bytes,
+        };
+        reg.fetch_blob(r, desc, &mut staging)
+            .await
+            .map_err(|e| blob_error(e, shown, desc, &staging_dir))?;
+        let file = staging.finish().await.map_err(|source| ContentError::Io {
+            digest: desc.digest.to_string(),
+            op: "rewind staging file in",
+            path: staging_dir.clone(),
+            source,
+        })?;
+
+        let _slot = UNPACK_SLOTS
+            .acquire()
+            .await
+            .map_err(|e| ImageError::Task(e.to_string()))?;
         let pending = self.snapshots.prepare()?;
-        let (tx, rx) = mpsc::channel::<Result<Bytes, ()>>(UNPACK_QUEUE_CHUNKS);
         let max = self.config.image.max_layer_bytes;
         let budget = Arc::clone(budget);
         // The staging dir goes with the unpacker, so that it is removed only once nothing
         // writes to it any more, even when this pull is cancelled.
-        let unpacker = tokio::task::spawn_blocking(move || {
-            let unpacked = unpack_stream(rx, &pending.fs(), max, &budget);
+        let (pending, unpacked) = tokio::task::spawn_blocking(move || {
+            let unpacked = unpack_stream(file, &pending.fs(), max, &budget);
             (pending, unpacked)
-        });
-
-        let what = format!("layer {}", desc.digest);
-        let dl = self.download(reg, r, desc, shown, &what, &tx).await;
-        let complete = dl.err.is_none() && dl.bytes == desc.size && dl.digest == desc.digest;
-        let _ = tx
-            .send(if complete { Ok(Bytes::new()) } else { Err(()) })
-            .await;
-        drop(tx);
-        let (pending, unpacked) = unpacker
+        })
             .await
             .map_err(|e| ImageError::Task(e.to_string()))?;
-        if let Some(e) = dl.err {
-            return Err(e);
-        }
-        let mismatch = || ImageError::DigestMismatch {
-            image: shown.into(),
-            what: what.clone(),
-            expected: desc.digest.to_string(),
-            actual: format!("{} ({} of {} bytes)", dl.digest, dl.bytes, desc.size),
-        };
-        // A short download is the reason unless the unpacker stopped first with its own error.
-        let unpacker_failed_first = dl.unpacker_stopped && unpacked.is_err();
-        if !complete && !unpacker_failed_first {
-            return Err(mismatch());
-        }
         let (diff, stats) = unpacked.map_err(|f| unpack_failure(f, shown, desc, max))?;
-        if !complete {
-            return Err(mismatch());
-        }
         if &diff != diff_id {
             return Err(ImageError::DigestMismatch {
                 image: shown.into(),
-                what: format!("uncompressed {what} (diff id)"),
+                what: format!("uncompressed layer {} (diff id)", desc.digest),
                 expected: diff_id.to_string(),
                 actual: diff.to_string(),
             });
@@ -436,62 +423,50 @@ impl ImageService {
         tracing::debug!(layer = %desc.digest, entries = stats.entries, bytes = stats.file_bytes, "unpacked layer");
         Ok(record(self.snapshots.commit(pending, diff_id)?))
     }
+}
 
-    /// Stream the compressed layer `desc` into `tx`, hashing and counting it on the way; stops
-    /// at the first registry error, at more bytes than the descriptor says, or when the
-    /// unpacker stops taking them.
-    async fn download(
-        &self,
-        reg: &Registry,
-        r: &ImageRef,
-        desc: &Descriptor,
-        shown: &str,
-        what: &str,
-        tx: &mpsc::Sender<Result<Bytes, ()>>,
-    ) -> Download {
-        let reg_err = registry_error(shown);
-        let mut err: Option<ImageError> = None;
-        let mut unpacker_stopped = false;
-        let mut hasher = Sha256::new();
-        let mut n = 0u64;
-        match reg.blob(r, desc).await {
-            Err(source) => err = Some(reg_err(source)),
-            Ok(mut s) => {
-                while let Some(chunk) = s.next().await {
-                    let b = match chunk {
-                        Ok(b) => b,
-                        Err(source) => {
-                            err = Some(reg_err(source));
-                            break;
-                        }
-                    };
-                    n += b.len() as u64;
-                    self.counters
-                        .pulled_bytes
-                        .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    if n > desc.size {
-                        err = Some(reg_err(RegistryError::TooLarge {
-                            what: what.to_owned(),
-                            max: desc.size,
-                        }));
-                        break;
-                    }
-                    hasher.update(&b);
-                    if tx.send(Ok(b)).await.is_err() {
-                        // The unpacker stopped (full disk, bad entry): its error, not the
-                        // short download, is the reason.
-                        unpacker_stopped = true;
-                        break;
-                    }
-                }
-            }
-        }
-        Download {
-            err,
-            unpacker_stopped,
-            digest: Digest::from_hasher(hasher),
-            bytes: n,
-        }
+/// A layer's staging file, counting the bytes it receives.
+struct Staging<'a> {
+    file: tokio::fs::File,
+    pulled: &'a AtomicU64,
+}
+
+impl BlobSink for Staging<'_> {
+    async fn put(&mut self, chunk: Bytes) -> io::Result<()> {
+        self.pulled.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.file.write_all(&chunk).await
+    }
+
+    async fn clear(&mut self) -> io::Result<()> {
+        self.file.flush().await?;
+        self.file.set_len(0).await?;
+        self.file.rewind().await.map(|_| ())
+    }
+}
+
+impl Staging<'_> {
+    /// The complete file, positioned at its start for the unpacker.
+    async fn finish(mut self) -> io::Result<std::fs::File> {
+        self.file.flush().await?;
+        let mut f = self.file.into_std().await;
+        f.rewind()?;
+        Ok(f)
+    }
+}
+
+/// The pull's error for a failed blob download.
+fn blob_error(e: BlobError, shown: &str, desc: &Descriptor, staging_dir: &Path) -> ImageError {
+    match e {
+        BlobError::Registry(source) => ImageError::Registry {
+            image: shown.into(),
+            source,
+        },
+        BlobError::Sink(source) => ImageError::Content(ContentError::Io {
+            digest: desc.digest.to_string(),
+            op: "write staging file in",
+            path: PathBuf::from(staging_dir),
+            source,
+        }),
     }
 }
 
@@ -551,35 +526,18 @@ fn manifest_error(shown: &str) -> impl Fn(manifest::ManifestError) -> ImageError
     }
 }
 
-/// How the download of one layer ended.
-struct Download {
-    /// A registry error, or more bytes than the descriptor says.
-    err: Option<ImageError>,
-    /// The unpacker stopped taking chunks before the end.
-    unpacker_stopped: bool,
-    /// Of the bytes received.
-    digest: Digest,
-    bytes: u64,
-}
-
 /// Why the unpacker stopped: the unpack error if it got that far, and the I/O error otherwise.
 type UnpackFailure = (Option<UnpackError>, io::Error);
 
-/// The blocking side of a layer pull: decompress the chunks `rx` receives, hash the result (the
-/// diff id) and unpack it into `fs`.
+/// The blocking side of a layer pull: decompress the verified blob, hash the result (the diff
+/// id) and unpack it into `fs`.
 fn unpack_stream(
-    rx: mpsc::Receiver<Result<Bytes, ()>>,
+    blob: std::fs::File,
     fs: &Path,
     max: u64,
     budget: &unpack::Budget,
 ) -> Result<(Digest, unpack::UnpackStats), UnpackFailure> {
-    let reader = io::BufReader::with_capacity(
-        256 * 1024,
-        ChannelReader {
-            rx,
-            cur: Bytes::new(),
-        },
-    );
+    let reader = io::BufReader::with_capacity(256 * 1024, blob);
     let dec = unpack::decompressor(reader).map_err(|e| (None, e))?;
     let mut h = HashingReader {
         inner: dec,

@@ -1,17 +1,18 @@
-//! The OAuth2 refresh-token grant of the registry token protocol, for a PullImage `identity_token`
-//! (docker's IdentityToken): challenge from `GET /v2/`, then `POST <realm>` with
-//! `grant_type=refresh_token`, giving a Bearer access token for the repository. oci-client does
-//! the anonymous and Basic token flows itself but has no refresh-token grant, hence this module.
+//! The registry token protocol: parse a `WWW-Authenticate` challenge, and get a Bearer token from
+//! its realm — anonymously, with Basic credentials (`GET`), or by the OAuth2 refresh-token grant
+//! for a PullImage `identity_token` (docker's IdentityToken, `POST grant_type=refresh_token`).
+//! Token bodies are read with their own small cap.
 
-use std::time::Duration;
-
+use reqwest::header::HeaderValue;
+use reqwest::{Client, Method, StatusCode, Url};
 use serde::Deserialize;
 
 use super::hosts::{Endpoint, Scheme};
+use super::http::{self, Bounds, Request};
 use super::registry::RegistryError;
 
-/// Largest token response read.
-const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+/// Largest token response read (a registry JWT is a few KiB).
+pub const MAX_TOKEN_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Challenge {
@@ -60,90 +61,92 @@ struct TokenResponse {
     token: Option<String>,
 }
 
-/// Exchange `refresh_token` for a pull token for `repository` on `endpoint`.
-pub async fn exchange_refresh_token(
+/// What the token endpoint is shown.
+#[derive(Clone, Copy)]
+pub enum Grant<'a> {
+    Anonymous,
+    Basic(&'a HeaderValue),
+    RefreshToken(&'a str),
+}
+
+/// A pull token for `repository` from the realm of `challenge`, which `endpoint` sent.
+pub async fn fetch(
+    client: &Client,
+    bounds: &Bounds,
     endpoint: &Endpoint,
+    challenge: &Challenge,
     repository: &str,
-    refresh_token: &str,
-    timeout: Duration,
+    grant: Grant<'_>,
 ) -> Result<String, RegistryError> {
-    let host = endpoint.host.clone();
-    let unavailable = |e: reqwest::Error| RegistryError::Unavailable {
-        host: host.clone(),
-        message: format!("token exchange: {e}"),
+    let host = endpoint.host.as_str();
+    let what = "token request";
+    let protocol = |message: String| RegistryError::Protocol {
+        host: host.into(),
+        message,
     };
-    let mut b = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(30)))
-        .tls_danger_accept_invalid_certs(endpoint.skip_verify)
-        .user_agent(concat!("kelson/", env!("CARGO_PKG_VERSION")));
-    for pem in &endpoint.ca_pem {
-        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(unavailable)?;
-        b = b.tls_certs_merge(certs);
+    let mut url = Url::parse(&challenge.realm)
+        .map_err(|e| protocol(format!("token realm {:?}: {e}", challenge.realm)))?;
+    // Credentials travel to the realm only as safely as to the registry itself.
+    if !matches!(grant, Grant::Anonymous)
+        && endpoint.scheme == Scheme::Https
+        && url.scheme() != "https"
+    {
+        return Err(protocol(format!(
+            "token realm {} is not https; credentials are not sent over it",
+            challenge.realm
+        )));
     }
-    let client = b.build().map_err(unavailable)?;
-    let scheme = match endpoint.scheme {
-        Scheme::Http => "http",
-        Scheme::Https => "https",
-    };
-    let res = client
-        .get(format!("{scheme}://{}/v2/", endpoint.host))
-        .send()
-        .await
-        .map_err(unavailable)?;
-    let challenge = res
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .and_then(|h| h.to_str().ok())
-        .and_then(parse_bearer_challenge)
-        .ok_or_else(|| RegistryError::Protocol {
-            host: host.clone(),
-            message: "identity_token given but the registry offers no Bearer token service".into(),
-        })?;
     let scope = format!("repository:{repository}:pull");
-    let mut form = vec![
-        ("grant_type", "refresh_token"),
-        ("refresh_token", refresh_token),
-        ("client_id", "kelson"),
-        ("scope", scope.as_str()),
-    ];
+    let mut form = vec![("scope", scope.as_str())];
     if let Some(s) = challenge.service.as_deref() {
         form.push(("service", s));
     }
-    let res = client
-        .post(&challenge.realm)
-        .form(&form)
-        .send()
-        .await
-        .map_err(unavailable)?;
+    let req = match grant {
+        Grant::Anonymous | Grant::Basic(_) => {
+            url.query_pairs_mut().extend_pairs(&form);
+            Request {
+                method: Method::GET,
+                url,
+                accept: None,
+                authorization: match grant {
+                    Grant::Basic(h) => Some(h.clone()),
+                    _ => None,
+                },
+                form: None,
+            }
+        }
+        Grant::RefreshToken(t) => {
+            form.extend([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", t),
+                ("client_id", "kelson"),
+            ]);
+            Request {
+                method: Method::POST,
+                url,
+                accept: None,
+                authorization: None,
+                form: Some(&form),
+            }
+        }
+    };
+    let mut res = http::send(client, bounds, req, what, host).await?;
     let status = res.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(RegistryError::Unauthorized { host });
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        return Err(RegistryError::Unauthorized { host: host.into() });
     }
     if !status.is_success() {
-        return Err(RegistryError::Protocol {
-            host,
-            message: format!("token endpoint answered {status}"),
-        });
+        return Err(protocol(format!("token endpoint answered {status}")));
     }
-    let body = res.bytes().await.map_err(unavailable)?;
-    if body.len() > MAX_TOKEN_RESPONSE {
-        return Err(RegistryError::TooLarge {
-            what: "token response".into(),
-            max: MAX_TOKEN_RESPONSE as u64,
-        });
-    }
-    let t: TokenResponse = serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
-        host: host.clone(),
-        message: format!("token response: {e}"),
-    })?;
+    let body = bounds
+        .read_capped(&mut res, MAX_TOKEN_BYTES, "token response", host)
+        .await?;
+    let t: TokenResponse =
+        serde_json::from_slice(&body).map_err(|e| protocol(format!("token response: {e}")))?;
     t.access_token
         .or(t.token)
         .filter(|t| !t.is_empty())
-        .ok_or(RegistryError::Protocol {
-            host,
-            message: "token response has no token".into(),
-        })
+        .ok_or_else(|| protocol("token response has no token".into()))
 }
 
 #[cfg(test)]

@@ -1,9 +1,10 @@
 //! A minimal in-process registry (read-only distribution API over HTTP/1.1) whose blob delivery
-//! can be slowed or stalled, and which counts blob downloads: for the timing and sharing tests a
-//! real registry cannot be made to do on cue.
+//! can be slowed or stalled, which can misbehave on purpose (endless bodies, tampered blobs), and
+//! which counts blob downloads and hostile bytes sent: for the timing, sharing and hostile-registry
+//! tests a real registry cannot be made to do on cue.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,25 @@ pub enum Delivery {
     Stall { after: usize },
 }
 
+/// Ways to misbehave. The endless bodies are sent chunked, 64 KiB at a time, until the client
+/// goes away or [`ENDLESS_LIMIT`] bytes were sent; each byte counts in `FakeRegistry::sent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// Behave.
+    No,
+    /// Every manifest is an endless 200 body.
+    EndlessManifest,
+    /// Every API call gets a Bearer challenge whose token endpoint answers an endless 200 body.
+    EndlessToken,
+    /// Every manifest request gets a 400 with an endless error body.
+    EndlessError,
+    /// Layer blobs are served with their first byte changed (same length).
+    TamperedLayers,
+}
+
+/// Where an endless body stops if the client never does.
+pub const ENDLESS_LIMIT: u64 = 1 << 30;
+
 /// Token-protected mode: every API call needs `Authorization: Bearer <access>`, obtained from
 /// `/token` by the refresh-token grant (`POST`), or anonymously (`GET`) when `anonymous` is set.
 #[derive(Debug, Clone)]
@@ -37,13 +57,20 @@ struct State {
     manifests: HashMap<String, (String, Vec<u8>)>,
     blobs: HashMap<String, Vec<u8>>,
     layer_digests: Vec<String>,
+    /// Blob requests answered with a redirect to the same path on this host.
+    redirect_blobs: Option<String>,
+    /// Each request's path and `Authorization` header, in arrival order.
+    seen: Vec<(String, Option<String>)>,
 }
 
 pub struct FakeRegistry {
     pub host: String,
     state: Arc<Mutex<State>>,
     delivery: Arc<Mutex<Delivery>>,
+    hostile: Arc<Mutex<Hostile>>,
     pub blob_gets: Arc<AtomicUsize>,
+    /// Bytes of endless bodies written to clients so far.
+    pub sent: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -54,12 +81,16 @@ impl FakeRegistry {
         let state: Arc<Mutex<State>> = Arc::default();
         let delivery = Arc::new(Mutex::new(Delivery::Fast));
         let blob_gets = Arc::new(AtomicUsize::new(0));
+        let hostile = Arc::new(Mutex::new(Hostile::No));
+        let sent = Arc::new(AtomicU64::new(0));
         let (s, d, g) = (state.clone(), delivery.clone(), blob_gets.clone());
+        let (h, n) = (hostile.clone(), sent.clone());
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = l.accept().await {
                 let (s, d, g) = (s.clone(), d.clone(), g.clone());
+                let (h, n) = (h.clone(), n.clone());
                 tokio::spawn(async move {
-                    let _ = serve(conn, s, d, g).await;
+                    let _ = serve(conn, s, d, g, h, n).await;
                 });
             }
         });
@@ -67,9 +98,32 @@ impl FakeRegistry {
             host,
             state,
             delivery,
+            hostile,
             blob_gets,
+            sent,
             task,
         })
+    }
+
+    /// Answer blob requests with `307` to the same path on `host` (a CDN, say).
+    pub fn redirect_blobs(&self, host: &str) {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .redirect_blobs = Some(host.to_owned());
+    }
+
+    /// Each request's path and `Authorization` header so far.
+    pub fn authorizations(&self) -> Vec<(String, Option<String>)> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .clone()
+    }
+
+    pub fn set_hostile(&self, h: Hostile) {
+        *self.hostile.lock().unwrap_or_else(|p| p.into_inner()) = h;
     }
 
     pub fn set_delivery(&self, d: Delivery) {
@@ -108,6 +162,8 @@ async fn serve(
     state: Arc<Mutex<State>>,
     delivery: Arc<Mutex<Delivery>>,
     gets: Arc<AtomicUsize>,
+    hostile: Arc<Mutex<Hostile>>,
+    sent: Arc<AtomicU64>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     let mut tmp = [0u8; 4096];
@@ -138,13 +194,47 @@ async fn serve(
             "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n"
         )
     };
+    state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .seen
+        .push((path.clone(), header("authorization")));
+    let hostile = *hostile.lock().unwrap_or_else(|p| p.into_inner());
+    let path_only = path.split('?').next().unwrap_or("");
+    let is_manifest = path_only.contains("/manifests/");
+    match hostile {
+        Hostile::EndlessManifest if is_manifest => {
+            return endless(
+                &mut conn,
+                "200 OK",
+                "application/vnd.oci.image.manifest.v1+json",
+                &sent,
+            )
+            .await;
+        }
+        Hostile::EndlessError if is_manifest => {
+            return endless(&mut conn, "400 Bad Request", "application/json", &sent).await;
+        }
+        Hostile::EndlessToken if path_only == "/token" => {
+            return endless(&mut conn, "200 OK", "application/json", &sent).await;
+        }
+        Hostile::EndlessToken => {
+            let host = header("host").unwrap_or_default();
+            let challenge = format!(
+                "WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"fake\"\r\n"
+            );
+            conn.write_all(reply("401 Unauthorized", "application/json", 2, &challenge).as_bytes())
+                .await?;
+            return conn.write_all(b"{}").await;
+        }
+        _ => {}
+    }
     let token_auth = state
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .token_auth
         .clone();
     if let Some(t) = token_auth {
-        let path_only = path.split('?').next().unwrap_or("");
         if path_only == "/token" {
             let ok = if method == "POST" {
                 let len: usize = header("content-length")
@@ -214,6 +304,16 @@ async fn serve(
             None => (false, vec![], String::new(), false),
         }
     } else if let Some((_, d)) = rest.split_once("/blobs/") {
+        let redirect = state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .redirect_blobs
+            .clone();
+        if let Some(to) = redirect {
+            let location = format!("Location: http://{to}{path}\r\n");
+            let head = reply("307 Temporary Redirect", "text/plain", 0, &location);
+            return conn.write_all(head.as_bytes()).await;
+        }
         let s = state.lock().unwrap_or_else(|p| p.into_inner());
         match s.blobs.get(d) {
             Some(b) => (
@@ -252,6 +352,10 @@ async fn serve(
         return conn.write_all(&body).await;
     }
     gets.fetch_add(1, Ordering::SeqCst);
+    let mut body = body;
+    if let (Hostile::TamperedLayers, Some(b)) = (hostile, body.first_mut()) {
+        *b ^= 0xff;
+    }
     let d = *delivery.lock().unwrap_or_else(|p| p.into_inner());
     match d {
         Delivery::Fast => conn.write_all(&body).await,
@@ -270,4 +374,30 @@ async fn serve(
             Ok(())
         }
     }
+}
+
+/// An endless chunked body (`{` bytes) after a `status` head, until the client stops reading or
+/// [`ENDLESS_LIMIT`] bytes went out.
+async fn endless(
+    conn: &mut tokio::net::TcpStream,
+    status: &str,
+    ctype: &str,
+    sent: &AtomicU64,
+) -> std::io::Result<()> {
+    conn.write_all(
+        format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let chunk = vec![b'{'; 64 * 1024];
+    let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+    frame.extend_from_slice(&chunk);
+    frame.extend_from_slice(b"\r\n");
+    let mut n = 0u64;
+    while n < ENDLESS_LIMIT {
+        conn.write_all(&frame).await?;
+        n += chunk.len() as u64;
+        sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+    }
+    Ok(())
 }

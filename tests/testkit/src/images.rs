@@ -5,9 +5,6 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -448,56 +445,71 @@ fn shared_libs(bin: &Path) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Pushes images and indexes to a test registry.
+/// Pushes images and indexes to a test registry over the distribution API (monolithic blob
+/// uploads, Basic auth when the registry has it).
 pub struct Pusher {
-    client: Client,
-    auth: RegistryAuth,
-    host: String,
+    client: reqwest::Client,
+    auth: Option<(String, String)>,
+    base: String,
 }
 
 impl Pusher {
     pub fn new(reg: &Registry) -> anyhow::Result<Pusher> {
-        let mut cfg = ClientConfig {
-            protocol: if reg.options.tls {
-                ClientProtocol::Https
-            } else {
-                ClientProtocol::Http
-            },
-            ..Default::default()
-        };
+        let mut b = reqwest::Client::builder();
         if let Some(ca) = &reg.ca_pem {
-            cfg.extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: std::fs::read(ca)?,
-            });
+            b = b.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&std::fs::read(ca)?)?);
         }
-        let auth = match &reg.options.auth {
-            Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
-            None => RegistryAuth::Anonymous,
-        };
+        let scheme = if reg.options.tls { "https" } else { "http" };
         Ok(Pusher {
-            client: Client::new(cfg),
-            auth,
-            host: reg.host.clone(),
+            client: b.build()?,
+            auth: reg.options.auth.clone(),
+            base: format!("{scheme}://{}", reg.host),
         })
     }
 
-    fn reference(&self, repo: &str, tag: &str) -> Reference {
-        Reference::with_tag(self.host.clone(), repo.into(), tag.into())
+    fn req(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.client.request(method, url);
+        match &self.auth {
+            Some((u, p)) => r.basic_auth(u, Some(p)),
+            None => r,
+        }
     }
 
     pub async fn blob(&self, repo: &str, data: &[u8]) -> anyhow::Result<()> {
-        let r = self.reference(repo, "x");
-        self.client
-            .store_auth_if_needed(r.resolve_registry(), &self.auth)
-            .await;
         let d = sha256(data);
-        if !self.client.blob_exists(&r, &d).await.unwrap_or(false) {
-            self.client
-                .push_blob(&r, data.to_vec(), &d)
-                .await
-                .with_context(|| format!("pushing blob {d}"))?;
+        let head = self
+            .req(
+                reqwest::Method::HEAD,
+                &format!("{}/v2/{repo}/blobs/{d}", self.base),
+            )
+            .send()
+            .await?;
+        if head.status().is_success() {
+            return Ok(());
         }
+        let start = self
+            .req(
+                reqwest::Method::POST,
+                &format!("{}/v2/{repo}/blobs/uploads/", self.base),
+            )
+            .send()
+            .await?
+            .error_for_status()
+            .with_context(|| format!("starting the upload of blob {d}"))?;
+        let location = start
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .context("upload without a Location")?;
+        let mut url = reqwest::Url::parse(&self.base)?.join(location)?;
+        url.query_pairs_mut().append_pair("digest", &d);
+        self.req(reqwest::Method::PUT, url.as_str())
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await?
+            .error_for_status()
+            .with_context(|| format!("pushing blob {d}"))?;
         Ok(())
     }
 
@@ -508,14 +520,16 @@ impl Pusher {
         body: &[u8],
         media_type: &str,
     ) -> anyhow::Result<()> {
-        let r = self.reference(repo, tag);
-        self.client
-            .store_auth_if_needed(r.resolve_registry(), &self.auth)
-            .await;
-        self.client
-            .push_manifest_raw(&r, body.to_vec(), http::HeaderValue::from_str(media_type)?)
-            .await
-            .with_context(|| format!("pushing manifest {repo}:{tag}"))?;
+        self.req(
+            reqwest::Method::PUT,
+            &format!("{}/v2/{repo}/manifests/{tag}", self.base),
+        )
+        .header(reqwest::header::CONTENT_TYPE, media_type)
+        .body(body.to_vec())
+        .send()
+        .await?
+        .error_for_status()
+        .with_context(|| format!("pushing manifest {repo}:{tag}"))?;
         Ok(())
     }
 
