@@ -231,10 +231,13 @@ impl ContainerService {
             return Err(ContainerError::InitMissing(p.clone()));
         }
         let pod_linux = pod_cfg.linux.clone().unwrap_or_default();
-        let handler = self
+        // What the pod's handler lets through (a handler no longer configured passes nothing;
+        // the step that records the runtime refuses it by name).
+        let annotations = self
             .cfg
             .handler(&pod.runtime_handler)
-            .ok_or_else(|| ContainerError::HandlerGone(pod.runtime_handler.clone()))?;
+            .map(|h| h.passed_annotations(&pod_cfg.annotations, &config.annotations))
+            .unwrap_or_default();
         let linux = config.linux.clone().unwrap_or_default();
         let devices = requested_devices(config, &linux)?;
         let localhost_seccomp = self.localhost_seccomp(&linux)?;
@@ -262,7 +265,7 @@ impl ContainerService {
                 .as_ref()
                 .is_some_and(|s| s.privileged),
             kernel_rro: facts.kernel_rro,
-            annotations: handler.passed_annotations(&pod_cfg.annotations, &config.annotations),
+            annotations,
         };
         let (spec, warnings) = spec::generate(&input)?;
         if spec["process"]["apparmorProfile"] == security::APPARMOR_DEFAULT_NAME {
