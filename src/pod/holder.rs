@@ -110,6 +110,8 @@ pub fn hold() -> ! {
 fn give_everything_up() -> Result<signal_hook::iterator::Signals, HolderError> {
     crate::sys::close_inherited_fds().map_err(io("closing inherited descriptors"))?;
     let _ = nix::unistd::setsid();
+    // Started as /proc/self/exe, it would show as "exe" in ps.
+    let _ = nix::sys::prctl::set_name(c"kelsond");
     let uid = unprivileged_id("/proc/self/uid_map")?;
     let gid = unprivileged_id("/proc/self/gid_map")?;
     empty_root()?;
