@@ -17,6 +17,7 @@ pub mod notify;
 pub mod pod;
 pub mod reference;
 pub mod rollback;
+pub mod sealed_binary;
 pub mod security;
 pub mod shim_client;
 pub mod stats;

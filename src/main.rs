@@ -110,7 +110,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The namespace helper runs before anything else: it must stay single-threaded.
     if let Some(Command::PodHolder) = &cli.command {
-        kelson::pod::namespaces::hold();
+        kelson::pod::holder::hold();
     }
     let helper_exit = |r: Result<(), kelson::pod::namespaces::NsError>| match r {
         Ok(()) => std::process::ExitCode::SUCCESS,

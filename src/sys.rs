@@ -1,6 +1,6 @@
 //! The only `unsafe` in kelson: allocator settings that neither std nor nix exposes, handing an
-//! fd to tokio's reactor, and `mount_setattr(2)` (idmapped mounts; neither nix nor rustix binds
-//! it). Every other system call goes through nix or rustix: receiving an fd over a unix socket
+//! fd to tokio's reactor, `mount_setattr(2)` (idmapped mounts; neither nix nor rustix binds
+//! it), and `close_range(2)` for a process that must hold no fd of its parent's. Every other system call goes through nix or rustix: receiving an fd over a unix socket
 //! and the terminal-size ioctl live here too, safe on rustix's owned fds.
 #![allow(unsafe_code)]
 
@@ -32,6 +32,31 @@ pub fn trim_heap() {
             libc::malloc_trim(0);
         }
     }
+}
+
+/// `close_range(first, last, 0)`.
+fn close_range(first: libc::c_uint, last: libc::c_uint) -> std::io::Result<()> {
+    // SAFETY: the call only closes descriptors and takes plain integers; the callers below state
+    // why no owner of the descriptors in the range is left to use or close them again.
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Close every descriptor above stdio the process inherited. Call first thing in a
+/// single-threaded process (the pod's holder), before it makes any descriptor of its own:
+/// then no `OwnedFd` or `File` owns one of those closed.
+pub fn close_inherited_fds() -> std::io::Result<()> {
+    close_range(3, libc::c_uint::MAX)
+}
+
+/// Close stdin, stdout and stderr, once a process has said all it will say to its parent. Std
+/// owns no `OwnedFd` for them; a later write to them fails with EBADF instead of landing
+/// anywhere, as long as the process opens nothing afterwards (the holder opens nothing).
+pub fn close_stdio() -> std::io::Result<()> {
+    close_range(0, 2)
 }
 
 /// Receive one file descriptor sent with SCM_RIGHTS on `sock` (a pty master from the

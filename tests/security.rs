@@ -790,6 +790,222 @@ async fn the_built_in_init_cannot_be_overwritten_through_proc_exe() -> anyhow::R
     Ok(())
 }
 
+/// What a container of a shared-PID pod finds behind `/proc/1` (the pod's holder) when it has
+/// `SYS_PTRACE`, which lets it past the kernel's ptrace checks on another user's and a
+/// non-dumpable process's `/proc` entries.
+struct Pid1Probe {
+    /// Host bait: a file with `secret` in it, in a directory the container tries to write to.
+    bait: tempfile::TempDir,
+    secret: String,
+}
+
+impl Pid1Probe {
+    fn new() -> anyhow::Result<Pid1Probe> {
+        use std::os::unix::fs::PermissionsExt;
+        let bait = tempfile::Builder::new().prefix("kelson-pid1-").tempdir()?;
+        // Readable and writable by anyone: only the way in must stop a container, whatever
+        // its uid on the host.
+        std::fs::set_permissions(bait.path(), std::fs::Permissions::from_mode(0o777))?;
+        let secret = format!("host secret {}", std::process::id());
+        std::fs::write(bait.path().join("secret"), &secret)?;
+        Ok(Pid1Probe { bait, secret })
+    }
+
+    /// A root container with `SYS_PTRACE` under RuntimeDefault seccomp, joining the pod's PID
+    /// namespace (`ns`: the pod's namespace options, for a user-namespaced pod).
+    fn container(image: &str, ns: cri::NamespaceOption) -> cri::ContainerConfig {
+        let mut ctr = common::container_config("tracer", image, &["/bin/sleep", "3600"]);
+        let sc = as_root(&mut ctr);
+        sc.capabilities = caps(&["SYS_PTRACE"], &[]);
+        sc.seccomp = profile(ProfileType::RuntimeDefault, "");
+        sc.namespace_options = Some(ns);
+        ctr
+    }
+
+    /// Every way through PID 1 to the host, from container `id`; `uid` is what the holder
+    /// must run as, seen from the container.
+    async fn run(&self, c: &mut Cri, id: &str, uid: u32) -> anyhow::Result<()> {
+        let bb = "/bin/busybox";
+        let b = self.bait.path().display().to_string();
+        let one = exec_out(c, id, &[bb, "cat", "/proc/1/cmdline"]).await?;
+        assert!(one.contains("pod-holder"), "PID 1 is the holder: {one:?}");
+        // Its root: an empty directory, or nothing at all.
+        let (_, ls, _) = common::exec_sync(c, id, &[bb, "ls", "-a", "/proc/1/root/"]).await?;
+        assert!(
+            ls.lines().all(|l| l == "." || l == ".."),
+            "the holder's root shows {ls:?}"
+        );
+        let (_, cat, _) =
+            common::exec_sync(c, id, &[bb, "cat", &format!("/proc/1/root{b}/secret")]).await?;
+        assert!(
+            !cat.contains(&self.secret),
+            "the host's bait was read through /proc/1/root"
+        );
+        let write = format!("echo x > /proc/1/root{b}/written");
+        let (code, _, _) = common::exec_sync(c, id, &[bb, "sh", "-c", &write]).await?;
+        assert_ne!(code, 0, "the host's bait directory was written");
+        assert!(
+            !self.bait.path().join("written").exists(),
+            "a host file was made through /proc/1/root"
+        );
+        // Its mount table: at most its own empty root, nothing of the host's.
+        let (_, mounts, _) = common::exec_sync(c, id, &[bb, "cat", "/proc/1/mountinfo"]).await?;
+        assert!(mounts.lines().count() <= 1, "the holder's mounts: {mounts}");
+        for l in mounts.lines() {
+            assert_eq!(l.split(' ').nth(4), Some("/"), "{l}");
+            assert!(l.contains(" - tmpfs ") && l.contains(" ro,"), "{l}");
+        }
+        let (_, env, _) = common::exec_sync(c, id, &[bb, "cat", "/proc/1/environ"]).await?;
+        assert!(env.is_empty(), "the holder's environment: {env:?}");
+        // Its binary: a sealed copy, neither the host's file nor writable.
+        let (_, exe, _) = common::exec_sync(c, id, &[bb, "readlink", "/proc/1/exe"]).await?;
+        assert!(
+            exe.is_empty() || exe.starts_with("/memfd:"),
+            "the holder runs {exe:?}"
+        );
+        let (code, _, _) =
+            common::exec_sync(c, id, &[bb, "sh", "-c", "echo x >> /proc/1/exe"]).await?;
+        assert_ne!(code, 0, "the holder's binary was written");
+        // No capability in any set, an unprivileged uid, and no way to regain either.
+        let st = exec_out(c, id, &[bb, "cat", "/proc/1/status"]).await?;
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(cap_set(&st, set), 0, "{set}: {st}");
+        }
+        let ids = |which: &str| -> Vec<String> {
+            st.lines()
+                .find_map(|l| l.strip_prefix(which))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        assert_eq!(ids("Uid:"), vec![uid.to_string(); 4], "{st}");
+        assert!(ids("Gid:").iter().all(|g| g != "0"), "{st}");
+        assert_eq!(ids("Groups:"), Vec::<String>::new(), "{st}");
+        assert_eq!(ids("NoNewPrivs:"), ["1"], "{st}");
+        Ok(())
+    }
+}
+
+/// Zombies in the PID namespace of container `id`.
+async fn zombies(c: &mut Cri, id: &str) -> anyhow::Result<usize> {
+    let script = "for s in /proc/[0-9]*/stat; do read -r l < $s; \
+                  case \"$l\" in *') Z '*) echo Z;; esac; done";
+    let out = exec_out(c, id, &["/bin/sh", "-c", script]).await?;
+    Ok(out.lines().count())
+}
+
+/// The holder, dropped to nothing, is still the pod's init: an orphan is re-parented to it
+/// and reaped when it exits.
+async fn holder_reaps_orphans(c: &mut Cri, id: &str) -> anyhow::Result<()> {
+    let bb = "/bin/busybox";
+    exec_out(
+        c,
+        id,
+        &[
+            bb,
+            "sh",
+            "-c",
+            "(/bin/sleep 2 </dev/null >/dev/null 2>&1 & echo $! > /tmp/orphan)",
+        ],
+    )
+    .await?;
+    let stat = exec_out(
+        c,
+        id,
+        &[bb, "sh", "-c", "cat /proc/$(cat /tmp/orphan)/stat"],
+    )
+    .await?;
+    assert_eq!(
+        stat.rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().nth(1)),
+        Some("1"),
+        "the orphan's parent: {stat}"
+    );
+    // It exits after 2 s; a zombie left 20 s later was never reaped.
+    for _ in 0..200 {
+        let gone = exec_out(
+            c,
+            id,
+            &[
+                bb,
+                "sh",
+                "-c",
+                "test -e /proc/$(cat /tmp/orphan)/stat || echo gone",
+            ],
+        )
+        .await?;
+        if gone.trim() == "gone" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(zombies(c, id).await?, 0, "an orphan was left a zombie");
+    Ok(())
+}
+
+/// A shared-PID pod's PID 1 is no door to the host (the holder used to run as root with every
+/// capability in the host's mount namespace, from the host's binary): a root container with
+/// `SYS_PTRACE` finds behind `/proc/1` an empty read-only root, no host mount, no environment,
+/// a sealed binary, no capability and uid 65534; and the holder still reaps orphans.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_pid_pods_pid_1_is_no_door_to_the_host() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let top = format!("kelson-sectest-pid1-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let mut cfg = common::pod_config("pid1", "default", &format!("/{top}/pid1"), logs.path());
+    let ns = cri::NamespaceOption {
+        pid: cri::NamespaceMode::Pod as i32,
+        ..Default::default()
+    };
+    cfg.linux.as_mut().unwrap().security_context = Some(cri::LinuxSandboxSecurityContext {
+        namespace_options: Some(ns.clone()),
+        ..Default::default()
+    });
+    let mut p = TestPod::with_config(e, top, logs, cfg).await?;
+    let probe = Pid1Probe::new()?;
+    // Both containers first: libcontainer (0.7, cgroup v1) looks a new container's pid in the
+    // pod's namespace up in the host's /proc, so creation fails when the pod's next pid names
+    // no host process, and the probes below use up pids.
+    let id = p.run(Pid1Probe::container(&image, ns.clone())).await?;
+    let mut plain = common::container_config("plain", &image, &["/bin/sleep", "3600"]);
+    kelson_testkit::cri::security(&mut plain).namespace_options = Some(ns);
+    let plain = p.run(plain).await?;
+    probe.run(&mut p.c, &id, 65534).await?;
+    // Without SYS_PTRACE, the mount table either.
+    let (_, mounts, _) = common::exec_sync(
+        &mut p.c,
+        &plain,
+        &["/bin/busybox", "cat", "/proc/1/mountinfo"],
+    )
+    .await?;
+    assert!(mounts.lines().count() <= 1, "the holder's mounts: {mounts}");
+    holder_reaps_orphans(&mut p.c, &id).await?;
+    p.remove().await
+}
+
+/// The same in a user-namespaced pod, where the holder is made inside the pod's user namespace
+/// and drops to an id mapped there (65534 inside).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_namespaced_pods_pid_1_is_no_door_to_the_host() -> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let top = format!("kelson-userns-pid1-{}", std::process::id());
+    let logs = tempfile::tempdir()?;
+    let cfg = userns_pod(&top, logs.path());
+    let mut p = TestPod::with_config(e, top, logs, cfg).await?;
+    let probe = Pid1Probe::new()?;
+    let id = p
+        .run(Pid1Probe::container(
+            &image,
+            userns_options(USERNS_HOST_BASE),
+        ))
+        .await?;
+    probe.run(&mut p.c, &id, 65534).await?;
+    holder_reaps_orphans(&mut p.c, &id).await?;
+    p.remove().await
+}
+
 /// Host files and directories a hostile image points its symlinks at; they must stay as made.
 struct Bait {
     dir: tempfile::TempDir,

@@ -34,7 +34,7 @@ use crate::dirs::Dirs;
 use crate::ids::IdError;
 use crate::image::ImageService;
 use crate::pod::PodService;
-use crate::shim_client::{self, Client, ShimError};
+use crate::shim_client::{Client, ShimError};
 use crate::store::{ContainerRecord, Found, PodRecord, Store, StoreError};
 
 /// A cgroup stats sample and the CPU rate (nano-cores) since the previous one, if any.
@@ -215,8 +215,8 @@ pub struct ContainerService {
     pods: Arc<PodService>,
     dirs: Dirs,
     shim_binary: PathBuf,
-    /// The engine, run from a sealed copy (see `shim_client::engine`).
-    engine: shim_client::sealed_engine::Engine,
+    /// The engine, run from a sealed copy (see `sealed_binary`).
+    engine: crate::sealed_binary::SealedBinary,
     init_binary: PathBuf,
     /// kelsond's configuration (the `container` table, the RuntimeClass handlers).
     cfg: crate::config::Config,
@@ -248,8 +248,9 @@ impl ContainerService {
         } else {
             PathBuf::from(&cfg.container.init_path)
         };
-        let engine = shim_client::sealed_engine::Engine::new(
+        let engine = crate::sealed_binary::SealedBinary::new(
             shim_binary.with_file_name("kelson-shim-engine"),
+            &["--probe"],
         );
         ContainerService {
             store,

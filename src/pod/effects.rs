@@ -5,12 +5,13 @@
 //! Nothing here decides what to make: that is `run`.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
 
 use super::namespaces::{self, NsError, PinRequest};
 use crate::network::{ConfError, Network, NetworkError, NetworkList, PodNet};
+use crate::sealed_binary::SealedBinary;
 
 /// The pod's pinned namespaces.
 pub trait NamespacePins: Send + Sync {
@@ -38,18 +39,35 @@ pub trait PodCni: Send + Sync {
     fn del(&self, list: &NetworkList, pod: &PodNet, result: &Value) -> Result<(), NetworkError>;
 }
 
-/// The node itself: namespaces pinned by the `kelsond pin-ns` helper, tmpfs mounted here.
-pub struct Host;
+/// The node's namespaces, pinned by the `kelsond pin-ns` helper. A helper that starts a PID
+/// namespace's holder, which lives on in the pod as its PID 1, runs from a sealed copy of
+/// kelsond (the holder is started from the helper's own binary), made at the first such pod.
+#[derive(Default)]
+pub struct HostPins {
+    kelsond: OnceLock<SealedBinary>,
+}
 
-impl NamespacePins for Host {
+impl NamespacePins for HostPins {
     fn pin(&self, req: &PinRequest) -> Result<(), NsError> {
-        namespaces::pin(req)
+        let disk = std::env::current_exe()
+            .map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
+        let exe = match req.pid {
+            Some(_) => self
+                .kelsond
+                .get_or_init(|| SealedBinary::new(disk, &["--version"]))
+                .path(),
+            None => disk,
+        };
+        namespaces::pin(req, &exe)
     }
 
     fn unpin_all(&self, req: &PinRequest) {
         namespaces::unpin_all(req)
     }
 }
+
+/// The node's pod /dev/shm mounts, made here.
+pub struct Host;
 
 impl ShmMount for Host {
     fn mount(&self, path: &Path, bytes: u64, owner: Option<(u32, u32)>) -> Result<(), NsError> {
@@ -87,7 +105,7 @@ impl Effects {
     /// The node's, with `network` for CNI.
     pub fn host(network: Arc<Network>) -> Effects {
         Effects {
-            pins: Arc::new(Host),
+            pins: Arc::new(HostPins::default()),
             shm: Arc::new(Host),
             cni: network,
         }

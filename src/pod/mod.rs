@@ -4,6 +4,7 @@
 
 pub mod effects;
 pub mod files;
+pub mod holder;
 pub mod namespaces;
 mod run;
 pub mod userns;

@@ -8,6 +8,12 @@
 //! namespace, the helper writes its id maps, and the child then makes the other namespaces
 //! inside it, so that they belong to it (sysfs, mqueue and net sysctls in the pod need that).
 //! The helper — still root on the host — pins them all from `/proc/<child>/ns/*`.
+//!
+//! Neither helper is ever seen from the pod: both stay in the host's PID namespace, where no
+//! process of a pod (but one with the host's PID namespace, which sees everything anyway) can
+//! name them, and both are gone before RunPodSandbox answers. The one process that lives on in
+//! a pod, the holder of a shared PID namespace, gives everything up before that (`holder`);
+//! the helper that starts it runs from kelsond's sealed copy, which the holder inherits.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -16,7 +22,12 @@ use std::process::{Command, Stdio};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
+use super::holder;
 use super::userns::{self, UserNs};
+
+/// The running binary, whatever file or sealed copy it was started from: the helpers start
+/// their children from it, never from a path on disk that may have changed since.
+pub(super) const SELF_EXE: &str = "/proc/self/exe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NsError {
@@ -82,10 +93,9 @@ impl PinRequest {
     }
 }
 
-/// Run the helper (this binary) and wait for it. On failure nothing stays mounted.
-pub fn pin(req: &PinRequest) -> Result<(), NsError> {
-    let exe =
-        std::env::current_exe().map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
+/// Run the helper from `exe` (kelsond's file or its sealed copy) and wait for it. On failure
+/// nothing stays mounted.
+pub fn pin(req: &PinRequest, exe: &Path) -> Result<(), NsError> {
     let out = Command::new(exe)
         .args(req.to_args())
         .env_clear()
@@ -137,30 +147,20 @@ pub fn pin_here(req: &PinRequest) -> Result<(), NsError> {
         }
     }
     if let Some(t) = &req.pid {
-        let pid = start_holder()?;
-        pin_holder(pid, t)?;
+        unshare_pid()?;
+        pin_holder(holder::start()?, t)?;
     }
     Ok(())
 }
 
-/// Unshare a PID namespace and start its holder, PID 1 there (a new PID namespace applies to
-/// the children started after it). Returns the holder's host pid.
-fn start_holder() -> Result<u32, NsError> {
+/// Unshare a PID namespace: it applies to the children started after it, the first of which
+/// (the holder) is PID 1 there.
+fn unshare_pid() -> Result<(), NsError> {
     unshare(CloneFlags::CLONE_NEWPID).map_err(|errno| NsError::Sys {
         op: "unshare pid",
         path: PathBuf::new(),
         errno,
-    })?;
-    let exe =
-        std::env::current_exe().map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
-    let holder = Command::new(exe)
-        .arg("pod-holder")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| NsError::Helper(format!("starting the pid namespace holder: {e}")))?;
-    Ok(holder.id())
+    })
 }
 
 fn pin_holder(pid: u32, target: &Path) -> Result<(), NsError> {
@@ -191,8 +191,6 @@ fn read_line(r: &mut impl BufRead, what: &str) -> Result<String, NsError> {
 /// The user-namespace case of `pin_here`: the namespaces are made by a child (which must be in
 /// the user namespace to own them), and pinned by this process (which must not be, to mount).
 fn pin_in_userns(req: &PinRequest, user: &Path, maps: &UserNs) -> Result<(), NsError> {
-    let exe =
-        std::env::current_exe().map_err(|e| NsError::Helper(format!("locating kelsond: {e}")))?;
     let mut args = vec!["userns-child".to_owned()];
     for (flag, on) in [
         ("--net", req.net.is_some()),
@@ -207,7 +205,7 @@ fn pin_in_userns(req: &PinRequest, user: &Path, maps: &UserNs) -> Result<(), NsE
     if let (Some(_), Some(h)) = (&req.uts, &req.hostname) {
         args.extend(["--hostname".to_owned(), h.clone()]);
     }
-    let mut child = Command::new(exe)
+    let mut child = Command::new(SELF_EXE)
         .args(&args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -308,7 +306,12 @@ pub fn userns_child(
     if net {
         loopback_up()?;
     }
-    let holder = if pid { start_holder()? } else { 0 };
+    let holder = if pid {
+        unshare_pid()?;
+        holder::start()?
+    } else {
+        0
+    };
     writeln!(out, "{CHILD_READY} {holder}")
         .and_then(|()| out.flush())
         .map_err(|e| NsError::Helper(format!("writing to the helper: {e}")))?;
@@ -342,9 +345,10 @@ pub fn holder_pid(pidns: &Path) -> Option<i32> {
         .parse()
         .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let word = holder::SUBCOMMAND.as_bytes();
     cmdline
-        .windows(10)
-        .any(|w| w == b"pod-holder")
+        .split(|b| *b == 0)
+        .any(|arg| arg == word)
         .then_some(pid)
 }
 
@@ -357,28 +361,6 @@ pub fn stop_holder(pidns: &Path) {
         );
     }
     let _ = std::fs::remove_file(holder_file(pidns));
-}
-
-/// `kelsond pod-holder`: PID 1 of a pod's shared PID namespace. It does nothing but reap the
-/// orphans the pod's processes leave (with SIGCHLD handled, so the kernel delivers it to PID 1).
-pub fn hold() -> ! {
-    let _ = nix::unistd::setsid();
-    let mut signals = match signal_hook::iterator::Signals::new([nix::libc::SIGCHLD]) {
-        Ok(s) => s,
-        Err(_) => std::process::exit(1),
-    };
-    loop {
-        for _ in signals.wait() {
-            while let Ok(s) = nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(-1),
-                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-            ) {
-                if s == nix::sys::wait::WaitStatus::StillAlive {
-                    break;
-                }
-            }
-        }
-    }
 }
 
 fn bind_ns(src: &str, target: &Path) -> Result<(), NsError> {

@@ -142,6 +142,41 @@ pub fn map_file(maps: &[IdMap]) -> String {
         .collect()
 }
 
+/// `/proc/PID/uid_map` text read back (`container host length` per line, as the kernel
+/// pads it); None when a line is not that.
+pub fn parse_map_file(text: &str) -> Option<Vec<IdMap>> {
+    text.lines()
+        .map(|line| {
+            let mut it = line.split_whitespace().map(|n| n.parse::<u32>().ok());
+            match (it.next()??, it.next()??, it.next()??, it.next()) {
+                (container, host, len, None) => Some(IdMap {
+                    container,
+                    host,
+                    len,
+                }),
+                _ => None,
+            }
+        })
+        .take(MAX_MAP_LINES + 1)
+        .collect::<Option<Vec<_>>>()
+        .filter(|m| m.len() <= MAX_MAP_LINES)
+}
+
+/// The id a helper that lives in the namespace drops to: the overflow id ("nobody") when the
+/// map covers it, else the highest id it covers but 0; 0 when root is all it maps (the helper
+/// then still gives up every capability, and root there is no one on the host).
+pub fn unprivileged_id(maps: &[IdMap]) -> u32 {
+    if to_host(maps, OVERFLOW_ID).is_some() {
+        return OVERFLOW_ID;
+    }
+    maps.iter()
+        .filter(|m| m.len > 0)
+        .map(|m| u64::from(m.container) + u64::from(m.len) - 1)
+        .max()
+        .and_then(|last| u32::try_from(last).ok())
+        .unwrap_or(0)
+}
+
 /// The OCI spec's `uidMappings`/`gidMappings`.
 pub fn oci(maps: &[IdMap]) -> serde_json::Value {
     serde_json::Value::Array(
@@ -225,6 +260,24 @@ mod tests {
     }
 
     #[test]
+    fn helpers_drop_to_nobody_or_the_highest_mapped_id() {
+        // The host's own map, as /proc/1/uid_map shows it.
+        let host = parse_map_file("         0          0 4294967295\n").unwrap();
+        assert_eq!(unprivileged_id(&host), OVERFLOW_ID);
+        let kubelet = parse_map_file("0 3080192 65536\n").unwrap();
+        assert_eq!(unprivileged_id(&kubelet), 65534);
+        let small = parse_map_file("0 100000 1000\n2000 200000 10\n").unwrap();
+        assert_eq!(unprivileged_id(&small), 2009);
+        let root_only = parse_map_file("0 100000 1\n").unwrap();
+        assert_eq!(unprivileged_id(&root_only), 0);
+        assert_eq!(unprivileged_id(&[]), 0);
+        let too_many: String = (0..=MAX_MAP_LINES)
+            .map(|i| format!("{i} {} 1\n", 100000 + i))
+            .collect();
+        assert_eq!(parse_map_file(&too_many), None);
+    }
+
+    #[test]
     fn hostile_mappings_are_refused() {
         let pod = |uids| from_cri(Some(&opts(cri::NamespaceMode::Pod, uids)));
         assert_eq!(pod(vec![]), Err(UsernsError::Empty("uids")));
@@ -259,6 +312,8 @@ mod tests {
                 Err(UsernsError::Mode(_))
             ));
         }
+        assert_eq!(parse_map_file("0 0 4294967295\n1 2\n"), None);
+        assert_eq!(parse_map_file("0 x 1\n"), None);
         assert_eq!(parse_arg("1:2"), None);
         assert_eq!(parse_arg("1:2:3:4"), None);
         assert_eq!(parse_arg("a:2:3"), None);

@@ -2,8 +2,6 @@
 //! the shim detached in its own session) and a client for its control socket. The exit record
 //! the shim writes is read here too, so kelsond learns exits that happened while it was down.
 
-pub mod sealed_engine;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
