@@ -160,6 +160,9 @@ pub enum ErrorKind {
     StartFailed = 3,
     /// The shim failed at what was asked (a helper it could not spawn, a system call).
     Internal = 4,
+    /// What the request would act on is refused as it is on disk (a log directory replaced by
+    /// a symlink): the request was fine, the node's state is not.
+    Refused = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -61,6 +61,8 @@ pub enum RemoteKind {
     /// The container's command could not be started.
     StartFailed,
     Internal,
+    /// What the request would act on is refused as it is on disk (a symlinked log directory).
+    Refused,
 }
 
 impl RemoteKind {
@@ -70,6 +72,7 @@ impl RemoteKind {
             Ok(msg::ErrorKind::WrongState) => RemoteKind::WrongState,
             Ok(msg::ErrorKind::StartFailed) => RemoteKind::StartFailed,
             Ok(msg::ErrorKind::Internal) => RemoteKind::Internal,
+            Ok(msg::ErrorKind::Refused) => RemoteKind::Refused,
             Ok(msg::ErrorKind::Unspecified) | Err(_) => RemoteKind::Unspecified,
         }
     }
@@ -99,6 +102,10 @@ pub struct Spawn<'a> {
     /// Shim dir: exit record, pid files, shim log.
     pub dir: &'a Path,
     pub socket: &'a Path,
+    /// The pod's log directory (its own name and everything below it are opened without
+    /// following symlinks) …
+    pub log_dir: &'a Path,
+    /// … and the log file's path below it.
     pub log: &'a Path,
     /// The container's stdin stays open for attachers (CRI `stdin`).
     pub stdin: bool,
@@ -129,6 +136,8 @@ pub async fn spawn(s: Spawn<'_>) -> Result<u32, ShimError> {
         .arg(s.dir)
         .arg("--socket")
         .arg(s.socket)
+        .arg("--log-dir")
+        .arg(s.log_dir)
         .arg("--log")
         .arg(s.log)
         .arg("--engine")
@@ -295,6 +304,7 @@ mod tests {
         assert_eq!(k(msg::ErrorKind::StartFailed), RemoteKind::StartFailed);
         assert_eq!(k(msg::ErrorKind::BadRequest), RemoteKind::BadRequest);
         assert_eq!(k(msg::ErrorKind::Internal), RemoteKind::Internal);
+        assert_eq!(k(msg::ErrorKind::Refused), RemoteKind::Refused);
         assert_eq!(k(msg::ErrorKind::Unspecified), RemoteKind::Unspecified);
         // A kind this daemon does not know yet is a plain failure of the call.
         assert_eq!(RemoteKind::from_wire(99), RemoteKind::Unspecified);

@@ -76,6 +76,9 @@ impl Shim {
             Some(Kind::Signal(s)) => self.signal(s),
             Some(Kind::ReopenLog(_)) => match self.log.reopen() {
                 Ok(()) => msg::Response::default(),
+                Err(e) if e.refused() => {
+                    error(msg::ErrorKind::Refused, format!("reopening log: {e}"))
+                }
                 Err(e) => error(msg::ErrorKind::Internal, format!("reopening log: {e}")),
             },
             Some(Kind::Exec(x)) => match self.exec(conn, x) {
