@@ -77,9 +77,11 @@ pub async fn serve(
         events.events.close();
         let _ = signalled.send(true);
     };
+    // Answers may be larger than requests: an ExecSync answer carries both streams at their cap.
+    let max_out = max.max(crate::cri::container::MAX_EXEC_SYNC_RESPONSE);
     let runtime = RuntimeServiceServer::new(RuntimeApi(shared.clone()))
         .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        .max_encoding_message_size(max_out);
     let image = ImageServiceServer::new(ImageApi(shared.clone()))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

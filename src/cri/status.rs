@@ -309,8 +309,7 @@ fn container_code(e: &ContainerError) -> Code {
         | E::Terminal { .. }
         | E::TerminalEngineExited(_)
         | E::NoTerminal
-        | E::Unkillable(_)
-        | E::NoExecResult => Code::Internal,
+        | E::Unkillable(_) => Code::Internal,
     }
 }
 

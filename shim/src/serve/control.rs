@@ -212,7 +212,7 @@ pub(super) fn respond(mut conn: UnixStream, r: msg::Response) {
     let _ = write_response(&mut conn, r);
 }
 
-fn write_response(conn: &mut UnixStream, r: msg::Response) -> std::io::Result<()> {
+pub(super) fn write_response(conn: &mut UnixStream, r: msg::Response) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     kelson_proto::encode(&r, &mut out)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
