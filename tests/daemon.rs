@@ -295,3 +295,100 @@ async fn systemd_cgroup_driver_makes_scopes_or_refuses_clearly() -> anyhow::Resu
     assert!(!scope.exists(), "the scope outlived its container");
     Ok(())
 }
+
+/// Resumes the stopped shims when dropped, so a failing test leaves none stopped.
+struct Stopped(Vec<nix::unistd::Pid>);
+
+impl Stopped {
+    fn resume(&mut self) {
+        for pid in self.0.drain(..) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
+/// Start-up and listings ask every shim for its state at once with one deadline: with 20
+/// shims wedged (SIGSTOPped), a restarted kelsond answers Version and ListContainers long
+/// before 20 one-after-another waits of 5 s would end, lists the wedged containers with their
+/// last known state, and they work again once their shims resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn wedged_shims_cannot_hold_start_up_or_listings() -> anyhow::Result<()> {
+    const WEDGED: usize = 20;
+    let e = common::env().await?;
+    let image = common::pull_standard(&e).await?;
+    let mut p = common::TestPod::start(e, "kelson-dtest-wedged", "wedged").await?;
+    let mut ids = Vec::new();
+    for i in 0..WEDGED {
+        let ctr = common::container_config(&format!("c{i}"), &image, &["/bin/sleep", "3600"]);
+        ids.push(p.run(ctr).await?);
+    }
+    // The shims' pids, from the state dir of this test's kelsond.
+    let shim_pid = |id: &str| -> anyhow::Result<nix::unistd::Pid> {
+        let f =
+            p.e.daemon
+                .state
+                .join("containers")
+                .join(id)
+                .join("shim/shim.pid");
+        let pid: i32 = std::fs::read_to_string(&f)
+            .with_context(|| f.display().to_string())?
+            .trim()
+            .parse()?;
+        Ok(nix::unistd::Pid::from_raw(pid))
+    };
+    let mut stopped = Stopped(Vec::new());
+    for id in &ids {
+        let pid = shim_pid(id)?;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+        stopped.0.push(pid);
+    }
+    let began = std::time::Instant::now();
+    p.e.daemon.restart()?;
+    p.c = p.e.daemon.cri().await?;
+    p.c.runtime
+        .version(cri::VersionRequest {
+            version: "v1".into(),
+        })
+        .await?;
+    let ready = began.elapsed();
+    let asked = std::time::Instant::now();
+    let listed =
+        p.c.runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await?
+            .into_inner()
+            .containers;
+    let listing = asked.elapsed();
+    println!("Version {ready:?} after the restart, ListContainers in {listing:?}");
+    // One after another, start-up alone would wait 20 × 5 s for the shims.
+    assert!(
+        ready < std::time::Duration::from_secs(30),
+        "kelsond answered Version {ready:?} after the restart"
+    );
+    assert!(
+        listing < std::time::Duration::from_secs(15),
+        "ListContainers took {listing:?}"
+    );
+    assert_eq!(listed.len(), WEDGED);
+    for c in &listed {
+        assert_eq!(
+            c.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{}: last known state",
+            c.id
+        );
+    }
+    // Resumed, they answer again.
+    stopped.resume();
+    for id in &ids {
+        let (code, out, _) = common::exec_sync(&mut p.c, id, &["/bin/echo", "back"]).await?;
+        assert_eq!((code, out.as_str()), (0, "back\n"), "{id}");
+    }
+    p.remove().await
+}

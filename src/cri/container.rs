@@ -252,20 +252,26 @@ pub async fn list(
     rt: &Shared,
     req: cri::ListContainersRequest,
 ) -> Result<cri::ListContainersResponse, Status> {
-    let mut containers = Vec::new();
-    for rec in rt.containers.list()? {
-        if let Some(f) = &req.filter {
-            if (!f.id.is_empty() && !rec.id.starts_with(&f.id))
-                || (!f.pod_sandbox_id.is_empty() && !rec.pod_id.starts_with(&f.pod_sandbox_id))
-            {
-                continue;
-            }
-        }
-        let v = rt.containers.view(rec).await;
-        if req.filter.as_ref().is_none_or(|f| matches(&v, f)) {
-            containers.push(to_container(rt, &v));
-        }
-    }
+    let candidates = rt
+        .containers
+        .list()?
+        .into_iter()
+        .filter(|rec| {
+            req.filter.as_ref().is_none_or(|f| {
+                (f.id.is_empty() || rec.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || rec.pod_id.starts_with(&f.pod_sandbox_id))
+            })
+        })
+        .collect();
+    // Every shim asked at once, within one deadline: wedged shims cost the listing that once.
+    let containers = rt
+        .containers
+        .views(candidates)
+        .await
+        .iter()
+        .filter(|v| req.filter.as_ref().is_none_or(|f| matches(v, f)))
+        .map(|v| to_container(rt, v))
+        .collect();
     Ok(cri::ListContainersResponse { containers })
 }
 

@@ -316,10 +316,9 @@ impl Client {
             .map(|(_, c)| c)
     }
 
-    pub async fn state(&self) -> Result<msg::State, ShimError> {
-        let r = self
-            .call(Kind::State(msg::Empty {}), Duration::from_secs(5))
-            .await?;
+    /// The container's state, if the shim answers within `timeout`.
+    pub async fn state(&self, timeout: Duration) -> Result<msg::State, ShimError> {
+        let r = self.call(Kind::State(msg::Empty {}), timeout).await?;
         r.state.ok_or_else(|| ShimError::Call {
             id: self.id.clone(),
             reason: CallFailure::NoState,
