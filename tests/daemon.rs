@@ -392,3 +392,109 @@ async fn wedged_shims_cannot_hold_start_up_or_listings() -> anyhow::Result<()> {
     }
     p.remove().await
 }
+
+/// Processes now whose command line is exactly `cmd` (with its arguments).
+fn procs_running(cmd: &[&str]) -> usize {
+    let want = cmd.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .count()
+}
+
+/// The CRI server's bounds: a flood of concurrent calls on one connection runs at most
+/// `grpc.max_concurrent_calls_per_connection` of them at a time — the rest wait, unread — and
+/// another connection is answered promptly meanwhile; a request over `grpc.max_message_bytes`
+/// is refused naming the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_calls_on_one_connection_cannot_starve_another() -> anyhow::Result<()> {
+    const LIMIT: usize = 4;
+    let e = common::env_config(&format!(
+        "[grpc]\nmax_concurrent_calls_per_connection = {LIMIT}\nmax_message_bytes = 65536\n"
+    ))
+    .await?;
+    let image = common::pull_standard(&e).await?;
+    let mut p = common::TestPod::start(e, "kelson-dtest-flood", "flood").await?;
+    let ctr = common::container_config("sleeper", &image, &["/bin/sleep", "3600"]);
+    let id = p.run(ctr).await?;
+    // The flood, on a connection of its own: 24 slow execs and 2000 cheap calls at once.
+    let flood = p.e.daemon.cri().await?;
+    let slow = ["/bin/sleep", "2.71828"];
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let mut f = flood.clone();
+        let id = id.clone();
+        calls.spawn(async move {
+            f.runtime
+                .exec_sync(req::exec(&id, &slow, 60))
+                .await
+                .map(|_| ())
+        });
+    }
+    for i in 0..2000 {
+        let mut f = flood.clone();
+        calls.spawn(async move {
+            if i % 2 == 0 {
+                f.image
+                    .list_images(cri::ListImagesRequest::default())
+                    .await
+                    .map(|_| ())
+            } else {
+                f.image
+                    .image_fs_info(cri::ImageFsInfoRequest {})
+                    .await
+                    .map(|_| ())
+            }
+        });
+    }
+    // Meanwhile, another connection: answered at once, while the flood needs 24 / 4 × 2.7 s.
+    let mut other = p.e.daemon.cri().await?;
+    let mut most = 0;
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(5) {
+        let asked = std::time::Instant::now();
+        other
+            .runtime
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await?;
+        let (code, out, _) = common::exec_sync(&mut other, &id, &["/bin/echo", "me"]).await?;
+        assert_eq!((code, out.as_str()), (0, "me\n"));
+        let took = asked.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "another connection waited {took:?} behind the flood"
+        );
+        most = most.max(procs_running(&slow));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("at most {most} of the flood's execs ran at once");
+    assert!(
+        (1..=LIMIT).contains(&most),
+        "{most} of one connection's calls ran at once, over the limit of {LIMIT}"
+    );
+    while let Some(r) = calls.join_next().await {
+        r??;
+    }
+    // A request over the message limit is refused by name, before anything is done.
+    let err = other
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: "x".repeat(100_000),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .expect_err("an oversized request is refused");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("the limit is: 65536 bytes"),
+        "{err:?}"
+    );
+    p.remove().await
+}
