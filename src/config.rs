@@ -134,8 +134,14 @@ pub struct GrpcConfig {
     pub address: PathBuf,
     /// Group owning the socket (mode 0660); none means root only.
     pub gid: Option<u32>,
-    /// Largest gRPC message accepted or sent.
+    /// Largest gRPC message accepted (answers may be as large as an ExecSync answer at its
+    /// caps, 2 × 16 MiB, when that is more).
     pub max_message_bytes: usize,
+    /// Calls of one connection handled at once; more wait their turn, so one client's flood
+    /// cannot take the daemon from the others.
+    pub max_concurrent_calls_per_connection: usize,
+    /// HTTP/2 streams a connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,6 +357,10 @@ impl Default for GrpcConfig {
             gid: None,
             // kubelet's own default client limit is 16 MiB.
             max_message_bytes: 16 * 1024 * 1024,
+            // kubelet runs every pod's probes on one connection, and a node of 110 pods may
+            // probe a few hundred containers at once.
+            max_concurrent_calls_per_connection: 256,
+            max_concurrent_streams: 512,
         }
     }
 }
@@ -492,6 +502,20 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "grpc.max_message_bytes",
                 message: "must be at least 4096".into(),
+            });
+        }
+        if !(1..=65_536).contains(&self.grpc.max_concurrent_calls_per_connection) {
+            return Err(ConfigError::Invalid {
+                key: "grpc.max_concurrent_calls_per_connection",
+                message: "must be 1 to 65536".into(),
+            });
+        }
+        if (self.grpc.max_concurrent_streams as usize)
+            < self.grpc.max_concurrent_calls_per_connection
+        {
+            return Err(ConfigError::Invalid {
+                key: "grpc.max_concurrent_streams",
+                message: "must be at least grpc.max_concurrent_calls_per_connection".into(),
             });
         }
         self.image.check_pinned()
@@ -916,6 +940,18 @@ mod tests {
             .to_string();
         assert!(e.contains("metrics.address"), "{e}");
         assert_eq!(Config::default().metrics.address, "", "off by default");
+        let e = parse("[grpc]\nmax_concurrent_calls_per_connection = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("grpc.max_concurrent_calls_per_connection"),
+            "{e}"
+        );
+        let e =
+            parse("[grpc]\nmax_concurrent_calls_per_connection = 8\nmax_concurrent_streams = 4\n")
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("grpc.max_concurrent_streams"), "{e}");
         let e = parse("[image.gc]\nhigh_threshold_percent = 50\nlow_threshold_percent = 60\n")
             .unwrap_err()
             .to_string();

@@ -77,13 +77,20 @@ pub async fn serve(
         events.events.close();
         let _ = signalled.send(true);
     };
+    // Answers may be larger than requests: an ExecSync answer carries both streams at their cap.
+    let max_out = max.max(crate::cri::container::MAX_EXEC_SYNC_RESPONSE);
     let runtime = RuntimeServiceServer::new(RuntimeApi(shared.clone()))
         .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        .max_encoding_message_size(max_out);
     let image = ImageServiceServer::new(ImageApi(shared.clone()))
         .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
+        .max_encoding_message_size(max_out);
+    let grpc = &shared.config.grpc;
     let serving = tonic::transport::Server::builder()
+        // Per connection: a flood of calls on one connection waits its turn there (its
+        // requests unread beyond the HTTP/2 window) and leaves the others their share.
+        .concurrency_limit_per_connection(grpc.max_concurrent_calls_per_connection)
+        .max_concurrent_streams(grpc.max_concurrent_streams)
         .trace_fn(|req| {
             let method = req.uri().path().rsplit('/').next().unwrap_or("").to_owned();
             tracing::info_span!(

@@ -316,6 +316,55 @@ async fn exec_sync_returns_output_exit_code_and_honours_its_timeout() -> anyhow:
     Ok(())
 }
 
+/// `n` bytes of `line` (16 bytes, newline included) repeated, as `yes <line> | head -c n` writes.
+fn repeated(line: &str, n: usize) -> Vec<u8> {
+    format!("{line}\n")
+        .into_bytes()
+        .into_iter()
+        .cycle()
+        .take(n)
+        .collect()
+}
+
+/// ExecSync output larger than one frame of the shim protocol (4 MiB) comes back whole up to
+/// the cap of 16 MiB per stream; beyond it, it is cut at the cap (and logged), as containerd
+/// does, and the command still runs to its end.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_sync_returns_output_up_to_the_cap_and_truncates_beyond() -> anyhow::Result<()> {
+    const MIB: usize = 1 << 20;
+    let (e, _image, c, p, web) = running_web("bigexec").await?;
+    // Both streams at their cap make an answer over kubelet's 16 MiB: read it all here.
+    let mut runtime = c.runtime.clone().max_decoding_message_size(64 * MIB);
+    for (mib, kept) in [(5, 5 * MIB), (20, 16 * MIB)] {
+        let n = mib * MIB;
+        let script = format!(
+            "busybox yes 0123456789abcde 2>/dev/null | head -c {n}; busybox yes ABCDEFGHIJKLMNO 2>/dev/null | head -c {n} >&2; exit 3"
+        );
+        let r = runtime
+            .exec_sync(req::sh(&web, &script, 60))
+            .await
+            .map_err(|s| anyhow::anyhow!("{mib} MiB: {s:?}"))?
+            .into_inner();
+        assert_eq!(r.exit_code, 3, "{mib} MiB");
+        assert_eq!(r.stdout.len(), kept, "{mib} MiB stdout");
+        assert_eq!(r.stderr.len(), kept, "{mib} MiB stderr");
+        assert!(
+            r.stdout == repeated("0123456789abcde", kept),
+            "{mib} MiB stdout bytes"
+        );
+        assert!(
+            r.stderr == repeated("ABCDEFGHIJKLMNO", kept),
+            "{mib} MiB stderr bytes"
+        );
+    }
+    assert!(
+        e.daemon.log().contains("exec output truncated"),
+        "the truncation is logged"
+    );
+    let mut c = c;
+    remove_pod(&mut c, &p).await
+}
+
 /// The image can be removed while a container uses it: the container keeps its layers, and a
 /// new container of it needs the image pulled again.
 #[tokio::test(flavor = "multi_thread")]

@@ -295,3 +295,206 @@ async fn systemd_cgroup_driver_makes_scopes_or_refuses_clearly() -> anyhow::Resu
     assert!(!scope.exists(), "the scope outlived its container");
     Ok(())
 }
+
+/// Resumes the stopped shims when dropped, so a failing test leaves none stopped.
+struct Stopped(Vec<nix::unistd::Pid>);
+
+impl Stopped {
+    fn resume(&mut self) {
+        for pid in self.0.drain(..) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.resume();
+    }
+}
+
+/// Start-up and listings ask every shim for its state at once with one deadline: with 20
+/// shims wedged (SIGSTOPped), a restarted kelsond answers Version and ListContainers long
+/// before 20 one-after-another waits of 5 s would end, lists the wedged containers with their
+/// last known state, and they work again once their shims resume.
+#[tokio::test(flavor = "multi_thread")]
+async fn wedged_shims_cannot_hold_start_up_or_listings() -> anyhow::Result<()> {
+    const WEDGED: usize = 20;
+    let e = common::env().await?;
+    let image = common::pull_standard(&e).await?;
+    let mut p = common::TestPod::start(e, "kelson-dtest-wedged", "wedged").await?;
+    let mut ids = Vec::new();
+    for i in 0..WEDGED {
+        let ctr = common::container_config(&format!("c{i}"), &image, &["/bin/sleep", "3600"]);
+        ids.push(p.run(ctr).await?);
+    }
+    // The shims' pids, from the state dir of this test's kelsond.
+    let shim_pid = |id: &str| -> anyhow::Result<nix::unistd::Pid> {
+        let f =
+            p.e.daemon
+                .state
+                .join("containers")
+                .join(id)
+                .join("shim/shim.pid");
+        let pid: i32 = std::fs::read_to_string(&f)
+            .with_context(|| f.display().to_string())?
+            .trim()
+            .parse()?;
+        Ok(nix::unistd::Pid::from_raw(pid))
+    };
+    let mut stopped = Stopped(Vec::new());
+    for id in &ids {
+        let pid = shim_pid(id)?;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+        stopped.0.push(pid);
+    }
+    let began = std::time::Instant::now();
+    p.e.daemon.restart()?;
+    p.c = p.e.daemon.cri().await?;
+    p.c.runtime
+        .version(cri::VersionRequest {
+            version: "v1".into(),
+        })
+        .await?;
+    let ready = began.elapsed();
+    let asked = std::time::Instant::now();
+    let listed =
+        p.c.runtime
+            .list_containers(cri::ListContainersRequest::default())
+            .await?
+            .into_inner()
+            .containers;
+    let listing = asked.elapsed();
+    println!("Version {ready:?} after the restart, ListContainers in {listing:?}");
+    // One after another, start-up alone would wait 20 × 5 s for the shims.
+    assert!(
+        ready < std::time::Duration::from_secs(30),
+        "kelsond answered Version {ready:?} after the restart"
+    );
+    assert!(
+        listing < std::time::Duration::from_secs(15),
+        "ListContainers took {listing:?}"
+    );
+    assert_eq!(listed.len(), WEDGED);
+    for c in &listed {
+        assert_eq!(
+            c.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{}: last known state",
+            c.id
+        );
+    }
+    // Resumed, they answer again.
+    stopped.resume();
+    for id in &ids {
+        let (code, out, _) = common::exec_sync(&mut p.c, id, &["/bin/echo", "back"]).await?;
+        assert_eq!((code, out.as_str()), (0, "back\n"), "{id}");
+    }
+    p.remove().await
+}
+
+/// Processes now whose command line is exactly `cmd` (with its arguments).
+fn procs_running(cmd: &[&str]) -> usize {
+    let want = cmd.join("\0") + "\0";
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == want.as_bytes()))
+        .count()
+}
+
+/// The CRI server's bounds: a flood of concurrent calls on one connection runs at most
+/// `grpc.max_concurrent_calls_per_connection` of them at a time — the rest wait, unread — and
+/// another connection is answered promptly meanwhile; a request over `grpc.max_message_bytes`
+/// is refused naming the limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_calls_on_one_connection_cannot_starve_another() -> anyhow::Result<()> {
+    const LIMIT: usize = 4;
+    let e = common::env_config(&format!(
+        "[grpc]\nmax_concurrent_calls_per_connection = {LIMIT}\nmax_message_bytes = 65536\n"
+    ))
+    .await?;
+    let image = common::pull_standard(&e).await?;
+    let mut p = common::TestPod::start(e, "kelson-dtest-flood", "flood").await?;
+    let ctr = common::container_config("sleeper", &image, &["/bin/sleep", "3600"]);
+    let id = p.run(ctr).await?;
+    // The flood, on a connection of its own: 24 slow execs and 2000 cheap calls at once.
+    let flood = p.e.daemon.cri().await?;
+    let slow = ["/bin/sleep", "2.71828"];
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let mut f = flood.clone();
+        let id = id.clone();
+        calls.spawn(async move {
+            f.runtime
+                .exec_sync(req::exec(&id, &slow, 60))
+                .await
+                .map(|_| ())
+        });
+    }
+    for i in 0..2000 {
+        let mut f = flood.clone();
+        calls.spawn(async move {
+            if i % 2 == 0 {
+                f.image
+                    .list_images(cri::ListImagesRequest::default())
+                    .await
+                    .map(|_| ())
+            } else {
+                f.image
+                    .image_fs_info(cri::ImageFsInfoRequest {})
+                    .await
+                    .map(|_| ())
+            }
+        });
+    }
+    // Meanwhile, another connection: answered at once, while the flood needs 24 / 4 × 2.7 s.
+    let mut other = p.e.daemon.cri().await?;
+    let mut most = 0;
+    let began = std::time::Instant::now();
+    while began.elapsed() < std::time::Duration::from_secs(5) {
+        let asked = std::time::Instant::now();
+        other
+            .runtime
+            .version(cri::VersionRequest {
+                version: "v1".into(),
+            })
+            .await?;
+        let (code, out, _) = common::exec_sync(&mut other, &id, &["/bin/echo", "me"]).await?;
+        assert_eq!((code, out.as_str()), (0, "me\n"));
+        let took = asked.elapsed();
+        assert!(
+            took < std::time::Duration::from_secs(3),
+            "another connection waited {took:?} behind the flood"
+        );
+        most = most.max(procs_running(&slow));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    println!("at most {most} of the flood's execs ran at once");
+    assert!(
+        (1..=LIMIT).contains(&most),
+        "{most} of one connection's calls ran at once, over the limit of {LIMIT}"
+    );
+    while let Some(r) = calls.join_next().await {
+        r??;
+    }
+    // A request over the message limit is refused by name, before anything is done.
+    let err = other
+        .image
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: "x".repeat(100_000),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .expect_err("an oversized request is refused");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    assert!(
+        err.message().contains("the limit is: 65536 bytes"),
+        "{err:?}"
+    );
+    p.remove().await
+}

@@ -1828,3 +1828,81 @@ async fn mount_targets_swapped_for_host_symlinks_never_land_on_the_host() -> any
     println!("mount-target race: {made} created, {refused} refused");
     dev_traps_done(p, bait).await
 }
+
+/// The CRI log file is opened from the pod's log directory down without following a symlink,
+/// on create and on ReopenContainerLog: whoever can write the pod's log directory (a log
+/// agent, a container with it mounted) swaps the container's log directory for a symlink to a
+/// host directory, and the shim creates and appends nothing there; the refusal names the path.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_directory_swapped_for_a_symlink_is_never_followed() -> anyhow::Result<()> {
+    let e = common::env().await?;
+    let image = common::pull_standard(&e).await?;
+    let mut p = TestPod::start(e, "kelson-sectest6", "logs").await?;
+    let bait = tempfile::Builder::new().prefix("kelson-bait-").tempdir()?;
+    let pod_logs = std::path::PathBuf::from(&p.cfg.log_directory);
+    let talk = "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.05; done";
+    let mut ctr = common::container_config("talker", &image, &["/bin/sh", "-c", talk]);
+    ctr.log_path = "talker/0.log".into();
+    let id = p.run(ctr).await?;
+    let log = pod_logs.join("talker/0.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("line 1\n")
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no log at {}",
+            log.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Rotation as kubelet does it, but the directory swapped for a symlink to the host.
+    let moved = pod_logs.join("talker.moved");
+    std::fs::rename(pod_logs.join("talker"), &moved)?;
+    std::os::unix::fs::symlink(bait.path(), pod_logs.join("talker"))?;
+    let err =
+        p.c.runtime
+            .reopen_container_log(cri::ReopenContainerLogRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .expect_err("a symlinked log directory is refused");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let named = pod_logs.join("talker").display().to_string();
+    assert!(
+        err.message().contains(&named) && err.message().contains("symlink"),
+        "{err:?}"
+    );
+    // The container goes on writing: to the file opened before, never to the bait.
+    let before = std::fs::metadata(moved.join("0.log"))?.len();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(std::fs::metadata(moved.join("0.log"))?.len() > before);
+    assert_eq!(
+        std::fs::read_dir(bait.path())?.count(),
+        0,
+        "a file appeared in the bait"
+    );
+
+    // On create: a container whose log directory (below another) is a symlink is refused by
+    // name, and nothing is made in the bait.
+    std::fs::create_dir(pod_logs.join("deep"))?;
+    std::os::unix::fs::symlink(bait.path(), pod_logs.join("deep/second"))?;
+    let mut second = common::container_config("second", &image, &["/bin/sleep", "3600"]);
+    second.log_path = "deep/second/0.log".into();
+    let err = common::create(&mut p.c, &p.pod, &p.cfg, second)
+        .await
+        .expect_err("a symlinked log directory is refused on create");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let named = pod_logs.join("deep/second").display().to_string();
+    assert!(
+        err.message().contains(&named) && err.message().contains("symlink"),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(bait.path())?.count(),
+        0,
+        "a file appeared in the bait"
+    );
+    p.remove().await
+}

@@ -1143,3 +1143,47 @@ async fn concurrent_exec_sessions() -> anyhow::Result<()> {
     common::remove_pod(&mut c, &pod, &top).await?;
     Ok(())
 }
+
+/// Half-sent request heads cannot keep a valid URL out: 150 connections that sent part of a
+/// head and hold it (more than the 144 connections the server used to serve at once, each for
+/// a head timeout of 10 s), and a real exec over its URL still connects at once and runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn half_sent_request_heads_cannot_keep_a_valid_url_out() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut r = Running::start("heads").await?;
+    let url = r.exec_url(&["/bin/echo", "through"], false).await?;
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.split('/').next())
+        .context("streaming URL")?
+        .to_owned();
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await?;
+        s.write_all(b"GET /exec/").await?;
+        held.push(s);
+    }
+    // Let the server take them all in before the real client comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = Instant::now();
+    let s = stream::connect(&url, &[V5]).await?;
+    let connected = began.elapsed();
+    let out = s.collect(Duration::from_secs(30)).await?;
+    assert_eq!(
+        (out.stdout.as_slice(), out.exit_code()),
+        (&b"through\n"[..], Some(0))
+    );
+    assert!(
+        connected < Duration::from_secs(3),
+        "the exec connected {connected:?} after the held heads: it waited for them to time out"
+    );
+    // Nobody was evicted for it: the pool of pending heads has room for all of them.
+    let mut byte = [0u8; 1];
+    let first = tokio::time::timeout(Duration::from_millis(50), held[0].read(&mut byte)).await;
+    assert!(
+        first.is_err(),
+        "the oldest held head is still pending: {first:?}"
+    );
+    drop(held);
+    r.remove().await
+}

@@ -106,6 +106,17 @@ mod tests {
     }
 
     #[test]
+    fn a_whole_exec_chunk_fits_in_a_frame() {
+        let piece = shim::ExecOutput {
+            kind: Some(shim::exec_output::Kind::Stderr(vec![
+                0;
+                shim::MAX_EXEC_CHUNK
+            ])),
+        };
+        encode(&piece, &mut BytesMut::new()).unwrap();
+    }
+
+    #[test]
     fn refuses_oversized_and_garbage() {
         let mut buf = BytesMut::new();
         buf.put_u32((MAX_FRAME_LEN + 1) as u32);

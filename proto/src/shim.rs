@@ -132,6 +132,10 @@ pub struct State {
     pub oom_killed: bool,
 }
 
+/// An exec's outcome. The output follows the response on the same connection as `ExecOutput`
+/// frames of at most `MAX_EXEC_CHUNK` bytes, `stdout_len` and `stderr_len` bytes in all: a
+/// single frame could not carry what the output cap allows (`MAX_FRAME_LEN`). A shim from
+/// before this sends the output inline (`stdout`, `stderr`) and no lengths.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ExecResult {
     #[prost(int32, tag = "1")]
@@ -142,6 +146,35 @@ pub struct ExecResult {
     pub stderr: Vec<u8>,
     #[prost(bool, tag = "4")]
     pub timed_out: bool,
+    #[prost(uint64, tag = "5")]
+    pub stdout_len: u64,
+    #[prost(uint64, tag = "6")]
+    pub stderr_len: u64,
+    /// Bytes the command wrote past the output cap, read and dropped.
+    #[prost(uint64, tag = "7")]
+    pub stdout_dropped: u64,
+    #[prost(uint64, tag = "8")]
+    pub stderr_dropped: u64,
+}
+
+/// Most output bytes in one `ExecOutput` frame.
+pub const MAX_EXEC_CHUNK: usize = 1 << 20;
+
+/// A piece of an exec's output, after its `ExecResult`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExecOutput {
+    #[prost(oneof = "exec_output::Kind", tags = "1, 2")]
+    pub kind: Option<exec_output::Kind>,
+}
+
+pub mod exec_output {
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        #[prost(bytes = "vec", tag = "1")]
+        Stdout(Vec<u8>),
+        #[prost(bytes = "vec", tag = "2")]
+        Stderr(Vec<u8>),
+    }
 }
 
 /// What kind of failure a response's `error` reports, so the daemon decides by kind and never
@@ -160,6 +193,9 @@ pub enum ErrorKind {
     StartFailed = 3,
     /// The shim failed at what was asked (a helper it could not spawn, a system call).
     Internal = 4,
+    /// What the request would act on is refused as it is on disk (a log directory replaced by
+    /// a symlink): the request was fine, the node's state is not.
+    Refused = 5,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -7,11 +7,15 @@
 //! `crictl logs` see output promptly; `reopen` follows kubelet's log rotation. A line still
 //! being read stays in memory until it ends, so rotation never tears one record in two files.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, OpenHow, ResolveFlag, fcntl, openat2};
+use nix::sys::stat::{Mode, SFlag, mkdirat};
 
 /// kubelet's and containerd's maximum record content before a line is split.
 pub const MAX_LINE: usize = 16 * 1024;
@@ -120,8 +124,181 @@ impl Splitter {
     }
 }
 
+/// Where the log file is: the pod's log directory as kubelet named it, and the file's path
+/// below it. The directory's parents are the node's layout (an operator may have made
+/// `/var/log/pods` a symlink to a larger disk) and are followed; the directory itself and every
+/// component below it are not: whoever can write the pod's log directory (a log agent, a
+/// container with it mounted) could otherwise swap a directory for a symlink and have the shim
+/// create or append files anywhere on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPath {
+    pub dir: PathBuf,
+    pub rel: PathBuf,
+}
+
+impl LogPath {
+    pub fn full(&self) -> PathBuf {
+        self.dir.join(&self.rel)
+    }
+}
+
+/// Why the log file could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The relative part is empty, absolute, or climbs with `..`.
+    BadPath(PathBuf),
+    /// A directory on the way, or the file, is a symlink: refused, never followed.
+    Symlink(PathBuf),
+    /// The name is taken by something that is not a regular file (a FIFO would block the
+    /// shim, a device would take the container's output).
+    NotRegular(PathBuf),
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl OpenError {
+    /// A refusal of what is on disk (not a failure of the system).
+    pub fn refused(&self) -> bool {
+        matches!(self, OpenError::Symlink(_) | OpenError::NotRegular(_))
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::BadPath(p) => write!(
+                f,
+                "log path {}: must be relative, without `..`",
+                p.display()
+            ),
+            OpenError::Symlink(p) => write!(
+                f,
+                "log path {}: is a symlink, refused (log directories and files are never followed)",
+                p.display()
+            ),
+            OpenError::NotRegular(p) => {
+                write!(f, "log file {}: not a regular file, refused", p.display())
+            }
+            OpenError::Io { op, path, source } => write!(f, "{op} {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Mode of the directories the shim creates below the pod's log directory (kubelet's own).
+const LOG_DIR_MODE: u32 = 0o755;
+/// Mode of the log file.
+const LOG_FILE_MODE: u32 = 0o640;
+
+/// `name` in `dir` as a directory, without following a symlink (ELOOP then).
+fn open_dir_beneath(dir: &impl AsFd, name: &Path, full: &Path) -> Result<OwnedFd, OpenError> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH);
+    openat2(dir, name, how).map_err(|e| match e {
+        Errno::ELOOP => OpenError::Symlink(full.to_owned()),
+        e => OpenError::Io {
+            op: "opening directory",
+            path: full.to_owned(),
+            source: e.into(),
+        },
+    })
+}
+
+/// `name` in `dir` as a directory, made if missing.
+fn make_dir_beneath(dir: &impl AsFd, name: &Path, full: &Path) -> Result<OwnedFd, OpenError> {
+    match mkdirat(dir, name, Mode::from_bits_truncate(LOG_DIR_MODE)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => {
+            return Err(OpenError::Io {
+                op: "creating directory",
+                path: full.to_owned(),
+                source: e.into(),
+            });
+        }
+    }
+    open_dir_beneath(dir, name, full)
+}
+
+/// Open (creating what is missing) the log file at `at` for appending, following no symlink
+/// from the pod's log directory down; the file's length.
+fn open(at: &LogPath) -> Result<(File, u64), OpenError> {
+    let io = |op, path: &Path| {
+        let path = path.to_owned();
+        move |e: Errno| OpenError::Io {
+            op,
+            path,
+            source: e.into(),
+        }
+    };
+    let comps: Vec<&std::ffi::OsStr> = at
+        .rel
+        .components()
+        .map(|c| match c {
+            Component::Normal(n) => Ok(n),
+            _ => Err(OpenError::BadPath(at.rel.clone())),
+        })
+        .collect::<Result<_, _>>()?;
+    let Some((file_name, dirs)) = comps.split_last() else {
+        return Err(OpenError::BadPath(at.rel.clone()));
+    };
+    // The pod's log directory: its parent as named, itself not followed.
+    let (parent, own) = match (at.dir.parent(), at.dir.file_name()) {
+        (Some(p), Some(n)) => (p, Path::new(n)),
+        _ => (Path::new("/"), Path::new(".")),
+    };
+    std::fs::create_dir_all(parent).map_err(|source| OpenError::Io {
+        op: "creating directory",
+        path: parent.to_owned(),
+        source,
+    })?;
+    let parent_fd = nix::fcntl::open(
+        parent,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(io("opening directory", parent))?;
+    let mut dir = make_dir_beneath(&parent_fd, own, &at.dir)?;
+    let mut walked = at.dir.clone();
+    for d in dirs {
+        walked.push(d);
+        dir = make_dir_beneath(&dir, Path::new(d), &walked)?;
+    }
+    let full = at.full();
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_WRONLY
+                | OFlag::O_APPEND
+                | OFlag::O_CREAT
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOCTTY
+                // A FIFO put in its place must not block the shim's one thread.
+                | OFlag::O_NONBLOCK,
+        )
+        .mode(Mode::from_bits_truncate(LOG_FILE_MODE))
+        .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH);
+    let fd = openat2(&dir, Path::new(file_name), how).map_err(|e| match e {
+        Errno::ELOOP => OpenError::Symlink(full.clone()),
+        e => OpenError::Io {
+            op: "opening",
+            path: full.clone(),
+            source: e.into(),
+        },
+    })?;
+    let st = nix::sys::stat::fstat(&fd).map_err(io("stat", &full))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(OpenError::NotRegular(full));
+    }
+    fcntl(&fd, FcntlArg::F_SETFL(OFlag::O_WRONLY | OFlag::O_APPEND)).map_err(io("fcntl", &full))?;
+    Ok((File::from(fd), st.st_size as u64))
+}
+
 pub struct LogFile {
-    path: PathBuf,
+    at: LogPath,
     file: Option<File>,
     /// Bytes in the open file after the last whole record (the file is ours alone).
     len: u64,
@@ -133,24 +310,11 @@ pub struct LogFile {
     reserve: bool,
 }
 
-fn open(path: &Path) -> std::io::Result<(File, u64)> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)?;
-    let len = f.metadata()?.len();
-    Ok((f, len))
-}
-
 impl LogFile {
-    pub fn open(path: &Path) -> std::io::Result<LogFile> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let (file, len) = open(path)?;
+    pub fn open(at: &LogPath) -> Result<LogFile, OpenError> {
+        let (file, len) = open(at)?;
         Ok(LogFile {
-            path: path.to_owned(),
+            at: at.clone(),
             file: Some(file),
             len,
             dropped: 0,
@@ -164,7 +328,7 @@ impl LogFile {
     /// blocked on its output — and writing resumes by itself when space returns.
     pub fn write(&mut self, bytes: &[u8]) {
         if self.file.is_none()
-            && let Ok((f, len)) = open(&self.path)
+            && let Ok((f, len)) = open(&self.at)
         {
             self.file = Some(f);
             self.len = len;
@@ -220,8 +384,10 @@ impl LogFile {
         }
     }
 
-    pub fn reopen(&mut self) -> std::io::Result<()> {
-        let (file, len) = open(&self.path)?;
+    /// Open the file afresh (kubelet rotated it). On failure the file open until now stays
+    /// in use: it was opened safely, and nothing is written through what refused.
+    pub fn reopen(&mut self) -> Result<(), OpenError> {
+        let (file, len) = open(&self.at)?;
         self.file = Some(file);
         self.len = len;
         self.reserve = false;
@@ -232,6 +398,7 @@ impl LogFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::time::Duration;
 
     #[test]
@@ -346,11 +513,92 @@ mod tests {
         }
     }
 
+    fn at(dir: &Path, rel: &str) -> LogPath {
+        LogPath {
+            dir: dir.to_owned(),
+            rel: rel.into(),
+        }
+    }
+
+    #[test]
+    fn directories_below_the_pod_log_dir_are_made_and_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let bait = tempfile::tempdir().unwrap();
+        let pod = d.path().join("pod");
+        // Missing directories are made (the pod's own too), and the file is written.
+        let mut l = LogFile::open(&at(&pod, "c/0.log")).unwrap();
+        l.write(b"one\n");
+        assert_eq!(std::fs::read(pod.join("c/0.log")).unwrap(), b"one\n");
+        // The container's directory swapped for a symlink: a reopen refuses it by name and the
+        // file open until now stays in use.
+        std::fs::rename(pod.join("c"), d.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(bait.path(), pod.join("c")).unwrap();
+        let e = l.reopen().unwrap_err();
+        assert!(e.refused(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "log path {}: is a symlink, refused (log directories and files are never followed)",
+                pod.join("c").display()
+            )
+        );
+        l.write(b"two\n");
+        assert_eq!(
+            std::fs::read(d.path().join("moved/0.log")).unwrap(),
+            b"one\ntwo\n"
+        );
+        assert!(LogFile::open(&at(&pod, "c/1.log")).is_err());
+        assert_eq!(std::fs::read_dir(bait.path()).unwrap().count(), 0);
+        // The pod's log directory itself as a symlink, and the file as one.
+        let linked = d.path().join("linked-pod");
+        std::os::unix::fs::symlink(bait.path(), &linked).unwrap();
+        assert!(
+            matches!(LogFile::open(&at(&linked, "0.log")), Err(OpenError::Symlink(p)) if p == linked)
+        );
+        std::os::unix::fs::symlink(bait.path().join("f"), pod.join("f.log")).unwrap();
+        assert!(matches!(
+            LogFile::open(&at(&pod, "f.log")),
+            Err(OpenError::Symlink(_))
+        ));
+        assert_eq!(std::fs::read_dir(bait.path()).unwrap().count(), 0);
+        // A parent of the pod's log directory may be a symlink (the node's layout).
+        let real = tempfile::tempdir().unwrap();
+        let pods = d.path().join("pods");
+        std::os::unix::fs::symlink(real.path(), &pods).unwrap();
+        LogFile::open(&at(&pods.join("p1"), "c/0.log")).unwrap();
+        assert!(real.path().join("p1/c/0.log").is_file());
+    }
+
+    #[test]
+    fn a_log_name_taken_by_a_fifo_or_a_bad_path_is_refused_without_blocking() {
+        let d = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&d.path().join("f.log"), Mode::from_bits_truncate(0o600)).unwrap();
+        // A reader holds it open, so an open for writing would succeed (and block writes).
+        let _reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(d.path().join("f.log"))
+            .unwrap();
+        assert!(matches!(
+            LogFile::open(&at(d.path(), "f.log")),
+            Err(OpenError::NotRegular(_))
+        ));
+        for bad in ["", "../x.log", "/abs.log", "a/../b.log"] {
+            assert!(
+                matches!(
+                    LogFile::open(&at(d.path(), bad)),
+                    Err(OpenError::BadPath(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_line_read_across_a_reopen_lands_whole_in_the_new_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.log");
-        let mut l = LogFile::open(&p).unwrap();
+        let mut l = LogFile::open(&at(d.path(), "c.log")).unwrap();
         let mut s = Splitter::default();
         let feed = |l: &mut LogFile, s: &mut Splitter, data: &[u8], end: bool| {
             let mut emit = |b: &[u8], f: bool| l.write(&record(UNIX_EPOCH, Stream::Stderr, f, b));
@@ -378,7 +626,7 @@ mod tests {
     fn reopen_after_rotation() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("c.log");
-        let mut l = LogFile::open(&p).unwrap();
+        let mut l = LogFile::open(&at(d.path(), "c.log")).unwrap();
         l.write(b"one\n");
         std::fs::rename(&p, d.path().join("c.log.1")).unwrap();
         l.write(b"two\n");

@@ -19,6 +19,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
+use cri_log::LogPath;
 use serve::{Config, EngineBinary, Shim};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -98,7 +99,10 @@ fn serve(args: &[String]) -> Result<(), String> {
         bundle: PathBuf::from(need(args, "--bundle")?),
         dir: serve::shim_dir(Path::new(&need(args, "--dir")?)),
         socket: PathBuf::from(need(args, "--socket")?),
-        log: PathBuf::from(need(args, "--log")?),
+        log: LogPath {
+            dir: PathBuf::from(need(args, "--log-dir")?),
+            rel: PathBuf::from(need(args, "--log")?),
+        },
         stdin: args.iter().any(|a| a == "--stdin"),
         stdin_once: args.iter().any(|a| a == "--stdin-once"),
         tty: args.iter().any(|a| a == "--tty"),

@@ -40,7 +40,15 @@ struct Resolved {
     image_name: String,
     image: ImageRecord,
     image_config: serde_json::Value,
-    log: Option<PathBuf>,
+    log: Option<LogAt>,
+}
+
+/// A container's log file: the pod's log directory and the file's path below it, kept apart
+/// so that the shim can open the directory and walk down from it without following symlinks.
+#[derive(Debug, PartialEq, Eq)]
+struct LogAt {
+    dir: PathBuf,
+    rel: PathBuf,
 }
 
 /// The mounted rootfs and the user namespace it is mapped for.
@@ -136,7 +144,7 @@ impl ContainerService {
             log_path: r
                 .log
                 .as_ref()
-                .map(|p| p.display().to_string())
+                .map(|l| l.dir.join(&l.rel).display().to_string())
                 .unwrap_or_default(),
             root_dir: self.root_dir(&id).display().to_string(),
             state_dir: self.state_dir(&id).display().to_string(),
@@ -334,10 +342,10 @@ impl ContainerService {
         undo: &mut Rollback,
     ) -> Result<u32, ContainerError> {
         let state_dir = self.state_dir(id);
-        let log_file = r
-            .log
-            .clone()
-            .unwrap_or_else(|| state_dir.join("shim").join("discarded.log"));
+        let (log_dir, log_file) = match &r.log {
+            Some(l) => (l.dir.clone(), l.rel.clone()),
+            None => (state_dir.join("shim"), PathBuf::from("discarded.log")),
+        };
         std::fs::create_dir_all(self.engine_root()).map_err(io_err(&self.engine_root()))?;
         let socket = self.socket(id);
         if let Some(d) = socket.parent() {
@@ -357,6 +365,7 @@ impl ContainerService {
             bundle,
             dir: &state_dir.join("shim"),
             socket: &socket,
+            log_dir: &log_dir,
             log: &log_file,
             stdin: config.stdin,
             stdin_once: config.stdin_once,
@@ -563,7 +572,7 @@ fn prepare_volumes(
 
 /// The container's log file: its log path (relative and clean, as the CRI edge checked it)
 /// under the pod's log directory, which must be absolute and without `..`.
-fn log_path(pod_log_dir: &str, rel: &str) -> Result<Option<PathBuf>, ContainerError> {
+fn log_path(pod_log_dir: &str, rel: &str) -> Result<Option<LogAt>, ContainerError> {
     if pod_log_dir.is_empty() || rel.is_empty() {
         return Ok(None);
     }
@@ -575,7 +584,10 @@ fn log_path(pod_log_dir: &str, rel: &str) -> Result<Option<PathBuf>, ContainerEr
             pod_log_dir.chars().take(120).collect(),
         ));
     }
-    Ok(Some(Path::new(pod_log_dir).join(rel)))
+    Ok(Some(LogAt {
+        dir: PathBuf::from(pod_log_dir),
+        rel: PathBuf::from(rel),
+    }))
 }
 
 /// The user namespace a container runs in: its pod's (every container of a pod shares it).

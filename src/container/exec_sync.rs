@@ -22,12 +22,12 @@ impl ContainerService {
         };
         let r = self
             .client(&rec)
-            .call(
-                msg::request::Kind::Exec(msg::Exec {
+            .exec(
+                msg::Exec {
                     args: cmd,
                     timeout_ms: timeout.as_millis() as u64,
                     max_output,
-                }),
+                },
                 wait,
             )
             .await
@@ -47,6 +47,17 @@ impl ContainerService {
                 },
                 e => e.into(),
             })?;
-        r.exec.ok_or(ContainerError::NoExecResult)
+        if r.stdout_dropped > 0 || r.stderr_dropped > 0 {
+            // As containerd does: the answer carries the output up to the cap, the rest was
+            // read and dropped (the command never blocks on it).
+            tracing::warn!(
+                container = %rec.id,
+                stdout_dropped = r.stdout_dropped,
+                stderr_dropped = r.stderr_dropped,
+                cap = max_output,
+                "exec output truncated at the cap per stream"
+            );
+        }
+        Ok(r)
     }
 }

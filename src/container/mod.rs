@@ -159,8 +159,6 @@ pub enum ContainerError {
     NoTerminal,
     #[error("container {0} did not exit after SIGKILL")]
     Unkillable(String),
-    #[error("shim answered exec without a result")]
-    NoExecResult,
 }
 
 impl From<StoreError> for ContainerError {

@@ -4,6 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use futures::StreamExt;
+use tokio::time::Instant;
+
 use super::{
     ContainerService, EXIT_UNKNOWN, REASON_SHIM_GONE, REASON_START_ERROR, RunState,
     START_ERROR_EXIT, StatsSample, View, now_ns, shim_alive,
@@ -11,9 +14,34 @@ use super::{
 use crate::shim_client::{self, ShimError, msg};
 use crate::store::{ContainerRecord, ExitInfo};
 
+/// How long a state query may wait for its shim. Queries made together (a listing, start-up)
+/// share one deadline this far ahead, so wedged shims (stopped, swapped out) cost a listing
+/// this once, not once each — with twenty of them, one after another, kelsond would miss
+/// systemd's start timeout.
+pub const STATE_DEADLINE: Duration = Duration::from_secs(5);
+/// Shims asked for their state at once: each query holds a connection.
+pub const MAX_STATE_QUERIES: usize = 64;
+
 impl ContainerService {
     /// Live state: the shim's answer, else its exit record, else "exited, unknown".
     pub async fn view(&self, rec: ContainerRecord) -> View {
+        self.view_by(rec, Instant::now() + STATE_DEADLINE).await
+    }
+
+    /// Live states of `recs`, in their order: the shims asked concurrently (at most
+    /// `MAX_STATE_QUERIES` at a time), all within one `STATE_DEADLINE`. A shim that has not
+    /// answered by then, alive, keeps its last known state.
+    pub async fn views(&self, recs: Vec<ContainerRecord>) -> Vec<View> {
+        let deadline = Instant::now() + STATE_DEADLINE;
+        futures::stream::iter(recs)
+            .map(|rec| self.view_by(rec, deadline))
+            .buffered(MAX_STATE_QUERIES)
+            .collect()
+            .await
+    }
+
+    /// `view`, the shim's answer waited for until `deadline`.
+    async fn view_by(&self, rec: ContainerRecord, deadline: Instant) -> View {
         let mut v = View {
             rec,
             state: RunState::Created,
@@ -25,7 +53,8 @@ impl ContainerService {
             message: String::new(),
         };
         let client = self.client(&v.rec);
-        let mut answer = client.state().await;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let mut answer = client.state(left()).await;
         // A shim that answers with an error is alive: ask again before concluding anything
         // from it (an unreachable or silent shim is not asked twice).
         for _ in 0..2 {
@@ -33,7 +62,7 @@ impl ContainerService {
                 Err(e @ ShimError::Remote { .. }) => {
                     tracing::debug!(container = %v.rec.id, error = %e, "shim state: asking again");
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    answer = client.state().await;
+                    answer = client.state(left()).await;
                 }
                 _ => break,
             }

@@ -12,8 +12,12 @@ use super::{Shared, events, request};
 use crate::container::{RunState, View};
 use crate::store::ContainerRecord;
 
-/// Cap on ExecSync output per stream (CVE-2022-1708: unbounded probe output exhausted memory).
-pub const MAX_EXEC_SYNC_OUTPUT: u64 = 16 << 20;
+/// Cap on ExecSync output per stream (CVE-2022-1708: unbounded probe output exhausted memory);
+/// beyond it output is read and dropped, as containerd does. The shim keeps no more.
+pub const MAX_EXEC_SYNC_OUTPUT: u64 = crate::shim_client::MAX_EXEC_OUTPUT;
+/// The largest ExecSync answer: both streams at their cap, and room for the rest of the
+/// message. The CRI server's encoding limit is at least this (`cri_socket`).
+pub const MAX_EXEC_SYNC_RESPONSE: usize = 2 * MAX_EXEC_SYNC_OUTPUT as usize + (64 << 10);
 
 /// The most of a container's OCI spec (its bundle's config.json) a verbose status reads: far
 /// above any spec kelsond writes, which is built from a request under the gRPC message limit.
@@ -248,20 +252,26 @@ pub async fn list(
     rt: &Shared,
     req: cri::ListContainersRequest,
 ) -> Result<cri::ListContainersResponse, Status> {
-    let mut containers = Vec::new();
-    for rec in rt.containers.list()? {
-        if let Some(f) = &req.filter {
-            if (!f.id.is_empty() && !rec.id.starts_with(&f.id))
-                || (!f.pod_sandbox_id.is_empty() && !rec.pod_id.starts_with(&f.pod_sandbox_id))
-            {
-                continue;
-            }
-        }
-        let v = rt.containers.view(rec).await;
-        if req.filter.as_ref().is_none_or(|f| matches(&v, f)) {
-            containers.push(to_container(rt, &v));
-        }
-    }
+    let candidates = rt
+        .containers
+        .list()?
+        .into_iter()
+        .filter(|rec| {
+            req.filter.as_ref().is_none_or(|f| {
+                (f.id.is_empty() || rec.id.starts_with(&f.id))
+                    && (f.pod_sandbox_id.is_empty() || rec.pod_id.starts_with(&f.pod_sandbox_id))
+            })
+        })
+        .collect();
+    // Every shim asked at once, within one deadline: wedged shims cost the listing that once.
+    let containers = rt
+        .containers
+        .views(candidates)
+        .await
+        .iter()
+        .filter(|v| req.filter.as_ref().is_none_or(|f| matches(v, f)))
+        .map(|v| to_container(rt, v))
+        .collect();
     Ok(cri::ListContainersResponse { containers })
 }
 

@@ -146,8 +146,8 @@ pub async fn emit(rt: &Shared, container: &str, pod: &str, kind: cri::ContainerE
     let pod_status = rt.pods.find(pod).ok().map(|r| super::pod::to_status(&r));
     let mut statuses = Vec::new();
     if let Ok(all) = rt.containers.list() {
-        for rec in all.into_iter().filter(|r| r.pod_id == pod) {
-            let v = rt.containers.view(rec).await;
+        let of_pod = all.into_iter().filter(|r| r.pod_id == pod).collect();
+        for v in rt.containers.views(of_pod).await {
             statuses.push(super::container::to_status(rt, &v));
         }
     }
@@ -182,10 +182,10 @@ pub async fn rearm(rt: &Shared) {
     let Ok(all) = rt.containers.list() else {
         return;
     };
-    for rec in all {
-        let (id, pod) = (rec.id.clone(), rec.pod_id.clone());
-        if rt.containers.view(rec).await.state == crate::container::RunState::Running {
-            watch_exit(rt, id, pod);
+    // All shims asked at once, within one deadline: wedged ones cannot hold start-up.
+    for v in rt.containers.views(all).await {
+        if v.state == crate::container::RunState::Running {
+            watch_exit(rt, v.rec.id, v.rec.pod_id);
         }
     }
 }

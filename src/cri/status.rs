@@ -249,7 +249,9 @@ fn shim_code(e: &ShimError) -> Code {
     match e {
         ShimError::Create(_) => Code::FailedPrecondition,
         ShimError::Remote { kind, .. } => match kind {
-            RemoteKind::WrongState | RemoteKind::StartFailed => Code::FailedPrecondition,
+            RemoteKind::WrongState | RemoteKind::StartFailed | RemoteKind::Refused => {
+                Code::FailedPrecondition
+            }
             RemoteKind::BadRequest => Code::InvalidArgument,
             RemoteKind::Internal | RemoteKind::Unspecified => Code::Internal,
         },
@@ -307,8 +309,7 @@ fn container_code(e: &ContainerError) -> Code {
         | E::Terminal { .. }
         | E::TerminalEngineExited(_)
         | E::NoTerminal
-        | E::Unkillable(_)
-        | E::NoExecResult => Code::Internal,
+        | E::Unkillable(_) => Code::Internal,
     }
 }
 

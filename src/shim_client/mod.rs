@@ -13,8 +13,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a control call may take (Exec calls add their own timeout).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest response accepted (exec output is capped by the shim below this).
-pub const MAX_RESPONSE: usize = 64 << 20;
+/// The most exec output the shim keeps per stream (its own `MAX_EXEC_OUTPUT`): an answer
+/// announcing more is refused before anything is read. Responses themselves are bounded by the
+/// protocol's frame cap (`kelson_proto::MAX_FRAME_LEN`); exec output comes in frames after them.
+pub const MAX_EXEC_OUTPUT: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -38,14 +40,18 @@ pub enum CallFailure {
     Frame(#[from] kelson_proto::FrameError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("response too large")]
-    TooLarge,
+    #[error("exec output of {announced} bytes announced, over the {limit}-byte cap")]
+    TooLarge { announced: u64, limit: u64 },
+    #[error("exec output longer than announced")]
+    Overrun,
     #[error("connection closed")]
     Closed,
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("no state in answer")]
     NoState,
+    #[error("no exec result in answer")]
+    NoExecResult,
 }
 
 /// What kind of failure the shim reported (its wire `ErrorKind`).
@@ -59,6 +65,8 @@ pub enum RemoteKind {
     /// The container's command could not be started.
     StartFailed,
     Internal,
+    /// What the request would act on is refused as it is on disk (a symlinked log directory).
+    Refused,
 }
 
 impl RemoteKind {
@@ -68,6 +76,7 @@ impl RemoteKind {
             Ok(msg::ErrorKind::WrongState) => RemoteKind::WrongState,
             Ok(msg::ErrorKind::StartFailed) => RemoteKind::StartFailed,
             Ok(msg::ErrorKind::Internal) => RemoteKind::Internal,
+            Ok(msg::ErrorKind::Refused) => RemoteKind::Refused,
             Ok(msg::ErrorKind::Unspecified) | Err(_) => RemoteKind::Unspecified,
         }
     }
@@ -97,6 +106,10 @@ pub struct Spawn<'a> {
     /// Shim dir: exit record, pid files, shim log.
     pub dir: &'a Path,
     pub socket: &'a Path,
+    /// The pod's log directory (its own name and everything below it are opened without
+    /// following symlinks) …
+    pub log_dir: &'a Path,
+    /// … and the log file's path below it.
     pub log: &'a Path,
     /// The container's stdin stays open for attachers (CRI `stdin`).
     pub stdin: bool,
@@ -127,6 +140,8 @@ pub async fn spawn(s: Spawn<'_>) -> Result<u32, ShimError> {
         .arg(s.dir)
         .arg("--socket")
         .arg(s.socket)
+        .arg("--log-dir")
+        .arg(s.log_dir)
         .arg("--log")
         .arg(s.log)
         .arg("--engine")
@@ -240,9 +255,6 @@ impl Client {
                 {
                     return Ok((r, Connection { conn, buf }));
                 }
-                if buf.len() > MAX_RESPONSE {
-                    return Err(call_err(CallFailure::TooLarge));
-                }
                 let n = conn
                     .read_buf(&mut buf)
                     .await
@@ -264,6 +276,37 @@ impl Client {
         Ok((r, conn))
     }
 
+    /// Run a process in the container (ExecSync): its result with its output, which follows
+    /// the answer in frames, all within `timeout`.
+    pub async fn exec(
+        &self,
+        x: msg::Exec,
+        timeout: Duration,
+    ) -> Result<msg::ExecResult, ShimError> {
+        let limit = match x.max_output {
+            0 => MAX_EXEC_OUTPUT,
+            n => n.min(MAX_EXEC_OUTPUT),
+        };
+        let call_err = |reason: CallFailure| ShimError::Call {
+            id: self.id.clone(),
+            reason,
+        };
+        let began = tokio::time::Instant::now();
+        let (r, conn) = self.open(Kind::Exec(x), timeout).await?;
+        let mut result = r.exec.ok_or_else(|| call_err(CallFailure::NoExecResult))?;
+        for announced in [result.stdout_len, result.stderr_len] {
+            if announced > limit {
+                return Err(call_err(CallFailure::TooLarge { announced, limit }));
+            }
+        }
+        let left = timeout.saturating_sub(began.elapsed());
+        tokio::time::timeout(left, read_exec_output(conn, &mut result))
+            .await
+            .map_err(|_| call_err(CallFailure::Timeout(timeout)))?
+            .map_err(call_err)?;
+        Ok(result)
+    }
+
     /// Join the container's stdio: frames both ways on the returned connection.
     pub async fn attach(&self, a: msg::Attach) -> Result<Connection, ShimError> {
         self.open(Kind::Attach(a), Duration::from_secs(5))
@@ -271,15 +314,42 @@ impl Client {
             .map(|(_, c)| c)
     }
 
-    pub async fn state(&self) -> Result<msg::State, ShimError> {
-        let r = self
-            .call(Kind::State(msg::Empty {}), Duration::from_secs(5))
-            .await?;
+    /// The container's state, if the shim answers within `timeout`.
+    pub async fn state(&self, timeout: Duration) -> Result<msg::State, ShimError> {
+        let r = self.call(Kind::State(msg::Empty {}), timeout).await?;
         r.state.ok_or_else(|| ShimError::Call {
             id: self.id.clone(),
             reason: CallFailure::NoState,
         })
     }
+}
+
+/// Read the `ExecOutput` frames after an exec's answer into `result`, until both streams
+/// have the lengths it announced (checked against the cap by the caller).
+async fn read_exec_output(c: Connection, result: &mut msg::ExecResult) -> Result<(), CallFailure> {
+    use msg::exec_output::Kind as Out;
+    let Connection { mut conn, mut buf } = c;
+    let want = (result.stdout_len as usize, result.stderr_len as usize);
+    result.stdout.reserve(want.0);
+    result.stderr.reserve(want.1);
+    while result.stdout.len() < want.0 || result.stderr.len() < want.1 {
+        let Some(piece) = kelson_proto::decode::<msg::ExecOutput>(&mut buf)? else {
+            if conn.read_buf(&mut buf).await? == 0 {
+                return Err(CallFailure::Closed);
+            }
+            continue;
+        };
+        let (sink, wanted, bytes) = match piece.kind {
+            Some(Out::Stdout(b)) => (&mut result.stdout, want.0, b),
+            Some(Out::Stderr(b)) => (&mut result.stderr, want.1, b),
+            None => continue,
+        };
+        if sink.len() + bytes.len() > wanted {
+            return Err(CallFailure::Overrun);
+        }
+        sink.extend_from_slice(&bytes);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -293,6 +363,7 @@ mod tests {
         assert_eq!(k(msg::ErrorKind::StartFailed), RemoteKind::StartFailed);
         assert_eq!(k(msg::ErrorKind::BadRequest), RemoteKind::BadRequest);
         assert_eq!(k(msg::ErrorKind::Internal), RemoteKind::Internal);
+        assert_eq!(k(msg::ErrorKind::Refused), RemoteKind::Refused);
         assert_eq!(k(msg::ErrorKind::Unspecified), RemoteKind::Unspecified);
         // A kind this daemon does not know yet is a plain failure of the call.
         assert_eq!(RemoteKind::from_wire(99), RemoteKind::Unspecified);

@@ -1,7 +1,8 @@
 //! The HTTP side of the streaming server: one path per URL handed out (`/<kind>/<token>`), the
 //! WebSocket handshake (RFC 6455, subprotocol negotiated from the client's offer), and the
-//! bounds: request heads must arrive within seconds, sessions are capped in number (a client
-//! past the cap gets 503 before anything starts), messages are capped in size. Port-forward
+//! bounds: request heads must arrive within seconds (connections still sending theirs wait in
+//! `heads`' pool, never in a session slot), one request per connection, sessions are capped in
+//! number (a client past the cap gets 503 before anything starts), messages are capped in size. Port-forward
 //! over WebSocket is either SPDY tunnelled in binary messages (`SPDY/3.1+portforward.k8s.io`)
 //! or kubelet's channel protocols.
 
@@ -23,10 +24,12 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::Handle;
 use super::channel::Protocol;
+use super::heads::{MAX_PENDING_HEADS, Pending, PendingHeads};
 use super::{Remote, Session};
 
-/// Time a client gets to send its request head.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client gets to send its request head (and, over TLS, to finish its handshake first):
+/// kubelet and the API server send theirs at once.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest WebSocket message accepted from a client (stdin chunks are far smaller).
 pub const MAX_MESSAGE: usize = 256 * 1024;
 
@@ -37,9 +40,13 @@ pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Every answer but a 101 ends its connection: one request per connection, so one that was
+/// answered cannot sit idle outside both the pending heads and the session slots.
 fn reply(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
     *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
@@ -308,11 +315,16 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-async fn serve_connection<IO>(io: IO, rt: Handle, sessions: Arc<Semaphore>)
+async fn serve_connection<IO>(io: IO, rt: Handle, sessions: Arc<Semaphore>, head: Arc<Pending>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = hyper::service::service_fn(move |req| handle(rt.clone(), sessions.clone(), req));
+    let svc = hyper::service::service_fn(move |req| {
+        // The head is in: the connection leaves the pending pool (an upgrade takes a session
+        // slot instead).
+        head.arrived();
+        handle(rt.clone(), sessions.clone(), req)
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
@@ -331,13 +343,10 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let sessions = Arc::new(Semaphore::new(max_sessions));
-    // Connections still in their HTTP phase (an upgraded session holds a session slot
-    // instead); more wait in the listen backlog.
-    let connections = Arc::new(Semaphore::new(max_sessions + 16));
+    // Connections still sending their head are pooled apart from the sessions, the oldest
+    // dropped when the pool is full (`heads`): half-sent heads cannot keep valid URLs out.
+    let heads = PendingHeads::new(MAX_PENDING_HEADS);
     loop {
-        let Ok(slot) = connections.clone().acquire_owned().await else {
-            return;
-        };
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -346,20 +355,28 @@ pub async fn serve(
                 continue;
             }
         };
+        let head = Arc::new(heads.admit());
         let (rt, sessions, tls) = (rt.clone(), sessions.clone(), tls.clone());
         tokio::spawn(async move {
-            match tls {
-                None => serve_connection(stream, rt, sessions).await,
-                // The handshake gets the same time as a request head.
-                Some(acceptor) => {
-                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => serve_connection(s, rt, sessions).await,
-                        Ok(Err(e)) => tracing::debug!(error = %e, "streaming: TLS handshake"),
-                        Err(_) => tracing::debug!("streaming: TLS handshake timed out"),
+            let serving = async {
+                match tls {
+                    None => serve_connection(stream, rt, sessions, head.clone()).await,
+                    // The handshake gets the same time as a request head.
+                    Some(acceptor) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_connection(s, rt, sessions, head.clone()).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "streaming: TLS handshake"),
+                            Err(_) => tracing::debug!("streaming: TLS handshake timed out"),
+                        }
                     }
                 }
+            };
+            tokio::select! {
+                _ = serving => {}
+                _ = head.evicted() => {
+                    tracing::debug!("streaming: a pending request head dropped for a newer connection");
+                }
             }
-            drop(slot);
         });
     }
 }

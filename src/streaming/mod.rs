@@ -17,6 +17,7 @@
 pub mod attach;
 pub mod channel;
 pub mod exec;
+pub mod heads;
 pub mod listener;
 pub mod portforward;
 pub mod spdy;

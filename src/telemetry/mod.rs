@@ -200,9 +200,7 @@ impl Telemetry {
         }
         let (mut created, mut running, mut exited) = (0, 0, 0);
         if let Ok(all) = src.containers.list() {
-            let views =
-                futures::future::join_all(all.into_iter().map(|r| src.containers.view(r))).await;
-            for v in views {
+            for v in src.containers.views(all).await {
                 match v.state {
                     RunState::Created => created += 1,
                     RunState::Running => running += 1,

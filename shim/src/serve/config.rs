@@ -14,7 +14,8 @@ pub struct Config {
     pub dir: PathBuf,
     /// Control socket; kept short (unix socket paths are limited to 108 bytes).
     pub socket: PathBuf,
-    pub log: PathBuf,
+    /// The CRI log file: the pod's log directory and the path below it.
+    pub log: crate::cri_log::LogPath,
     /// Keep the container's stdin open for attachers.
     pub stdin: bool,
     /// Close the container's stdin when the first attacher with stdin leaves.

@@ -76,6 +76,9 @@ impl Shim {
             Some(Kind::Signal(s)) => self.signal(s),
             Some(Kind::ReopenLog(_)) => match self.log.reopen() {
                 Ok(()) => msg::Response::default(),
+                Err(e) if e.refused() => {
+                    error(msg::ErrorKind::Refused, format!("reopening log: {e}"))
+                }
                 Err(e) => error(msg::ErrorKind::Internal, format!("reopening log: {e}")),
             },
             Some(Kind::Exec(x)) => match self.exec(conn, x) {
@@ -209,7 +212,7 @@ pub(super) fn respond(mut conn: UnixStream, r: msg::Response) {
     let _ = write_response(&mut conn, r);
 }
 
-fn write_response(conn: &mut UnixStream, r: msg::Response) -> std::io::Result<()> {
+pub(super) fn write_response(conn: &mut UnixStream, r: msg::Response) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     kelson_proto::encode(&r, &mut out)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;

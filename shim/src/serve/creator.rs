@@ -210,8 +210,7 @@ impl Shim {
 
     /// The creation itself, in whatever process runs it (unit tests: not a subreaper).
     pub(super) fn create_container(cfg: Config) -> Result<Shim, String> {
-        let log = LogFile::open(&cfg.log)
-            .map_err(|e| format!("opening log {}: {e}", cfg.log.display()))?;
+        let log = LogFile::open(&cfg.log).map_err(|e| format!("opening the log: {e}"))?;
         let p = pipes(&cfg)?;
         let files = CreatorFiles {
             pid_file: cfg.dir.join("init.pid"),

@@ -1,21 +1,24 @@
 //! Exec sessions (ExecSync): a `kelson-shim-engine exec` child per request, its output read
 //! into bounded buffers, its timeout and the drain after it exits, and the one answer on the
-//! request's connection. It never blocks the loop waiting for a command, and never keeps more
-//! than `MAX_EXEC_OUTPUT` of a stream.
+//! request's connection (the result, then the output in frames). It never blocks the loop
+//! waiting for a command, and never keeps more than `MAX_EXEC_OUTPUT` of a stream: the rest is
+//! read and dropped, counted in the answer.
 
+use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use kelson_proto::shim as msg;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::Shim;
-use super::control::respond;
+use super::control::write_response;
 use super::pipes::{PUMP_READS, nonblocking, read_some};
 
 /// Largest exec output kept per stream when the request asks for more.
@@ -33,6 +36,8 @@ pub struct ExecSession {
     pub(super) err: Option<OwnedFd>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Bytes read past `cap` and dropped, per stream (the command is never blocked on them).
+    dropped: [u64; 2],
     cap: usize,
     progress: Progress,
     pid_file: PathBuf,
@@ -90,6 +95,36 @@ impl Progress {
         let drained = pipes_closed || self.drain_until.is_some_and(|d| now >= d);
         self.exit.is_some() && (drained || self.timed_out)
     }
+}
+
+/// The answer to an exec: its result, then its output in `ExecOutput` frames of at most
+/// `MAX_EXEC_CHUNK` bytes — the output cap is larger than one frame may be.
+fn answer(
+    mut conn: UnixStream,
+    result: msg::ExecResult,
+    stdout: &[u8],
+    stderr: &[u8],
+) -> std::io::Result<()> {
+    let response = msg::Response {
+        exec: Some(result),
+        ..Default::default()
+    };
+    write_response(&mut conn, response)?;
+    let pieces = stdout
+        .chunks(msg::MAX_EXEC_CHUNK)
+        .map(|c| msg::exec_output::Kind::Stdout(c.to_vec()))
+        .chain(
+            stderr
+                .chunks(msg::MAX_EXEC_CHUNK)
+                .map(|c| msg::exec_output::Kind::Stderr(c.to_vec())),
+        );
+    for kind in pieces {
+        let mut out = BytesMut::new();
+        kelson_proto::encode(&msg::ExecOutput { kind: Some(kind) }, &mut out)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        conn.write_all(&out)?;
+    }
+    Ok(())
 }
 
 impl ExecSession {
@@ -174,6 +209,7 @@ impl Shim {
             err: Some(er),
             stdout: Vec::new(),
             stderr: Vec::new(),
+            dropped: [0; 2],
             cap: output_cap(x.max_output),
             progress: Progress::new(x.timeout_ms, Instant::now()),
             pid_file,
@@ -195,6 +231,7 @@ impl Shim {
                     let sink = if is_out { &mut e.stdout } else { &mut e.stderr };
                     let room = e.cap.saturating_sub(sink.len());
                     sink.extend_from_slice(&buf[..n.min(room)]);
+                    e.dropped[usize::from(!is_out)] += n.saturating_sub(room) as u64;
                 }
                 Ok(None) | Err(_) => {
                     *slot = None;
@@ -232,17 +269,15 @@ impl Shim {
                 let _ = std::fs::remove_file(&e.pid_file);
                 let result = msg::ExecResult {
                     exit_code: e.progress.exit.unwrap_or(-1),
-                    stdout: e.stdout,
-                    stderr: e.stderr,
                     timed_out: e.progress.timed_out,
+                    stdout_len: e.stdout.len() as u64,
+                    stderr_len: e.stderr.len() as u64,
+                    stdout_dropped: e.dropped[0],
+                    stderr_dropped: e.dropped[1],
+                    ..Default::default()
                 };
-                respond(
-                    e.conn,
-                    msg::Response {
-                        exec: Some(result),
-                        ..Default::default()
-                    },
-                );
+                // A client that left gets nothing.
+                let _ = answer(e.conn, result, &e.stdout, &e.stderr);
                 continue;
             }
             i += 1;
@@ -272,6 +307,50 @@ mod tests {
         assert!(e.starts_with("spawning exec: "), "{e}");
         assert!(shim.execs.is_empty());
         assert_eq!(*asked.borrow(), ["create", "exec"]);
+    }
+
+    #[test]
+    fn output_larger_than_a_frame_follows_the_answer_in_chunks() {
+        use std::io::Read;
+        let (conn, mut client) = UnixStream::pair().unwrap();
+        let stdout: Vec<u8> = (0..kelson_proto::MAX_FRAME_LEN + 5)
+            .map(|i| i as u8)
+            .collect();
+        let stderr = b"err".to_vec();
+        let result = msg::ExecResult {
+            exit_code: 3,
+            stdout_len: stdout.len() as u64,
+            stderr_len: 3,
+            ..Default::default()
+        };
+        let writer = {
+            let out = stdout.clone();
+            std::thread::spawn(move || answer(conn, result, &out, &stderr))
+        };
+        let mut wire = Vec::new();
+        client.read_to_end(&mut wire).unwrap();
+        writer.join().unwrap().unwrap();
+        let mut buf = BytesMut::from(&wire[..]);
+        let r = kelson_proto::decode::<msg::Response>(&mut buf)
+            .unwrap()
+            .unwrap();
+        let exec = r.exec.unwrap();
+        assert_eq!((exec.exit_code, exec.stdout.len()), (3, 0));
+        let (mut out, mut err, mut frames) = (Vec::new(), Vec::new(), 0);
+        while let Some(piece) = kelson_proto::decode::<msg::ExecOutput>(&mut buf).unwrap() {
+            frames += 1;
+            match piece.kind.unwrap() {
+                msg::exec_output::Kind::Stdout(b) => out.extend(b),
+                msg::exec_output::Kind::Stderr(b) => err.extend(b),
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(
+            frames, 6,
+            "five of stdout (MAX_EXEC_CHUNK each at most), one of stderr"
+        );
+        assert!(out == stdout);
+        assert_eq!(err, b"err");
     }
 
     #[test]

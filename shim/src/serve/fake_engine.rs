@@ -64,7 +64,10 @@ pub fn config(dir: &Path, engine: FakeEngine) -> Config {
         bundle: dir.join("bundle"),
         dir: dir.to_owned(),
         socket: dir.join("c1.sock"),
-        log: dir.join("logs/c1.log"),
+        log: crate::cri_log::LogPath {
+            dir: dir.join("logs"),
+            rel: "c1.log".into(),
+        },
         stdin: false,
         stdin_once: false,
         tty: false,

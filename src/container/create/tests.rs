@@ -7,7 +7,10 @@ use super::*;
 fn log_paths() {
     assert_eq!(
         log_path("/var/log/pods/x", "c/0.log").unwrap(),
-        Some(PathBuf::from("/var/log/pods/x/c/0.log"))
+        Some(LogAt {
+            dir: PathBuf::from("/var/log/pods/x"),
+            rel: PathBuf::from("c/0.log")
+        })
     );
     assert_eq!(log_path("", "c/0.log").unwrap(), None);
     // The log path itself is checked at the edge (cri::request).
