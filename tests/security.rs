@@ -1510,3 +1510,287 @@ async fn mount_targets_swapped_for_host_symlinks_never_land_on_the_host() -> any
     println!("mount-target race: {made} created, {refused} refused");
     dev_traps_done(p, bait).await
 }
+
+/// Another user of the node, as `setpriv` makes one: uid and gid 65534, no groups.
+fn as_nobody(cmd: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--",
+    ])
+    .args(cmd);
+    c
+}
+
+/// Every entry below `dir`, not following symlinks nor descending into other mounts
+/// (pinned namespaces, /dev/shm, rootfs and volume clones are checked as mount points).
+fn walk_tree(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, std::fs::Metadata)>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let descend = m.is_dir() && m.dev() == top.dev();
+        out.push((p.clone(), m));
+        if descend {
+            walk_tree(&p, out);
+        }
+    }
+}
+
+/// What of kelsond's root and state trees other users of the node could read: the files in
+/// which root finds `secret`, those in which uid 65534 finds it (each file tried by its path,
+/// as an attacker who learnt a container's id would), and every mode wider than owner-only
+/// — for kelsond's own files and dirs, not for what containers see through them (an image's
+/// layers, the container's upper dir, the files bound into containers), which must not be
+/// reachable instead.
+fn exposure(
+    d: &kelson_testkit::Daemon,
+    secret: &str,
+) -> anyhow::Result<(usize, String, Vec<String>)> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut all = Vec::new();
+    for top in [&d.root, &d.state] {
+        let m = std::fs::symlink_metadata(top)?;
+        all.push((top.clone(), m));
+        walk_tree(top, &mut all);
+    }
+    let image_content = |p: &std::path::Path| {
+        p.ancestors().any(|a| {
+            let name = a.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let parent = a
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|n| n.to_str());
+            (name == "fs" && a.parent().and_then(|p| p.parent()) == Some(&d.root.join("snapshots")))
+                || (name == "upper" || name == "work")
+                    && parent.is_some_and(|_| a.starts_with(d.root.join("containers")))
+        })
+    };
+    let mut wide = Vec::new();
+    let dev_of = |p: &std::path::Path| {
+        p.parent()
+            .and_then(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| m.dev())
+    };
+    for (p, m) in &all {
+        let mode = m.permissions().mode() & 0o7777;
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let mount_point = dev_of(p).is_some_and(|dev| dev != m.dev());
+        if m.file_type().is_symlink() || image_content(p) {
+            // An image's own modes; `upper` is the container's `/`. Unreachable (below).
+            if name == "upper" && mode != 0o755 {
+                wide.push(format!(
+                    "{} is {mode:o}: the container's / must be 0755",
+                    p.display()
+                ));
+            }
+            continue;
+        }
+        if mount_point {
+            continue; // not kelsond's mode (nsfs, tmpfs, overlay): unreachable (below)
+        }
+        let allowed = if m.is_dir() {
+            // Crossable (never listable) where a user-namespaced pod's root must reach.
+            0o711
+        } else if ["hostname", "hosts", "resolv.conf"].contains(&name) {
+            0o644 // bound into containers; behind the pod's private dir
+        } else if p == &d.socket {
+            0o660 // the CRI socket: root's group (kubelet)
+        } else {
+            0o600
+        };
+        if mode & !allowed != 0 {
+            wide.push(format!("{} is {mode:o}", p.display()));
+        }
+    }
+    // Reachable by another user: every dir above it searchable by others.
+    let searchable = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    };
+    for (p, m) in &all {
+        let reachable = p
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(d.dir.path()))
+            .all(searchable);
+        let mode = m.permissions().mode();
+        if reachable && !m.file_type().is_symlink() && mode & 0o006 != 0 {
+            wide.push(format!(
+                "{} ({mode:o}) is reachable by other users",
+                p.display()
+            ));
+        }
+    }
+    let files: Vec<&std::path::PathBuf> = all
+        .iter()
+        .filter(|(_, m)| m.is_file())
+        .map(|(p, _)| p)
+        .collect();
+    let grep = |mut cmd: std::process::Command| -> anyhow::Result<String> {
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        for f in &files {
+            stdin.write_all(f.as_os_str().as_encoded_bytes())?;
+            stdin.write_all(b"\0")?;
+        }
+        drop(stdin);
+        Ok(String::from_utf8_lossy(&child.wait_with_output()?.stdout).into_owned())
+    };
+    let xargs = ["xargs", "-0", "-r", "grep", "-l", "-s", "-F", "-e", secret];
+    let mut as_root = std::process::Command::new(xargs[0]);
+    as_root.args(&xargs[1..]);
+    let root_sees = grep(as_root)?.lines().count();
+    let nobody_sees = grep(as_nobody(&xargs))?;
+    // The walk itself, as that user: nothing to list, nothing found.
+    let walk = as_nobody(&["grep", "-r", "-l", "-s", "-F", "-e", secret])
+        .arg(&d.root)
+        .arg(&d.state)
+        .output()?;
+    Ok((
+        root_sees,
+        nobody_sees + &String::from_utf8_lossy(&walk.stdout),
+        wide,
+    ))
+}
+
+/// `exposure` must show a secret kelsond holds (`at_least` files, as root sees them) and
+/// nothing another user can read.
+fn assert_private(d: &kelson_testkit::Daemon, secret: &str, at_least: usize, when: &str) {
+    let (root_sees, nobody_sees, wide) = exposure(d, secret).expect("walking kelsond's dirs");
+    assert!(
+        root_sees >= at_least,
+        "{when}: root finds the secret in {root_sees} files, expected at least {at_least}: the check is blind"
+    );
+    assert!(
+        nobody_sees.is_empty(),
+        "{when}: uid 65534 reads the secret in {nobody_sees}"
+    );
+    assert!(wide.is_empty(), "{when}: {wide:#?}");
+}
+
+fn kelsond_cli(d: &kelson_testkit::Daemon, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(common::KELSOND)
+        .arg("--config")
+        .arg(&d.config)
+        .args(args)
+        .output()?)
+}
+
+/// Container specs hold env values (Kubernetes secrets) and the store every container's
+/// config (CVE-2021-41103's class): with a secret in the env and an annotation of containers
+/// in a plain and a user-namespaced pod, no other user of the node reads it anywhere in
+/// kelsond's root and state dirs — running, after a restart, after `repair-db` and after
+/// `repair-db --rebuild` moved the database aside — and no file or dir kelsond made is wider
+/// than owner-only (crossable dirs excepted). The container's own processes keep the OCI
+/// umask (0022), and dirs the runtime makes inside the rootfs stay usable by a non-root user.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_a_container_is_readable_by_other_users() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let secret = format!("SECRET-{}", std::process::id());
+    let (top, logs, plain_cfg, plain) = common::pod_in(&mut c, "kelson-private", "plain").await?;
+    let userns_cfg = userns_pod(&top, logs.path());
+    let userns = common::run_pod(&mut c, &userns_cfg).await?;
+    let secretive = |ctr: &mut cri::ContainerConfig| {
+        ctr.envs = vec![cri::KeyValue {
+            key: "TOKEN".into(),
+            value: secret.clone(),
+        }];
+        ctr.annotations = [("example.com/token".to_string(), secret.clone())].into();
+    };
+    let vol = tempfile::tempdir()?;
+    let mut app = common::container_config("app", &image, &["/bin/sleep", "3600"]);
+    secretive(&mut app);
+    req::security(&mut app).run_as_user = Some(cri::Int64Value { value: 65534 });
+    app.mounts = vec![common::bind("/made/by/the/runtime", vol.path())];
+    let app = common::create_start(&mut c, &plain, &plain_cfg, app).await?;
+    let mut root_ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    secretive(&mut root_ctr);
+    as_root(&mut root_ctr).namespace_options = Some(userns_options(USERNS_HOST_BASE));
+    let in_userns = common::create_start(&mut c, &userns, &userns_cfg, root_ctr).await?;
+    // The container's side is unchanged: the OCI umask in its init and in an exec'd process,
+    // `/` and the mount point's parents the runtime made traversable by a non-root user.
+    let umask = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|u| u.trim().to_owned())
+    };
+    for id in [&app, &in_userns] {
+        let init = init_pid(&mut c, id).await?;
+        let host_view = std::fs::read_to_string(format!("/proc/{init}/status"))?;
+        assert_eq!(umask(&host_view).as_deref(), Some("0022"), "init of {id}");
+        let exec_view = exec_out(&mut c, id, &["/bin/busybox", "cat", "/proc/self/status"]).await?;
+        assert_eq!(umask(&exec_view).as_deref(), Some("0022"), "exec in {id}");
+    }
+    exec_out(
+        &mut c,
+        &app,
+        &[
+            "/bin/busybox",
+            "ls",
+            "/",
+            "/made/by",
+            "/made/by/the/runtime",
+        ],
+    )
+    .await?;
+    let log = logs.path().join("plain").join("app.log");
+    let log_mode = std::fs::metadata(&log)?.permissions().mode() & 0o777;
+    assert_eq!(log_mode, 0o600, "{}", log.display());
+
+    // config.json and the store hold the secret, as root sees them.
+    assert_private(&e.daemon, &secret, 3, "running");
+    e.daemon.restart()?;
+    let mut c = e.daemon.cri().await?;
+    exec_out(&mut c, &app, &["/bin/busybox", "true"]).await?;
+    assert_private(&e.daemon, &secret, 3, "after a restart");
+    e.daemon.stop()?;
+    let out = kelsond_cli(&e.daemon, &["repair-db"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_private(&e.daemon, &secret, 3, "after repair-db");
+    // A database repair-db cannot read (its header overwritten, the records still in it): moved
+    // aside, and the copy is as private as the original.
+    {
+        use std::io::{Seek, Write};
+        let mut db = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.daemon.root.join("kelson.redb"))?;
+        db.seek(std::io::SeekFrom::Start(0))?;
+        db.write_all(&[0x42; 512])?;
+    }
+    let out = kelsond_cli(&e.daemon, &["repair-db", "--rebuild"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_private(&e.daemon, &secret, 3, "after repair-db --rebuild");
+    // The pods' records are gone with the database: the daemon's teardown reaps what is left.
+    drop(c);
+    drop(e);
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}

@@ -133,11 +133,15 @@ pub struct LogFile {
     reserve: bool,
 }
 
+/// kubelet (root) reads container logs; nobody else needs to (CRI-O's conmon makes them 0600;
+/// containerd 0640 with root's group). Container output may carry anything the app prints.
+const LOG_FILE_MODE: u32 = 0o600;
+
 fn open(path: &Path) -> std::io::Result<(File, u64)> {
     let f = OpenOptions::new()
         .create(true)
         .append(true)
-        .mode(0o640)
+        .mode(LOG_FILE_MODE)
         .open(path)?;
     let len = f.metadata()?.len();
     Ok((f, len))
