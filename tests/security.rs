@@ -1511,7 +1511,9 @@ async fn mount_targets_swapped_for_host_symlinks_never_land_on_the_host() -> any
     dev_traps_done(p, bait).await
 }
 
-/// Another user of the node, as `setpriv` makes one: uid and gid 65534, no groups.
+/// Another user of the node, as `setpriv` makes one: uid and gid 65534, no groups. setpriv
+/// keeps its capabilities until it execs `cmd[0]` (which must therefore be a plain program,
+/// never the path under test); from there on nothing is privileged.
 fn as_nobody(cmd: &[&str]) -> std::process::Command {
     let mut c = std::process::Command::new("setpriv");
     c.args([
@@ -1793,4 +1795,182 @@ async fn nothing_of_a_container_is_readable_by_other_users() -> anyhow::Result<(
     drop(e);
     common::remove_cgroup_tree(&top);
     Ok(())
+}
+
+/// kelsond at `trace` for every crate (tonic, h2, hyper, the registry client included) while
+/// a private registry is pulled from with credentials (user and password, and docker-config
+/// `auth`), and containers with a secret env value and annotation are made, exec'd into,
+/// inspected and removed: none of these values reaches the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_the_log_even_at_trace() -> anyhow::Result<()> {
+    use kelson_testkit::{DaemonOptions, Pusher, Registry, RegistryOptions, TestImages};
+    let password = format!("pass-{}-word", std::process::id());
+    let registry = Registry::start(RegistryOptions {
+        tls: true,
+        auth: Some(("kelson".into(), password.clone())),
+    })?;
+    let daemon = kelson_testkit::Daemon::start_opts(
+        std::path::Path::new(common::KELSOND),
+        "",
+        DaemonOptions {
+            log_level: Some("trace".into()),
+            ..Default::default()
+        },
+    )?;
+    daemon.hosts(&registry.host, &registry.hosts_toml())?;
+    Pusher::new(&registry)?
+        .image("test/private", "v1", &TestImages::standard("amd64", false)?)
+        .await?;
+    let image = format!("{}/test/private:v1", registry.host);
+    let docker_auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("kelson:{password}"))
+    };
+    let mut c = daemon.cri().await?;
+    for auth in [
+        cri::AuthConfig {
+            username: "kelson".into(),
+            password: password.clone(),
+            ..Default::default()
+        },
+        cri::AuthConfig {
+            auth: docker_auth.clone(),
+            ..Default::default()
+        },
+    ] {
+        c.image
+            .pull_image(cri::PullImageRequest {
+                image: req::image(&image),
+                auth: Some(auth),
+                sandbox_config: None,
+            })
+            .await?;
+    }
+    let env_secret = format!("ENV-SECRET-{}", std::process::id());
+    let note_secret = format!("NOTE-SECRET-{}", std::process::id());
+    let (top, logs, cfg, pod) = common::pod_in(&mut c, "kelson-quiet", "quiet").await?;
+    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    ctr.envs = vec![cri::KeyValue {
+        key: "TOKEN".into(),
+        value: env_secret.clone(),
+    }];
+    ctr.annotations = [("example.com/token".to_string(), note_secret.clone())].into();
+    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    assert!(
+        exec_out(&mut c, &id, &["/bin/busybox", "env"])
+            .await?
+            .contains(&env_secret)
+    );
+    let st = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        st.status
+            .is_some_and(|s| s.annotations.values().any(|v| *v == note_secret))
+    );
+    common::remove_pod(&mut c, &pod, &top).await?;
+    drop(logs);
+    let log = daemon.log();
+    assert!(
+        log.lines().count() > 100 && log.contains("TRACE"),
+        "the daemon did not log at trace: {log}"
+    );
+    for (what, secret) in [
+        ("the registry password", password.as_str()),
+        ("the docker-config auth", docker_auth.as_str()),
+        ("an env value", env_secret.as_str()),
+        ("an annotation value", note_secret.as_str()),
+    ] {
+        let leaks: Vec<&str> = log.lines().filter(|l| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{what} is in the log: {leaks:#?}");
+    }
+    Ok(())
+}
+
+/// A setuid-root binary and a device node made by root in a running container (as an image
+/// layer could carry them) are not reachable by another user of the node through any of
+/// kelsond's dirs — neither in the container's upper dir nor through its mounted rootfs —
+/// and the pod's world-writable /dev/shm cannot be written from the host by that user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containers_setuid_files_devices_and_shm_are_out_of_other_users_reach()
+-> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut p = TestPod::start(e, "kelson-unreachable", "unreachable").await?;
+    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    as_root(&mut ctr);
+    let id = p.run(ctr).await?;
+    exec_out(
+        &mut p.c,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox cp /bin/busybox /suid && /bin/busybox chmod 4755 /suid && /bin/busybox mknod -m 666 /null c 1 3",
+        ],
+    )
+    .await?;
+    let d = &p.e.daemon;
+    let container = d.root.join("containers").join(&id);
+    let shm = d.state.join("pods").join(&p.pod).join("shm");
+    let mut targets = Vec::new();
+    for dir in ["upper", "rootfs"] {
+        for f in ["suid", "null"] {
+            let t = container.join(dir).join(f);
+            assert!(
+                std::fs::symlink_metadata(&t).is_ok(),
+                "{} missing",
+                t.display()
+            );
+            targets.push(t);
+        }
+    }
+    assert!(shm.is_dir(), "{} missing", shm.display());
+    for t in &targets {
+        let out = as_nobody(&["/bin/busybox", "stat", "-c", "%a"])
+            .arg(t)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "uid 65534 reaches {}: {}{err}",
+            t.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Through a shell: setpriv itself still holds root's capabilities when it execs (they go
+    // at that execve), the shell does not.
+    let out = as_nobody(&["/bin/sh", "-c", "exec \"$0\" id -u"])
+        .arg(&targets[0])
+        .output()?;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "uid 65534 ran the container's setuid binary: {out:?}"
+    );
+    let out = as_nobody(&["/bin/busybox", "touch"])
+        .arg(shm.join("from-the-host"))
+        .output()?;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "uid 65534 wrote into the pod's /dev/shm"
+    );
+    assert!(!shm.join("from-the-host").exists());
+    // The container itself still has them: setuid works inside, /dev/shm is writable.
+    exec_out(
+        &mut p.c,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox test -u /suid && echo x > /null && echo y > /dev/shm/y",
+        ],
+    )
+    .await?;
+    p.remove().await
 }
