@@ -98,6 +98,19 @@ impl Dirs {
             owner_only::set_mode(&d, mode)?;
         }
         owner_only::narrow_file(&self.database())?;
+        // Containers an older kelsond made: their specs (env values) and the library's state
+        // (annotations) become private too. Only files: the dirs' modes are left as made, so
+        // a user-namespaced pod's root still crosses what it crossed.
+        for (parent, files) in [
+            (self.container_states(), &["bundle/config.json"][..]),
+            (self.engine(), &["state.json", "youki_config.json"][..]),
+        ] {
+            for e in std::fs::read_dir(&parent)?.flatten() {
+                for f in files {
+                    owner_only::narrow_file(&e.path().join(f))?;
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -90,10 +90,15 @@ pub fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
 }
 
 /// Narrow an existing file to `FILE` (one written by an older kelsond, or by a library that
-/// chooses its own mode); a missing file is fine.
+/// chooses its own mode); a missing file (or a parent that is not a dir) is fine.
 pub fn narrow_file(path: &Path) -> std::io::Result<()> {
     match set_mode(path, FILE) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+        {
+            Ok(())
+        }
         r => r,
     }
 }
@@ -142,5 +147,6 @@ mod tests {
         assert!(set_mode(&deep.join("link"), 0o777).is_err());
         assert_eq!(std::fs::read(&victim).unwrap(), b"host");
         narrow_file(&d.path().join("missing")).unwrap();
+        narrow_file(&f.join("below-a-file")).unwrap();
     }
 }
