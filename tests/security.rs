@@ -1569,16 +1569,15 @@ fn exposure(
         all.push((top.clone(), m));
         walk_tree(top, &mut all);
     }
+    // What containers see: an image's layers (`snapshots/<id>/fs`), a container's upper and
+    // work dirs (`containers/<id>/upper`, `…/work`).
+    let (snapshots, containers) = (d.root.join("snapshots"), d.root.join("containers"));
     let image_content = |p: &std::path::Path| {
         p.ancestors().any(|a| {
             let name = a.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let parent = a
-                .parent()
-                .and_then(|p| p.file_name())
-                .and_then(|n| n.to_str());
-            (name == "fs" && a.parent().and_then(|p| p.parent()) == Some(&d.root.join("snapshots")))
-                || (name == "upper" || name == "work")
-                    && parent.is_some_and(|_| a.starts_with(d.root.join("containers")))
+            let grandparent = a.parent().and_then(|p| p.parent());
+            (name == "fs" && grandparent == Some(snapshots.as_path()))
+                || (["upper", "work"].contains(&name) && grandparent == Some(containers.as_path()))
         })
     };
     let mut wide = Vec::new();
