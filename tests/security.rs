@@ -1717,8 +1717,30 @@ async fn nothing_of_a_container_is_readable_by_other_users() -> anyhow::Result<(
         }];
         ctr.annotations = [("example.com/token".to_string(), secret.clone())].into();
     };
+    // A layer whose archive only implies a directory (`implied/` has no entry of its own).
+    let implied = {
+        let layer = kelson_testkit::TarBuilder::new()
+            .file("implied/by/its/file", 0o644, b"implied\n")
+            .finish();
+        let img = kelson_testkit::Image::new(
+            vec![
+                kelson_testkit::TestImages::busybox_layer()?,
+                kelson_testkit::TestImages::etc_layer(),
+                kelson_testkit::Layer::new(layer, kelson_testkit::Compression::Gzip),
+            ],
+            "amd64",
+            false,
+            serde_json::json!({"Env": ["PATH=/bin"]}),
+        );
+        kelson_testkit::Pusher::new(&e.registry)?
+            .image("test/implied", "v1", &img)
+            .await?;
+        let r = format!("{}/test/implied:v1", e.registry.host);
+        common::pull(&e.daemon, &r).await?;
+        r
+    };
     let vol = tempfile::tempdir()?;
-    let mut app = common::container_config("app", &image, &["/bin/sleep", "3600"]);
+    let mut app = common::container_config("app", &implied, &["/bin/sleep", "3600"]);
     secretive(&mut app);
     req::security(&mut app).run_as_user = Some(cri::Int64Value { value: 65534 });
     app.mounts = vec![common::bind("/made/by/the/runtime", vol.path())];
@@ -1747,10 +1769,9 @@ async fn nothing_of_a_container_is_readable_by_other_users() -> anyhow::Result<(
         &app,
         &[
             "/bin/busybox",
-            "ls",
-            "/",
-            "/made/by",
-            "/made/by/the/runtime",
+            "sh",
+            "-c",
+            "/bin/busybox ls / /made/by /made/by/the/runtime && /bin/busybox cat /implied/by/its/file",
         ],
     )
     .await?;
