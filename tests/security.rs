@@ -1993,7 +1993,8 @@ async fn a_containers_setuid_files_devices_and_shm_are_out_of_other_users_reach(
         "uid 65534 wrote into the pod's /dev/shm"
     );
     assert!(!shm.join("from-the-host").exists());
-    // The container itself still has them: setuid works inside, /dev/shm is writable.
+    // The container itself still has them (no nosuid, nodev on its rootfs, as with containerd):
+    // the setuid bit holds, the device and /dev/shm are writable.
     exec_out(
         &mut p.c,
         &id,
