@@ -37,7 +37,10 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<UnixListener, ServerError> 
         source,
     };
     let parent = path.parent().unwrap_or(Path::new("/"));
-    std::fs::create_dir_all(parent).map_err(|e| err("create parent dir", e))?;
+    // Crossable by the socket's group (kubelet, crictl users), never listable; kelsond's
+    // umask would make it root's alone.
+    crate::owner_only::create_dir_all_mode(parent, crate::owner_only::TRAVERSE)
+        .map_err(|e| err("create parent dir", e))?;
     let tmp = parent.join(format!(
         ".{}.{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("sock"),

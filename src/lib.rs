@@ -14,6 +14,7 @@ pub mod ids;
 pub mod image;
 pub mod network;
 pub mod notify;
+pub mod owner_only;
 pub mod pod;
 pub mod reference;
 pub mod rollback;

@@ -107,6 +107,9 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 fn main() -> std::process::ExitCode {
+    // Before anything is created: no file of kelsond's or its helpers' is ever readable by
+    // other users because a mode was forgotten (the explicit modes are in `owner_only`).
+    kelson::owner_only::restrict_umask();
     let cli = Cli::parse();
     // The namespace helper runs before anything else: it must stay single-threaded.
     if let Some(Command::PodHolder) = &cli.command {
@@ -219,6 +222,10 @@ fn repair_db(cfg: &Config, rebuild: bool) -> anyhow::Result<()> {
             let aside = path.with_extension(format!("corrupt-{}", std::process::id()));
             std::fs::rename(&path, &aside)
                 .with_context(|| format!("moving {} aside", path.display()))?;
+            // It still holds container configs (env values included), whatever mode an older
+            // kelsond gave it.
+            kelson::owner_only::narrow_file(&aside)
+                .with_context(|| format!("narrowing {}", aside.display()))?;
             Store::open(&path)?;
             println!(
                 "{e}\nmoved the corrupt database to {} and created an empty one",

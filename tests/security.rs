@@ -1906,3 +1906,501 @@ async fn a_log_directory_swapped_for_a_symlink_is_never_followed() -> anyhow::Re
     );
     p.remove().await
 }
+
+/// Another user of the node, as `setpriv` makes one: uid and gid 65534, no groups. setpriv
+/// keeps its capabilities until it execs `cmd[0]` (which must therefore be a plain program,
+/// never the path under test); from there on nothing is privileged.
+fn as_nobody(cmd: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+        "--",
+    ])
+    .args(cmd);
+    c
+}
+
+/// Every entry below `dir`, not following symlinks nor descending into other mounts
+/// (pinned namespaces, /dev/shm, rootfs and volume clones are checked as mount points).
+fn walk_tree(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, std::fs::Metadata)>) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let descend = m.is_dir() && m.dev() == top.dev();
+        out.push((p.clone(), m));
+        if descend {
+            walk_tree(&p, out);
+        }
+    }
+}
+
+/// What of kelsond's root and state trees other users of the node could read: the files in
+/// which root finds `secret`, those in which uid 65534 finds it (each file tried by its path,
+/// as an attacker who learnt a container's id would), and every mode wider than owner-only
+/// — for kelsond's own files and dirs, not for what containers see through them (an image's
+/// layers, the container's upper dir, the files bound into containers), which must not be
+/// reachable instead.
+fn exposure(
+    d: &kelson_testkit::Daemon,
+    secret: &str,
+) -> anyhow::Result<(usize, String, Vec<String>)> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut all = Vec::new();
+    for top in [&d.root, &d.state] {
+        let m = std::fs::symlink_metadata(top)?;
+        all.push((top.clone(), m));
+        walk_tree(top, &mut all);
+    }
+    // What containers see: an image's layers (`snapshots/<id>/fs`), a container's upper and
+    // work dirs (`containers/<id>/upper`, `…/work`).
+    let (snapshots, containers) = (d.root.join("snapshots"), d.root.join("containers"));
+    let image_content = |p: &std::path::Path| {
+        p.ancestors().any(|a| {
+            let name = a.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            let grandparent = a.parent().and_then(|p| p.parent());
+            (name == "fs" && grandparent == Some(snapshots.as_path()))
+                || (["upper", "work"].contains(&name) && grandparent == Some(containers.as_path()))
+        })
+    };
+    let mut wide = Vec::new();
+    let dev_of = |p: &std::path::Path| {
+        p.parent()
+            .and_then(|p| std::fs::symlink_metadata(p).ok())
+            .map(|m| m.dev())
+    };
+    for (p, m) in &all {
+        let mode = m.permissions().mode() & 0o7777;
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let mount_point = dev_of(p).is_some_and(|dev| dev != m.dev());
+        if m.file_type().is_symlink() || image_content(p) {
+            // An image's own modes; `upper` is the container's `/`. Unreachable (below).
+            if name == "upper" && mode != 0o755 {
+                wide.push(format!(
+                    "{} is {mode:o}: the container's / must be 0755",
+                    p.display()
+                ));
+            }
+            continue;
+        }
+        if mount_point {
+            continue; // not kelsond's mode (nsfs, tmpfs, overlay): unreachable (below)
+        }
+        let allowed = if m.is_dir() {
+            // Crossable (never listable) where a user-namespaced pod's root must reach.
+            0o711
+        } else if ["hostname", "hosts", "resolv.conf"].contains(&name) {
+            0o644 // bound into containers; behind the pod's private dir
+        } else if p == &d.socket {
+            0o660 // the CRI socket: root's group (kubelet)
+        } else {
+            0o600
+        };
+        if mode & !allowed != 0 {
+            wide.push(format!("{} is {mode:o}", p.display()));
+        }
+    }
+    // Reachable by another user: every dir above it searchable by others.
+    let searchable = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    };
+    for (p, m) in &all {
+        let reachable = p
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(d.dir.path()))
+            .all(searchable);
+        let mode = m.permissions().mode();
+        if reachable && !m.file_type().is_symlink() && mode & 0o006 != 0 {
+            wide.push(format!(
+                "{} ({mode:o}) is reachable by other users",
+                p.display()
+            ));
+        }
+    }
+    let files: Vec<&std::path::PathBuf> = all
+        .iter()
+        .filter(|(_, m)| m.is_file())
+        .map(|(p, _)| p)
+        .collect();
+    let grep = |mut cmd: std::process::Command| -> anyhow::Result<String> {
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        for f in &files {
+            stdin.write_all(f.as_os_str().as_encoded_bytes())?;
+            stdin.write_all(b"\0")?;
+        }
+        drop(stdin);
+        Ok(String::from_utf8_lossy(&child.wait_with_output()?.stdout).into_owned())
+    };
+    let xargs = ["xargs", "-0", "-r", "grep", "-l", "-s", "-F", "-e", secret];
+    let mut as_root = std::process::Command::new(xargs[0]);
+    as_root.args(&xargs[1..]);
+    let root_sees = grep(as_root)?.lines().count();
+    let nobody_sees = grep(as_nobody(&xargs))?;
+    // The walk itself, as that user: nothing to list, nothing found.
+    let walk = as_nobody(&["grep", "-r", "-l", "-s", "-F", "-e", secret])
+        .arg(&d.root)
+        .arg(&d.state)
+        .output()?;
+    Ok((
+        root_sees,
+        nobody_sees + &String::from_utf8_lossy(&walk.stdout),
+        wide,
+    ))
+}
+
+/// `exposure` must show a secret kelsond holds (`at_least` files, as root sees them) and
+/// nothing another user can read.
+fn assert_private(d: &kelson_testkit::Daemon, secret: &str, at_least: usize, when: &str) {
+    let (root_sees, nobody_sees, wide) = exposure(d, secret).expect("walking kelsond's dirs");
+    assert!(
+        root_sees >= at_least,
+        "{when}: root finds the secret in {root_sees} files, expected at least {at_least}: the check is blind"
+    );
+    assert!(
+        nobody_sees.is_empty(),
+        "{when}: uid 65534 reads the secret in {nobody_sees}"
+    );
+    assert!(wide.is_empty(), "{when}: {wide:#?}");
+}
+
+fn kelsond_cli(d: &kelson_testkit::Daemon, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(common::KELSOND)
+        .arg("--config")
+        .arg(&d.config)
+        .args(args)
+        .output()?)
+}
+
+/// Container specs hold env values (Kubernetes secrets) and the store every container's
+/// config (CVE-2021-41103's class): with a secret in the env and an annotation of containers
+/// in a plain and a user-namespaced pod, no other user of the node reads it anywhere in
+/// kelsond's root and state dirs — running, after a restart, after `repair-db` and after
+/// `repair-db --rebuild` moved the database aside — and no file or dir kelsond made is wider
+/// than owner-only (crossable dirs excepted). The container's own processes keep the OCI
+/// umask (0022), and dirs the runtime makes inside the rootfs stay usable by a non-root user.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_of_a_container_is_readable_by_other_users() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let (mut e, image) = common::env_standard().await?;
+    let mut c = e.daemon.cri().await?;
+    let secret = format!("SECRET-{}", std::process::id());
+    let (top, logs, plain_cfg, plain) = common::pod_in(&mut c, "kelson-private", "plain").await?;
+    let userns_cfg = userns_pod(&top, logs.path());
+    let userns = common::run_pod(&mut c, &userns_cfg).await?;
+    let secretive = |ctr: &mut cri::ContainerConfig| {
+        ctr.envs = vec![cri::KeyValue {
+            key: "TOKEN".into(),
+            value: secret.clone(),
+        }];
+        ctr.annotations = [("example.com/token".to_string(), secret.clone())].into();
+    };
+    // A layer whose archive only implies a directory (`implied/` has no entry of its own).
+    let implied = {
+        let layer = kelson_testkit::TarBuilder::new()
+            .file("implied/by/its/file", 0o644, b"implied\n")
+            .finish();
+        let img = kelson_testkit::Image::new(
+            vec![
+                kelson_testkit::TestImages::busybox_layer()?,
+                kelson_testkit::TestImages::etc_layer(),
+                kelson_testkit::Layer::new(layer, kelson_testkit::Compression::Gzip),
+            ],
+            "amd64",
+            false,
+            serde_json::json!({"Env": ["PATH=/bin"]}),
+        );
+        kelson_testkit::Pusher::new(&e.registry)?
+            .image("test/implied", "v1", &img)
+            .await?;
+        let r = format!("{}/test/implied:v1", e.registry.host);
+        common::pull(&e.daemon, &r).await?;
+        r
+    };
+    let vol = tempfile::tempdir()?;
+    let mut app = common::container_config("app", &implied, &["/bin/sleep", "3600"]);
+    secretive(&mut app);
+    req::security(&mut app).run_as_user = Some(cri::Int64Value { value: 65534 });
+    app.mounts = vec![common::bind("/made/by/the/runtime", vol.path())];
+    let app = common::create_start(&mut c, &plain, &plain_cfg, app).await?;
+    let mut root_ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    secretive(&mut root_ctr);
+    as_root(&mut root_ctr).namespace_options = Some(userns_options(USERNS_HOST_BASE));
+    let in_userns = common::create_start(&mut c, &userns, &userns_cfg, root_ctr).await?;
+    // The container's side is unchanged: the OCI umask in its init and in an exec'd process,
+    // `/` and the mount point's parents the runtime made traversable by a non-root user.
+    let umask = |status: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|u| u.trim().to_owned())
+    };
+    for id in [&app, &in_userns] {
+        let init = init_pid(&mut c, id).await?;
+        let host_view = std::fs::read_to_string(format!("/proc/{init}/status"))?;
+        assert_eq!(umask(&host_view).as_deref(), Some("0022"), "init of {id}");
+        let exec_view = exec_out(&mut c, id, &["/bin/busybox", "cat", "/proc/self/status"]).await?;
+        assert_eq!(umask(&exec_view).as_deref(), Some("0022"), "exec in {id}");
+    }
+    exec_out(
+        &mut c,
+        &app,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox ls / /made/by /made/by/the/runtime && /bin/busybox cat /implied/by/its/file",
+        ],
+    )
+    .await?;
+    let log = logs.path().join("plain").join("app.log");
+    let log_mode = std::fs::metadata(&log)?.permissions().mode() & 0o777;
+    assert_eq!(log_mode, 0o600, "{}", log.display());
+
+    // config.json and the store hold the secret, as root sees them.
+    assert_private(&e.daemon, &secret, 3, "running");
+    // As an older kelsond left them: a restart narrows the secret-bearing files again.
+    e.daemon.stop()?;
+    for f in [
+        e.daemon.root.join("kelson.redb"),
+        e.daemon
+            .state
+            .join("containers")
+            .join(&app)
+            .join("bundle/config.json"),
+        e.daemon.state.join("engine").join(&app).join("state.json"),
+    ] {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644))?;
+    }
+    e.daemon.restart()?;
+    let mut c = e.daemon.cri().await?;
+    exec_out(&mut c, &app, &["/bin/busybox", "true"]).await?;
+    assert_private(&e.daemon, &secret, 3, "after a restart");
+    e.daemon.stop()?;
+    let out = kelsond_cli(&e.daemon, &["repair-db"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_private(&e.daemon, &secret, 3, "after repair-db");
+    // A database repair-db cannot read (its header overwritten, the records still in it): moved
+    // aside, and the copy is as private as the original.
+    {
+        use std::io::{Seek, Write};
+        let mut db = std::fs::OpenOptions::new()
+            .write(true)
+            .open(e.daemon.root.join("kelson.redb"))?;
+        db.seek(std::io::SeekFrom::Start(0))?;
+        db.write_all(&[0x42; 512])?;
+    }
+    let out = kelsond_cli(&e.daemon, &["repair-db", "--rebuild"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_private(&e.daemon, &secret, 3, "after repair-db --rebuild");
+    // The pods' records are gone with the database: the daemon's teardown reaps what is left.
+    drop(c);
+    drop(e);
+    common::remove_cgroup_tree(&top);
+    Ok(())
+}
+
+/// kelsond at `trace` for every crate (tonic, h2, hyper, the registry client included) while
+/// a private registry is pulled from with credentials (user and password, and docker-config
+/// `auth`), and containers with a secret env value and annotation are made, exec'd into,
+/// inspected and removed: none of these values reaches the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_reaches_the_log_even_at_trace() -> anyhow::Result<()> {
+    use kelson_testkit::{DaemonOptions, Pusher, Registry, RegistryOptions, TestImages};
+    let password = format!("pass-{}-word", std::process::id());
+    let registry = Registry::start(RegistryOptions {
+        tls: true,
+        auth: Some(("kelson".into(), password.clone())),
+    })?;
+    let daemon = kelson_testkit::Daemon::start_opts(
+        std::path::Path::new(common::KELSOND),
+        "",
+        DaemonOptions {
+            log_level: Some("trace".into()),
+            ..Default::default()
+        },
+    )?;
+    daemon.hosts(&registry.host, &registry.hosts_toml())?;
+    Pusher::new(&registry)?
+        .image("test/private", "v1", &TestImages::standard("amd64", false)?)
+        .await?;
+    let image = format!("{}/test/private:v1", registry.host);
+    let docker_auth = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(format!("kelson:{password}"))
+    };
+    let mut c = daemon.cri().await?;
+    for auth in [
+        cri::AuthConfig {
+            username: "kelson".into(),
+            password: password.clone(),
+            ..Default::default()
+        },
+        cri::AuthConfig {
+            auth: docker_auth.clone(),
+            ..Default::default()
+        },
+    ] {
+        c.image
+            .pull_image(cri::PullImageRequest {
+                image: req::image(&image),
+                auth: Some(auth),
+                sandbox_config: None,
+            })
+            .await?;
+    }
+    let env_secret = format!("ENV-SECRET-{}", std::process::id());
+    let note_secret = format!("NOTE-SECRET-{}", std::process::id());
+    let (top, logs, cfg, pod) = common::pod_in(&mut c, "kelson-quiet", "quiet").await?;
+    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    ctr.envs = vec![cri::KeyValue {
+        key: "TOKEN".into(),
+        value: env_secret.clone(),
+    }];
+    ctr.annotations = [("example.com/token".to_string(), note_secret.clone())].into();
+    let id = common::create_start(&mut c, &pod, &cfg, ctr).await?;
+    assert!(
+        exec_out(&mut c, &id, &["/bin/busybox", "env"])
+            .await?
+            .contains(&env_secret)
+    );
+    let st = c
+        .runtime
+        .container_status(cri::ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        st.status
+            .is_some_and(|s| s.annotations.values().any(|v| *v == note_secret))
+    );
+    common::remove_pod(&mut c, &pod, &top).await?;
+    drop(logs);
+    let log = daemon.log();
+    assert!(
+        log.lines().count() > 100 && log.contains("TRACE"),
+        "the daemon did not log at trace: {log}"
+    );
+    for (what, secret) in [
+        ("the registry password", password.as_str()),
+        ("the docker-config auth", docker_auth.as_str()),
+        ("an env value", env_secret.as_str()),
+        ("an annotation value", note_secret.as_str()),
+    ] {
+        let leaks: Vec<&str> = log.lines().filter(|l| l.contains(secret)).collect();
+        assert!(leaks.is_empty(), "{what} is in the log: {leaks:#?}");
+    }
+    Ok(())
+}
+
+/// A setuid-root binary and a device node made by root in a running container (as an image
+/// layer could carry them) are not reachable by another user of the node through any of
+/// kelsond's dirs — neither in the container's upper dir nor through its mounted rootfs —
+/// and the pod's world-writable /dev/shm cannot be written from the host by that user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containers_setuid_files_devices_and_shm_are_out_of_other_users_reach()
+-> anyhow::Result<()> {
+    let (e, image) = common::env_standard().await?;
+    let mut p = TestPod::start(e, "kelson-unreachable", "unreachable").await?;
+    let mut ctr = common::container_config("c", &image, &["/bin/sleep", "3600"]);
+    as_root(&mut ctr);
+    let id = p.run(ctr).await?;
+    exec_out(
+        &mut p.c,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox cp /bin/busybox /suid && /bin/busybox chmod 4755 /suid && /bin/busybox mknod -m 666 /null c 1 3",
+        ],
+    )
+    .await?;
+    let d = &p.e.daemon;
+    let container = d.root.join("containers").join(&id);
+    let shm = d.state.join("pods").join(&p.pod).join("shm");
+    let mut targets = Vec::new();
+    for dir in ["upper", "rootfs"] {
+        for f in ["suid", "null"] {
+            let t = container.join(dir).join(f);
+            assert!(
+                std::fs::symlink_metadata(&t).is_ok(),
+                "{} missing",
+                t.display()
+            );
+            targets.push(t);
+        }
+    }
+    assert!(shm.is_dir(), "{} missing", shm.display());
+    for t in &targets {
+        let out = as_nobody(&["/bin/busybox", "stat", "-c", "%a"])
+            .arg(t)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Permission denied"),
+            "uid 65534 reaches {}: {}{err}",
+            t.display(),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    // Through a shell: setpriv itself still holds root's capabilities when it execs (they go
+    // at that execve), the shell does not.
+    let out = as_nobody(&["/bin/sh", "-c", "exec \"$0\" id -u"])
+        .arg(&targets[0])
+        .output()?;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "uid 65534 ran the container's setuid binary: {out:?}"
+    );
+    let out = as_nobody(&["/bin/busybox", "touch"])
+        .arg(shm.join("from-the-host"))
+        .output()?;
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "uid 65534 wrote into the pod's /dev/shm"
+    );
+    assert!(!shm.join("from-the-host").exists());
+    // The container itself still has them (no nosuid, nodev on its rootfs, as with containerd):
+    // the setuid bit holds, the device and /dev/shm are writable.
+    exec_out(
+        &mut p.c,
+        &id,
+        &[
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "/bin/busybox test -u /suid && echo x > /null && echo y > /dev/shm/y",
+        ],
+    )
+    .await?;
+    p.remove().await
+}

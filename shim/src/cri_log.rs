@@ -189,10 +189,12 @@ impl std::fmt::Display for OpenError {
 
 impl std::error::Error for OpenError {}
 
-/// Mode of the directories the shim creates below the pod's log directory (kubelet's own).
-const LOG_DIR_MODE: u32 = 0o755;
-/// Mode of the log file.
-const LOG_FILE_MODE: u32 = 0o640;
+/// Mode of the directories the shim creates below the pod's log directory (kubelet makes the
+/// ones it wants itself; what the shim makes is for it and root only).
+const LOG_DIR_MODE: u32 = 0o700;
+/// kubelet (root) reads container logs; nobody else needs to (CRI-O's conmon makes them 0600;
+/// containerd 0640 with root's group). Container output may carry anything the app prints.
+const LOG_FILE_MODE: u32 = 0o600;
 
 /// `name` in `dir` as a directory, without following a symlink (ELOOP then).
 fn open_dir_beneath(dir: &impl AsFd, name: &Path, full: &Path) -> Result<OwnedFd, OpenError> {

@@ -24,7 +24,15 @@ impl Exit {
 
     pub fn write(self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(".exit.json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(crate::PRIVATE_FILE)
+                .open(&tmp)?
+        };
         f.write_all(self.to_json().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join(EXIT_FILE))?;

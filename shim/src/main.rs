@@ -32,7 +32,27 @@ fn need(args: &[String], name: &str) -> Result<String, String> {
     arg(args, name).ok_or_else(|| format!("missing {name}"))
 }
 
+/// Nothing the shim writes (its log, pid and exit files, sockets) is for other users of the
+/// node; the engine sets the OCI default back for the containers it makes.
+const UMASK: u32 = 0o077;
+/// The mode of every file the shim writes for kelsond.
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Write a file only its owner (root) can read.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .open(path)?
+        .write_all(bytes)
+}
+
 fn main() -> ExitCode {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(UMASK as _));
     let args: Vec<String> = std::env::args().collect();
     let cmd = args.get(1).map(String::as_str).unwrap_or("");
     let result = match cmd {
@@ -57,8 +77,16 @@ fn main() -> ExitCode {
 /// kelsond at once.
 fn spawn(args: &[String]) -> Result<(), String> {
     let dir = PathBuf::from(need(args, "--dir")?);
-    let errlog =
-        std::fs::File::create(dir.join("shim.log")).map_err(|e| format!("shim log: {e}"))?;
+    let errlog = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PRIVATE_FILE)
+            .open(dir.join("shim.log"))
+            .map_err(|e| format!("shim log: {e}"))?
+    };
     let mut child = Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
         .arg("serve")
         .args(&args[2..])
@@ -138,9 +166,9 @@ fn serve(args: &[String]) -> Result<(), String> {
             return Err(e);
         }
     };
-    let _ = std::fs::write(
-        Path::new(&need(args, "--dir")?).join("shim.pid"),
-        std::process::id().to_string(),
+    let _ = write_private(
+        &Path::new(&need(args, "--dir")?).join("shim.pid"),
+        std::process::id().to_string().as_bytes(),
     );
     println!("ready {}", shim.init_pid());
     shim.run(listener, sigfd)

@@ -6,6 +6,11 @@ use std::path::{Path, PathBuf};
 
 use super::{CgroupError, Hierarchy};
 
+/// cgroupfs dirs as every runtime makes them: the tree is the node's view, read by monitoring
+/// and by containers' processes (their limits), and holds nothing secret; kelsond's umask must
+/// not narrow it.
+const CGROUP_DIR_MODE: u32 = 0o755;
+
 impl Hierarchy {
     /// Create `rel` (and missing parents) everywhere; returns whether it did not exist before.
     pub fn create(&self, rel: &str) -> Result<bool, CgroupError> {
@@ -20,10 +25,12 @@ impl Hierarchy {
             if matches!(self, Hierarchy::V1(_)) && root.join("cpuset.cpus").exists() {
                 create_cpuset(&d)?;
             } else {
-                std::fs::create_dir_all(&d).map_err(|source| CgroupError::Io {
-                    path: d.clone(),
-                    op: "create",
-                    source,
+                crate::owner_only::create_dir_all_mode(&d, CGROUP_DIR_MODE).map_err(|source| {
+                    CgroupError::Io {
+                        path: d.clone(),
+                        op: "create",
+                        source,
+                    }
                 })?;
             }
         }
@@ -57,10 +64,12 @@ fn create_cpuset(d: &Path) -> Result<(), CgroupError> {
             create_cpuset(parent)?;
         }
     }
-    std::fs::create_dir(d).map_err(|source| CgroupError::Io {
-        path: d.to_owned(),
-        op: "create",
-        source,
+    crate::owner_only::create_dir_all_mode(d, CGROUP_DIR_MODE).map_err(|source| {
+        CgroupError::Io {
+            path: d.to_owned(),
+            op: "create",
+            source,
+        }
     })?;
     for f in ["cpuset.cpus", "cpuset.mems"] {
         let from = d.parent().map(|p| p.join(f)).unwrap_or_default();

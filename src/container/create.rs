@@ -12,6 +12,7 @@ use super::{
 };
 use crate::ids;
 use crate::image::digest::Digest;
+use crate::owner_only;
 use crate::pod::userns::UserNs;
 use crate::rollback::Rollback;
 use crate::security::{self, SecurityError, seccomp};
@@ -22,6 +23,8 @@ use crate::store::{ContainerRecord, ImageRecord, PodRecord, PodState};
 pub const MAX_LOG_PATH: usize = 4096;
 /// Largest Localhost seccomp profile read.
 pub const MAX_PROFILE: u64 = 1 << 20;
+/// A missing bind source made as a directory: containerd's mode.
+const BIND_SOURCE_MODE: u32 = 0o755;
 
 /// A CreateContainer request as the CRI edge checked it (`cri::request`): metadata present and
 /// named, an image named, the log path relative and clean.
@@ -284,9 +287,10 @@ impl ContainerService {
         }
         let bundle = self.state_dir(id).join("bundle");
         let cfg_path = bundle.join("config.json");
-        std::fs::write(
+        // The process's env is in here: owner-only.
+        owner_only::write(
             &cfg_path,
-            serde_json::to_vec_pretty(&spec).unwrap_or_default(),
+            &serde_json::to_vec_pretty(&spec).unwrap_or_default(),
         )
         .map_err(io_err(&cfg_path))?;
         Ok(bundle)
@@ -294,7 +298,7 @@ impl ContainerService {
 
     /// What the pod gives its containers: namespaces, shm, files, cgroup and hostname.
     fn pod_context(&self, pod: &PodRecord, user_maps: Option<UserNs>) -> spec::PodContext {
-        let pod_dir = self.dirs.state.join("pods").join(&pod.id);
+        let pod_dir = self.dirs.pods().join(&pod.id);
         let hostname = pod_hostname(&pod_dir);
         spec::PodContext {
             netns: pod.netns.clone(),
@@ -346,10 +350,10 @@ impl ContainerService {
             Some(l) => (l.dir.clone(), l.rel.clone()),
             None => (state_dir.join("shim"), PathBuf::from("discarded.log")),
         };
-        std::fs::create_dir_all(self.engine_root()).map_err(io_err(&self.engine_root()))?;
+        owner_only::create_dir_all(&self.engine_root()).map_err(io_err(&self.engine_root()))?;
         let socket = self.socket(id);
         if let Some(d) = socket.parent() {
-            std::fs::create_dir_all(d).map_err(io_err(d))?;
+            owner_only::create_dir_all(d).map_err(io_err(d))?;
         }
         {
             // If anything after this fails, the engine may hold a created container: delete it.
@@ -430,9 +434,7 @@ impl ContainerService {
             "bundle": bundle,
         });
         let path = self.engine_root().join(format!("{id}.runtime.json"));
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, record.to_string()).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+        owner_only::write_atomic(&path, record.to_string().as_bytes()).map_err(io_err(&path))
     }
 }
 
@@ -443,7 +445,7 @@ fn make_dirs(root_dir: &Path, state_dir: &Path, undo: &mut Rollback) -> Result<(
         &state_dir.join("bundle"),
         &state_dir.join("shim"),
     ] {
-        std::fs::create_dir_all(d).map_err(io_err(d))?;
+        owner_only::create_dir_all(d).map_err(io_err(d))?;
     }
     let (a, b) = (root_dir.to_owned(), state_dir.to_owned());
     undo.push(move || {
@@ -536,10 +538,12 @@ fn prepare_volumes(
     root_dir: &Path,
     rootfs: &Rootfs,
 ) -> Result<cri::ContainerConfig, ContainerError> {
-    // Missing bind sources are created as directories, as containerd does.
+    // Missing bind sources are created as directories, as containerd does (0755: they are the
+    // container's, not kelsond's, and kelsond's umask must not narrow them).
     for m in &config.mounts {
         if std::fs::symlink_metadata(&m.host_path).is_err() {
-            std::fs::create_dir_all(&m.host_path).map_err(io_err(Path::new(&m.host_path)))?;
+            owner_only::create_dir_all_mode(Path::new(&m.host_path), BIND_SOURCE_MODE)
+                .map_err(io_err(Path::new(&m.host_path)))?;
         }
     }
     // Propagating volumes need a source mount that propagates.

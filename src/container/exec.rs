@@ -130,12 +130,12 @@ impl ContainerService {
         id: &str,
         cmd: &[String],
     ) -> Result<ExecProcess, ContainerError> {
-        use std::os::unix::fs::PermissionsExt;
         let (rec, name, pid_file) = self.exec_target(id).await?;
         let internal = |step, source| ContainerError::Terminal { step, source };
         let dir = self.dirs.state.join("tty");
-        std::fs::create_dir_all(&dir).map_err(|e| internal("socket dir", e))?;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        crate::owner_only::create_dir_all(&dir).map_err(|e| internal("socket dir", e))?;
+        crate::owner_only::set_mode(&dir, crate::owner_only::DIR)
+            .map_err(|e| internal("socket dir", e))?;
         let sock = dir.join(format!("{name}.sock"));
         let listener =
             tokio::net::UnixListener::bind(&sock).map_err(|e| internal("console socket", e))?;

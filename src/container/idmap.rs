@@ -73,7 +73,10 @@ pub fn clone_idmapped(
         Err(e) => return Err(err("mount_setattr")(e)),
     }
     if let Some(parent) = target.parent() {
-        std::fs::create_dir_all(parent).map_err(err("create target dir"))?;
+        // Inside the container's own dir (private, or crossable by the pod's root only): the
+        // pod's root must cross this one too, to reach a volume clone.
+        crate::owner_only::create_dir_all_mode(parent, crate::owner_only::TRAVERSE)
+            .map_err(err("create target dir"))?;
     }
     let is_dir = std::fs::metadata(src).map_err(err("stat"))?.is_dir();
     if is_dir {

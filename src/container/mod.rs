@@ -281,22 +281,21 @@ impl ContainerService {
     }
 
     fn root_dir(&self, id: &str) -> PathBuf {
-        self.dirs.root.join("containers").join(id)
+        self.dirs.container_roots().join(id)
     }
     fn state_dir(&self, id: &str) -> PathBuf {
-        self.dirs.state.join("containers").join(id)
+        self.dirs.container_states().join(id)
     }
     /// The shim's control socket: short, because unix socket paths are limited to 108 bytes.
     fn socket(&self, id: &str) -> PathBuf {
         self.dirs
-            .state
-            .join("s")
+            .sockets()
             .join(format!("{}.sock", &id[..id.len().min(32)]))
     }
 
     /// libcontainer's state root, shared by all containers.
     fn engine_root(&self) -> PathBuf {
-        self.dirs.state.join("engine")
+        self.dirs.engine()
     }
 
     pub fn find(&self, id: &str) -> Result<ContainerRecord, ContainerError> {

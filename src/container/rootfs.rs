@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::owner_only;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 /// The legacy mount API takes options in one page.
@@ -59,6 +60,9 @@ fn layer_clones(dir: &Path) -> PathBuf {
     dir.join("l")
 }
 
+/// The mode of a container's `/`, as images have it.
+const ROOT_DIR_MODE: u32 = 0o755;
+
 /// Mount the overlay at `dir/rootfs`, with `dir/upper` and `dir/work`.
 pub fn mount_rootfs(
     lowers: &[PathBuf],
@@ -74,14 +78,21 @@ pub fn mount_rootfs(
             reason: e.to_string(),
         }
     };
-    for d in [&upper, &work, &target] {
-        std::fs::create_dir_all(d).map_err(fs_err(d, "create"))?;
+    // The upper dir's mode is the container's `/` (overlayfs takes the merged root's from
+    // it): an image's 0755, never kelsond's umask. The container dir around it is private, so
+    // no host user reaches the rootfs (or a setuid binary or device node in it) through here.
+    for (d, mode) in [
+        (&upper, ROOT_DIR_MODE),
+        (&work, owner_only::DIR),
+        (&target, owner_only::DIR),
+    ] {
+        owner_only::create_dir_all_mode(d, mode).map_err(fs_err(d, "create"))?;
     }
     let mut lowers = lowers.to_vec();
     if lowers.is_empty() {
         // An image without layers: an empty read-only lower dir keeps overlay happy.
         let empty = dir.join("empty");
-        std::fs::create_dir_all(&empty).map_err(fs_err(&empty, "create"))?;
+        owner_only::create_dir_all(&empty).map_err(fs_err(&empty, "create"))?;
         lowers.push(empty);
     }
     let Some(idmap) = idmap else {
@@ -89,6 +100,9 @@ pub fn mount_rootfs(
     };
     std::os::unix::fs::chown(&upper, Some(idmap.root.0), Some(idmap.root.1))
         .map_err(fs_err(&upper, "chown"))?;
+    // The container library prepares the container as the pod's root: it must cross this dir
+    // to the rootfs and the volume clones, and nobody else may.
+    owner_only::traversable_by_group(dir, idmap.root.1).map_err(fs_err(dir, "chmod"))?;
     let clones = layer_clones(dir);
     let mapped = lowers
         .iter()

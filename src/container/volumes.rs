@@ -56,6 +56,9 @@ fn absolute(p: &str) -> Result<String, VolumeError> {
     Ok(abs)
 }
 
+/// An image volume's dir, as docker and containerd make it.
+const VOLUME_MODE: u32 = 0o755;
+
 fn how(flags: OFlag) -> OpenHow {
     OpenHow::new()
         .flags(flags | OFlag::O_CLOEXEC | OFlag::O_DIRECTORY)
@@ -104,7 +107,7 @@ fn make_in<'a>(
     }
     let dir = make_in(root, parent, owner)?;
     // mkdirat never follows a final symlink: a dangling one fails here with EEXIST.
-    nix::sys::stat::mkdirat(dir.as_fd(), *last, Mode::from_bits_truncate(0o755))
+    nix::sys::stat::mkdirat(dir.as_fd(), *last, Mode::from_bits_truncate(VOLUME_MODE))
         .map_err(|e| (*last, e))?;
     nix::unistd::fchownat(
         dir.as_fd(),
@@ -114,7 +117,13 @@ fn make_in<'a>(
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|e| (*last, e))?;
-    openat2(dir.as_fd(), *last, how(OFlag::O_PATH)).map_err(|e| (*last, e))
+    // The mode the image's users expect, not what kelsond's umask left of it; on the dir
+    // just made, by fd (O_NOFOLLOW: never through a symlink).
+    let made = openat2(dir.as_fd(), *last, how(OFlag::O_RDONLY | OFlag::O_NOFOLLOW))
+        .map_err(|e| (*last, e))?;
+    nix::sys::stat::fchmod(made.as_fd(), Mode::from_bits_truncate(VOLUME_MODE))
+        .map_err(|e| (*last, e))?;
+    Ok(made)
 }
 
 #[cfg(test)]

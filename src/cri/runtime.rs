@@ -28,7 +28,7 @@ fn runtime_condition(rt: &Shared) -> cri::RuntimeCondition {
         .map_err(|e| e.to_string())
         .and_then(|_| {
             let p = rt.config.root.join(".ready-probe");
-            std::fs::write(&p, b"")
+            crate::owner_only::write(&p, b"")
                 .and_then(|_| std::fs::remove_file(&p))
                 .map_err(|e| format!("root dir {} not writable: {e}", rt.config.root.display()))
         });

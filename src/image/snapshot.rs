@@ -87,13 +87,12 @@ impl Snapshots {
         };
         let usage = disk_usage(&dir.path().join("fs"));
         let usage_file = dir.path().join(USAGE_FILE);
-        std::fs::write(&usage_file, format!("{} {}\n", usage.0, usage.1)).map_err(|source| {
-            SnapshotError::Io {
+        crate::owner_only::write(&usage_file, format!("{} {}\n", usage.0, usage.1).as_bytes())
+            .map_err(|source| SnapshotError::Io {
                 op: "write",
                 path: usage_file,
                 source,
-            }
-        })?;
+            })?;
         let dest = self.dirs.snapshot(diff_id);
         // Make the unpacked tree durable before it becomes visible.
         let _ = nix::unistd::syncfs(std::fs::File::open(dir.path()).map_err(|source| {

@@ -201,6 +201,10 @@ fn join(comps: &[OsString]) -> PathBuf {
     PathBuf::from(OsString::from_vec(v))
 }
 
+/// A directory an archive only implies (an entry below it, no entry for it): as other
+/// runtimes make it.
+const IMPLIED_DIR_MODE: u32 = 0o755;
+
 struct Unpacker<'b> {
     root: OwnedFd,
     stats: UnpackStats,
@@ -261,16 +265,24 @@ impl Unpacker<'_> {
                     path: String::new(),
                 })?;
                 let pfd = self.dir(parent)?;
-                match mkdirat(
+                let made = match mkdirat(
                     pfd.as_fd(),
                     last.as_os_str(),
-                    Mode::from_bits_truncate(0o755),
+                    Mode::from_bits_truncate(IMPLIED_DIR_MODE),
                 ) {
-                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Ok(()) => true,
+                    Err(Errno::EEXIST) => false,
                     Err(e) => return Err(Self::fs_err(comps, "mkdir")(e)),
+                };
+                let fd = openat2(pfd.as_fd(), last.as_os_str(), how())
+                    .map_err(Self::fs_err(comps, "open dir"))?;
+                if made {
+                    // The mode images expect of a dir their archive only implies, not what
+                    // kelsond's umask (077) left of it.
+                    nix::sys::stat::fchmod(fd.as_fd(), Mode::from_bits_truncate(IMPLIED_DIR_MODE))
+                        .map_err(Self::fs_err(comps, "chmod"))?;
                 }
-                openat2(pfd.as_fd(), last.as_os_str(), how())
-                    .map_err(Self::fs_err(comps, "open dir"))
+                Ok(fd)
             }
             Err(e) => Err(Self::fs_err(comps, "open dir")(e)),
         }

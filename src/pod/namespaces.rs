@@ -165,7 +165,7 @@ fn unshare_pid() -> Result<(), NsError> {
 
 fn pin_holder(pid: u32, target: &Path) -> Result<(), NsError> {
     bind_ns(&format!("/proc/{pid}/ns/pid"), target)?;
-    std::fs::write(holder_file(target), pid.to_string())
+    crate::owner_only::write(&holder_file(target), pid.to_string().as_bytes())
         .map_err(|e| NsError::Helper(format!("recording holder pid: {e}")))
 }
 
@@ -458,7 +458,9 @@ pub fn connect_tcp_in(netns: &Path, port: u16) -> std::io::Result<std::net::TcpS
 /// Mount the pod's /dev/shm: a size-limited tmpfs, owned by `owner` (the host ids of a
 /// user-namespaced pod's root) when given.
 pub fn mount_shm(path: &Path, bytes: u64, owner: Option<(u32, u32)>) -> Result<(), NsError> {
-    std::fs::create_dir_all(path)
+    // World-writable inside the pod, as /dev/shm is: its mount point sits in the pod's private
+    // dir, so no other user of the node can reach it.
+    crate::owner_only::create_dir_all(path)
         .map_err(|e| NsError::Helper(format!("creating {}: {e}", path.display())))?;
     let mut opts = format!("mode=1777,size={bytes}");
     if let Some((uid, gid)) = owner {

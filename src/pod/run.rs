@@ -13,6 +13,7 @@ use super::{
 use crate::cgroups;
 use crate::ids;
 use crate::network::NetworkList;
+use crate::owner_only;
 use crate::rollback::Rollback;
 use crate::store::{PodRecord, PodState};
 use namespaces::PinRequest;
@@ -331,7 +332,7 @@ fn write_files(
         move |source| PodError::Io { path, source }
     };
     let dir = dir.to_owned();
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    owner_only::create_dir_all(&dir).map_err(io(&dir))?;
     {
         let dir = dir.clone();
         undo.push(move || {
@@ -346,19 +347,23 @@ fn write_files(
     } else {
         config.hostname.clone()
     };
-    std::fs::write(dir.join("hostname"), format!("{hostname}\n"))
-        .map_err(io(&dir.join("hostname")))?;
+    // Bound into every container and read there by any user; private by the pod's dir.
+    let bound = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        owner_only::write_mode(&p, bytes, owner_only::BOUND_INTO_CONTAINERS).map_err(io(&p))
+    };
+    bound("hostname", format!("{hostname}\n").as_bytes())?;
     let hosts = if c.host_net {
         std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| files::hosts(&hostname))
     } else {
         files::hosts(&hostname)
     };
-    std::fs::write(dir.join("hosts"), hosts).map_err(io(&dir.join("hosts")))?;
+    bound("hosts", hosts.as_bytes())?;
     let resolv = match c.resolv.clone() {
         Some(r) => r,
         None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
     };
-    std::fs::write(dir.join("resolv.conf"), resolv).map_err(io(&dir.join("resolv.conf")))?;
+    bound("resolv.conf", resolv.as_bytes())?;
     // Root in a user-namespaced pod owns its files as root elsewhere does.
     let root_ids = c.user_ns.as_ref().map(UserNs::root_on_host);
     if let Some((uid, gid)) = root_ids {
@@ -366,6 +371,9 @@ fn write_files(
             let p = dir.join(f);
             std::os::unix::fs::chown(&p, Some(uid), Some(gid)).map_err(io(&p))?;
         }
+        // The container library prepares the pod's containers as its root, which must cross
+        // this dir to the pins, these files and /dev/shm; nobody else may.
+        owner_only::traversable_by_group(&dir, gid).map_err(io(&dir))?;
     }
     Ok(hostname)
 }

@@ -54,6 +54,11 @@ impl Store {
                 path: path.to_owned(),
                 message: e.to_string(),
             })?;
+        // Every container's config is in here, env values (Kubernetes secrets) included.
+        crate::owner_only::narrow_file(path).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
         let tx = db.begin_write().map_err(db_err("begin"))?;
         tx.open_table(IMAGES).map_err(db_err("open table"))?;
         tx.open_table(NAMES).map_err(db_err("open table"))?;

@@ -21,7 +21,15 @@ fn need(args: &[String], name: &str) -> Result<String, String> {
     arg(args, name).ok_or_else(|| format!("missing {name}"))
 }
 
+/// The OCI default umask. The container's init and exec'd processes inherit it (CRI has no
+/// umask, and libcontainer keeps the caller's when the spec names none), and so do the
+/// directories the library makes inside the rootfs as mount points — under the shim's 077 they
+/// would be 0700 and shut a non-root container user out of them. The engine's own files get
+/// explicit modes (`verbs::write_private`).
+const OCI_UMASK: u32 = 0o022;
+
 fn main() -> ExitCode {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(OCI_UMASK as _));
     let args: Vec<String> = std::env::args().collect();
     let cmd = args.get(1).map(String::as_str).unwrap_or("");
     let result = match cmd {
@@ -39,7 +47,7 @@ fn main() -> ExitCode {
                 )
             })();
             if let (Err(e), Some(f)) = (&r, arg(&args, "--error-file")) {
-                let _ = std::fs::write(f, e);
+                let _ = verbs::write_private(Path::new(&f), e.as_bytes());
             }
             r
         }

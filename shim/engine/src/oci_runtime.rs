@@ -23,6 +23,9 @@ pub struct Handler {
     pub systemd_cgroup: bool,
 }
 
+/// A runtime's state root, when the engine makes it: root's only.
+const RUNTIME_ROOT_MODE: u32 = 0o700;
+
 /// The record's path for container `id` under the engine's state root.
 pub fn record(engine_root: &Path, id: &str) -> PathBuf {
     engine_root.join(format!("{id}.runtime.json"))
@@ -82,8 +85,14 @@ impl Handler {
 
     /// Run `op`; on failure, the runtime's own error message (from its log, else its status).
     fn run(&self, id: &str, op: &str, build: impl FnOnce(&mut Command)) -> Result<i32, String> {
-        std::fs::create_dir_all(&self.root)
-            .map_err(|e| format!("{op}: runtime root {}: {e}", self.root.display()))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(RUNTIME_ROOT_MODE)
+                .create(&self.root)
+                .map_err(|e| format!("{op}: runtime root {}: {e}", self.root.display()))?;
+        }
         let log = self.log_file(id, op);
         let mut cmd = self.command(&log);
         build(&mut cmd);

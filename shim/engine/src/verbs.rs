@@ -133,6 +133,44 @@ fn err(what: &str, e: impl std::fmt::Display) -> String {
     format!("{what}: {e}")
 }
 
+/// The mode of every file the engine writes for the shim and kelsond (pid files, process
+/// specs with the container's env, error reports), whatever the umask.
+const PRIVATE_FILE: u32 = 0o600;
+/// The mode of the library's state dir of a container.
+const PRIVATE_DIR: u32 = 0o700;
+
+/// Write `bytes` to `path`, readable by its owner (root) only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE))?;
+    f.write_all(bytes)
+}
+
+/// The library makes its state under the OCI umask like everything else (`main`): narrow it
+/// to root's — the dir, its state and config files, and the notify sockets of the container
+/// and of exec'd processes (which the library leaves behind). Later saves truncate the files
+/// in place and keep the mode.
+fn narrow_state(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let private = |p: &Path, mode| {
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+    };
+    private(dir, PRIVATE_DIR);
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| !t.is_symlink()) {
+            private(&e.path(), PRIVATE_FILE);
+        }
+    }
+}
+
 /// Hand this process's stdio pipes (soon the process's) to the user the bundle's process runs
 /// as (see `stdio_owner`). Before anything joins the pod's user namespace.
 fn give_stdio(bundle: &Path) -> Result<(), String> {
@@ -223,8 +261,10 @@ pub fn create(
         .with_detach(true)
         .build()
         .map_err(|e| err("create", e))?;
+    narrow_state(&root.join(id));
     let pid = container.pid().ok_or("create: no init pid")?;
-    std::fs::write(pid_file, pid.as_raw().to_string()).map_err(|e| err("write pid file", e))
+    write_private(pid_file, pid.as_raw().to_string().as_bytes())
+        .map_err(|e| err("write pid file", e))
 }
 
 /// Start the created container. With `report_on_stdin`, stdin is the reading end of the
@@ -289,7 +329,8 @@ pub fn exec(
         .build();
     let _ = std::fs::remove_file(&process_file);
     let pid = pid.map_err(|e| err("exec", e))?;
-    let _ = std::fs::write(pid_file, pid.as_raw().to_string());
+    narrow_state(&root.join(id));
+    let _ = write_private(pid_file, pid.as_raw().to_string().as_bytes());
     wait_exit(pid.as_raw())
 }
 
@@ -467,9 +508,10 @@ fn process_spec(
     process.set_args(Some(args)).set_terminal(Some(terminal));
     // Beside the container's state (an OCI runtime's container has no dir of ours).
     let file = root.join(format!("{id}.exec-{}.json", std::process::id()));
-    std::fs::write(
+    // The container's env is in here.
+    write_private(
         &file,
-        serde_json::to_vec(&process).map_err(|e| err("process spec", e))?,
+        &serde_json::to_vec(&process).map_err(|e| err("process spec", e))?,
     )
     .map_err(|e| err("writing process spec", e))?;
     if native {
@@ -538,7 +580,8 @@ pub fn exec_tty(
         .build();
     let _ = std::fs::remove_file(&process_file);
     let pid = built.map_err(|e| err("exec", e))?;
-    let _ = std::fs::write(pid_file, pid.as_raw().to_string());
+    narrow_state(&root.join(id));
+    let _ = write_private(pid_file, pid.as_raw().to_string().as_bytes());
     wait_exit(pid.as_raw())
 }
 
