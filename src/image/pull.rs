@@ -409,8 +409,8 @@ impl ImageService {
             let unpacked = unpack_stream(file, &pending.fs(), max, &budget);
             (pending, unpacked)
         })
-            .await
-            .map_err(|e| ImageError::Task(e.to_string()))?;
+        .await
+        .map_err(|e| ImageError::Task(e.to_string()))?;
         let (diff, stats) = unpacked.map_err(|f| unpack_failure(f, shown, desc, max))?;
         if &diff != diff_id {
             return Err(ImageError::DigestMismatch {
