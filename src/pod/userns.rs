@@ -142,21 +142,22 @@ pub fn map_file(maps: &[IdMap]) -> String {
         .collect()
 }
 
+/// Exactly three numbers, `container host length`, as one mapping.
+fn id_map<'a>(mut fields: impl Iterator<Item = &'a str>) -> Option<IdMap> {
+    let mut n = || fields.next()?.parse::<u32>().ok();
+    let (container, host, len) = (n()?, n()?, n()?);
+    fields.next().is_none().then_some(IdMap {
+        container,
+        host,
+        len,
+    })
+}
+
 /// `/proc/PID/uid_map` text read back (`container host length` per line, as the kernel
 /// pads it); None when a line is not that.
 pub fn parse_map_file(text: &str) -> Option<Vec<IdMap>> {
     text.lines()
-        .map(|line| {
-            let mut it = line.split_whitespace().map(|n| n.parse::<u32>().ok());
-            match (it.next()??, it.next()??, it.next()??, it.next()) {
-                (container, host, len, None) => Some(IdMap {
-                    container,
-                    host,
-                    len,
-                }),
-                _ => None,
-            }
-        })
+        .map(|line| id_map(line.split_whitespace()))
         .take(MAX_MAP_LINES + 1)
         .collect::<Option<Vec<_>>>()
         .filter(|m| m.len() <= MAX_MAP_LINES)
@@ -195,19 +196,7 @@ pub fn to_arg(maps: &[IdMap]) -> String {
 }
 
 pub fn parse_arg(s: &str) -> Option<Vec<IdMap>> {
-    s.split(',')
-        .map(|part| {
-            let mut it = part.split(':').map(|n| n.parse::<u32>().ok());
-            match (it.next()??, it.next()??, it.next()??, it.next()) {
-                (container, host, len, None) => Some(IdMap {
-                    container,
-                    host,
-                    len,
-                }),
-                _ => None,
-            }
-        })
-        .collect()
+    s.split(',').map(|part| id_map(part.split(':'))).collect()
 }
 
 #[cfg(test)]
